@@ -1,0 +1,30 @@
+# Two commands a new user needs: `make demo` (the whole study on the built-in synthetic cohort)
+# and `make test`. Both create the virtual environment themselves on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STUDY ?= study-demo
+
+.PHONY: demo test env clean
+
+env: $(VENV)/.installed
+
+# torch is pinned to the CPU build that lies on local disk (a bare `torch` would pull a multi-GB CUDA build);
+# pyradiomics imports numpy in setup.py, so it is built without build isolation after numpy is in place.
+# (The 3.1.0 sdist fails to compile: it lacks cmatrices.h; pip then settles on 3.0.1, which builds with numpy 2.)
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q torch==2.13.0 "numpy>=1.26" versioneer
+	$(PY) -m pip install -q --no-build-isolation pyradiomics
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+demo: env
+	$(VENV)/bin/p53hcc study --out $(STUDY)
+
+test: env
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) $(STUDY)

@@ -1,0 +1,19 @@
+"""Error types that reach the user as one clear line (the CLI prints them without a traceback)."""
+from __future__ import annotations
+
+
+class P53hccError(Exception):
+    """Base class: anything the user can fix (bad input, missing stage output, bad option)."""
+
+
+class InputError(P53hccError):
+    """A problem with one patient's input, naming the patient, the column/file and the reason."""
+
+    def __init__(self, patient_id: str | None, problem: str, column: str | None = None, path: str | None = None):
+        self.patient_id, self.problem, self.column, self.path = patient_id, problem, column, path
+        parts = [f"patient {patient_id}" if patient_id is not None else "cohort"]
+        if column:
+            parts.append(f"column {column}")
+        if path:
+            parts.append(f"file {path}")
+        super().__init__(f"{', '.join(parts)}: {problem}")

@@ -1,0 +1,78 @@
+"""Small I/O helpers shared by every stage: atomic writes, hashing, JSON.
+
+Every output is written to a temporary file beside its destination and renamed into place, so a run that is
+killed or fails never leaves a half-written file that a later (resumed) run would trust.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import pandas as pd
+
+
+@contextmanager
+def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path in ``dest``'s folder; on success rename it onto ``dest``, on error delete it."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix or "".join(dest.suffixes), dir=dest.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, dest)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_text(dest: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``dest`` atomically."""
+    with atomic_path(dest) as tmp:
+        tmp.write_text(text)
+    return Path(dest)
+
+
+def atomic_write_json(dest: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON to ``dest`` atomically."""
+    return atomic_write_text(dest, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def atomic_write_table(dest: str | os.PathLike, df: pd.DataFrame) -> Path:
+    """Write a DataFrame as parquet or CSV (by extension) atomically."""
+    dest = Path(dest)
+    with atomic_path(dest) as tmp:
+        if dest.suffix == ".parquet":
+            df.to_parquet(tmp, index=False)
+        else:
+            df.to_csv(tmp, index=False)
+    return dest
+
+
+def read_table(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a parquet or CSV table written by :func:`atomic_write_table`."""
+    path = Path(path)
+    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Content hash of a file, or of every file below a folder (DICOM series), in sorted order."""
+    path = Path(path)
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        with open(f, "rb") as fh:
+            while block := fh.read(chunk):
+                h.update(block)
+    return h.hexdigest()
+
+
+def params_hash(params: Any) -> str:
+    """Stable short hash of a JSON-serialisable parameter set (used as a cache key)."""
+    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
