@@ -1,0 +1,302 @@
+"""Clinical model: encoding of cohort.csv clinical columns, Table 2 regressions and stepwise AIC selection.
+
+The paper (Table 2) screens clinical, pathological and MRI-semantic variables by univariable logistic regression,
+enters those with p < 0.05 into a multivariable model and keeps LTD and rim-APHE. Here the selection is a
+deterministic stepwise search on the (unpenalised) statsmodels Logit AIC, and the final model is an unpenalised
+logistic regression. Pathology (Edmondson-Steiner grade, MVI) is known only after surgery, so the clinical model
+used for prediction drops it by default (``preoperative_only=True``); Table 2 keeps it to mirror the paper.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import statsmodels.api as sm
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.validation import check_is_fitted
+
+from tools.errors import InputError
+
+#: Model variables derived from cohort.csv, in table order.
+PREOPERATIVE_VARIABLES: tuple[str, ...] = (
+    "age", "sex_male", "afp_band", "cea_high", "ca199_high", "ltd_mm", "rim_aphe",
+    "washout_nonperipheral", "washout_peripheral", "delayed_central", "capsule",
+)
+PATHOLOGY_VARIABLES: tuple[str, ...] = ("grade_high", "mvi")
+#: Raw cohort.csv columns the encoder needs.
+RAW_COLUMNS: tuple[str, ...] = ("age", "sex", "afp", "cea", "ca199", "ltd_mm", "rim_aphe", "washout",
+                                "delayed_central", "capsule")
+RAW_PATHOLOGY: tuple[str, ...] = ("grade", "mvi")
+WASHOUT_LEVELS: tuple[str, ...] = ("none", "nonperipheral", "peripheral")
+AFP_CUTS: tuple[float, float] = (20.0, 400.0)  # ng/mL: <20, 20-400, >=400
+CEA_CUT = 5.0  # ng/mL
+CA199_CUT = 37.0  # U/mL
+
+
+def _ids(df: pd.DataFrame) -> pd.Index:
+    """Patient ids of ``df`` (``patient_id`` column if present, else the index) as strings."""
+    if "patient_id" in df.columns:
+        return pd.Index(df["patient_id"].astype(str), name="patient_id")
+    return pd.Index(df.index.astype(str), name="patient_id")
+
+
+def _check_complete(df: pd.DataFrame, columns: Sequence[str], ids: pd.Index) -> None:
+    """Raise InputError naming the first patient/column that is missing or empty."""
+    for col in columns:
+        if col not in df.columns:
+            raise InputError(None, "clinical column missing from the cohort table", column=col)
+        bad = df[col].isna().to_numpy()
+        if bad.any():
+            raise InputError(str(ids[int(np.argmax(bad))]), "missing value in a clinical variable", column=col)
+
+
+def _binary(series: pd.Series, ids: pd.Index, column: str) -> np.ndarray:
+    """0/1 column as int, rejecting anything else (e.g. 'yes', 2)."""
+    values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float)
+    bad = ~np.isin(values, (0.0, 1.0))
+    if bad.any():
+        raise InputError(str(ids[int(np.argmax(bad))]), f"expected 0/1, got {series.iloc[int(np.argmax(bad))]!r}",
+                         column=column)
+    return values.astype(int)
+
+
+def _numeric(series: pd.Series, ids: pd.Index, column: str) -> np.ndarray:
+    values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        raise InputError(str(ids[int(np.argmax(bad))]), f"not a number: {series.iloc[int(np.argmax(bad))]!r}",
+                         column=column)
+    return values
+
+
+def encode_clinical(df: pd.DataFrame, preoperative_only: bool = True) -> pd.DataFrame:
+    """Turn raw cohort.csv clinical columns into numeric model variables.
+
+    Encoding (reference level first): ``age`` years; ``sex_male`` M=1/F=0; ``afp_band`` ordinal 0/1/2 for
+    AFP <20, 20-<400, >=400 ng/mL (one OR per band step, as the paper's Table 2 reports one AFP OR);
+    ``cea_high`` CEA >=5 ng/mL; ``ca199_high`` CA19-9 >=37 U/mL; ``ltd_mm``; ``rim_aphe``; washout as two
+    indicators ``washout_nonperipheral`` / ``washout_peripheral`` against ``none`` (the three levels are not
+    ordered: peripheral washout is an LR-M feature, non-peripheral an HCC feature); ``delayed_central``;
+    ``capsule``; with pathology also ``grade_high`` (Edmondson-Steiner >= III) and ``mvi``.
+
+    Args:
+        df: cohort-like table (``patient_id`` column or index).
+        preoperative_only: drop pathology variables (grade, MVI), unknown before surgery.
+
+    Returns:
+        DataFrame indexed by ``patient_id`` with the variables above (float).
+
+    Raises:
+        InputError: a needed column is absent or a value is missing/invalid (names patient and column).
+    """
+    ids = _ids(df)
+    needed = list(RAW_COLUMNS) + ([] if preoperative_only else list(RAW_PATHOLOGY))
+    _check_complete(df, needed, ids)
+    out = pd.DataFrame(index=ids)
+    out["age"] = _numeric(df["age"], ids, "age")
+    sex = df["sex"].astype(str).str.strip().str.upper().to_numpy()
+    bad = ~np.isin(sex, ("M", "F"))
+    if bad.any():
+        raise InputError(str(ids[int(np.argmax(bad))]), f"sex must be M or F, got {sex[int(np.argmax(bad))]!r}",
+                         column="sex")
+    out["sex_male"] = (sex == "M").astype(int)
+    afp = _numeric(df["afp"], ids, "afp")
+    out["afp_band"] = (afp >= AFP_CUTS[0]).astype(int) + (afp >= AFP_CUTS[1]).astype(int)
+    out["cea_high"] = (_numeric(df["cea"], ids, "cea") >= CEA_CUT).astype(int)
+    out["ca199_high"] = (_numeric(df["ca199"], ids, "ca199") >= CA199_CUT).astype(int)
+    out["ltd_mm"] = _numeric(df["ltd_mm"], ids, "ltd_mm")
+    out["rim_aphe"] = _binary(df["rim_aphe"], ids, "rim_aphe")
+    wash = df["washout"].astype(str).str.strip().str.lower().to_numpy()
+    bad = ~np.isin(wash, WASHOUT_LEVELS)
+    if bad.any():
+        raise InputError(str(ids[int(np.argmax(bad))]),
+                         f"washout must be one of {WASHOUT_LEVELS}, got {wash[int(np.argmax(bad))]!r}",
+                         column="washout")
+    out["washout_nonperipheral"] = (wash == "nonperipheral").astype(int)
+    out["washout_peripheral"] = (wash == "peripheral").astype(int)
+    out["delayed_central"] = _binary(df["delayed_central"], ids, "delayed_central")
+    out["capsule"] = _binary(df["capsule"], ids, "capsule")
+    if not preoperative_only:
+        out["grade_high"] = (_numeric(df["grade"], ids, "grade") >= 3).astype(int)
+        out["mvi"] = _binary(df["mvi"], ids, "mvi")
+    return out.astype(float)
+
+
+def _as_target(y: pd.Series | np.ndarray | Sequence, index: pd.Index) -> np.ndarray:
+    """Binary outcome aligned to ``index`` (by label when y is a Series with matching index)."""
+    if isinstance(y, pd.Series) and set(index).issubset(set(y.index.astype(str))):
+        y = y.set_axis(y.index.astype(str)).reindex(index)
+    arr = np.asarray(y, dtype=float)
+    if arr.shape[0] != len(index) or not np.isin(arr, (0.0, 1.0)).all():
+        raise InputError(None, "outcome must be 0/1 for every training patient", column="p53")
+    return arr.astype(int)
+
+
+def _fit_logit(X: pd.DataFrame, y: np.ndarray):
+    """Unpenalised statsmodels Logit with intercept; returns the result or None when it cannot be fitted."""
+    exog = sm.add_constant(X, has_constant="add")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            res = sm.Logit(y, exog).fit(disp=0, method="newton", maxiter=100)
+        except Exception:  # perfect separation / singular matrix: candidate not usable
+            return None
+    if not np.all(np.isfinite(res.params)) or not np.all(np.isfinite(res.bse)):
+        return None
+    return res
+
+
+def _or_rows(res, variables: Sequence[str], analysis: str) -> pd.DataFrame:
+    ci = res.conf_int(alpha=0.05)
+    rows = [{"variable": v, "analysis": analysis, "coef": float(res.params[v]),
+             "odds_ratio": float(np.exp(res.params[v])), "ci_low": float(np.exp(ci.loc[v, 0])),
+             "ci_high": float(np.exp(ci.loc[v, 1])), "p_value": float(res.pvalues[v]), "n": int(res.nobs)}
+            for v in variables]
+    return pd.DataFrame(rows)
+
+
+_OR_COLUMNS = ["variable", "analysis", "coef", "odds_ratio", "ci_low", "ci_high", "p_value", "n"]
+
+
+def univariable_table(X: pd.DataFrame, y) -> pd.DataFrame:
+    """One unpenalised Logit per variable: OR, Wald 95% CI and p.
+
+    Returns:
+        Tidy frame (variable, analysis="univariable", coef, odds_ratio, ci_low, ci_high, p_value, n); a variable
+        that cannot be fitted alone (constant, separated) gets NaN estimates and p = 1.
+    """
+    y = _as_target(y, X.index)
+    frames = []
+    for var in X.columns:
+        res = _fit_logit(X[[var]], y) if X[var].nunique() > 1 else None
+        if res is None:
+            frames.append(pd.DataFrame([{"variable": var, "analysis": "univariable", "coef": np.nan,
+                                         "odds_ratio": np.nan, "ci_low": np.nan, "ci_high": np.nan,
+                                         "p_value": 1.0, "n": len(y)}]))
+        else:
+            frames.append(_or_rows(res, [var], "univariable"))
+    return pd.concat(frames, ignore_index=True)[_OR_COLUMNS]
+
+
+def multivariable_table(X: pd.DataFrame, y, p_enter: float = 0.05) -> pd.DataFrame:
+    """Multivariable Logit on the variables whose univariable p < ``p_enter`` (the paper's Table 2 rule).
+
+    Returns:
+        Tidy frame like :func:`univariable_table` with analysis="multivariable" (empty if nothing enters).
+    """
+    uni = univariable_table(X, y)
+    entered = [v for v in X.columns if float(uni.set_index("variable").loc[v, "p_value"]) < p_enter]
+    if not entered:
+        return pd.DataFrame(columns=_OR_COLUMNS)
+    res = _fit_logit(X[entered], _as_target(y, X.index))
+    if res is None:
+        raise InputError(None, f"multivariable logistic model could not be fitted on {entered} "
+                               "(perfect separation or collinearity)")
+    return _or_rows(res, entered, "multivariable")[_OR_COLUMNS]
+
+
+def _aic(X: pd.DataFrame, y: np.ndarray, cols: Sequence[str]) -> float:
+    res = _fit_logit(X[list(cols)], y)
+    return float(res.aic) if res is not None else np.inf
+
+
+def stepwise_aic(X: pd.DataFrame, y, direction: str = "both", start: Sequence[str] | None = None,
+                 max_steps: int = 100) -> list[str]:
+    """Stepwise variable selection on the Logit AIC (like R's ``step``), deterministic.
+
+    Each step evaluates every allowed single addition (``forward``/``both``) and removal (``backward``/``both``)
+    and takes the move with the lowest AIC if it lowers the current AIC; ties break by column order, removals
+    before additions. Candidates that cannot be fitted (separation) get AIC = inf.
+
+    Args:
+        X: numeric model variables (columns are candidates).
+        y: 0/1 outcome aligned with X.
+        direction: "both", "forward" or "backward".
+        start: initial set; default empty for forward/both and all columns for backward.
+        max_steps: safety bound on the number of moves.
+
+    Returns:
+        Selected column names in X's column order.
+    """
+    if direction not in ("both", "forward", "backward"):
+        raise ValueError(f"direction must be both/forward/backward, got {direction!r}")
+    y = _as_target(y, X.index)
+    order = list(X.columns)
+    current = list(start) if start is not None else ([] if direction != "backward" else order.copy())
+    best = _aic(X, y, current)
+    for _ in range(max_steps):
+        moves: list[tuple[float, list[str]]] = []
+        if direction in ("both", "backward"):
+            moves += [(_aic(X, y, [c for c in current if c != v]), [c for c in current if c != v]) for v in current]
+        if direction in ("both", "forward"):
+            moves += [(_aic(X, y, current + [v]), current + [v]) for v in order if v not in current]
+        if not moves:
+            break
+        aic, cols = min(moves, key=lambda m: m[0])  # min keeps the first of equal AICs: deterministic
+        if not aic < best - 1e-9:
+            break
+        best, current = aic, cols
+    return [c for c in order if c in current]
+
+
+class ClinicalModel(BaseEstimator, ClassifierMixin):
+    """Clinical logistic model: encode -> univariable screen -> stepwise AIC -> unpenalised LR.
+
+    Takes a cohort-like DataFrame of raw clinical columns as X, so it can be cloned and cross-fitted like any
+    sklearn classifier. Attributes after fit: ``selected_`` (kept variables), ``screened_`` (univariable
+    p < p_enter), ``coef_table_`` (tidy OR table of the final model), ``params_`` (intercept + coefficients),
+    ``univariable_`` (screen table).
+
+    Args:
+        preoperative_only: exclude pathology (grade, MVI); default True for prediction use.
+        p_enter: univariable p threshold to enter the stepwise search.
+        direction: stepwise direction ("both", "forward", "backward").
+        candidates: optional subset of encoded variables to consider.
+    """
+
+    def __init__(self, preoperative_only: bool = True, p_enter: float = 0.05, direction: str = "both",
+                 candidates: Sequence[str] | None = None):
+        self.preoperative_only = preoperative_only
+        self.p_enter = p_enter
+        self.direction = direction
+        self.candidates = candidates
+
+    def _encode(self, X: pd.DataFrame) -> pd.DataFrame:
+        enc = encode_clinical(X, preoperative_only=self.preoperative_only)
+        return enc[list(self.candidates)] if self.candidates is not None else enc
+
+    def fit(self, X: pd.DataFrame, y) -> "ClinicalModel":
+        """Select variables and fit the LR on training patients only."""
+        enc = self._encode(X)
+        target = _as_target(y, enc.index)
+        self.classes_ = np.array([0, 1])
+        self.univariable_ = univariable_table(enc, target)
+        p = self.univariable_.set_index("variable")["p_value"]
+        self.screened_ = [v for v in enc.columns if p[v] < self.p_enter]
+        self.selected_ = stepwise_aic(enc[self.screened_], target, direction=self.direction) if self.screened_ else []
+        res = _fit_logit(enc[self.selected_], target)
+        if res is None:  # should not happen: stepwise only keeps fittable sets
+            raise InputError(None, f"clinical LR could not be fitted on {self.selected_}")
+        self.params_ = res.params.rename({"const": "intercept"})
+        self.coef_table_ = _or_rows(res, self.selected_, "multivariable")[_OR_COLUMNS]
+        self.n_features_in_ = enc.shape[1]
+        return self
+
+    def decision_function(self, X: pd.DataFrame) -> np.ndarray:
+        """Linear predictor (log-odds of P53 mutation)."""
+        check_is_fitted(self, "params_")
+        enc = self._encode(X)
+        beta = self.params_.drop("intercept")
+        return self.params_["intercept"] + enc[list(beta.index)].to_numpy(float) @ beta.to_numpy(float)
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        """Columns: P(p53=0), P(p53=1)."""
+        p1 = 1.0 / (1.0 + np.exp(-self.decision_function(X)))
+        return np.column_stack([1.0 - p1, p1])
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        """0/1 at probability 0.5 (reports use the training-cohort Youden threshold instead)."""
+        return (self.predict_proba(X)[:, 1] >= 0.5).astype(int)
