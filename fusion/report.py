@@ -1,0 +1,390 @@
+"""The study report: ONE self-contained ``report.html`` (inline CSS, figures as base64 PNG, no external assets).
+
+Reads only the study folder's tidy outputs (``study.yaml``, ``scores.parquet``, ``metrics.csv``, ``delong.csv``,
+``selection.json``, ``fusion/radiomics_lasso.csv``, ``dl/ff/<net>/lasso.json``, ``figures/*.png``,
+``gradcam/**.png``, the cohort's ``truth.csv``) and shows every table and figure of the paper. A piece that is
+missing (stage not run, module not available) becomes a visible "not available: reason" box, never a crash.
+Tables are also written as CSV under ``tables/``.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from tools.io_utils import atomic_write_json, atomic_write_table, atomic_write_text, read_table
+
+#: Section headings, in order (tests check that each one is present).
+SECTIONS = (
+    "Methods actually run", "Final DL model choice", "Table 1", "Table 2", "Table 3", "Table 4", "Table 5",
+    "Pairwise DeLong tests", "ROC curves", "Calibration", "Decision curves", "Nomogram", "Confusion matrices",
+    "Grad-CAM gallery", "LASSO-selected radiomics features", "Files and provenance",
+)
+COHORT_LABEL = {"train": "TC", "validation": "VC", "external": "EC"}
+NET_LABEL = {"resnet18": "ResNet18", "resnet34": "ResNet34", "resnet50": "ResNet50", "resnet101": "ResNet101",
+             "resnet152": "ResNet152", "densenet121": "DenseNet121"}
+CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0;color:#1d2329;background:#f6f7f9}
+main{max-width:1200px;margin:0 auto;padding:24px 32px;background:#fff}
+h1{font-size:26px;margin:0 0 4px}h2{font-size:20px;border-bottom:2px solid #d8dde3;padding-bottom:4px;margin-top:36px}
+h3{font-size:16px;margin:18px 0 6px}.sub{color:#59636e;margin:0 0 16px}
+table{border-collapse:collapse;font-size:13px;margin:8px 0 4px}th,td{border:1px solid #d0d6dc;padding:4px 8px;
+text-align:right}th{background:#eef1f4}td:first-child,th:first-child{text-align:left}
+tr.group td{background:#f7f8fa;font-weight:600}.note{color:#59636e;font-size:12px;max-width:1000px}
+.na{border:1px dashed #c0392b;background:#fdf2f1;color:#8e2a1f;padding:8px 12px;margin:8px 0;border-radius:4px}
+.warn{border-left:4px solid #e67e22;background:#fff6ec;padding:8px 12px;margin:8px 0}
+.ok{border-left:4px solid #27ae60;background:#eefaf2;padding:8px 12px;margin:8px 0}
+figure{display:inline-block;margin:6px 10px 10px 0;vertical-align:top}figure img{max-width:560px;border:1px solid #e1e5e9}
+figcaption{font-size:12px;color:#59636e;max-width:560px}.gallery img{max-width:260px}
+nav{font-size:13px;columns:3;margin:8px 0 12px}nav a{color:#1f5f99;text-decoration:none;display:block}
+code{background:#f0f2f4;padding:1px 4px;border-radius:3px}
+"""
+
+
+# ------------------------------------------------------------------------------------------------- loading
+def _load(path: Path, reader: Callable[[Path], Any]) -> tuple[Any, str | None]:
+    """(value, None) or (None, reason) for an optional study output."""
+    if not path.exists():
+        return None, f"{path.name} not found (its stage has not run)"
+    try:
+        return reader(path), None
+    except Exception as err:  # noqa: BLE001 - a broken optional input becomes a visible note
+        return None, f"{path.name} could not be read: {err}"
+
+
+def _na(reason: str) -> str:
+    return f'<div class="na"><b>Not available:</b> {html.escape(reason)}</div>'
+
+
+def _img(path: Path, caption: str = "") -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
+    return f'<figure><img alt="{html.escape(caption or path.stem)}" src="data:image/png;base64,{data}">{cap}</figure>'
+
+
+def _df_html(df: pd.DataFrame, group_col: str | None = None) -> str:
+    """A DataFrame as an HTML table; with ``group_col``, repeated values are blanked (paper-style rows)."""
+    cols = [c for c in df.columns]
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
+    body, last = [], None
+    for _, r in df.iterrows():
+        cells = []
+        for c in cols:
+            v = r[c]
+            if c == group_col:
+                v = "" if v == last else v
+            cells.append(f"<td>{html.escape(_fmt(v))}</td>")
+        last = r[group_col] if group_col else None
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _fmt(v: Any) -> str:
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return ""
+    if isinstance(v, (float, np.floating)):
+        return f"{v:.3f}"
+    return str(v)
+
+
+# ------------------------------------------------------------------------------------------ metric tables
+def _model_label(model: str) -> str:
+    if "_" in model and model.split("_", 1)[0] in ("mc", "ff"):
+        arm, net = model.split("_", 1)
+        return f"{'MC3' if arm == 'mc' else 'DL'}_{NET_LABEL.get(net, net)}"
+    return {"clinical": "Clinical model", "radiomics": "Radiomics model", "combined": "Combined model"}.get(model, model)
+
+
+def metric_rows(metrics: pd.DataFrame, models: list[str], labels: dict[str, str] | None = None,
+                extra: dict[str, dict[str, Any]] | None = None) -> pd.DataFrame:
+    """Paper-style metric table (Tables 3-5): one row per model x cohort with accuracy, AUC (95% CI),
+    sensitivity, specificity, and the Bayes AUC of the same patients when the cohort is synthetic.
+
+    Args:
+        metrics: tidy ``model, split, metric, estimate, ci_low, ci_high``.
+        models: models in display order.
+        labels: display name per model (default: paper-style names).
+        extra: additional columns per model (e.g. LASSO-retained feature counts), shown on every row.
+    """
+    m = metrics.set_index(["model", "split", "metric"])
+    has_bayes = (metrics["metric"] == "bayes_auc").any()
+    splits = [s for s in ("train", "validation", "external") if s in set(metrics["split"])]
+    rows = []
+    for model in models:
+        for sp in splits:
+            def get(metric: str) -> float:
+                return float(m.loc[(model, sp, metric), "estimate"]) if (model, sp, metric) in m.index else np.nan
+            if (model, sp, "auc") not in m.index:
+                continue
+            auc = m.loc[(model, sp, "auc")]
+            row = {"Model name": (labels or {}).get(model, _model_label(model)), "Cohort": COHORT_LABEL.get(sp, sp),
+                   "Accuracy": get("accuracy"),
+                   "AUC (95% CI)": f"{auc['estimate']:.3f} ({auc['ci_low']:.3f}–{auc['ci_high']:.3f})",
+                   "Sensitivity": get("sensitivity"), "Specificity": get("specificity")}
+            if has_bayes:
+                b = m.loc[(model, sp, "bayes_auc")] if (model, sp, "bayes_auc") in m.index else None
+                row["Bayes AUC (95% CI)"] = ("" if b is None else
+                                             f"{b['estimate']:.3f} ({b['ci_low']:.3f}–{b['ci_high']:.3f})")
+            row.update((extra or {}).get(model, {}))
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _ff_lasso_counts(study_dir: Path) -> dict[str, dict[str, Any]]:
+    """LASSO-retained FF feature counts per model from ``dl/ff/<net>/lasso.json`` (full-cohort head)."""
+    out = {}
+    for path in sorted(study_dir.glob("dl/ff/*/lasso.json")):
+        try:
+            info = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        n = None
+        if isinstance(info, dict):
+            for key in ("n_selected", "full", "n_retained"):
+                v = info.get(key)
+                if isinstance(v, dict):
+                    v = v.get("full")
+                if isinstance(v, (int, float)):
+                    n = int(v)
+                    break
+            if n is None and isinstance(info.get("selected"), list):
+                n = len(info["selected"])
+        out[f"ff_{path.parent.name}"] = {"LASSO-retained features": n}
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ sections
+class _Report:
+    """Collects sections; each builder returns HTML and may write a CSV under tables/."""
+
+    def __init__(self, study_dir: Path):
+        self.dir = study_dir
+        self.cfg, self.cfg_err = _load(study_dir / "study.yaml", lambda p: yaml.safe_load(p.read_text()))
+        self.cfg = self.cfg or {}
+        self.metrics, self.metrics_err = _load(study_dir / "metrics.csv", read_table)
+        self.selection, self.selection_err = _load(study_dir / "selection.json", lambda p: json.loads(p.read_text()))
+        self.figures = study_dir / "figures"
+
+    def table_csv(self, name: str, df: pd.DataFrame) -> None:
+        atomic_write_table(self.dir / "tables" / f"{name}.csv", df)
+
+    def models(self, prefix: str) -> list[str]:
+        nets = list(self.cfg.get("dl", {}).get("nets") or [])
+        present = sorted({m for m in self.metrics["model"] if m.startswith(prefix + "_")})
+        ordered = [f"{prefix}_{n}" for n in nets if f"{prefix}_{n}" in present]
+        return ordered + [m for m in present if m not in ordered]
+
+    def chosen_dl(self) -> str | None:
+        return (self.selection or {}).get("chosen", {}).get("model")
+
+    # --- sections
+    def methods(self) -> str:
+        if self.cfg_err:
+            return _na(self.cfg_err)
+        c = self.cfg
+        dl, rad, st = c.get("dl", {}), c.get("radiomics", {}), c.get("statistics", {})
+        src = (f"synthetic demo cohort generated by <code>tools.synth</code> (n={c.get('synth', {}).get('n')}, "
+               f"seed={c.get('synth', {}).get('seed')}, size={c.get('synth', {}).get('size')})"
+               if c.get("cohort_generated") else f"<code>{html.escape(str(c.get('cohort')))}</code>")
+        items = [
+            f"Cohort: {src}. Training cohort split into {c.get('folds')} stratified folds (seed {c.get('seed')}); "
+            "every learned step is fitted inside these folds (out-of-fold scores for training patients).",
+            "Preprocessing per phase (AP, PVP, DP): N4 bias-field correction, resampling to 1×1×1 mm³, z-score.",
+            f"Radiomics: PyRadiomics parameter set <code>{html.escape(str(rad.get('params')))}</code>; features with "
+            f"ICC &lt; {rad.get('icc_threshold')} (second-reader masks) dropped; then z-score, Spearman |ρ| &gt; "
+            f"{c.get('fusion', {}).get('spearman_threshold')} redundancy filter, LASSO, logistic regression.",
+            f"Deep learning: arms {', '.join(dl.get('arms', []))} × networks {', '.join(dl.get('nets', []))}; "
+            f"largest-ROI slice, bounding box + 10 px, resized to {dl.get('spatial_size')}×{dl.get('spatial_size')}; "
+            f"{dl.get('epochs')} epochs, batch size {dl.get('batch_size')}. FF arm: per-phase PCA "
+            f"({dl.get('ff_pca_components')} components) → LASSO → LR.",
+            "Clinical model: univariable screen → stepwise AIC → unpenalised logistic regression (preoperative "
+            "variables). Combined model: logistic regression on the out-of-fold clinical, radiomics and DL scores.",
+            f"Statistics: AUC with DeLong {int(100 * float(st.get('ci_level', 0.95)))}% CI; operating threshold by "
+            f"Youden index on training out-of-fold scores, applied unchanged to other cohorts; paired DeLong tests; "
+            f"calibration ({st.get('calibration_bins')} bins), decision curves.",
+        ]
+        full = html.escape(yaml.safe_dump(c, sort_keys=False))
+        return ("<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
+                f"<details><summary>All parameters (study.yaml)</summary><pre>{full}</pre></details>")
+
+    def choice(self) -> str:
+        if self.selection_err:
+            return _na(self.selection_err)
+        s = self.selection
+        rows = [{"Arm": a.upper(), "Best network": NET_LABEL.get(v["net"], v["net"]), "Training OOF AUC": v["auc"]}
+                for a, v in s.get("best_per_arm", {}).items()]
+        ch = s["chosen"]
+        out = (f'<div class="ok"><b>Chosen DL model: {html.escape(_model_label(ch["model"]))}</b> '
+               f'(training out-of-fold AUC {ch["auc"]:.3f}).<br>Rule: {html.escape(s.get("rule", ""))}.</div>'
+               + _df_html(pd.DataFrame(rows)))
+        paper = s.get("paper_selection")
+        if paper:
+            pc = paper["chosen"]
+            out += (f'<div class="warn"><b>Paper\'s practice (optimistic):</b> choosing by validation AUC would pick '
+                    f'{html.escape(_model_label(pc["model"]))} (validation AUC {pc["auc"]:.3f}). This reuses the '
+                    "validation cohort for model choice, so its validation metrics are biased upwards; it is "
+                    "shown for comparison only.</div>")
+        return out
+
+    def table1(self) -> str:
+        return self._clinical_table("table1")
+
+    def table2(self) -> str:
+        return self._clinical_table("table2")
+
+    def _clinical_table(self, which: str) -> str:
+        cohort = self.cfg.get("cohort")
+        if not cohort or not Path(cohort).exists():
+            return _na("cohort.csv not found")
+        try:
+            import fusion.tables as ft
+
+            from tools.cohort import read_cohort
+
+            df = read_cohort(cohort)
+            df = df[df["split"].isin(["train", "validation"])]
+            if which == "table1":
+                tidy = ft.table1(df)
+                table = ft.render_table1(tidy)
+            else:
+                tidy = ft.table2(df[df["split"] == "train"])
+                table = ft.render_table2(tidy)
+        except Exception as err:  # noqa: BLE001 - module missing or failing: say so, keep the report
+            return _na(f"{which} could not be built: {type(err).__name__}: {err}")
+        self.table_csv(f"{which}_tidy", tidy)
+        self.table_csv(which, table)
+        note = ("Training (TC) and validation (VC) cohorts by P53 status; tests as stated in fusion.tables."
+                if which == "table1" else "Training cohort; unpenalised logistic regression, Wald 95% CI.")
+        return _df_html(table) + f'<p class="note">{note}</p>'
+
+    def metric_table(self, name: str, models: list[str], note: str, extra=None, labels=None) -> str:
+        if self.metrics_err:
+            return _na(self.metrics_err)
+        if not models:
+            return _na(f"no models for {name} in metrics.csv (stage not run)")
+        table = metric_rows(self.metrics, models, labels=labels, extra=extra)
+        self.table_csv(name, table)
+        return _df_html(table, group_col="Model name") + f'<p class="note">{note}</p>'
+
+    def table5_models(self) -> tuple[list[str], dict[str, str]]:
+        dl = self.chosen_dl()
+        models = [m for m in ("clinical", "radiomics", dl, "combined") if m and m in set(self.metrics["model"])]
+        return models, ({dl: f"DL model ({_model_label(dl)})"} if dl else {})
+
+    def delong(self) -> str:
+        df, err = _load(self.dir / "delong.csv", read_table)
+        if err:
+            return _na(err)
+        out = []
+        for sp, g in df.groupby("split", sort=False):
+            g = g.assign(model_a=g["model_a"].map(_model_label), model_b=g["model_b"].map(_model_label))
+            out.append(f"<h3>{COHORT_LABEL.get(sp, sp)}</h3>" + _df_html(
+                g[["model_a", "model_b", "auc_a", "auc_b", "z", "p_value"]].rename(columns={
+                    "model_a": "Model A", "model_b": "Model B", "auc_a": "AUC A", "auc_b": "AUC B",
+                    "p_value": "P value"})))
+        self.table_csv("delong", df)
+        return "".join(out) + '<p class="note">Two-sided paired DeLong tests; p-values not adjusted for multiplicity.</p>'
+
+    def figures_like(self, pattern: str, what: str) -> str:
+        files = sorted(self.figures.glob(pattern))
+        if not files:
+            missing = _load(self.figures / "missing.json", lambda p: json.loads(p.read_text()))[0] or {}
+            reason = missing.get(what) or "figures stage has not produced it"
+            return _na(f"{what}: {reason}")
+        return "".join(_img(f, f.stem.replace("_", " ")) for f in files)
+
+    def gradcam(self) -> str:
+        files = sorted(self.dir.glob("gradcam/**/*.png"))[:24]
+        if not files:
+            return _na("no Grad-CAM images under gradcam/ (gradcam stage not run)")
+        return '<div class="gallery">' + "".join(_img(f, str(f.relative_to(self.dir / "gradcam"))) for f in files) + "</div>"
+
+    def lasso(self) -> str:
+        df, err = _load(self.dir / "fusion" / "radiomics_lasso.csv", read_table)
+        if err:
+            return _na(err)
+        self.table_csv("radiomics_lasso", df)
+        return _df_html(df) + f'<p class="note">{len(df)} features retained by LASSO (fitted on the training cohort).</p>'
+
+    def provenance(self) -> str:
+        files = sorted(p.relative_to(self.dir).as_posix() for p in self.dir.rglob("*")
+                       if p.is_file() and not p.name.startswith(".") and p.suffix in (".csv", ".parquet", ".json", ".yaml"))
+        markers = sorted(p.stem for p in (self.dir / ".stages").glob("*.done")) if (self.dir / ".stages").exists() else []
+        return (f"<p>Finished stages: {', '.join(markers) or 'none recorded'}.</p>"
+                "<details><summary>Tidy outputs</summary><ul>" + "".join(f"<li><code>{html.escape(f)}</code></li>"
+                                                                         for f in files[:200]) + "</ul></details>")
+
+
+def write_report(study_dir: str | Path) -> Path:
+    """Build ``study_dir/report.html`` (self-contained) and ``study_dir/tables/*.csv``; returns the HTML path."""
+    study_dir = Path(study_dir)
+    r = _Report(study_dir)
+    lasso_counts = _ff_lasso_counts(study_dir)
+    bayes = ("Bayes AUC: AUC of the true generating probability (truth.csv) on the same patients — the ceiling "
+             "any model can reach on this synthetic cohort.")
+    common = "Threshold: Youden index on training out-of-fold scores. TC: training cohort (out-of-fold); VC: validation."
+
+    def t3() -> str:
+        return r.metric_table("table3", r.models("mc"), f"MC arm (AP|PVP|DP stacked as channels). {common} {bayes}")
+
+    def t4() -> str:
+        return r.metric_table("table4", r.models("ff"), f"FF arm (per-phase CNN features → PCA → LASSO → LR). "
+                              f"{common} {bayes}", extra=lasso_counts)
+
+    def t5() -> str:
+        models, labels = r.table5_models()
+        return r.metric_table("table5", models, f"{common} {bayes}", labels=labels)
+
+    builders: dict[str, Callable[[], str]] = {
+        "Methods actually run": r.methods, "Final DL model choice": r.choice, "Table 1": r.table1,
+        "Table 2": r.table2, "Table 3": t3, "Table 4": t4, "Table 5": t5, "Pairwise DeLong tests": r.delong,
+        "ROC curves": lambda: r.figures_like("roc*.png", "roc"),
+        "Calibration": lambda: r.figures_like("calibration*.png", "calibration"),
+        "Decision curves": lambda: r.figures_like("dca*.png", "dca"),
+        "Nomogram": lambda: r.figures_like("nomogram*.png", "nomogram"),
+        "Confusion matrices": lambda: r.figures_like("confusion*.png", "confusion"),
+        "Grad-CAM gallery": r.gradcam, "LASSO-selected radiomics features": r.lasso,
+        "Files and provenance": r.provenance,
+    }
+    subtitles = {"Table 1": "Baseline characteristics by cohort and P53 status",
+                 "Table 2": "Univariable and multivariable logistic regression (training cohort)",
+                 "Table 3": "MC deep-learning arm: networks × cohorts",
+                 "Table 4": "FF deep-learning arm: networks × cohorts, with LASSO-retained feature counts",
+                 "Table 5": "Clinical, radiomics, DL and combined models"}
+    parts = []
+    for i, name in enumerate(SECTIONS):
+        try:
+            body = builders[name]()
+        except Exception as err:  # noqa: BLE001 - one broken section must not hide the others
+            body = _na(f"{type(err).__name__}: {err}")
+        sub = f" — {subtitles[name]}" if name in subtitles else ""
+        parts.append(f'<section id="s{i}"><h2>{html.escape(name)}{html.escape(sub)}</h2>{body}</section>')
+    nav = "".join(f'<a href="#s{i}">{html.escape(n)}</a>' for i, n in enumerate(SECTIONS))
+    title = "P53-mutated HCC from DCE-MRI: study report"
+    doc = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title>"
+           f"<style>{CSS}</style></head><body><main><h1>{title}</h1>"
+           f'<p class="sub">Study folder <code>{html.escape(study_dir.name)}</code>. Clinical, radiomics and '
+           f"deep-learning arms fused by logistic regression; every number below comes from this run.</p>"
+           f"<nav>{nav}</nav>{''.join(parts)}</main></body></html>")
+    return atomic_write_text(study_dir / "report.html", doc)
+
+
+# ------------------------------------------------------------------------------------------------- figures
+def make_figures(study_dir: str | Path) -> Path:
+    """Draw every figure of the report into ``figures/`` with :mod:`fusion.plots` / :mod:`fusion.nomogram`.
+
+    A figure that cannot be drawn (module not there yet, too few patients) is recorded with its reason in
+    ``figures/missing.json`` so the report can say why, instead of failing the whole study.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from fusion.figures_study import draw_all  # noqa: F401  (see _draw_all below when absent)
+
+    return Path(study_dir) / "figures"

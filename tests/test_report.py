@@ -1,0 +1,118 @@
+"""The HTML report from a fake study folder: every section, embedded images, no external URLs, CSV tables,
+"not available" boxes for missing pieces; and the statistics stage that feeds it (checked against sklearn)."""
+from __future__ import annotations
+
+import json
+import re
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+from sklearn.metrics import roc_auc_score  # noqa: E402
+
+from fusion.report import SECTIONS, write_report  # noqa: E402
+from tools.stages import run_statistics  # noqa: E402
+from tools.study import resolve_config, write_selection  # noqa: E402
+
+MODELS = ("clinical", "radiomics", "mc_resnet18", "ff_resnet18", "combined")
+
+
+def _png(path, title):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(2, 2), dpi=40)
+    ax.plot([0, 1], [0, 1])
+    ax.set_title(title)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+@pytest.fixture(scope="module")
+def fake_study(tmp_path_factory):
+    """A study folder with tidy outputs as the stages write them (scores from the true probability + noise)."""
+    from tools.synth import sample_patients
+
+    root = tmp_path_factory.mktemp("study")
+    cohort, truth = sample_patients(80, seed=3)
+    cdir = root / "cohort"
+    cdir.mkdir()
+    for col in ("ap", "pvp", "dp", "ap_mask", "pvp_mask", "dp_mask"):
+        cohort[col] = f"images/x_{col}.nii.gz"
+    cohort.to_csv(cdir / "cohort.csv", index=False)
+    truth.to_csv(cdir / "truth.csv", index=False)
+    cfg = resolve_config(nets="resnet18")
+    cfg.update(cohort=str(cdir / "cohort.csv"), cohort_generated=True)
+    (root / "study.yaml").write_text(yaml.safe_dump(cfg))
+
+    rng = np.random.default_rng(0)
+    logit = truth.set_index("patient_id")["bayes_logit"]
+    rows = []
+    for k, model in enumerate(MODELS):
+        noise = rng.normal(0, 1.0 + 0.5 * k, len(logit))
+        s = 1 / (1 + np.exp(-(logit.to_numpy() + noise)))
+        rows.append(pd.DataFrame({"patient_id": logit.index, "model": model, "fold": 0,
+                                  "split": cohort.set_index("patient_id").loc[logit.index, "split"].to_numpy(),
+                                  "score": s}))
+    scores = pd.concat(rows, ignore_index=True)
+    scores.to_parquet(root / "scores.parquet", index=False)
+    run_statistics(root, cdir / "cohort.csv", cfg)
+    y = cohort.set_index("patient_id")["p53"]
+    write_selection(root, scores[scores.model.str.contains("_")], y, ["mc", "ff"], ["resnet18"], paper_selection=True)
+    for name in ("roc_train", "roc_validation", "calibration_validation", "dca_validation", "nomogram",
+                 "confusion_combined_validation"):
+        _png(root / "figures" / f"{name}.png", name)
+    _png(root / "gradcam" / "ff_resnet18" / "SYN0001.png", "cam")
+    (root / "fusion").mkdir()
+    pd.DataFrame({"feature": ["ap_original_firstorder_Mean", "dp_glcm_Contrast"], "coefficient": [0.8, -0.3]}
+                 ).to_csv(root / "fusion" / "radiomics_lasso.csv", index=False)
+    (root / "dl" / "ff" / "resnet18").mkdir(parents=True)
+    (root / "dl" / "ff" / "resnet18" / "lasso.json").write_text(json.dumps({"n_selected": {"full": 7}}))
+    return root, scores, cohort, truth
+
+
+def test_statistics_match_sklearn_and_truth(fake_study):
+    root, scores, cohort, truth = fake_study
+    m = pd.read_csv(root / "metrics.csv")
+    y = cohort.set_index("patient_id")["p53"]
+    g = scores[(scores.model == "combined") & (scores.split == "validation")]
+    auc = m[(m.model == "combined") & (m.split == "validation") & (m.metric == "auc")].iloc[0]
+    assert auc.estimate == pytest.approx(roc_auc_score(y.loc[g.patient_id], g.score))
+    assert auc.ci_low < auc.estimate < auc.ci_high
+    bayes = m[(m.model == "combined") & (m.split == "validation") & (m.metric == "bayes_auc")].iloc[0]
+    t = truth.set_index("patient_id").loc[g.patient_id]
+    assert bayes.estimate == pytest.approx(roc_auc_score(t.p53, t.bayes_prob))
+    # one threshold per model (from training OOF), the same on every split
+    thr = m[(m.model == "combined") & (m.metric == "threshold")]["estimate"]
+    assert thr.nunique() == 1
+    d = pd.read_csv(root / "delong.csv")
+    assert len(d) == 2 * 10 and d.p_value.between(0, 1).all()
+
+
+def test_report_has_every_section_and_is_self_contained(fake_study):
+    root = fake_study[0]
+    page = write_report(root).read_text()
+    for heading in SECTIONS:
+        assert f">{heading}" in page, heading
+    assert page.count("data:image/png;base64,") >= 7
+    assert not re.search(r"(src|href)=\"(https?:)?//", page)
+    assert "http://" not in page and "https://" not in page
+    assert "<script" not in page and "<link" not in page
+    for name in ("table1", "table2", "table3", "table4", "table5", "delong", "radiomics_lasso"):
+        assert (root / "tables" / f"{name}.csv").exists(), name
+    t5 = pd.read_csv(root / "tables" / "table5.csv")
+    assert "Bayes AUC (95% CI)" in t5.columns
+    assert t5["Model name"].str.startswith("DL model").any()
+    t4 = pd.read_csv(root / "tables" / "table4.csv")
+    assert (t4["LASSO-retained features"] == 7).all()
+    assert "optimistic" in page and "out-of-fold" in page
+
+
+def test_report_of_empty_study_shows_not_available(tmp_path):
+    page = write_report(tmp_path).read_text()
+    for heading in SECTIONS:
+        assert f">{heading}" in page
+    assert page.count("Not available:") >= 10
