@@ -255,7 +255,8 @@ def oof_auc_table(scores: pd.DataFrame, labels: pd.Series) -> pd.DataFrame:
     from sklearn.metrics import roc_auc_score
 
     rows = []
-    df = scores.merge(labels.rename("y").reset_index(), on="patient_id").dropna(subset=["y"])
+    lab = pd.DataFrame({"patient_id": labels.index.astype(str), "y": pd.to_numeric(labels, errors="coerce").to_numpy()})
+    df = scores.assign(patient_id=scores["patient_id"].astype(str)).merge(lab, on="patient_id").dropna(subset=["y"])
     for (model, split), g in df.groupby(["model", "split"], sort=True):
         auc = roc_auc_score(g["y"].astype(int), g["score"]) if g["y"].nunique() == 2 else np.nan
         rows.append({"model": model, "split": split, "auc": float(auc), "n": len(g)})

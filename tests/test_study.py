@@ -1,0 +1,151 @@
+"""Study orchestration: stage caching/resume, configuration merging, and the honest DL model choice."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from tools.errors import P53hccError
+from tools.stages import Stage, read_marker, run_stages
+from tools.study import build_stages, choose_dl_model, resolve_config, write_selection
+
+
+def _pipeline(calls: list, params_b: dict | None = None, fail_b: bool = False, sleep_mark: list | None = None):
+    """a -> b -> c, plus d depending on a only; each writes a file from its input so outputs chain."""
+    def a(ctx):
+        calls.append("a")
+        (ctx.study_dir / "a.txt").write_text("A")
+
+    def b(ctx):
+        calls.append("b")
+        (ctx.study_dir / "b.part").write_text("half")  # a partial output, then a crash
+        if fail_b:
+            raise RuntimeError("killed mid-way")
+        (ctx.study_dir / "b.txt").write_text((ctx.study_dir / "a.txt").read_text() + str(ctx.params["x"]))
+
+    def c(ctx):
+        calls.append("c")
+        (ctx.study_dir / "c.txt").write_text((ctx.study_dir / "b.txt").read_text() + "C")
+
+    def d(ctx):
+        calls.append("d")
+
+    return [Stage("a", a), Stage("b", b, params=params_b or {"x": 1}, deps=["a"]),
+            Stage("c", c, deps=["b"]), Stage("d", d, deps=["a"])]
+
+
+def test_second_run_executes_nothing(tmp_path):
+    calls: list = []
+    first = run_stages(_pipeline(calls), tmp_path, log=None)
+    assert calls == ["a", "b", "c", "d"] and all(r.status == "ran" for r in first)
+    calls.clear()
+    second = run_stages(_pipeline(calls), tmp_path, log=None)
+    assert calls == [] and all(r.status == "cached" for r in second)
+    assert (tmp_path / "c.txt").read_text() == "A1C"
+
+
+def test_param_change_reruns_only_that_stage_and_dependants(tmp_path):
+    calls: list = []
+    run_stages(_pipeline(calls), tmp_path, log=None)
+    calls.clear()
+    run_stages(_pipeline(calls, params_b={"x": 2}), tmp_path, log=None)
+    assert calls == ["b", "c"]  # a and d (not downstream of b) stay cached
+    assert (tmp_path / "c.txt").read_text() == "A2C"
+    assert read_marker(tmp_path, "b")["params"] == {"x": 2}
+
+
+def test_killed_stage_leaves_no_marker_and_reruns(tmp_path):
+    calls: list = []
+    with pytest.raises(RuntimeError):
+        run_stages(_pipeline(calls, fail_b=True), tmp_path, log=None)
+    assert read_marker(tmp_path, "a") is not None and read_marker(tmp_path, "b") is None
+    assert read_marker(tmp_path, "c") is None
+    calls.clear()
+    run_stages(_pipeline(calls), tmp_path, log=None)
+    assert calls == ["b", "c", "d"]
+    # identical outputs to an uninterrupted run
+    fresh = tmp_path / "fresh"
+    run_stages(_pipeline([]), fresh, log=None)
+    assert (tmp_path / "c.txt").read_text() == (fresh / "c.txt").read_text()
+
+
+def test_changed_input_file_reruns(tmp_path):
+    src = tmp_path / "cohort.csv"
+    src.write_text("v1")
+    calls: list = []
+
+    def make():
+        return [Stage("v", lambda ctx: calls.append("v"), inputs=[src])]
+    run_stages(make(), tmp_path / "s", log=None)
+    run_stages(make(), tmp_path / "s", log=None)
+    src.write_text("v2")
+    run_stages(make(), tmp_path / "s", log=None)
+    assert calls == ["v", "v"]
+
+
+def test_config_merge_user_yaml_then_cli(tmp_path):
+    user = tmp_path / "user.yaml"
+    user.write_text(yaml.safe_dump({"dl": {"epochs": 7}, "synth": {"n": 60}}))
+    cfg = resolve_config(user, nets="resnet18,resnet34", epochs=3, **{"radiomics.params": "paper"})
+    assert cfg["dl"]["epochs"] == 3          # CLI beats user YAML
+    assert cfg["synth"]["n"] == 60           # user YAML beats defaults
+    assert cfg["dl"]["nets"] == ["resnet18", "resnet34"]
+    assert cfg["radiomics"]["params"] == "paper"
+    assert cfg["dl"]["batch_size"] == 16     # untouched default
+    with pytest.raises(P53hccError):
+        resolve_config(no_such_parameter=1)
+    with pytest.raises(P53hccError):
+        resolve_config(seed=1, workers=3)    # 'workers' is in two sections: ambiguous
+
+
+def test_pipeline_keys_ignore_runtime_knobs():
+    """Workers / device do not invalidate finished work; epochs invalidates the DL stages only."""
+    def keys(**kw):
+        from tools.stages import stage_key
+        out, upstream = {}, {}
+        for s in build_stages(resolve_config(nets="resnet18", **kw), cohort_given=True):
+            upstream[s.name] = out[s.name] = stage_key(s, upstream)
+        return out
+    base = keys()
+    assert keys(device="cuda", **{"preprocess.workers": 8}) == base
+    changed = {k for k, v in keys(epochs=9).items() if v != base[k]}
+    assert changed == {"dl_mc_resnet18", "dl_ff_resnet18", "fusion", "statistics", "gradcam", "figures",
+                       "report", "model"}
+
+
+def _aucs(rows):
+    return pd.DataFrame(rows, columns=["model", "split", "auc", "n"])
+
+
+def test_choice_uses_training_oof_not_validation():
+    aucs = _aucs([("mc_resnet18", "train", 0.70, 50), ("mc_resnet18", "validation", 0.80, 20),
+                  ("mc_resnet34", "train", 0.75, 50), ("mc_resnet34", "validation", 0.60, 20),
+                  ("ff_resnet18", "train", 0.72, 50), ("ff_resnet18", "validation", 0.90, 20)])
+    honest = choose_dl_model(aucs, ["mc", "ff"], ["resnet18", "resnet34"], "train")
+    assert honest["best_per_arm"]["mc"]["net"] == "resnet34"
+    assert honest["chosen"]["model"] == "mc_resnet34"
+    paper = choose_dl_model(aucs, ["mc", "ff"], ["resnet18", "resnet34"], "validation")
+    assert paper["chosen"]["model"] == "ff_resnet18"
+
+
+def test_choice_ties_go_to_simpler_net_then_mc():
+    aucs = _aucs([("mc_resnet18", "train", 0.7, 9), ("mc_resnet34", "train", 0.7, 9), ("ff_resnet18", "train", 0.7, 9)])
+    assert choose_dl_model(aucs, ["mc", "ff"], ["resnet18", "resnet34"])["chosen"]["model"] == "mc_resnet18"
+
+
+def test_write_selection_from_scores(tmp_path):
+    rng = np.random.default_rng(1)
+    ids = [f"P{i:03d}" for i in range(60)]
+    y = pd.Series(rng.integers(0, 2, 60), index=ids)
+    split = np.where(np.arange(60) < 40, "train", "validation")
+    good = y.to_numpy() + rng.normal(0, 0.5, 60)
+    noise = rng.normal(0, 1, 60)
+    scores = pd.concat([pd.DataFrame({"patient_id": ids, "model": m, "fold": 0, "split": split, "score": s})
+                        for m, s in (("mc_resnet18", noise), ("ff_resnet18", good))])
+    sel = write_selection(tmp_path, scores, y, ["mc", "ff"], ["resnet18"], paper_selection=False)
+    assert sel["chosen"]["model"] == "ff_resnet18"
+    assert "validation cohort is not used" in json.loads((tmp_path / "selection.json").read_text())["rule"]
+    assert "paper_selection" not in sel
