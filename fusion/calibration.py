@@ -77,7 +77,7 @@ def calibration_curve(y_true, y_prob, n_bins: int = 10, strategy: str = "quantil
     out = pd.DataFrame({"mean_predicted": df["p"].mean(), "n": df["y"].size(), "n_events": df["y"].sum()})
     out["observed"] = out["n_events"] / out["n"]
     lo, hi = proportion_confint(out["n_events"], out["n"], alpha=0.05, method="wilson")
-    out["ci_low"], out["ci_high"] = np.asarray(lo), np.asarray(hi)
+    out["ci_low"], out["ci_high"] = np.clip(np.asarray(lo), 0, 1), np.clip(np.asarray(hi), 0, 1)
     out = out.reset_index(drop=True)
     out.insert(0, "bin", np.arange(1, len(out) + 1))
     return out[["bin", "mean_predicted", "observed", "n", "n_events", "ci_low", "ci_high"]]

@@ -15,6 +15,7 @@ from fusion._validation import as_labels, check_probability
 
 COLUMNS = ["model", "threshold", "net_benefit", "tp_rate", "fp_rate", "test_pos_rate", "harm",
            "net_intervention_avoided"]
+DEFAULT_THRESHOLDS = np.arange(0.01, 1.0, 0.01)  # 1% .. 99%, as R dcurves' default grid
 
 
 def _positive(risk: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
@@ -35,7 +36,7 @@ def _curve(name: str, y: np.ndarray, risk: np.ndarray, thresholds: np.ndarray, h
 
 
 def net_benefit(y_true, scores: dict[str, np.ndarray] | pd.DataFrame,
-                thresholds=np.arange(0.01, 1.0, 0.01), harm: dict[str, float] | None = None) -> pd.DataFrame:
+                thresholds=DEFAULT_THRESHOLDS, harm: dict[str, float] | None = None) -> pd.DataFrame:
     """Net benefit per model and threshold, plus the "all" (treat all) and "none" (treat none) strategies.
 
     net_benefit = tp_rate - fp_rate * pt / (1 - pt) - harm, where tp_rate and fp_rate are true/false

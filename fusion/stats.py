@@ -12,28 +12,26 @@ Conventions: ``y_true`` is 0/1 (1 = P53 mutated, the "case"); a higher score mea
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 from itertools import combinations
-
-import warnings
 
 import numpy as np
 import pandas as pd
 import statsmodels.api as sm
-from scipy import optimize
-from scipy import special
+from scipy import optimize, special
 from scipy import stats as sps
 from statsmodels.stats.proportion import proportion_confint
 
 from fusion._validation import as_labels, check_binary, check_probability
-from fusion.calibration import (  # noqa: F401  (re-exported public API)
+from fusion.calibration import (
     HosmerLemeshow,
     brier_score,
     calibration_curve,
     calibration_slope_intercept,
     hosmer_lemeshow,
 )
-from fusion.decision import net_benefit  # noqa: F401  (re-exported public API)
+from fusion.decision import net_benefit
 
 __all__ = [
     "AUCResult", "DeLongTest", "HosmerLemeshow", "auc_ci", "brier_score", "calibration_curve",
@@ -322,7 +320,7 @@ def odds_ratio_table(X: pd.DataFrame, y, ci: str = "wald", alpha: float = 0.05) 
         (CI of the odds ratio), p_value (Wald z test).
     """
     if not isinstance(X, pd.DataFrame):
-        raise ValueError("X must be a pandas DataFrame with named predictor columns")
+        raise TypeError("X must be a pandas DataFrame with named predictor columns")
     if ci not in ("wald", "profile"):
         raise ValueError(f"ci must be 'wald' or 'profile', got {ci!r}")
     yv = as_labels_aligned(y, len(X))
