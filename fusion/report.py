@@ -41,7 +41,7 @@ tr.group td{background:#f7f8fa;font-weight:600}.note{color:#59636e;font-size:12p
 .warn{border-left:4px solid #e67e22;background:#fff6ec;padding:8px 12px;margin:8px 0}
 .ok{border-left:4px solid #27ae60;background:#eefaf2;padding:8px 12px;margin:8px 0}
 figure{display:inline-block;margin:6px 10px 10px 0;vertical-align:top}figure img{max-width:560px;border:1px solid #e1e5e9}
-figcaption{font-size:12px;color:#59636e;max-width:560px}.gallery img{max-width:260px}
+figcaption{font-size:12px;color:#59636e;max-width:560px}figure.wide img{max-width:1130px}.gallery img{max-width:260px}
 nav{font-size:13px;columns:3;margin:8px 0 12px}nav a{color:#1f5f99;text-decoration:none;display:block}
 code{background:#f0f2f4;padding:1px 4px;border-radius:3px}
 """
@@ -63,9 +63,12 @@ def _na(reason: str) -> str:
 
 
 def _img(path: Path, caption: str = "") -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    raw = path.read_bytes()
+    data = base64.b64encode(raw).decode("ascii")
     cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
-    return f'<figure><img alt="{html.escape(caption or path.stem)}" src="data:image/png;base64,{data}">{cap}</figure>'
+    width, height = int.from_bytes(raw[16:20], "big"), int.from_bytes(raw[20:24], "big")  # PNG IHDR
+    wide = ' class="wide"' if raw[:4] == b"\x89PNG" and width > 1.6 * max(height, 1) else ""
+    return f'<figure{wide}><img alt="{html.escape(caption or path.stem)}" src="data:image/png;base64,{data}">{cap}</figure>'
 
 
 def _df_html(df: pd.DataFrame, group_col: str | None = None) -> str:
@@ -297,7 +300,8 @@ class _Report:
             missing = _load(self.figures / "missing.json", lambda p: json.loads(p.read_text()))[0] or {}
             reason = missing.get(what) or "figures stage has not produced it"
             return _na(f"{what}: {reason}")
-        return "".join(_img(f, f.stem.replace("_", " ")) for f in files)
+        caps = _load(self.figures / "captions.json", lambda p: json.loads(p.read_text()))[0] or {}
+        return "".join(_img(f, caps.get(f.name, f.stem.replace("_", " "))) for f in files)
 
     def gradcam(self) -> str:
         files = sorted(self.dir.glob("gradcam/**/*.png"))[:24]
@@ -376,15 +380,85 @@ def write_report(study_dir: str | Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------- figures
-def make_figures(study_dir: str | Path) -> Path:
-    """Draw every figure of the report into ``figures/`` with :mod:`fusion.plots` / :mod:`fusion.nomogram`.
+def _final_models(models: set[str], selection: dict | None) -> list[str]:
+    dl = (selection or {}).get("chosen", {}).get("model")
+    return [m for m in ("clinical", "radiomics", dl, "combined") if m and m in models]
 
-    A figure that cannot be drawn (module not there yet, too few patients) is recorded with its reason in
-    ``figures/missing.json`` so the report can say why, instead of failing the whole study.
+
+def make_figures(study_dir: str | Path, dpi: int = 110) -> Path:
+    """Draw every figure of the report into ``figures/`` with :mod:`fusion.plots` and :mod:`fusion.nomogram`.
+
+    Per cohort: ROC of the MC arm, the FF arm (paper Figs S4, S6) and the final models (S7); calibration
+    (Fig 3B/C) and decision curves (Fig 3D/E) of the final models; their confusion matrices at the training
+    Youden threshold (S3); and the combined model's nomogram (Fig 3A). A figure that cannot be drawn is
+    recorded with its reason in ``figures/missing.json`` (the report shows it) instead of failing the study.
     """
-    import matplotlib
+    from fusion import plots
+    from tools.cohort import read_cohort
 
-    matplotlib.use("Agg")
-    from fusion.figures_study import draw_all  # noqa: F401  (see _draw_all below when absent)
+    study_dir = Path(study_dir)
+    out = study_dir / "figures"
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = yaml.safe_load((study_dir / "study.yaml").read_text())
+    labels = read_cohort(cfg["cohort"]).set_index("patient_id")["p53"].astype(float)
+    scores = read_table(study_dir / "scores.parquet")
+    metrics = read_table(study_dir / "metrics.csv")
+    sel_path = study_dir / "selection.json"
+    selection = json.loads(sel_path.read_text()) if sel_path.exists() else None
+    thresholds = metrics[metrics["metric"] == "threshold"].groupby("model")["estimate"].first().to_dict()
+    names = {m: _model_label(m) for m in scores["model"].unique()}
+    present = set(scores["model"])
+    final = _final_models(present, selection)
+    nets = list(cfg.get("dl", {}).get("nets") or [])
+    arm_models = {arm: [f"{arm}_{n}" for n in nets if f"{arm}_{n}" in present] for arm in ("mc", "ff")}
+    missing: dict[str, str] = {}
+    captions: dict[str, str] = {}
 
-    return Path(study_dir) / "figures"
+    def save(kind: str, fname: str, caption: str, draw: Callable[[], Any]) -> None:
+        try:
+            fig = draw()
+        except Exception as err:  # noqa: BLE001 - recorded and shown in the report
+            missing[kind] = f"{fname}: {type(err).__name__}: {err}"
+            return
+        from tools.io_utils import atomic_path
+
+        with atomic_path(out / fname) as tmp:
+            fig.savefig(tmp, dpi=dpi, format="png")
+        captions[fname] = caption
+
+    for sp in [s for s in ("train", "validation", "external") if s in set(scores["split"])]:
+        cohort = COHORT_LABEL.get(sp, sp)
+        for arm, models in arm_models.items():
+            if models:
+                save("roc", f"roc_{sp}_{arm}.png", f"ROC, {arm.upper()} arm, {cohort}",
+                     lambda: plots.roc_figure(scores, sp, labels, models=models, names=names))
+        if final:
+            save("roc", f"roc_{sp}_final.png", f"ROC, final models, {cohort}",
+                 lambda: plots.roc_figure(scores, sp, labels, models=final, names=names))
+            save("calibration", f"calibration_{sp}.png", f"Calibration, {cohort}",
+                 lambda: plots.calibration_figure(scores, sp, labels, models=final, names=names,
+                                                  n_bins=int(cfg.get("statistics", {}).get("calibration_bins", 10))))
+            save("dca", f"dca_{sp}.png", f"Decision curves, {cohort}",
+                 lambda: plots.decision_curve_figure(scores, sp, labels, models=final, names=names))
+            save("confusion", f"confusion_{sp}.png", f"Confusion matrices at the training Youden threshold, {cohort}",
+                 lambda: plots.confusion_figure(scores, sp, {m: thresholds[m] for m in final}, labels,
+                                                models=final, names=names))
+
+    def nomogram():
+        import joblib
+
+        from fusion.nomogram import nomogram_figure
+
+        model = joblib.load(study_dir / "fusion" / "combined.joblib")
+        X = read_table(study_dir / "fusion" / "combined_inputs.parquet").set_index("patient_id")
+        train = scores[(scores["model"] == "combined") & (scores["split"] == "train")]["patient_id"].astype(str)
+        dl = (selection or {}).get("chosen", {}).get("model", "dl")
+        nomo = model.nomogram(X.loc[X.index.intersection(train)],
+                              labels={"clinical": "Clinical model", "radiomics": "Radiomics model",
+                                      "dl": f"DL model ({_model_label(dl)})"})
+        return nomogram_figure(nomo)
+
+    save("nomogram", "nomogram.png", "Nomogram of the combined model (axes in component probabilities)", nomogram)
+    atomic_write_json(out / "missing.json", missing)
+    atomic_write_json(out / "captions.json", captions)
+    return out

@@ -15,7 +15,11 @@ import pytest  # noqa: E402
 import yaml  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
-from fusion.report import SECTIONS, write_report  # noqa: E402
+import joblib  # noqa: E402
+
+from fusion.crossfit import scores_wide  # noqa: E402
+from fusion.models import make_combined_model  # noqa: E402
+from fusion.report import SECTIONS, make_figures, write_report  # noqa: E402
 from tools.stages import run_statistics  # noqa: E402
 from tools.study import resolve_config, write_selection  # noqa: E402
 
@@ -62,11 +66,14 @@ def fake_study(tmp_path_factory):
     run_statistics(root, cdir / "cohort.csv", cfg)
     y = cohort.set_index("patient_id")["p53"]
     write_selection(root, scores[scores.model.str.contains("_")], y, ["mc", "ff"], ["resnet18"], paper_selection=True)
-    for name in ("roc_train", "roc_validation", "calibration_validation", "dca_validation", "nomogram",
-                 "confusion_combined_validation"):
-        _png(root / "figures" / f"{name}.png", name)
-    _png(root / "gradcam" / "ff_resnet18" / "SYN0001.png", "cam")
+    sel = json.loads((root / "selection.json").read_text())
+    Xc = scores_wide(scores, {"clinical": "clinical", "radiomics": "radiomics", "dl": sel["chosen"]["model"]})
     (root / "fusion").mkdir()
+    Xc.reset_index().to_parquet(root / "fusion" / "combined_inputs.parquet")
+    train = cohort.loc[cohort.split == "train", "patient_id"]
+    joblib.dump(make_combined_model().fit(Xc.loc[train], y.loc[train]), root / "fusion" / "combined.joblib")
+    make_figures(root)
+    _png(root / "gradcam" / "ff_resnet18" / "SYN0001.png", "cam")
     pd.DataFrame({"feature": ["ap_original_firstorder_Mean", "dp_glcm_Contrast"], "coefficient": [0.8, -0.3]}
                  ).to_csv(root / "fusion" / "radiomics_lasso.csv", index=False)
     (root / "dl" / "ff" / "resnet18").mkdir(parents=True)
@@ -92,12 +99,22 @@ def test_statistics_match_sklearn_and_truth(fake_study):
     assert len(d) == 2 * 10 and d.p_value.between(0, 1).all()
 
 
+def test_figures_all_drawn(fake_study):
+    root = fake_study[0]
+    assert json.loads((root / "figures" / "missing.json").read_text()) == {}
+    names = {p.name for p in (root / "figures").glob("*.png")}
+    for sp in ("train", "validation"):
+        assert {f"roc_{sp}_mc.png", f"roc_{sp}_ff.png", f"roc_{sp}_final.png", f"calibration_{sp}.png",
+                f"dca_{sp}.png", f"confusion_{sp}.png"} <= names
+    assert "nomogram.png" in names
+
+
 def test_report_has_every_section_and_is_self_contained(fake_study):
     root = fake_study[0]
     page = write_report(root).read_text()
     for heading in SECTIONS:
         assert f">{heading}" in page, heading
-    assert page.count("data:image/png;base64,") >= 7
+    assert page.count("data:image/png;base64,") >= 14
     assert not re.search(r"(src|href)=\"(https?:)?//", page)
     assert "http://" not in page and "https://" not in page
     assert "<script" not in page and "<link" not in page

@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+import numpy as np
+import pandas as pd
+
 from tools.io_utils import atomic_write_json, atomic_write_table, file_sha256, params_hash
 
 MARKER_DIR = ".stages"
@@ -155,8 +158,6 @@ def run_stages(stages: Sequence[Stage], study_dir: str | Path, state: dict | Non
 # ============================================================================ the study's fusion and statistics
 # (stage bodies too large for tools/study.py; they read and write only the study folder's tidy tables)
 def _labels_and_splits(cohort_csv: str | Path):
-    import pandas as pd
-
     from tools.cohort import read_cohort
 
     df = read_cohort(cohort_csv).sort_values("patient_id").set_index("patient_id", drop=False)
@@ -193,98 +194,96 @@ def run_fusion(study_dir: str | Path, cohort_csv: str | Path, cfg: dict) -> None
     """Clinical and radiomics models (out-of-fold), DL choice, combined LR; writes scores.parquet + selection.json.
 
     Every model is cross-fitted on the folds of ``splits.json``: training patients get out-of-fold scores,
-    everybody else the score of the model fitted on all training patients. The combined LR sees only those
-    scores. The fitted full-cohort models go to ``fusion/*.joblib`` for the frozen ``model/``.
+    everybody else the score of the model fitted on all training patients (``fusion.crossfit``). The combined
+    LR sees only those scores. The full-training-cohort fits go to ``fusion/*.joblib`` for the frozen ``model/``;
+    they are fitted exactly as crossfit's fold -1 model, so they reproduce the study's validation scores.
     """
-    import pandas as pd
-
-    from fusion.crossfit import crossfit_scores
+    from fusion.crossfit import crossfit_scores, fit_full, scores_wide
     from fusion.models import make_clinical_model, make_combined_model, make_radiomics_model
+    from fusion.selection import selected_features_table
     from tools.cohort import load_splits
     from tools.study import collect_dl_scores, write_scores, write_selection
 
     study_dir = Path(study_dir)
     df, y, split = _labels_and_splits(cohort_csv)
+    df = df.reset_index(drop=True)
     splits = load_splits(study_dir)
     train = split[split == "train"].index
     frames = []
 
     clinical = crossfit_scores("clinical", make_clinical_model, df, y, split, splits)
     frames.append(clinical)
-    _save_model(study_dir, "clinical", make_clinical_model().fit(df.loc[train], y.loc[train]))
+    _save_model(study_dir, "clinical", fit_full(make_clinical_model, df[df["split"] == "train"], y))
 
     Xr = _radiomics_matrix(study_dir, cfg["radiomics"].get("icc_threshold"))
-    radiomics = crossfit_scores("radiomics", make_radiomics_model, Xr, y.loc[Xr.index], split.loc[Xr.index], splits)
+    radiomics = crossfit_scores("radiomics", make_radiomics_model, Xr, y, split, splits)
     frames.append(radiomics)
-    rad_full = make_radiomics_model().fit(Xr.loc[train], y.loc[train])
+    rad_full = fit_full(make_radiomics_model, Xr.loc[Xr.index.intersection(train)], y)
     _save_model(study_dir, "radiomics", rad_full)
-    from fusion.selection import selected_features_table
-
     atomic_write_table(study_dir / "fusion" / "radiomics_lasso.csv", selected_features_table(rad_full, Xr.columns))
     atomic_write_json(study_dir / "fusion" / "radiomics_features.json", list(Xr.columns))
 
     dl = collect_dl_scores(study_dir)
     frames.append(dl)
     sel = write_selection(study_dir, dl, y, cfg["dl"]["arms"], cfg["dl"]["nets"], bool(cfg.get("paper_selection")))
-    chosen = sel["chosen"]["model"]
-
-    base = pd.concat([clinical, radiomics, dl[dl["model"] == chosen].assign(model="dl")])
-    Xc = base.pivot(index="patient_id", columns="model", values="score")[["clinical", "radiomics", "dl"]]
-    Xc = Xc.dropna().sort_index()
-    combined = crossfit_scores("combined", make_combined_model, Xc, y.loc[Xc.index], split.loc[Xc.index], splits)
+    base = pd.concat([clinical, radiomics, dl], ignore_index=True)
+    Xc = scores_wide(base, {"clinical": "clinical", "radiomics": "radiomics", "dl": sel["chosen"]["model"]})
+    Xc = Xc.sort_index()
+    combined = crossfit_scores("combined", make_combined_model, Xc, y, split, splits)
     frames.append(combined)
-    _save_model(study_dir, "combined", make_combined_model().fit(Xc.loc[Xc.index.intersection(train)],
-                                                                  y.loc[Xc.index.intersection(train)]))
+    _save_model(study_dir, "combined", fit_full(make_combined_model, Xc.loc[Xc.index.intersection(train)], y))
+    atomic_write_table(study_dir / "fusion" / "combined_inputs.parquet", Xc.reset_index())
     write_scores(study_dir, frames)
 
 
 def run_statistics(study_dir: str | Path, cohort_csv: str | Path, cfg: dict) -> None:
-    """metrics.csv (AUC + DeLong CI, Youden threshold from training OOF, accuracy/sens/spec, Bayes AUC) and
-    delong.csv (pairwise DeLong per split), both tidy, from scores.parquet.
-    """
-    import numpy as np
-    import pandas as pd
+    """metrics.csv and delong.csv from scores.parquet (both tidy).
 
-    from fusion.stats import auc_ci, pairwise_delong, threshold_metrics, youden_threshold
+    metrics: ``fusion.stats.model_metrics`` per model and split at the model's Youden threshold fitted on its
+    training out-of-fold scores (applied unchanged to the other splits), plus ``bayes_auc`` - the AUC of the
+    true probability in ``truth.csv`` on the same patients - when the cohort is synthetic.
+    delong: paired DeLong tests between every pair of models per split.
+    """
+    from fusion.stats import auc_ci, model_metrics, pairwise_delong, youden_threshold
     from tools.io_utils import read_table
 
     study_dir = Path(study_dir)
     _, y, _ = _labels_and_splits(cohort_csv)
+    y.index = y.index.astype(str)
     scores = read_table(study_dir / "scores.parquet")
     scores["patient_id"] = scores["patient_id"].astype(str)
     scores["y"] = scores["patient_id"].map(y)
     scores = scores.dropna(subset=["y"])
     truth_path = Path(cohort_csv).parent / "truth.csv"
-    truth = read_table(truth_path).astype({"patient_id": str}).set_index("patient_id") if truth_path.exists() else None
+    truth = None
+    if truth_path.exists():
+        truth = read_table(truth_path).astype({"patient_id": str}).set_index("patient_id")
     alpha = 1 - float(cfg["statistics"].get("ci_level", 0.95))
-    rows = []
+    seed = int(cfg.get("seed", 0))
+    frames = []
     for model, g in scores.groupby("model", sort=True):
         tr = g[g["split"] == "train"]
-        thr = youden_threshold(tr["y"].astype(int), tr["score"]) if tr["y"].nunique() == 2 else np.nan
+        if tr["y"].nunique() < 2:
+            continue
+        thr = youden_threshold(tr["y"].astype(int), tr["score"])
         for sp, h in g.groupby("split", sort=True):
             yy, ss = h["y"].astype(int).to_numpy(), h["score"].to_numpy()
-            rows.append((model, sp, "n", len(h), np.nan, np.nan))
-            rows.append((model, sp, "threshold", thr, np.nan, np.nan))
             if len(np.unique(yy)) < 2:
                 continue
-            a = auc_ci(yy, ss, alpha=alpha)
-            rows.append((model, sp, "auc", a.auc, a.ci_low, a.ci_high))
-            for k, v in threshold_metrics(yy, ss, thr).items():
-                rows.append((model, sp, k, v, np.nan, np.nan))
+            frames.append(model_metrics(yy, ss, thr, model=model, split=sp, seed=seed))
             if truth is not None:
                 b = auc_ci(yy, truth.loc[h["patient_id"], "bayes_prob"].to_numpy(), alpha=alpha)
-                rows.append((model, sp, "bayes_auc", b.auc, b.ci_low, b.ci_high))
-    metrics = pd.DataFrame(rows, columns=["model", "split", "metric", "estimate", "ci_low", "ci_high"])
+                frames.append(pd.DataFrame([{"model": model, "split": sp, "metric": "bayes_auc",
+                                             "estimate": b.auc, "ci_low": b.ci_low, "ci_high": b.ci_high}]))
+    cols = ["model", "split", "metric", "estimate", "ci_low", "ci_high"]
+    metrics = pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)
     atomic_write_table(study_dir / "metrics.csv", metrics)
     tests = []
     for sp, g in scores.groupby("split", sort=True):
-        wide = g.pivot(index="patient_id", columns="model", values="score").dropna()
-        if wide.shape[1] < 2 or len(wide) < 4:
-            continue
+        wide = g.pivot(index="patient_id", columns="model", values="score").dropna().sort_index()
         yy = y.loc[wide.index].astype(int).to_numpy()
-        if len(np.unique(yy)) < 2:
+        if wide.shape[1] < 2 or len(np.unique(yy)) < 2:
             continue
-        t = pairwise_delong(yy, {m: wide[m].to_numpy() for m in wide.columns})
-        tests.append(t.assign(split=sp))
+        tests.append(pairwise_delong(yy, {m: wide[m].to_numpy() for m in wide.columns}).assign(split=sp))
     if tests:
         atomic_write_table(study_dir / "delong.csv", pd.concat(tests, ignore_index=True))
