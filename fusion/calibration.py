@@ -19,6 +19,7 @@ import statsmodels.api as sm
 from scipy import special
 from scipy import stats as sps
 from statsmodels.stats.proportion import proportion_confint
+from statsmodels.tools.sm_exceptions import PerfectSeparationWarning
 
 from fusion._validation import check_probability
 
@@ -113,9 +114,13 @@ def brier_score(y_true, y_prob) -> float:
 
 
 def _fit(y: np.ndarray, exog: np.ndarray, offset: np.ndarray | None = None):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return sm.GLM(y, exog, family=sm.families.Binomial(), offset=offset).fit()
+    """Binomial GLM fit; None when it does not converge or the data are perfectly separated."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = sm.GLM(y, exog, family=sm.families.Binomial(), offset=offset).fit()
+    if not res.converged or any(issubclass(w.category, PerfectSeparationWarning) for w in caught):
+        return None
+    return res
 
 
 def calibration_slope_intercept(y_true, y_prob, alpha: float = 0.05) -> dict:
@@ -126,8 +131,8 @@ def calibration_slope_intercept(y_true, y_prob, alpha: float = 0.05) -> dict:
     * intercept: a of logit P(y=1) = a + 1 * logit(p), i.e. logit(p) as offset (calibration-in-the-large;
       Steyerberg, Clinical Prediction Models). 0 is ideal; > 0 means risks are underestimated on average.
 
-    Probabilities are clipped to [1e-10, 1 - 1e-10] before the logit. Returns NaN estimates when the fit
-    does not converge (e.g. the score separates the classes perfectly).
+    Probabilities are clipped to [1e-10, 1 - 1e-10] before the logit. Returns NaN (estimate and CI) when a
+    fit does not converge or the score separates the classes perfectly (the slope is then infinite).
     """
     y, p = check_probability(y_true, y_prob)
     lp = special.logit(np.clip(p, _EPS, 1 - _EPS))
@@ -136,8 +141,8 @@ def calibration_slope_intercept(y_true, y_prob, alpha: float = 0.05) -> dict:
     fits = {"slope": (_fit(y, sm.add_constant(lp, has_constant="add")), 1),
             "intercept": (_fit(y, np.ones((y.size, 1)), offset=lp), 0)}
     for key, (res, j) in fits.items():
-        est, se = float(res.params[j]), float(res.bse[j])
-        ok = res.converged and np.isfinite(est) and np.isfinite(se)
+        est, se = (float(res.params[j]), float(res.bse[j])) if res is not None else (np.nan, np.nan)
+        ok = np.isfinite(est) and np.isfinite(se)
         out[key] = est if ok else float("nan")
         out[f"{key}_ci_low"] = est - z * se if ok else float("nan")
         out[f"{key}_ci_high"] = est + z * se if ok else float("nan")

@@ -354,13 +354,13 @@ METRIC_COLUMNS = ["model", "split", "metric", "estimate", "ci_low", "ci_high"]
 
 
 def model_metrics(y_true, y_score, threshold: float, model: str, split: str, ci_method: str = "delong",
-                  n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+                  n_boot: int = 2000, seed: int = 0, alpha: float = 0.05) -> pd.DataFrame:
     """All per-model statistics of one cohort split as tidy long rows (the ``metrics.csv`` contract).
 
-    Metrics: ``auc`` (DeLong or bootstrap 95% CI), ``accuracy``, ``sensitivity``, ``specificity``, ``ppv``,
-    ``npv`` (Wilson 95% CIs) at the given cut-off (positive when score >= threshold; pass the Youden
+    Metrics: ``auc`` (DeLong or bootstrap CI), ``accuracy``, ``sensitivity``, ``specificity``, ``ppv``,
+    ``npv`` (Wilson CIs) at the given cut-off (positive when score >= threshold; pass the Youden
     cut-off fitted on the training cohort for every split), ``brier``, ``calibration_slope``,
-    ``calibration_intercept`` (Wald 95% CIs), ``hl_statistic`` and ``hl_p`` (Hosmer-Lemeshow, 10 groups),
+    ``calibration_intercept`` (Wald CIs), ``hl_statistic`` and ``hl_p`` (Hosmer-Lemeshow, 10 groups),
     and for provenance ``threshold``, ``n`` and ``n_events``. CIs are NaN where none is defined.
 
     Args:
@@ -370,20 +370,22 @@ def model_metrics(y_true, y_score, threshold: float, model: str, split: str, ci_
         model: model name written into the ``model`` column.
         split: split name (``train``/``validation``/``external``) written into ``split``.
         ci_method: ``"delong"`` or ``"bootstrap"`` for the AUC CI.
+        n_boot, seed: bootstrap resamples and seed (``ci_method="bootstrap"`` only).
+        alpha: 1 - confidence level of every CI (0.05 -> 95%).
     """
     y, p = check_probability(y_true, y_score, name="y_score")
     nan = float("nan")
-    auc = auc_ci(y, p, method=ci_method, n_boot=n_boot, seed=seed)
+    auc = auc_ci(y, p, alpha=alpha, method=ci_method, n_boot=n_boot, seed=seed)
     rows = [("auc", auc.auc, auc.ci_low, auc.ci_high)]
     tm = threshold_metrics(y, p, threshold)
     counts = {"accuracy": (tm["tp"] + tm["tn"], y.size), "sensitivity": (tm["tp"], tm["tp"] + tm["fn"]),
               "specificity": (tm["tn"], tm["tn"] + tm["fp"]), "ppv": (tm["tp"], tm["tp"] + tm["fp"]),
               "npv": (tm["tn"], tm["tn"] + tm["fn"])}
     for name, (k, n) in counts.items():
-        lo, hi = proportion_confint(k, n, alpha=0.05, method="wilson") if n else (nan, nan)
+        lo, hi = proportion_confint(k, n, alpha=alpha, method="wilson") if n else (nan, nan)
         rows.append((name, tm[name], float(lo), float(hi)))
     rows.append(("brier", brier_score(y, p), nan, nan))
-    cal = calibration_slope_intercept(y, p)
+    cal = calibration_slope_intercept(y, p, alpha=alpha)
     for key in ("slope", "intercept"):
         rows.append((f"calibration_{key}", cal[key], cal[f"{key}_ci_low"], cal[f"{key}_ci_high"]))
     try:

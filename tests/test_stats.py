@@ -192,3 +192,14 @@ def test_model_metrics_rows(simulated):
     assert row.loc["threshold", "estimate"] == thr
     boot = stats.model_metrics(y, p, thr, "combined", "validation", ci_method="bootstrap", n_boot=500)
     assert boot.set_index("metric").loc["auc", "ci_low"] != row.loc["auc", "ci_low"]
+
+
+def test_calibration_slope_nan_under_separation():
+    y = np.r_[np.zeros(20), np.ones(20)]
+    p = np.r_[np.linspace(0.01, 0.4, 20), np.linspace(0.6, 0.99, 20)]  # perfectly separating score
+    cal = stats.calibration_slope_intercept(y, p)
+    assert np.isnan(cal["slope"]) and np.isnan(cal["slope_ci_low"])
+    assert np.isfinite(cal["intercept"])
+    wide = stats.model_metrics(y, p, 0.5, "m", "train", alpha=0.01).set_index("metric")
+    narrow = stats.model_metrics(y, p, 0.5, "m", "train", alpha=0.2).set_index("metric")
+    assert wide.loc["sensitivity", "ci_low"] < narrow.loc["sensitivity", "ci_low"]
