@@ -24,9 +24,8 @@ SCORE_COLUMNS = ["patient_id", "model", "fold", "split", "score"]
 
 def _fresh(estimator_factory: Callable[[], Any] | Any):
     """A new unfitted estimator: call the factory (or clone an estimator instance), then clone once more."""
-    est = estimator_factory() if callable(estimator_factory) and not hasattr(estimator_factory, "fit") \
-        else estimator_factory
-    return clone(est)
+    is_instance = hasattr(estimator_factory, "fit") and not isinstance(estimator_factory, type)
+    return clone(estimator_factory if is_instance else estimator_factory())
 
 
 def _indexed(X: pd.DataFrame) -> pd.DataFrame:

@@ -82,7 +82,7 @@ class CombinedModel(BaseEstimator, ClassifierMixin):
         self.pipeline_ = Pipeline([
             ("logit", FunctionTransformer(logit, kw_args={"eps": self.eps})),
             ("scale", StandardScaler()),
-            ("lr", LogisticRegression(C=np.inf, l1_ratio=0.0, max_iter=10000)),
+            ("lr", LogisticRegression(C=np.inf, l1_ratio=0.0, tol=1e-10, max_iter=10000)),
         ]).fit(self._design(X), np.asarray(y).astype(int))
         self.classes_ = self.pipeline_.classes_
         scale = self.pipeline_.named_steps["scale"]
