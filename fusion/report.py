@@ -204,8 +204,8 @@ class _Report:
             f"{c.get('fusion', {}).get('spearman_threshold')} redundancy filter, LASSO, logistic regression.",
             f"Deep learning: arms {', '.join(dl.get('arms', []))} × networks {', '.join(dl.get('nets', []))}; "
             f"largest-ROI slice, bounding box + 10 px, resized to {dl.get('spatial_size')}×{dl.get('spatial_size')}; "
-            f"{dl.get('epochs')} epochs, batch size {dl.get('batch_size')}. FF arm: per-phase PCA "
-            f"({dl.get('ff_pca_components')} components) → LASSO → LR.",
+            f"{dl.get('epochs')} epochs, batch size {dl.get('batch_size')}, seed {c.get('seed')}. FF arm: per-phase "
+            "CNN features → PCA → LASSO → LR (fitted inside the folds).",
             "Clinical model: univariable screen → stepwise AIC → unpenalised logistic regression (preoperative "
             "variables). Combined model: logistic regression on the out-of-fold clinical, radiomics and DL scores.",
             f"Statistics: AUC with DeLong {int(100 * float(st.get('ci_level', 0.95)))}% CI; operating threshold by "

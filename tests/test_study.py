@@ -149,3 +149,105 @@ def test_write_selection_from_scores(tmp_path):
     assert sel["chosen"]["model"] == "ff_resnet18"
     assert "validation cohort is not used" in json.loads((tmp_path / "selection.json").read_text())["rule"]
     assert "paper_selection" not in sel
+
+
+# ------------------------------------------------------------------ fusion -> statistics -> frozen model -> predict
+@pytest.fixture(scope="module")
+def fused_study(tmp_path_factory):
+    """A study folder up to the DL stages made from cheap fakes (radiomics with signal, DL scores from the truth),
+    then the real fusion, statistics and freeze stages."""
+    from tools.cohort import write_datalist
+    from tools.synth import sample_patients
+
+    root = tmp_path_factory.mktemp("fused")
+    cohort, truth = sample_patients(90, seed=5)
+    for col in ("ap", "pvp", "dp", "ap_mask", "pvp_mask", "dp_mask"):
+        cohort[col] = "x.nii.gz"
+    csv = root / "cohort" / "cohort.csv"
+    csv.parent.mkdir()
+    cohort.to_csv(csv, index=False)
+    truth.to_csv(csv.parent / "truth.csv", index=False)
+    write_datalist(csv, root, folds=3, seed=0)
+    splits = json.loads((root / "splits.json").read_text())
+    rng = np.random.default_rng(2)
+    ids, logit = truth["patient_id"].to_numpy(), truth["bayes_logit"].to_numpy()
+    rad = pd.DataFrame(rng.normal(size=(len(ids), 12)), columns=[f"ap_original_firstorder_F{i}" for i in range(12)])
+    rad.iloc[:, 0] += 0.8 * logit
+    rad.insert(0, "patient_id", ids)
+    rad.to_parquet(root / "radiomics.parquet", index=False)
+    fold_of = splits["fold_of"]
+    split = cohort.set_index("patient_id")["split"]
+    for arm, noise in (("mc", 8.0), ("ff", 0.5)):
+        s = 1 / (1 + np.exp(-(logit + rng.normal(0, noise, len(ids)))))
+        d = root / "dl" / arm / "resnet18"
+        d.mkdir(parents=True)
+        pd.DataFrame({"patient_id": ids, "model": f"{arm}_resnet18", "fold": [fold_of.get(p, -1) for p in ids],
+                      "split": split.loc[ids].to_numpy(), "score": s}).to_parquet(d / "scores.parquet")
+        (d / "full").mkdir()
+        (d / "full" / "model.pt").write_bytes(b"weights")
+    cfg = resolve_config(nets="resnet18", folds=3)
+    cfg.update(cohort=str(csv), cohort_generated=True)
+    (root / "study.yaml").write_text(yaml.safe_dump(cfg))
+    from tools.predict import freeze_model
+    from tools.stages import run_fusion, run_statistics
+
+    run_fusion(root, csv, cfg)
+    run_statistics(root, csv, cfg)
+    freeze_model(root)
+    return root, cohort, rad
+
+
+def test_fusion_outputs(fused_study):
+    root, cohort, _ = fused_study
+    s = pd.read_parquet(root / "scores.parquet")
+    assert set(s["model"]) == {"clinical", "radiomics", "mc_resnet18", "ff_resnet18", "combined"}
+    tr = s[s.split == "train"]
+    assert (tr["fold"] >= 0).all() and (s[s.split == "validation"]["fold"] == -1).all()
+    assert s.groupby("model").size().nunique() == 1          # every model scored every patient
+    assert json.loads((root / "selection.json").read_text())["chosen"]["model"] == "ff_resnet18"  # less noise
+    lasso = pd.read_csv(root / "fusion" / "radiomics_lasso.csv")
+    assert "ap_original_firstorder_F0" in set(lasso["feature"])   # the one feature carrying signal
+
+
+def test_frozen_model_reproduces_study_scores(fused_study):
+    """The frozen model applied to the validation patients gives exactly the study's validation scores."""
+    from tools.predict import load_model, score_patients
+
+    root, cohort, rad = fused_study
+    bundle = load_model(root / "model")
+    assert bundle["manifest"]["dl"]["model"] == "ff_resnet18"
+    assert (root / "model" / "dl" / "ff" / "resnet18" / "full" / "model.pt").exists()
+    s = pd.read_parquet(root / "scores.parquet")
+    val = cohort[cohort.split == "validation"]
+    dl = s[(s.model == "ff_resnet18")].set_index("patient_id")["score"]
+    pred = score_patients(bundle, val, rad, dl).set_index("patient_id")
+    study = s[(s.model == "combined") & (s.split == "validation")].set_index("patient_id")["score"]
+    np.testing.assert_allclose(pred.loc[study.index, "probability"], study, rtol=1e-10)
+    thr = bundle["manifest"]["threshold"]
+    assert (pred["predicted_class"] == (pred["probability"] >= thr)).all()
+    # nomogram: total points map back to the same probability
+    from fusion.nomogram import Nomogram
+    spec = bundle["manifest"]["nomogram"]
+    nomo = Nomogram(coefs=spec["coefs"], intercept=spec["intercept"], ranges=spec["ranges"], scale=spec["scale"],
+                    refs=spec["refs"])
+    np.testing.assert_allclose(nomo.total_to_probability(pred["total_points"]), pred["probability"], rtol=1e-8)
+
+
+def test_evaluation_metrics(fused_study, tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    from tools.predict import evaluation_metrics, load_model, score_patients, write_evaluation_report
+
+    root, cohort, rad = fused_study
+    bundle = load_model(root / "model")
+    s = pd.read_parquet(root / "scores.parquet")
+    val = cohort[cohort.split == "validation"]
+    pred = score_patients(bundle, val, rad, s[s.model == "ff_resnet18"].set_index("patient_id")["score"])
+    y = val.set_index("patient_id")["p53"]
+    m, nb = evaluation_metrics(pred, y, bundle["manifest"]["threshold"])
+    auc = m[(m.model == "combined") & (m.metric == "auc")].iloc[0]
+    assert auc.estimate == pytest.approx(roc_auc_score(y.loc[pred.patient_id], pred.probability))
+    assert {"calibration_intercept", "calibration_slope"} <= set(m.metric)
+    assert set(nb["model"]) >= {"combined", "all", "none"}
+    page = write_evaluation_report(root / "model", tmp_path, m).read_text()
+    assert "AUC validation" in page and "AUC external" in page
