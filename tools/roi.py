@@ -165,6 +165,27 @@ class ROIBoundingBoxCropd(MapTransform):
         return d
 
 
+class RenameKeysd(MapTransform):
+    """Move ``data[key]`` to ``data[name]`` for each pair (MONAI has no plain rename transform).
+
+    Why: MONAI's ``Spacingd`` treats every key that starts with ``f"{key}_"`` as a meta dict of ``key`` (NIfTI
+    inputs), so a mask stored as ``ap_mask`` next to the image ``ap`` breaks it. The bundles load
+    ``ap_mask`` (the datalist contract) and rename it to ``mask_ap`` right after loading.
+    """
+
+    def __init__(self, keys: KeysCollection, names: Sequence[str], allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.names = list(names)
+        if len(self.names) != len(self.keys):
+            raise ValueError("RenameKeysd needs one new name per key")
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        for key, name in self.key_iterator(d, self.names):
+            d[name] = d.pop(key)
+        return d
+
+
 # Short aliases matching the names in the issue / contracts.
 LargestAreaSliceD = LargestAreaSliceDict = LargestAreaSliced
 ROIBoundingBoxCropD = ROIBoundingBoxCropDict = ROIBoundingBoxCropd
