@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 import warnings
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
@@ -40,6 +41,7 @@ CACHE_DIR = "radiomics_cache"
 R2_MASK_DIR = "radiomics_r2_masks"
 log = logging.getLogger(__name__)
 _PYRADIOMICS = __import__("radiomics").__version__  # part of every cache key
+_TASK_LOCK = threading.Lock()
 
 __all__ = ["load_params", "extract_patient_phase", "extract_with_diagnostics", "extract_cohort", "versions"]
 
@@ -121,7 +123,17 @@ def _resample_mask_to(mask_path: str, reference_path: str, dest: Path) -> Path:
 
 
 def _run_task(task: dict) -> dict:
-    """Extract one patient x phase x reader (runs in a worker); returns a result record, never raises."""
+    """Extract one patient x phase x reader (runs in a worker); returns a result record, never raises.
+
+    PyRadiomics is not thread-safe (its YAML schema validation and SimpleITK's global thread setting are shared
+    state), so tasks in one process are serialised by a lock: parallelism comes from processes. Dask workers
+    should therefore run one thread each (``dask worker --nworkers N --nthreads 1``).
+    """
+    with _TASK_LOCK:
+        return _run_task_unlocked(task)
+
+
+def _run_task_unlocked(task: dict) -> dict:
     import SimpleITK as sitk
 
     threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
@@ -228,22 +240,30 @@ def _task(pid, phase, reader, image, mask, img_sha, mask_sha, params, phash, out
 
 
 def _build_tasks(cohort: pd.DataFrame, index: pd.DataFrame, params: dict, phash: str, out: Path,
-                 progress: bool) -> list[dict]:
-    tasks = []
+                 progress: bool) -> tuple[list[dict], list[dict]]:
+    """Tasks for every indexed patient x phase (+ second reader); unreadable inputs become failure records."""
+    tasks, failures = [], []
     r2 = cohort.set_index("patient_id")
     rows = list(index.itertuples(index=False))
     for r in tqdm(rows, desc="hashing", unit="phase", disable=not progress, leave=False):
         pid, phase = str(r.patient_id), str(r.phase)
-        img_sha = file_sha256(r.image)
-        tasks.append(_task(pid, phase, "r1", r.image, r.mask, img_sha, file_sha256(r.mask), params, phash, out))
         col = f"{phase}_mask_r2"
         native = r2.at[pid, col] if col in r2.columns and pid in r2.index else None
+        pairs = [("r1", r.mask, {})]
         if isinstance(native, str) and native:
-            # key = native r2 mask hash + preprocessed image hash (it fixes the grid the mask is resampled to)
+            # resampled onto the preprocessed grid; the key (native mask + preprocessed image) fixes that grid
             resampled = out / R2_MASK_DIR / pid / f"{phase}_mask_r2.nii.gz"
-            tasks.append(_task(pid, phase, "r2", r.image, native, img_sha, file_sha256(native), params, phash, out,
-                               resample_mask_to=r.image, resampled_mask=str(resampled)))
-    return tasks
+            pairs.append(("r2", native, dict(resample_mask_to=r.image, resampled_mask=str(resampled))))
+        for reader, mask, extra in pairs:
+            try:
+                shas = [file_sha256(r.image), file_sha256(mask)]
+            except OSError as exc:
+                failures.append(dict(patient_id=pid, phase=phase, reader=reader, status="failed",
+                                     error=f"cannot read input: {exc}", image_sha256="", mask_sha256="",
+                                     params_hash=phash, features={}, diagnostics={}, seconds=0.0))
+                continue
+            tasks.append(_task(pid, phase, reader, r.image, mask, *shas, params, phash, out, **extra))
+    return tasks, failures
 
 
 def _load_cached(task: dict) -> dict | None:
@@ -309,10 +329,10 @@ def extract_cohort(cohort_csv: str | os.PathLike, out: str | os.PathLike, params
     cohort = _read_cohort(cohort_csv)
     index = _preprocessed_index(cohort_csv, out, workers, scheduler)
     index = index[index["patient_id"].isin(cohort["patient_id"])]
-    tasks = _build_tasks(cohort, index, settings, phash, out, progress)
+    tasks, unreadable = _build_tasks(cohort, index, settings, phash, out, progress)
     cached = {t["cache"]: c for t in tasks if (c := _load_cached(t)) is not None}
     todo = [t for t in tasks if t["cache"] not in cached]
-    results = list(cached.values()) + run_tasks(todo, workers, scheduler, progress)
+    results = list(cached.values()) + unreadable + (run_tasks(todo, workers, scheduler, progress) if todo else [])
     failed = [r for r in results if r["status"] != "ok"]
     for r in failed:
         msg = f"radiomics failed for patient {r['patient_id']}, phase {r['phase']} ({r['reader']}): {r['error']}"
