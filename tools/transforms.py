@@ -46,6 +46,8 @@ N4_DEFAULTS: dict[str, Any] = {
 }
 
 MASK_MODES = ("otsu", "foreground", "none")
+#: Axis labels of MONAI's world space (the ITKReader converts ITK's LPS to RAS); explicit to pin the meaning.
+_RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 
 
 def _shrink_factors(size: Sequence[int], shrink_factor: int | Sequence[int], min_size: int = 4) -> list[int]:
@@ -308,7 +310,7 @@ def preprocessing_chain(params: Mapping[str, Any] | None = None, image_keys: Seq
         steps.append(LoadImaged(keys, reader="ITKReader", image_only=True, ensure_channel_first=True,
                                 allow_missing_keys=True))
         if p["orientation"]:
-            steps.append(Orientationd(keys, axcodes=p["orientation"], allow_missing_keys=True))
+            steps.append(Orientationd(keys, axcodes=p["orientation"], labels=_RAS_LABELS, allow_missing_keys=True))
     if n4:
         steps.append(N4BiasFieldCorrectiond(image_keys, **p["n4"]))
     if resample:
