@@ -30,21 +30,27 @@ def _fresh(estimator_factory: Callable[[], Any] | Any):
 
 def _indexed(X: pd.DataFrame) -> pd.DataFrame:
     """X indexed by string patient_id (taken from a ``patient_id`` column when present)."""
-    if "patient_id" in X.columns:
+    has_column = "patient_id" in X.columns
+    if has_column:
         X = X.set_index(X["patient_id"].astype(str), drop=False)
     X = X.copy()
-    X.index = X.index.astype(str).rename("patient_id")
+    # keep the index unnamed when the column exists, so pandas never sees an ambiguous "patient_id"
+    X.index = X.index.astype(str).rename(None if has_column else "patient_id")
     if X.index.duplicated().any():
         raise InputError(str(X.index[X.index.duplicated()][0]), "duplicate patient_id")
     return X
 
 
 def _labels(y, index: pd.Index) -> pd.Series:
+    """Per-patient values aligned to ``index``: by patient_id when a Series carries the ids, else by position."""
     if isinstance(y, pd.Series):
-        y = y.copy()
-        y.index = y.index.astype(str)
-        return y
-    return pd.Series(np.asarray(y), index=index)
+        keyed = y.set_axis(y.index.astype(str))
+        if set(index).issubset(set(keyed.index)):
+            return keyed
+    values = np.asarray(y)
+    if len(values) != len(index):
+        raise InputError(None, f"{len(values)} labels/splits for {len(index)} patients")
+    return pd.Series(values, index=index)
 
 
 def _proba(est, X: pd.DataFrame) -> np.ndarray:

@@ -122,3 +122,13 @@ def test_combined_model_is_unpenalised_lr_on_logits():
                                   check_names=False)
     with pytest.raises(InputError, match="missing"):
         model.predict_proba(W.drop(columns="dl"))
+
+
+def test_plain_cohort_frame_with_positional_labels():
+    """A cohort table as read from cohort.csv (RangeIndex, patient_id column) works without re-indexing."""
+    df = cohort_with_split(120, seed=6).reset_index(drop=True)
+    splits = make_splits(df.loc[df.split == "train", "patient_id"])
+    scores = crossfit_scores("clinical", make_clinical_model, df, df["p53"], df["split"], splits)
+    assert sorted(scores.patient_id) == sorted(df.patient_id)
+    with pytest.raises(InputError, match="labels/splits"):
+        crossfit_predict(make_clinical_model, df, df["p53"].iloc[:-1].to_numpy(), splits)
