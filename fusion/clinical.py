@@ -135,6 +135,9 @@ def _as_target(y: pd.Series | np.ndarray | Sequence, index: pd.Index) -> np.ndar
     return arr.astype(int)
 
 
+_OR_COLUMNS = ["variable", "analysis", "coef", "odds_ratio", "ci_low", "ci_high", "p_value", "n"]
+
+
 def _fit_logit(X: pd.DataFrame, y: np.ndarray):
     """Unpenalised statsmodels Logit with intercept; returns the result or None when it cannot be fitted."""
     exog = sm.add_constant(X, has_constant="add")
@@ -150,6 +153,13 @@ def _fit_logit(X: pd.DataFrame, y: np.ndarray):
 
 
 def _or_rows(res, variables: Sequence[str], analysis: str) -> pd.DataFrame:
+    if not variables:
+        return pd.DataFrame(columns=_OR_COLUMNS)
+    with np.errstate(over="ignore"):  # near-separated variables: OR = inf is the honest value
+        return _or_rows_inner(res, variables, analysis)
+
+
+def _or_rows_inner(res, variables: Sequence[str], analysis: str) -> pd.DataFrame:
     ci = res.conf_int(alpha=0.05)
     rows = [{"variable": v, "analysis": analysis, "coef": float(res.params[v]),
              "odds_ratio": float(np.exp(res.params[v])), "ci_low": float(np.exp(ci.loc[v, 0])),
@@ -157,8 +167,6 @@ def _or_rows(res, variables: Sequence[str], analysis: str) -> pd.DataFrame:
             for v in variables]
     return pd.DataFrame(rows)
 
-
-_OR_COLUMNS = ["variable", "analysis", "coef", "odds_ratio", "ci_low", "ci_high", "p_value", "n"]
 
 
 def univariable_table(X: pd.DataFrame, y) -> pd.DataFrame:

@@ -133,3 +133,11 @@ def test_synthetic_cohort_multivariable_like_paper():
     assert tab.loc["rim_aphe", "odds_ratio"] > 1.5  # paper: 3.844
     model = ClinicalModel().fit(train, train.p53)
     assert {"ltd_mm", "rim_aphe"} <= set(model.selected_)
+
+
+def test_no_signal_gives_intercept_only_model():
+    df = raw_cohort(150, seed=11, beta_ltd=0.0, beta_rim=0.0)
+    df["p53"] = np.random.default_rng(0).binomial(1, 0.4, len(df))
+    model = ClinicalModel(p_enter=1e-6).fit(df, df.p53)
+    assert model.selected_ == [] and model.coef_table_.empty
+    np.testing.assert_allclose(model.predict_proba(df)[:, 1], df.p53.mean(), atol=1e-8)
