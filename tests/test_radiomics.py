@@ -59,6 +59,20 @@ def test_reproduces_pyradiomics_baseline(case):
 
 
 @needs_ref
+def test_roi_precrop_gives_pyradiomics_own_values():
+    """Our crop-before-PyRadiomics shortcut must not change a single value (paper params: LoG + wavelet)."""
+    from radiomics.featureextractor import RadiomicsFeatureExtractor
+
+    image, mask = STS / "CT" / "image.nii.gz", STS / "CT" / "mask.nii.gz"
+    ours = extract_patient_phase(image, mask, "paper")
+    ref = RadiomicsFeatureExtractor(load_params("paper")).execute(str(image), str(mask))
+    ref = {k: float(v) for k, v in ref.items() if not k.startswith("diagnostics")}
+    assert ours.keys() == ref.keys()
+    for k, v in ref.items():
+        assert ours[k] == pytest.approx(v, rel=1e-9, abs=1e-12), k
+
+
+@needs_ref
 @pytest.mark.parametrize("image,mask,params", [
     (STS / "CT" / "image.nii.gz", STS / "CT" / "mask.nii.gz", "paper"),
     (STS / "MR_T1" / "image.nii.gz", STS / "MR_T1" / "mask.nii.gz", "demo"),

@@ -74,6 +74,37 @@ def _extractor(params: dict):
     return RadiomicsFeatureExtractor(params)
 
 
+def _same_grid(a, b, tol: float = 1e-5) -> bool:
+    return (a.GetSize() == b.GetSize() and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tol)
+            and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tol)
+            and np.allclose(a.GetDirection(), b.GetDirection(), atol=tol))
+
+
+def _load_cropped(image_path, mask_path, settings: dict):
+    """Read image and mask; when PyRadiomics would pre-crop anyway, crop both to the ROI box first.
+
+    PyRadiomics with ``preCrop`` crops to the mask's bounding box + ``padDistance`` before filtering, so cutting a
+    slightly larger box (+2 voxels) beforehand gives identical features (checked in the tests) while its
+    full-image steps -- mask checks, image hashing for the diagnostics -- run on a small image: for a 1 mm
+    abdominal volume this removes most of the per-phase time. Without ``preCrop``, or when the grids differ
+    (PyRadiomics then resamples the mask itself), the full images are passed unchanged.
+    """
+    import SimpleITK as sitk
+
+    image, mask = sitk.ReadImage(str(image_path)), sitk.ReadImage(str(mask_path))
+    if not settings.get("preCrop", False) or not _same_grid(image, mask):
+        return image, mask
+    roi = np.nonzero(sitk.GetArrayViewFromImage(mask) == settings.get("label", 1))
+    if not roi[0].size:
+        return image, mask  # let PyRadiomics report the empty label
+    pad = int(settings.get("padDistance", 5)) + 2
+    size = np.array(image.GetSize())
+    lo = np.maximum([r.min() - pad for r in roi[::-1]], 0)  # numpy (z, y, x) -> ITK (x, y, z)
+    hi = np.minimum([r.max() + pad + 1 for r in roi[::-1]], size)
+    crop = [int(v) for v in lo], [int(v) for v in hi - lo]
+    return sitk.RegionOfInterest(image, crop[1], crop[0]), sitk.RegionOfInterest(mask, crop[1], crop[0])
+
+
 def extract_with_diagnostics(image_path: str | os.PathLike, mask_path: str | os.PathLike,
                              params: str | dict = "demo") -> tuple[dict[str, float], dict[str, str]]:
     """Extract one image/mask pair; return ``(features, diagnostics)`` separately.
@@ -84,9 +115,12 @@ def extract_with_diagnostics(image_path: str | os.PathLike, mask_path: str | os.
         params: ``"demo"``, ``"paper"``, a YAML path or a settings dict.
 
     Returns:
-        features (name -> float, in PyRadiomics order) and diagnostics (name -> string).
+        features (name -> float, in PyRadiomics order) and diagnostics (name -> string). With ``preCrop`` the
+        image/mask diagnostics (hash, size) describe the ROI crop that was passed to PyRadiomics.
     """
-    result = _extractor(load_params(params)).execute(str(image_path), str(mask_path))
+    params = load_params(params)
+    image, mask = _load_cropped(image_path, mask_path, params.get("setting") or {})
+    result = _extractor(params).execute(image, mask)
     features, diagnostics = {}, {}
     for name, value in result.items():
         if name.startswith("diagnostics_"):
