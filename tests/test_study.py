@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -251,3 +252,122 @@ def test_evaluation_metrics(fused_study, tmp_path):
     assert set(nb["model"]) >= {"combined", "all", "none"}
     page = write_evaluation_report(root / "model", tmp_path, m).read_text()
     assert "AUC validation" in page and "AUC external" in page
+
+
+# ------------------------------------------------------------------ run_study end to end with fake image stages
+class _Killed(Exception):
+    pass
+
+
+@pytest.fixture
+def fake_image_stages(monkeypatch):
+    """Replace the image-heavy stage functions (synth images, preprocess, radiomics, CNN training, Grad-CAM) by
+    fast deterministic fakes, so the real orchestration, fusion, statistics, figures, report and freezing run."""
+    import sys
+    import types
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    import tools.cohort
+    import tools.radiomics
+    import tools.synth
+    import tools.train
+    from tools.synth import sample_patients
+
+    state = {"kill": None, "calls": []}
+
+    def make_cohort(n, out, seed=0, size="demo", second_reader=True, profile="internal"):
+        cohort, truth = sample_patients(n, seed=seed, profile=profile)
+        for col in ("ap", "pvp", "dp", "ap_mask", "pvp_mask", "dp_mask"):
+            cohort[col] = "x.nii.gz"
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        cohort.to_csv(out / "cohort.csv", index=False)
+        truth.to_csv(out / "truth.csv", index=False)
+        return out
+
+    def truth_of(cohort_csv):
+        return pd.read_csv(Path(cohort_csv).parent / "truth.csv", dtype={"patient_id": str})
+
+    def preprocess_cohort(cohort_csv, out, workers=None, scheduler=None):
+        state["calls"].append("preprocess")
+
+    def extract_cohort(cohort_csv, out, params="demo", workers=None, scheduler=None):
+        state["calls"].append("radiomics")
+        t = truth_of(cohort_csv)
+        rng = np.random.default_rng(1)
+        rad = pd.DataFrame(rng.normal(size=(len(t), 8)), columns=[f"ap_original_firstorder_F{i}" for i in range(8)])
+        rad.iloc[:, 0] += t["bayes_logit"]
+        rad.insert(0, "patient_id", t["patient_id"])
+        rad.to_parquet(Path(out) / "radiomics.parquet", index=False)
+
+    def train_arm(cohort_csv, out, arm="mc", net="resnet18", epochs=None, device=None, **kw):
+        state["calls"].append(f"{arm}_{net}")
+        if state["kill"] == f"{arm}_{net}":
+            raise _Killed(f"killed while training {arm}_{net}")
+        t = truth_of(cohort_csv)
+        splits = json.loads((Path(out) / "splits.json").read_text())
+        rng = np.random.default_rng(len(arm) * 100 + len(net) + int(epochs))
+        s = 1 / (1 + np.exp(-(t["bayes_logit"] + rng.normal(0, 1.5, len(t)))))
+        d = Path(out) / "dl" / arm / net
+        (d / "full").mkdir(parents=True, exist_ok=True)
+        (d / "full" / "model.pt").write_bytes(b"w")
+        pd.DataFrame({"patient_id": t["patient_id"], "model": f"{arm}_{net}",
+                      "fold": [splits["fold_of"].get(p, -1) for p in t["patient_id"]], "split": t["split"],
+                      "score": s}).to_parquet(d / "scores.parquet", index=False)
+
+    def gradcam_command(out, arm="mc", net="resnet18", patients=None, n=4):
+        fig, ax = plt.subplots(figsize=(1, 1), dpi=30)
+        ax.imshow(np.eye(4))
+        (Path(out) / "gradcam").mkdir(exist_ok=True)
+        fig.savefig(Path(out) / "gradcam" / f"{arm}_{net}.png")
+        plt.close(fig)
+
+    monkeypatch.setattr(tools.synth, "make_cohort", make_cohort)
+    monkeypatch.setattr(tools.cohort, "validate_cohort", lambda path, **kw: [])
+    monkeypatch.setattr(tools.radiomics, "extract_cohort", extract_cohort)
+    monkeypatch.setattr(tools.train, "train_arm", train_arm)
+    monkeypatch.setitem(sys.modules, "tools.preprocess", types.SimpleNamespace(preprocess_cohort=preprocess_cohort))
+    monkeypatch.setitem(sys.modules, "tools.gradcam", types.SimpleNamespace(gradcam_command=gradcam_command))
+    return state
+
+
+def _snapshot(root) -> dict:
+    """Content hashes of every output (markers hold timings, so they are compared by key only)."""
+    from tools.io_utils import file_sha256
+
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            rel = p.relative_to(root).as_posix()
+            out[rel] = json.loads(p.read_text())["key"] if rel.startswith(".stages/") else file_sha256(p)
+    return out
+
+
+def test_run_study_kill_and_resume_gives_identical_outputs(tmp_path, fake_image_stages):
+    from tools.study import run_study
+
+    kw = dict(out=tmp_path / "study", nets="resnet18", folds=3, epochs=1, **{"synth.n": 100})
+    report = run_study(**kw)
+    assert report.exists() and (tmp_path / "study" / "model" / "manifest.json").exists()
+    page = report.read_text()
+    assert page.count("Not available") == 0, "every section should be filled by the fake study"
+    clean = _snapshot(tmp_path / "study")
+
+    import shutil
+    shutil.rmtree(tmp_path / "study")
+    fake_image_stages["kill"] = "ff_resnet18"
+    with pytest.raises(_Killed):
+        run_study(**kw)
+    assert not (tmp_path / "study" / ".stages" / "dl_ff_resnet18.done").exists()
+    fake_image_stages["kill"] = None
+    fake_image_stages["calls"].clear()
+    run_study(**kw)
+    assert fake_image_stages["calls"] == ["ff_resnet18"]     # finished work is not redone
+    assert _snapshot(tmp_path / "study") == clean
+
+    fake_image_stages["calls"].clear()
+    run_study(**kw)                                             # nothing left to do
+    assert fake_image_stages["calls"] == []

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -76,7 +75,6 @@ def freeze_model(study_dir: str | Path) -> Path:
         combined = joblib.load(study_dir / "fusion" / "combined.joblib")
         manifest = {
             "format": "p53hcc-model/1",
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "study": str(study_dir.resolve()),
             "preprocessing": {"steps": ["N4 bias-field correction", "resample 1x1x1 mm", "z-score"],
                               "config": cfg.get("preprocess", {})},
