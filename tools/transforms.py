@@ -41,6 +41,7 @@ N4_DEFAULTS: dict[str, Any] = {
     "spline_order": 3,
     "bias_field_fwhm": 0.15,
     "n_control_points": 4,
+    "spline_distance": None,
     "wiener_filter_noise": 0.01,
     "n_histogram_bins": 200,
 }
@@ -73,6 +74,16 @@ def _iterations(n_iterations: int | Sequence[int], n_fitting_levels: int | None)
     return its
 
 
+def _control_points(shape, spacing, n_control_points: int, spline_distance: float | None,
+                    spline_order: int) -> list[int]:
+    """Control points per axis: fixed, or one mesh span per ``spline_distance`` mm of physical extent."""
+    if spline_distance is None:
+        return [int(n_control_points)] * len(shape)
+    extent = [(n - 1) * float(s) for n, s in zip(shape, spacing)]
+    return [max(int(spline_order) + 1, int(np.ceil(e / float(spline_distance))) + int(spline_order))
+            for e in extent]
+
+
 def _to_sitk(array: np.ndarray, spacing, origin=None, direction=None) -> sitk.Image:
     """(x, y, z)-ordered array -> SimpleITK image with the given physical geometry."""
     image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(array).T))
@@ -89,8 +100,8 @@ def n4_correct(array: np.ndarray, spacing: Sequence[float], mask: np.ndarray | N
                shrink_factor: int | Sequence[int] = 4, n_iterations: int | Sequence[int] = (50, 50, 30, 20),
                convergence_threshold: float = 1e-6, n_fitting_levels: int | None = None, mask_mode: str = "otsu",
                spline_order: int = 3, bias_field_fwhm: float = 0.15, n_control_points: int = 4,
-               wiener_filter_noise: float = 0.01, n_histogram_bins: int = 200,
-               n_threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+               spline_distance: float | None = None, wiener_filter_noise: float = 0.01,
+               n_histogram_bins: int = 200, n_threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """N4 bias-field correction of one spatial volume (2D or 3D).
 
     Args:
@@ -109,7 +120,12 @@ def n4_correct(array: np.ndarray, spacing: Sequence[float], mask: np.ndarray | N
             (voxels > 0) or "none" (every voxel). Non-positive voxels are always excluded (N4 works on log I).
         spline_order: B-spline order of the field.
         bias_field_fwhm: FWHM of the Gaussian deconvolving the log-intensity histogram (N4's sharpening kernel).
-        n_control_points: control points per axis at the coarsest level (>= spline_order + 1).
+        n_control_points: control points per axis at the coarsest level (>= spline_order + 1). ITK lays them
+            evenly over each axis's extent, so with this option the fit is the same in index space whatever the
+            spacing.
+        spline_distance: if set (mm), the coarsest B-spline mesh has one span per ``spline_distance`` mm of each
+            axis's physical extent (ANTs' ``-b [distance]``), so a short z extent of thick slices gets fewer
+            control points than the in-plane axes; overrides ``n_control_points``.
         wiener_filter_noise: Wiener filter noise of the histogram deconvolution.
         n_histogram_bins: histogram bins of the deconvolution.
         n_threads: ITK threads for this call (None: ITK's global default).
@@ -153,7 +169,8 @@ def n4_correct(array: np.ndarray, spacing: Sequence[float], mask: np.ndarray | N
     n4.SetConvergenceThreshold(float(convergence_threshold))
     n4.SetSplineOrder(int(spline_order))
     n4.SetBiasFieldFullWidthAtHalfMaximum(float(bias_field_fwhm))
-    n4.SetNumberOfControlPoints([int(n_control_points)] * arr.ndim)
+    n4.SetNumberOfControlPoints(_control_points(arr.shape, spacing, n_control_points, spline_distance,
+                                                spline_order))
     n4.SetWienerFilterNoise(float(wiener_filter_noise))
     n4.SetNumberOfHistogramBins(int(n_histogram_bins))
     if n_threads:
@@ -190,14 +207,15 @@ class N4BiasFieldCorrection(Transform):
     def __init__(self, shrink_factor: int | Sequence[int] = 4, n_iterations: int | Sequence[int] = (50, 50, 30, 20),
                  convergence_threshold: float = 1e-6, n_fitting_levels: int | None = None, mask_mode: str = "otsu",
                  spline_order: int = 3, bias_field_fwhm: float = 0.15, n_control_points: int = 4,
-                 wiener_filter_noise: float = 0.01, n_histogram_bins: int = 200,
-                 pixdim: Sequence[float] | None = None, n_threads: int | None = None) -> None:
+                 spline_distance: float | None = None, wiener_filter_noise: float = 0.01,
+                 n_histogram_bins: int = 200, pixdim: Sequence[float] | None = None, n_threads: int | None = None) -> None:
         if mask_mode not in MASK_MODES:
             raise ValueError(f"mask_mode {mask_mode!r} must be one of {MASK_MODES}")
         self.params = dict(shrink_factor=shrink_factor, n_iterations=n_iterations,
                            convergence_threshold=convergence_threshold, n_fitting_levels=n_fitting_levels,
                            mask_mode=mask_mode, spline_order=spline_order, bias_field_fwhm=bias_field_fwhm,
-                           n_control_points=n_control_points, wiener_filter_noise=wiener_filter_noise,
+                           n_control_points=n_control_points, spline_distance=spline_distance,
+                           wiener_filter_noise=wiener_filter_noise,
                            n_histogram_bins=n_histogram_bins, n_threads=n_threads)
         self.pixdim = pixdim
 

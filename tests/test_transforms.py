@@ -1,0 +1,113 @@
+"""N4 bias correction (array + dict) and the preprocessing chain on tiny synthetic phantoms."""
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from tools.transforms import (
+    N4BiasFieldCorrection,
+    N4BiasFieldCorrectiond,
+    chain_params,
+    n4_correct,
+    preprocessing_chain,
+)
+
+SPACING = (1.5, 1.5, 4.0)
+FAST = dict(n_iterations=[20, 20, 10])
+
+
+def _phantom(shape=(48, 48, 12), spacing=SPACING, seed=0):
+    """Homogeneous ellipsoidal 'body' (100) on a zero background, times a smooth field, plus a little noise."""
+    grid = np.meshgrid(*[(np.arange(n) - (n - 1) / 2) * s for n, s in zip(shape, spacing)], indexing="ij")
+    radii = [0.45 * n * s for n, s in zip(shape, spacing)]
+    body = sum((g / r) ** 2 for g, r in zip(grid, radii)) < 1
+    inner = sum((g / r) ** 2 for g, r in zip(grid, radii)) < 0.5
+    x, y, z = (g / (n * s) for g, n, s in zip(grid, shape, spacing))
+    bias = np.exp(0.35 * x - 0.5 * y**2 + 0.15 * z).astype(np.float32)
+    noise = np.random.default_rng(seed).normal(0, 1.0, shape)
+    image = (np.where(body, 100.0, 0.0) * bias + body * noise).astype(np.float32)
+    return image, bias, inner
+
+
+def _cv(a, region):
+    return float(a[region].std() / a[region].mean())
+
+
+def test_n4_removes_known_bias_at_full_resolution():
+    image, _, inner = _phantom()
+    corrected, field = n4_correct(image, SPACING, shrink_factor=4, **FAST)
+    assert corrected.shape == image.shape and field.shape == image.shape  # shrunk fit, full-resolution field
+    assert corrected.dtype == np.float32 and field.dtype == np.float32
+    before, after = _cv(image, inner), _cv(corrected, inner)
+    assert before > 0.05
+    assert after < 0.35 * before, (before, after)
+    np.testing.assert_allclose(corrected * field, image, rtol=1e-5, atol=1e-4)  # field * corrected == input
+    assert np.all(np.isfinite(field)) and field.min() > 0
+
+
+def test_n4_uses_physical_spacing():
+    """With a physical control-point distance, the true anisotropic spacing gives a different field than 1 mm."""
+    image, _, _ = _phantom()
+    _, f_true = n4_correct(image, SPACING, spline_distance=40.0, **FAST)
+    _, f_iso = n4_correct(image, (1.0, 1.0, 1.0), spline_distance=40.0, **FAST)
+    _, f_again = n4_correct(image, SPACING, spline_distance=40.0, **FAST)
+    np.testing.assert_allclose(f_true, f_again, rtol=1e-6)  # deterministic
+    assert np.abs(f_true - f_iso).max() > 1e-3
+
+
+def test_n4_masks_and_bad_parameters():
+    image, _, inner = _phantom()
+    corrected, _ = n4_correct(image, SPACING, mask=inner, **FAST)
+    assert _cv(corrected, inner) < 0.5 * _cv(image, inner)
+    with pytest.raises(ValueError, match="mask_mode"):
+        n4_correct(image, SPACING, mask_mode="tumour")
+    with pytest.raises(ValueError, match="empty"):
+        n4_correct(np.zeros((16, 16, 8), np.float32), SPACING)
+    with pytest.raises(ValueError, match="n_fitting_levels"):
+        n4_correct(image, SPACING, n_iterations=[5, 5], n_fitting_levels=3)
+
+
+def test_array_and_dict_transforms_keep_meta():
+    image, _, inner = _phantom()
+    affine = torch.tensor(np.diag([*SPACING, 1.0]))
+    img = MetaTensor(torch.from_numpy(image[None]), affine=affine, meta={"filename_or_obj": "ap.nii.gz"})
+    out = N4BiasFieldCorrectiond("image", bias_key_postfix="bias", spline_distance=40.0, **FAST)(
+        {"image": img, "label": 1})
+    res = out["image"]
+    assert isinstance(res, MetaTensor) and res.dtype == torch.float32 and res.shape == img.shape
+    assert torch.equal(res.affine, img.affine) and res.meta["filename_or_obj"] == "ap.nii.gz"
+    assert out["label"] == 1 and out["image_bias"].shape == img.shape
+    # spacing is read from the MetaTensor affine: same result as the pure function with that spacing
+    expected, _ = n4_correct(image, SPACING, spline_distance=40.0, **FAST)
+    np.testing.assert_allclose(res.numpy()[0], expected, rtol=1e-5)
+    plain = N4BiasFieldCorrection(pixdim=list(SPACING), spline_distance=40.0, **FAST)(image[None])
+    np.testing.assert_allclose(plain[0], expected, rtol=1e-5)
+
+
+def test_chain_resamples_to_1mm_and_masks_stay_binary(tmp_path):
+    image, _, inner = _phantom(shape=(21, 21, 6))  # (n - 1) * spacing integral: no rounding ambiguity
+    # LPS-stored file (x and y flipped in the affine): the chain reorients to RAS
+    affine = np.diag([-SPACING[0], -SPACING[1], SPACING[2], 1.0])
+    nib.save(nib.Nifti1Image(image, affine), str(tmp_path / "img.nii.gz"))
+    nib.save(nib.Nifti1Image(inner.astype(np.uint8), affine), str(tmp_path / "mask.nii.gz"))
+    chain = preprocessing_chain({"n4": FAST})
+    out = chain({"image": str(tmp_path / "img.nii.gz"), "mask": str(tmp_path / "mask.nii.gz")})
+    # MONAI keeps the extent between the outer voxel centres: (n - 1) * spacing / 1 mm + 1 voxels
+    expected = (31, 31, 21)
+    assert tuple(out["image"].shape[1:]) == expected and tuple(out["mask"].shape[1:]) == expected
+    np.testing.assert_allclose(np.diag(out["image"].affine.numpy())[:3], [1.0, 1.0, 1.0], atol=1e-6)
+    assert set(np.unique(out["mask"].numpy())) <= {0.0, 1.0} and out["mask"].sum() > 0
+    body = out["image"].numpy()[0] != 0
+    vals = out["image"].numpy()[0][body]
+    assert abs(vals.mean()) < 1e-4 and abs(vals.std() - 1) < 1e-3  # z-score over the non-zero (body) voxels
+
+
+def test_chain_params_rejects_unknown_keys():
+    assert chain_params({"n4": {"shrink_factor": 2}})["n4"]["n_iterations"] == [50, 50, 30, 20]
+    with pytest.raises(ValueError, match="unknown"):
+        chain_params({"spacing": 1})
+    with pytest.raises(ValueError, match="unknown N4"):
+        chain_params({"n4": {"iterations": 3}})
