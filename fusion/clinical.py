@@ -10,13 +10,14 @@ used for prediction drops it by default (``preoperative_only=True``); Table 2 ke
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 import statsmodels.api as sm
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
+from statsmodels.tools.sm_exceptions import PerfectSeparationError
 
 from tools.errors import InputError
 
@@ -145,7 +146,7 @@ def _fit_logit(X: pd.DataFrame, y: np.ndarray):
         warnings.simplefilter("ignore")
         try:
             res = sm.Logit(y, exog).fit(disp=0, method="newton", maxiter=100)
-        except Exception:  # perfect separation / singular matrix: candidate not usable
+        except (np.linalg.LinAlgError, PerfectSeparationError, ValueError):  # separation / singular: unusable
             return None
     if not np.all(np.isfinite(res.params)) or not np.all(np.isfinite(res.bse)):
         return None
@@ -276,7 +277,7 @@ class ClinicalModel(BaseEstimator, ClassifierMixin):
         enc = encode_clinical(X, preoperative_only=self.preoperative_only)
         return enc[list(self.candidates)] if self.candidates is not None else enc
 
-    def fit(self, X: pd.DataFrame, y) -> "ClinicalModel":
+    def fit(self, X: pd.DataFrame, y) -> ClinicalModel:
         """Select variables and fit the LR on training patients only."""
         enc = self._encode(X)
         target = _as_target(y, enc.index)

@@ -10,7 +10,8 @@ the fold).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -68,7 +69,7 @@ def _check_folds(splits: Mapping, X: pd.DataFrame) -> list[dict]:
     for f in folds:
         overlap = set(map(str, f["train"])) & set(map(str, f["val"]))
         if overlap:
-            raise InputError(sorted(overlap)[0], f"fold {f['fold']}: patient in both train and val")
+            raise InputError(min(overlap), f"fold {f['fold']}: patient in both train and val")
     return folds
 
 
@@ -130,7 +131,7 @@ def crossfit_scores(name: str, estimator_factory, X: pd.DataFrame, y, split, spl
     train_ids = X.index[split == "train"]
     held = {str(i) for f in splits["folds"] for i in f["val"]}
     if held != set(train_ids):
-        odd = sorted(held.symmetric_difference(train_ids))[0]
+        odd = min(held.symmetric_difference(train_ids))
         raise InputError(odd, "training patients and splits.json held-out patients differ")
     oof = crossfit_predict(estimator_factory, X, y, splits, progress=progress)
     frames = [oof.reset_index().assign(split="train")]
@@ -157,7 +158,7 @@ def scores_wide(scores_long: pd.DataFrame, models: Mapping[str, str] | list[str]
     mapping = dict(models) if isinstance(models, Mapping) else {m: m for m in models}
     sub = scores_long[scores_long["model"].isin(mapping.values())]
     wide = sub.pivot(index="patient_id", columns="model", values="score")
-    for col, model in mapping.items():
+    for model in mapping.values():
         if model not in wide.columns:
             raise InputError(None, f"no scores for model {model!r}")
     wide = wide[list(mapping.values())].set_axis(list(mapping), axis=1)

@@ -7,7 +7,7 @@ a Pipeline so the scaler is also learned on training patients only.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -25,12 +25,12 @@ LOGIT_EPS = 1e-6
 
 # --- models built by other fusion modules, re-exported so `fusion.models` is the one place to get a model ----
 try:  # radiomics: Spearman filter -> LASSO -> LR (fusion.selection)
-    from fusion.selection import make_radiomics_model  # noqa: F401
+    from fusion.selection import make_radiomics_model
 except ImportError:  # pragma: no cover - only while fusion.selection is absent
     def make_radiomics_model(*args, **kwargs):  # type: ignore[no-redef]
         raise ImportError("fusion.selection.make_radiomics_model is not available")
 try:  # FF deep-learning head: PCA per phase -> LASSO -> LR on CNN features (fusion.ffhead)
-    from fusion.ffhead import make_ff_head  # noqa: F401
+    from fusion.ffhead import make_ff_head
 except ImportError:  # pragma: no cover
     def make_ff_head(*args, **kwargs):  # type: ignore[no-redef]
         raise ImportError("fusion.ffhead.make_ff_head is not available")
@@ -76,7 +76,7 @@ class CombinedModel(BaseEstimator, ClassifierMixin):
             raise InputError(str(X.index[row]), "combined model input score is missing or not finite")
         return vals
 
-    def fit(self, X: pd.DataFrame, y) -> "CombinedModel":
+    def fit(self, X: pd.DataFrame, y) -> CombinedModel:
         """Fit scaler + LR on training patients' out-of-fold scores."""
         self.feature_names_ = list(self.inputs)
         self.pipeline_ = Pipeline([

@@ -9,8 +9,8 @@ No maintained Python package draws nomograms, hence this small module.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -53,7 +53,7 @@ class Nomogram:
     @classmethod
     def from_logistic(cls, coefs: Mapping[str, float], intercept: float, ranges: Mapping[str, Sequence[float]],
                       ticks: Mapping[str, list[tuple[float, str]]] | None = None,
-                      labels: Mapping[str, str] | None = None) -> "Nomogram":
+                      labels: Mapping[str, str] | None = None) -> Nomogram:
         """Build the points scale from LR coefficients and the predictor ranges to draw.
 
         Args:

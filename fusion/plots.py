@@ -7,7 +7,7 @@ global figure state leaks between calls and the Agg canvas is used for saving (`
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -90,20 +90,22 @@ def calibration_figure(scores_long: pd.DataFrame, split: str, labels: pd.Series 
 
 def decision_curve_figure(scores_long: pd.DataFrame, split: str, labels: pd.Series | None = None,
                           models: Sequence[str] | None = None, names: Mapping[str, str] | None = None,
-                          thresholds=np.arange(0.01, 1.0, 0.01), figsize: tuple[float, float] = REPORT_SIZE
+                          thresholds=None, figsize: tuple[float, float] = REPORT_SIZE
                           ) -> Figure:
     """Net benefit vs threshold probability for each model and the treat-all / treat-none strategies."""
     data = _scores_by_model(scores_long, split, labels, models)
     names = dict(names or {})
+    thresholds = np.arange(0.01, 1.0, 0.01) if thresholds is None else thresholds
     y = next(iter(data.values()))[0]
     if any(not np.array_equal(v[0], y) for v in data.values()):
         raise InputError(None, "decision curves need every model scored on the same patients in the same order")
     nb = stats.net_benefit(y, {m: s for m, (_, s) in data.items()}, thresholds=thresholds)
     fig = Figure(figsize=figsize)
     ax = fig.add_subplot(1, 1, 1)
-    styles = {"all": dict(color="grey", lw=1, label="Treat all"), "none": dict(color="black", lw=1, label="Treat none")}
+    styles = {"all": {"color": "grey", "lw": 1, "label": "Treat all"},
+              "none": {"color": "black", "lw": 1, "label": "Treat none"}}
     for m, sub in nb.groupby("model", sort=False):
-        ax.plot(sub["threshold"], sub["net_benefit"], **styles.get(m, dict(lw=1.6, label=names.get(m, m))))
+        ax.plot(sub["threshold"], sub["net_benefit"], **styles.get(m, {"lw": 1.6, "label": names.get(m, m)}))
     prevalence = float(np.mean(y))
     ax.set(xlim=(0, 1), ylim=(-0.05, max(prevalence, 0.05) * 1.1), xlabel="Threshold probability",
            ylabel="Net benefit", title=_title(split))

@@ -16,15 +16,22 @@ Test rules (stated, applied identically to every comparison):
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from fusion.clinical import encode_clinical, multivariable_table, stepwise_aic, univariable_table, _fit_logit, \
-    _or_rows, _as_target
+from fusion.clinical import (
+    _as_target,
+    _fit_logit,
+    _or_rows,
+    encode_clinical,
+    multivariable_table,
+    stepwise_aic,
+    univariable_table,
+)
 
 SPLIT_LABELS = {"train": "TC", "validation": "VC", "external": "EC", "all": "All"}
 GROUP_LABELS = {"0": "P53\u2212 HCC", "1": "P53+ HCC"}
@@ -308,6 +315,17 @@ _METRIC_ALIASES = {"auc": "auc", "roc_auc": "auc", "accuracy": "accuracy", "acc"
                    "sensitivity": "sensitivity", "sens": "sensitivity", "specificity": "specificity", "spec": "specificity"}
 
 
+def _fmt_metric(sub: pd.DataFrame, key: str) -> str:
+    return f"{sub.loc[key, 'estimate']:.3f}" if key in sub.index else ""
+
+
+def _fmt_auc(sub: pd.DataFrame) -> str:
+    if "auc" not in sub.index:
+        return ""
+    r = sub.loc["auc"]
+    return f"{r['estimate']:.3f} ({r['ci_low']:.3f}\u2013{r['ci_high']:.3f})"
+
+
 def metric_table(metrics_long: pd.DataFrame, models: Sequence[str] | None = None,
                  splits: Sequence[str] = ("train", "validation", "external"),
                  labels: dict[str, str] | None = None) -> pd.DataFrame:
@@ -332,11 +350,9 @@ def metric_table(metrics_long: pd.DataFrame, models: Sequence[str] | None = None
             sub = m[(m.model == model) & (m.split == split)].set_index("metric")
             if sub.empty:
                 continue
-            val = lambda k: f"{sub.loc[k, 'estimate']:.3f}" if k in sub.index else ""  # noqa: E731
-            auc = (f"{sub.loc['auc', 'estimate']:.3f} ({sub.loc['auc', 'ci_low']:.3f}\u2013{sub.loc['auc', 'ci_high']:.3f})"
-                   if "auc" in sub.index else "")
             rows.append({"Model name": labels.get(model, model), "Cohort": SPLIT_LABELS.get(split, split),
-                         "Accuracy": val("accuracy"), "AUC (95% CI)": auc, "Sensitivity": val("sensitivity"),
-                         "Specificity": val("specificity")})
+                         "Accuracy": _fmt_metric(sub, "accuracy"), "AUC (95% CI)": _fmt_auc(sub),
+                         "Sensitivity": _fmt_metric(sub, "sensitivity"),
+                         "Specificity": _fmt_metric(sub, "specificity")})
     return pd.DataFrame(rows, columns=["Model name", "Cohort", "Accuracy", "AUC (95% CI)", "Sensitivity",
                                        "Specificity"])

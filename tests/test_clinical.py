@@ -10,8 +10,13 @@ import pytest
 import statsmodels.api as sm
 from sklearn.base import clone
 
-from fusion.clinical import (ClinicalModel, encode_clinical, multivariable_table, stepwise_aic,
-                             univariable_table)
+from fusion.clinical import (
+    ClinicalModel,
+    encode_clinical,
+    multivariable_table,
+    stepwise_aic,
+    univariable_table,
+)
 from tools.errors import InputError
 
 REF = Path(__file__).resolve().parents[1].parent / "shared" / "reference-data"
@@ -101,7 +106,7 @@ def test_stepwise_recovers_true_signal_and_is_deterministic():
     assert stepwise_aic(X, y, direction="backward") == ["x2", "x5", "x7"]
     assert stepwise_aic(X, y) == stepwise_aic(X, y)
     # the chosen set really has the lowest AIC among its one-step neighbours
-    aic = lambda cols: sm.Logit(y, sm.add_constant(X[cols])).fit(disp=0).aic  # noqa: E731
+    aic = lambda cols: sm.Logit(y, sm.add_constant(X[cols])).fit(disp=0).aic
     best = aic(["x2", "x5", "x7"])
     assert all(aic([c for c in ["x2", "x5", "x7"] if c != d]) > best for d in ["x2", "x5", "x7"])
     assert all(aic(["x2", "x5", "x7", a]) > best for a in ["x0", "x1", "x3", "x4", "x6"])

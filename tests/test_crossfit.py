@@ -61,7 +61,7 @@ def test_null_labels_give_chance_oof_auc():
     n = 300
     X = pd.DataFrame(r.normal(size=(n, 40)), index=[f"P{i}" for i in range(n)])
     y = pd.Series(r.binomial(1, 0.5, n), index=X.index)
-    factory = lambda: LogisticRegression(C=10.0, max_iter=2000)  # noqa: E731
+    factory = lambda: LogisticRegression(C=10.0, max_iter=2000)
     splits = make_splits(X.index)
     oof = crossfit_predict(factory, X, y, splits)
     assert sorted(oof.index) == sorted(X.index)

@@ -7,8 +7,18 @@ import pytest
 from scipy import stats as sps
 
 from fusion.clinical import encode_clinical
-from fusion.tables import (TABLE1_VARIABLES, compare_categorical, compare_continuous, format_p, metric_table,
-                           permutation_chi2, render_table1, render_table2, table1, table2)
+from fusion.tables import (
+    TABLE1_VARIABLES,
+    compare_categorical,
+    compare_continuous,
+    format_p,
+    metric_table,
+    permutation_chi2,
+    render_table1,
+    render_table2,
+    table1,
+    table2,
+)
 from tests.test_clinical import raw_cohort
 
 
