@@ -141,19 +141,25 @@ def band_labs(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def posterior_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Exact posteriors of P53+ from all variables and from subsets (``truth.csv`` columns)."""
+    """Exact posteriors of P53+ from all variables and from subsets (``truth.csv`` columns).
+
+    ``bayes_prob``: every generated variable (demographics, labs, pathology, MRI semantics, imaging latent).
+    ``clinical_bayes_prob``: preoperative clinical + semantic variables (what ``fusion.clinical`` uses by default;
+    no pathology, no latent). ``clinical_pathology_bayes_prob``: all cohort.csv variables (adds grade and MVI).
+    ``preop_bayes_prob``: everything known before surgery (clinical + semantic + imaging latent): the ceiling of
+    the paper's combined model. ``llr_<block>``: each block's summed log-likelihood ratio.
+    """
     llr = log_likelihood_ratios(df)
     prior = np.log(PREVALENCE / (1 - PREVALENCE))
     blocks = {g: llr[[v for v, gg in GROUPS.items() if gg == g]].sum(axis=1) for g in set(GROUPS.values())}
     blocks["latent"] = llr["latent"]
     logit = prior + sum(blocks.values())
-    tab = prior + blocks["demographic_lab"] + blocks["pathology"] + blocks["semantic"]
-    preop = prior + blocks["demographic_lab"] + blocks["semantic"]
+    clinical = prior + blocks["demographic_lab"] + blocks["semantic"]
     return pd.DataFrame({
         "bayes_logit": logit, "bayes_prob": special.expit(logit),
-        "clinical_bayes_prob": special.expit(tab),
-        "preop_bayes_prob": special.expit(preop),
-        "preop_imaging_bayes_prob": special.expit(preop + blocks["latent"]),
+        "clinical_bayes_prob": special.expit(clinical),
+        "clinical_pathology_bayes_prob": special.expit(clinical + blocks["pathology"]),
+        "preop_bayes_prob": special.expit(clinical + blocks["latent"]),
         "prior_logit": prior,
         **{f"llr_{g}": blocks[g] for g in ("demographic_lab", "pathology", "semantic", "latent")},
     }, index=df.index)

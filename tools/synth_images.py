@@ -157,7 +157,7 @@ def _tumour_intensities(rec: dict, h: float, liver: np.ndarray, t: np.ndarray, s
     centre = expit((0.45 - t) / 0.05)
     core = expit((0.7 - t) / 0.05)
     jit = rng.normal(1.0, 0.06, 3)
-    ap = liver[0] * (1.8 * rim + 0.8 * (1 - rim) if rec["rim_aphe"] else 1.7) * jit[0]
+    ap = liver[0] * (1.8 * rim + 0.75 * (1 - rim) if rec["rim_aphe"] else 1.7) * jit[0]
     wash = {"none": (1.05, 1.05, 1.0, 1.0), "nonperipheral": (0.7, 0.7, 0.65, 0.65),
             "peripheral": (0.65, 1.0, 0.6, 1.05)}[rec["washout"]]
     pvp = liver[1] * (wash[0] * rim + wash[1] * (1 - rim)) * jit[1]
