@@ -109,7 +109,7 @@ def _tiny_study(tmp_path, n=5, seed=0):
     for i in range(n):
         pid = f"P{i}"
         mask = _ball(shape, (8, 12, 12), 3 + 2 * (i % 4)).astype(np.uint8)
-        row = {"patient_id": pid, "split": "train", "p53": i % 2}
+        row = {"patient_id": pid, "split": "train" if i < 4 else "validation", "p53": i % 2}
         for ph in ("ap", "pvp", "dp"):
             hetero = 0.2 + 0.4 * i  # tumour texture heterogeneity differs between patients
             raw = rng.normal(0, 1, shape) + mask * (2 + hetero * rng.normal(0, 1, shape))
@@ -136,6 +136,7 @@ def test_texture_varies_with_chosen_discretisation_not_with_binwidth_25(tmp_path
     ours = extract_cohort(cohort, study, params="demo", workers=1, progress=False)
     texture = ours.filter(regex=r"^ap_original_(glcm|glrlm|glszm|gldm|ngtdm)_")
     assert texture.shape[1] == 73 and (texture.std() > 0).mean() > 0.9
+    assert (pd.read_csv(study / "radiomics_icc.csv")["n"] == 4).all()  # ICC on training patients only (not P4)
     # the pitfall: PyRadiomics' default binWidth 25 on z-scores -> one grey level -> constant texture
     default = load_params("demo")
     default["setting"] = {**default["setting"], "binWidth": 25}
@@ -162,7 +163,9 @@ def test_extract_cohort_tables_cache_failures_and_icc(tmp_path, monkeypatch):
     assert bad[["patient_id", "phase", "reader"]].values.tolist() == [["P3", "pvp", "r1"]] and bad.error.iloc[0]
     assert {"pyradiomics_version", "simpleitk_version", "numpy_version", "params_hash", "image_sha256",
             "mask_sha256", "diagnostics"} <= set(prov)
+    assert pd.read_parquet(study / "radiomics_r2.parquet")["patient_id"].tolist() == ["P0", "P1", "P2", "P3"]
     icc = pd.read_csv(study / "radiomics_icc.csv")
+    assert (icc["n"] == 3).all()  # P3 (no reader-1 pvp) is not in radiomics.parquet, hence not in the ICC
     assert {"feature", "icc", "ci_low", "ci_high"} <= set(icc) and "ap_original_shape_VoxelVolume" in set(icc.feature)
     icc = icc.set_index("feature")["icc"]
     assert icc["ap_original_shape_VoxelVolume"] > 0.9 and icc.notna().mean() > 0.9

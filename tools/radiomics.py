@@ -7,7 +7,8 @@ Input: the preprocessed volumes (N4 -> 1 mm -> z-score) listed in ``STUDY_DIR/pr
   ``<phase>_<pyradiomics feature name>`` columns, e.g. ``ap_original_firstorder_Mean``;
 * ``radiomics_provenance.parquet`` -- one row per patient x phase x reader: status/error, pyradiomics,
   SimpleITK, numpy and PyWavelets versions, params hash, image/mask SHA-256, PyRadiomics diagnostics (JSON);
-* ``radiomics_icc.csv`` -- when the cohort has second-reader masks (``*_mask_r2``): ICC(2,1) per feature.
+* ``radiomics_r2.parquet`` and ``radiomics_icc.csv`` -- when the cohort has second-reader masks (``*_mask_r2``):
+  their features (same layout) and ICC(2,1) per feature over the re-drawn training patients.
 
 Each patient x phase (x reader) is one task; tasks run in a local process pool or, given a Dask scheduler
 address, through ``distributed.Client.get_executor()`` -- the same ``concurrent.futures`` code path. A task's
@@ -378,15 +379,26 @@ def extract_cohort(cohort_csv: str | os.PathLike, out: str | os.PathLike, params
     table = _wide(results, "r1")
     atomic_write_table(out / "radiomics.parquet", table)
     atomic_write_table(out / "radiomics_provenance.parquet", _provenance(results, params_name))
-    _write_icc(results, table, out)
+    _write_icc(results, table, out, cohort)
     return table
 
 
-def _write_icc(results: list[dict], r1: pd.DataFrame, out: Path) -> pd.DataFrame | None:
+def _write_icc(results: list[dict], r1: pd.DataFrame, out: Path, cohort: pd.DataFrame) -> pd.DataFrame | None:
+    """Second-reader features -> ``radiomics_r2.parquet``; ICC on the re-drawn TRAINING patients -> ``radiomics_icc.csv``.
+
+    The ICC decides which features the model may use, so (like every other selection step) it is computed on
+    training patients only; validation/external patients' re-drawn masks are extracted but not used for it.
+    """
     from tools.icc import icc_table
 
     r2 = _wide(results, "r2")
+    if r2.empty:
+        return None
+    atomic_write_table(out / "radiomics_r2.parquet", r2)
+    train = set(cohort.loc[cohort["split"] == "train", "patient_id"])
+    r2 = r2[r2["patient_id"].isin(train)]
     if len(r2) < 2:
+        log.warning("fewer than 2 training patients with second-reader masks: no ICC written")
         return None
     icc = icc_table(r1, r2)
     atomic_write_table(out / "radiomics_icc.csv", icc)
