@@ -148,6 +148,8 @@ def _fit_logit(X: pd.DataFrame, y: np.ndarray):
             res = sm.Logit(y, exog).fit(disp=0, method="newton", maxiter=100)
         except (np.linalg.LinAlgError, PerfectSeparationError, ValueError):  # separation / singular: unusable
             return None
+    if not res.mle_retvals.get("converged", True):  # e.g. quasi-complete separation
+        return None
     if not np.all(np.isfinite(res.params)) or not np.all(np.isfinite(res.bse)):
         return None
     return res

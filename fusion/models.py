@@ -104,6 +104,10 @@ class CombinedModel(BaseEstimator, ClassifierMixin):
     def predict(self, X: pd.DataFrame) -> np.ndarray:
         return (self.predict_proba(X)[:, 1] >= 0.5).astype(int)
 
+    def logits(self, X: pd.DataFrame) -> pd.DataFrame:
+        """The model's inputs on its own scale (logit of each score): what ``Nomogram.points`` takes."""
+        return pd.DataFrame(logit(self._design(X), self.eps), index=X.index, columns=list(self.inputs))
+
     def coef_table(self) -> pd.DataFrame:
         """Tidy coefficients: term, coef (per logit unit), odds_ratio."""
         check_is_fitted(self, "coef_")

@@ -146,3 +146,12 @@ def test_no_signal_gives_intercept_only_model():
     model = ClinicalModel(p_enter=1e-6).fit(df, df.p53)
     assert model.selected_ == [] and model.coef_table_.empty
     np.testing.assert_allclose(model.predict_proba(df)[:, 1], df.p53.mean(), atol=1e-8)
+
+
+def test_separated_variable_is_never_selected():
+    df = raw_cohort(200, seed=8)
+    X = encode_clinical(df)
+    X["leak"] = df["p53"].to_numpy(float)  # perfectly separates the outcome: no finite MLE
+    uni = univariable_table(X, df.p53).set_index("variable")
+    assert np.isnan(uni.loc["leak", "odds_ratio"])
+    assert "leak" not in stepwise_aic(X[["ltd_mm", "rim_aphe", "leak"]], df.p53)

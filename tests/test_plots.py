@@ -10,7 +10,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.text import Text
 
 from fusion.clinical import ClinicalModel, encode_clinical
-from fusion.models import logit, make_combined_model
+from fusion.models import make_combined_model
 from fusion.nomogram import Nomogram, nomogram_figure
 from tests.test_clinical import raw_cohort
 
@@ -114,7 +114,7 @@ def test_nomogram_figure_combined_model(tmp_path):
                       for k, s in (("clinical", 1.5), ("radiomics", 0.6), ("dl", 2.0))})
     model = make_combined_model().fit(W, y)
     nom = model.nomogram(W, labels={"clinical": "Clinical model", "radiomics": "Radiomics model", "dl": "DL model"})
-    pts = nom.points(pd.DataFrame(logit(W.to_numpy()), columns=W.columns))
+    pts = nom.points(model.logits(W))
     np.testing.assert_allclose(pts["probability"], model.predict_proba(W)[:, 1], atol=1e-6)
     fig = nomogram_figure(nom)
     labels = {t.get_text() for t in fig.axes[0].texts}
