@@ -226,7 +226,7 @@ class _Report:
         out = (f'<div class="ok"><b>Chosen DL model: {html.escape(_model_label(ch["model"]))}</b> '
                f'(training out-of-fold AUC {ch["auc"]:.3f}).<br>Rule: {html.escape(s.get("rule", ""))}.</div>'
                + _df_html(pd.DataFrame(rows)))
-        paper = s.get("paper_selection")
+        paper = _load(self.dir / "selection_paper.json", lambda p: json.loads(p.read_text()))[0]
         if paper:
             pc = paper["chosen"]
             out += (f'<div class="warn"><b>Paper\'s practice (optimistic):</b> choosing by validation AUC would pick '
@@ -301,6 +301,8 @@ class _Report:
             reason = missing.get(what) or "figures stage has not produced it"
             return _na(f"{what}: {reason}")
         caps = _load(self.figures / "captions.json", lambda p: json.loads(p.read_text()))[0] or {}
+        order = {name: i for i, name in enumerate(caps)}  # make_figures' logical order (cohort, then MC/FF/final)
+        files.sort(key=lambda f: (order.get(f.name, len(order)), f.name))
         return "".join(_img(f, caps.get(f.name, f.stem.replace("_", " "))) for f in files)
 
     def gradcam(self) -> str:

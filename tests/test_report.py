@@ -21,7 +21,7 @@ from fusion.crossfit import scores_wide  # noqa: E402
 from fusion.models import make_combined_model  # noqa: E402
 from fusion.report import SECTIONS, make_figures, write_report  # noqa: E402
 from tools.stages import run_statistics  # noqa: E402
-from tools.study import resolve_config, write_selection  # noqa: E402
+from tools.study import resolve_config, write_paper_selection, write_selection  # noqa: E402
 
 MODELS = ("clinical", "radiomics", "mc_resnet18", "ff_resnet18", "combined")
 
@@ -65,7 +65,9 @@ def fake_study(tmp_path_factory):
     scores.to_parquet(root / "scores.parquet", index=False)
     run_statistics(root, cdir / "cohort.csv", cfg)
     y = cohort.set_index("patient_id")["p53"]
-    write_selection(root, scores[scores.model.str.contains("_")], y, ["mc", "ff"], ["resnet18"], paper_selection=True)
+    dl = scores[scores.model.str.contains("_")]
+    write_selection(root, dl, y, ["mc", "ff"], ["resnet18"])
+    write_paper_selection(root, dl, y, ["mc", "ff"], ["resnet18"], enabled=True)
     sel = json.loads((root / "selection.json").read_text())
     Xc = scores_wide(scores, {"clinical": "clinical", "radiomics": "radiomics", "dl": sel["chosen"]["model"]})
     (root / "fusion").mkdir()

@@ -11,7 +11,7 @@ import yaml
 
 from tools.errors import P53hccError
 from tools.stages import Stage, read_marker, run_stages
-from tools.study import build_stages, choose_dl_model, resolve_config, write_selection
+from tools.study import build_stages, choose_dl_model, resolve_config, write_paper_selection, write_selection
 
 
 def _pipeline(calls: list, params_b: dict | None = None, fail_b: bool = False, sleep_mark: list | None = None):
@@ -146,10 +146,13 @@ def test_write_selection_from_scores(tmp_path):
     noise = rng.normal(0, 1, 60)
     scores = pd.concat([pd.DataFrame({"patient_id": ids, "model": m, "fold": 0, "split": split, "score": s})
                         for m, s in (("mc_resnet18", noise), ("ff_resnet18", good))])
-    sel = write_selection(tmp_path, scores, y, ["mc", "ff"], ["resnet18"], paper_selection=False)
+    sel = write_selection(tmp_path, scores, y, ["mc", "ff"], ["resnet18"])
     assert sel["chosen"]["model"] == "ff_resnet18"
     assert "validation cohort is not used" in json.loads((tmp_path / "selection.json").read_text())["rule"]
-    assert "paper_selection" not in sel
+    write_paper_selection(tmp_path, scores, y, ["mc", "ff"], ["resnet18"], enabled=True)
+    assert "optimistic" in json.loads((tmp_path / "selection_paper.json").read_text())["rule"]
+    write_paper_selection(tmp_path, scores, y, ["mc", "ff"], ["resnet18"], enabled=False)
+    assert not (tmp_path / "selection_paper.json").exists()
 
 
 # ------------------------------------------------------------------ fusion -> statistics -> frozen model -> predict
@@ -309,7 +312,7 @@ def fake_image_stages(monkeypatch):
             raise _Killed(f"killed while training {arm}_{net}")
         t = truth_of(cohort_csv)
         splits = json.loads((Path(out) / "splits.json").read_text())
-        rng = np.random.default_rng(len(arm) * 100 + len(net) + int(epochs))
+        rng = np.random.default_rng([ord(arm[0]), len(net), int(epochs)])
         s = 1 / (1 + np.exp(-(t["bayes_logit"] + rng.normal(0, 1.5, len(t)))))
         d = Path(out) / "dl" / arm / net
         (d / "full").mkdir(parents=True, exist_ok=True)
@@ -371,3 +374,7 @@ def test_run_study_kill_and_resume_gives_identical_outputs(tmp_path, fake_image_
     fake_image_stages["calls"].clear()
     run_study(**kw)                                             # nothing left to do
     assert fake_image_stages["calls"] == []
+    fusion_marker = (tmp_path / "study" / ".stages" / "fusion.done").read_text()
+    page = run_study(**kw, paper_selection=True).read_text()    # reporting option: fusion is not redone
+    assert (tmp_path / "study" / ".stages" / "fusion.done").read_text() == fusion_marker
+    assert "Paper's practice (optimistic)" in page and fake_image_stages["calls"] == []

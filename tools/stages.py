@@ -225,7 +225,7 @@ def run_fusion(study_dir: str | Path, cohort_csv: str | Path, cfg: dict) -> None
 
     dl = collect_dl_scores(study_dir)
     frames.append(dl)
-    sel = write_selection(study_dir, dl, y, cfg["dl"]["arms"], cfg["dl"]["nets"], bool(cfg.get("paper_selection")))
+    sel = write_selection(study_dir, dl, y, cfg["dl"]["arms"], cfg["dl"]["nets"])
     base = pd.concat([clinical, radiomics, dl], ignore_index=True)
     Xc = scores_wide(base, {"clinical": "clinical", "radiomics": "radiomics", "dl": sel["chosen"]["model"]})
     Xc = Xc.sort_index()
@@ -246,6 +246,7 @@ def run_statistics(study_dir: str | Path, cohort_csv: str | Path, cfg: dict) -> 
     """
     from fusion.stats import auc_ci, model_metrics, pairwise_delong, youden_threshold
     from tools.io_utils import read_table
+    from tools.study import collect_dl_scores, write_paper_selection
 
     study_dir = Path(study_dir)
     _, y, _ = _labels_and_splits(cohort_csv)
@@ -287,3 +288,6 @@ def run_statistics(study_dir: str | Path, cohort_csv: str | Path, cfg: dict) -> 
         tests.append(pairwise_delong(yy, {m: wide[m].to_numpy() for m in wide.columns}).assign(split=sp))
     if tests:
         atomic_write_table(study_dir / "delong.csv", pd.concat(tests, ignore_index=True))
+    dl = collect_dl_scores(study_dir)
+    if len(dl):
+        write_paper_selection(study_dir, dl, y, cfg["dl"]["arms"], cfg["dl"]["nets"], bool(cfg.get("paper_selection")))

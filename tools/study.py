@@ -286,19 +286,31 @@ def choose_dl_model(aucs: pd.DataFrame, arms: list[str], nets: list[str], split:
 
 
 def write_selection(study_dir: Path, dl_scores: pd.DataFrame, labels: pd.Series, arms: list[str],
-                    nets: list[str], paper_selection: bool) -> dict:
-    """Write ``selection.json``: the honest choice (training OOF AUC) and, if asked, the paper's choice."""
+                    nets: list[str]) -> dict:
+    """Write ``selection.json``: the choice of the final DL model by training-cohort out-of-fold AUC."""
     aucs = oof_auc_table(dl_scores, labels)
     sel = choose_dl_model(aucs, arms, nets, "train")
     sel["rule"] = ("best network per arm, then MC vs FF, by training-cohort out-of-fold AUC "
                    "(ties: simpler network, then MC); the validation cohort is not used for the choice")
     sel["aucs"] = aucs.to_dict("records")
-    if paper_selection:
-        paper = choose_dl_model(aucs, arms, nets, "validation")
-        paper["rule"] = "paper's practice: choice by validation-cohort AUC (optimistic: validation used twice)"
-        sel["paper_selection"] = paper
     atomic_write_json(study_dir / "selection.json", sel)
     return sel
+
+
+def write_paper_selection(study_dir: Path, dl_scores: pd.DataFrame, labels: pd.Series, arms: list[str],
+                          nets: list[str], enabled: bool) -> dict | None:
+    """``selection_paper.json``: the paper's choice by validation AUC (report only; never used for fitting).
+
+    Removed when not ``enabled`` so a report never shows a stale one.
+    """
+    dest = study_dir / "selection_paper.json"
+    if not enabled:
+        dest.unlink(missing_ok=True)
+        return None
+    paper = choose_dl_model(oof_auc_table(dl_scores, labels), arms, nets, "validation")
+    paper["rule"] = "paper's practice: choice by validation-cohort AUC (optimistic: validation used twice)"
+    atomic_write_json(dest, paper)
+    return paper
 
 
 def collect_dl_scores(study_dir: Path) -> pd.DataFrame:
