@@ -22,11 +22,11 @@ from pathlib import Path
 # this file is called radiomics.py: drop its folder from sys.path so `import radiomics` finds PyRadiomics
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-import numpy as np  # noqa: E402
-import SimpleITK as sitk  # noqa: E402
+import numpy as np
+import SimpleITK as sitk
 
-from tools.io_utils import atomic_write_json, file_sha256, params_hash  # noqa: E402
-from tools.radiomics import load_params, run_tasks, versions  # noqa: E402
+from tools.io_utils import atomic_write_json, file_sha256, params_hash
+from tools.radiomics import load_params, run_tasks, versions
 
 RESULTS = Path(__file__).parent / "results" / "radiomics.json"
 PHASES = ("ap", "pvp", "dp")
@@ -63,7 +63,7 @@ def _resample_zscore(cohort, dest: Path) -> tuple[list[dict], list[float]]:
         for ph in PHASES:
             t0 = time.perf_counter()
             img = sitk.Cast(sitk.ReadImage(r[ph]), sitk.sitkFloat32)
-            size = [int(round(n * s)) for n, s in zip(img.GetSize(), img.GetSpacing())]
+            size = [round(n * s) for n, s in zip(img.GetSize(), img.GetSpacing())]
             ref = sitk.Image(size, sitk.sitkFloat32)
             ref.SetOrigin(img.GetOrigin())
             ref.SetDirection(img.GetDirection())
@@ -84,9 +84,9 @@ def _resample_zscore(cohort, dest: Path) -> tuple[list[dict], list[float]]:
 def _tasks(pairs: list[dict], params: str, cache: Path) -> list[dict]:
     settings = load_params(params)
     ph = params_hash(settings)
-    return [dict(patient_id=p["patient_id"], phase=p["phase"], reader="r1", image=p["image"], mask=p["mask"],
-                 image_sha256=file_sha256(p["image"]), mask_sha256=file_sha256(p["mask"]), params=settings,
-                 params_hash=ph, cache=str(cache / f"{params}-{p['patient_id']}-{p['phase']}-{time.time_ns()}.json"))
+    return [{"patient_id": p["patient_id"], "phase": p["phase"], "reader": "r1", "image": p["image"], "mask": p["mask"],
+                 "image_sha256": file_sha256(p["image"]), "mask_sha256": file_sha256(p["mask"]), "params": settings,
+                 "params_hash": ph, "cache": str(cache / f"{params}-{p['patient_id']}-{p['phase']}-{time.time_ns()}.json")}
             for p in pairs]
 
 

@@ -19,8 +19,14 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-__all__ = ["SpearmanFilter", "LassoSelector", "make_radiomics_model", "selected_features_table", "rad_score",
-           "univariable_auc"]
+__all__ = [
+    "LassoSelector",
+    "SpearmanFilter",
+    "make_radiomics_model",
+    "rad_score",
+    "selected_features_table",
+    "univariable_auc",
+]
 
 
 def univariable_auc(X: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -7,8 +7,14 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict, cross_val_score
 
-from fusion.selection import (LassoSelector, SpearmanFilter, make_radiomics_model, rad_score,
-                              selected_features_table, univariable_auc)
+from fusion.selection import (
+    LassoSelector,
+    SpearmanFilter,
+    make_radiomics_model,
+    rad_score,
+    selected_features_table,
+    univariable_auc,
+)
 
 
 def _pair_data(seed=0, n=200):

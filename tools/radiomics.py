@@ -24,10 +24,11 @@ import os
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 _PYRADIOMICS = __import__("radiomics").__version__  # part of every cache key
 _TASK_LOCK = threading.Lock()
 
-__all__ = ["load_params", "extract_patient_phase", "extract_with_diagnostics", "extract_cohort", "versions"]
+__all__ = ["extract_cohort", "extract_patient_phase", "extract_with_diagnostics", "load_params", "versions"]
 
 
 def load_params(params: str | os.PathLike | dict) -> dict:
@@ -186,7 +187,7 @@ def _run_task_unlocked(task: dict) -> dict:
         rec["seconds"] = time.perf_counter() - t0
         with atomic_path(task["cache"]) as tmp:
             tmp.write_text(json.dumps(rec))
-    except Exception as exc:  # reported per patient; the cohort run goes on
+    except Exception as exc:  # noqa: BLE001 -- reported per patient; the cohort run goes on
         rec.update(status="failed", error=f"{type(exc).__name__}: {exc}".strip(), features={}, diagnostics={},
                    seconds=time.perf_counter() - t0)
     finally:
@@ -288,14 +289,14 @@ def _build_tasks(cohort: pd.DataFrame, index: pd.DataFrame, params: dict, phash:
         if isinstance(native, str) and native:
             # resampled onto the preprocessed grid; the key (native mask + preprocessed image) fixes that grid
             resampled = out / R2_MASK_DIR / pid / f"{phase}_mask_r2.nii.gz"
-            pairs.append(("r2", native, dict(resample_mask_to=r.image, resampled_mask=str(resampled))))
+            pairs.append(("r2", native, {"resample_mask_to": r.image, "resampled_mask": str(resampled)}))
         for reader, mask, extra in pairs:
             try:
                 shas = [file_sha256(r.image), file_sha256(mask)]
             except OSError as exc:
-                failures.append(dict(patient_id=pid, phase=phase, reader=reader, status="failed",
-                                     error=f"cannot read input: {exc}", image_sha256="", mask_sha256="",
-                                     params_hash=phash, features={}, diagnostics={}, seconds=0.0))
+                failures.append({"patient_id": pid, "phase": phase, "reader": reader, "status": "failed",
+                                     "error": f"cannot read input: {exc}", "image_sha256": "", "mask_sha256": "",
+                                     "params_hash": phash, "features": {}, "diagnostics": {}, "seconds": 0.0})
                 continue
             tasks.append(_task(pid, phase, reader, r.image, mask, *shas, params, phash, out, **extra))
     return tasks, failures
