@@ -159,3 +159,27 @@ def gradcam_command(out: str | os.PathLike, arm: str = "mc", net: str = "resnet3
         save_overlay(dest / f"{pid}.png", img, m, title=f"{pid}  {arm}_{net}  Grad-CAM (P53 mutated)")
     atomic_write_table(dest / "sanity.csv", sanity)
     return str(dest)
+
+
+def gradcam_frozen(weights: str | os.PathLike, cohort_csv: str | os.PathLike, out: str | os.PathLike,
+                   arm: str = "mc", net: str = "resnet34") -> Path:
+    """Grad-CAM PNG/.npy (and ``sanity.csv``) of a frozen MC model folder (``.../full``) for new patients."""
+    from tools.nets import load_net
+    from tools.train import DEFAULTS, cohort_items, roi_tensors
+
+    weights, out = Path(weights), Path(out)
+    if arm != "mc":
+        raise P53hccError("Grad-CAM of a frozen model is implemented for the MC arm only")
+    cfg = weights / "config.json"
+    params = {**DEFAULTS, **(json.loads(cfg.read_text()) if cfg.is_file() else {})}
+    items = cohort_items(cohort_csv)
+    ids = [d["patient_id"] for d in items]
+    x = roi_tensors(items, out, params)
+    model = load_net(weights / "model.pt", net)
+    maps = gradcam_maps(model, x)
+    for pid, img, m in zip(ids, x.numpy(), maps):
+        with atomic_path(out / f"{pid}.npy") as tmp:
+            np.save(tmp, m)
+        save_overlay(out / f"{pid}.png", img, m, title=f"{pid}  {arm}_{net}  Grad-CAM (P53 mutated)")
+    atomic_write_table(out / "sanity.csv", sanity_check(model, x, ids, maps=maps))
+    return out

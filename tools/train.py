@@ -419,3 +419,39 @@ def train_arm(cohort_csv: str | os.PathLike, out: str | os.PathLike, arm: str = 
     scores["fold"] = scores["fold"].astype(int)
     check_oof(scores, splits)
     return atomic_write_table(root / "scores.parquet", scores)
+
+
+# ------------------------------------------------------------------------------------------- frozen model scoring
+def cohort_items(cohort_csv: str | os.PathLike) -> list[dict]:
+    """Datalist-style items (absolute paths, ``label`` -1 when unknown) for every patient of a cohort manifest."""
+    from tools.cohort import MASK_COLUMNS, PHASES, read_cohort
+
+    df = read_cohort(cohort_csv)
+    items = []
+    for r in df.to_dict("records"):
+        p53 = pd.to_numeric(pd.Series([r.get("p53")]), errors="coerce").iloc[0]
+        items.append({"patient_id": str(r["patient_id"]), **{c: str(r[c]) for c in (*PHASES, *MASK_COLUMNS)},
+                      "label": int(p53) if pd.notna(p53) else -1, "split": str(r.get("split", "predict"))})
+    return items
+
+
+def predict_frozen(weights: str | os.PathLike, cohort_csv: str | os.PathLike, work: str | os.PathLike,
+                   arm: str = "mc", net: str = "resnet34", device: str | None = None) -> pd.Series:
+    """P(P53 mutated) of every patient of ``cohort_csv`` from a frozen full-cohort model folder (``.../full``).
+
+    The folder holds ``model.pt`` and ``config.json`` (the training parameters: ROI size, N4...), so new
+    patients get exactly the preprocessing the model was trained with. Crops are cached under ``work``.
+    """
+    from tools.nets import load_net
+
+    weights = Path(weights)
+    if arm != "mc":
+        from tools import train_ff
+
+        return train_ff.predict_frozen(weights, cohort_csv, work, net=net, device=device)
+    cfg = weights / "config.json"
+    params = {**DEFAULTS, **(json.loads(cfg.read_text()) if cfg.is_file() else {})}
+    items = cohort_items(cohort_csv)
+    x = roi_tensors(items, work, params)
+    scores = predict_scores(load_net(weights / "model.pt", net), x, device, amp=bool(params["amp"]))
+    return pd.Series(scores, index=pd.Index([d["patient_id"] for d in items], name="patient_id"), name="score")
