@@ -322,9 +322,23 @@ class _Report:
         files = sorted(p.relative_to(self.dir).as_posix() for p in self.dir.rglob("*")
                        if p.is_file() and not p.name.startswith(".") and p.suffix in (".csv", ".parquet", ".json", ".yaml"))
         markers = sorted(p.stem for p in (self.dir / ".stages").glob("*.done")) if (self.dir / ".stages").exists() else []
-        return (f"<p>Finished stages: {', '.join(markers) or 'none recorded'}.</p>"
+        return (f"<p>Finished stages: {', '.join(markers) or 'none recorded'}.</p><p>Software: {_versions()}.</p>"
                 "<details><summary>Tidy outputs</summary><ul>" + "".join(f"<li><code>{html.escape(f)}</code></li>"
                                                                          for f in files[:200]) + "</ul></details>")
+
+
+def _versions() -> str:
+    """Versions of the packages that produced the numbers (read from installed metadata, nothing imported)."""
+    import platform
+    from importlib import metadata
+
+    parts = [f"Python {platform.python_version()}"]
+    for pkg in ("p53hcc", "numpy", "pandas", "scikit-learn", "statsmodels", "torch", "monai", "pyradiomics", "itk"):
+        try:
+            parts.append(f"{pkg} {metadata.version(pkg)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return html.escape(", ".join(parts))
 
 
 def write_report(study_dir: str | Path) -> Path:

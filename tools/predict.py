@@ -191,8 +191,7 @@ def predict_cohort(model_dir: str | Path, cohort_csv: str | Path, out: str | Pat
 
     model_dir, cohort_csv, out = Path(model_dir), Path(cohort_csv).resolve(), Path(out)
     bundle = load_model(model_dir)
-    errors = [str(p) for p in validate_cohort(cohort_csv, progress=False) if getattr(p, "severity", "error") == "error"
-              and "p53" not in str(p)]
+    errors = [str(p) for p in validate_cohort(cohort_csv, progress=False) if getattr(p, "severity", "error") == "error"]
     if errors:
         raise P53hccError(f"{cohort_csv}: {len(errors)} problem(s): " + "; ".join(errors[:5]))
     work = out / "work"
