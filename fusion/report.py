@@ -306,10 +306,12 @@ class _Report:
         return "".join(_img(f, caps.get(f.name, f.stem.replace("_", " "))) for f in files)
 
     def gradcam(self) -> str:
-        files = sorted(self.dir.glob("gradcam/**/*.png"))[:24]
+        files = sorted([*self.dir.glob("figures/gradcam/**/*.png"), *self.dir.glob("gradcam/**/*.png")])[:24]
         if not files:
-            return _na("no Grad-CAM images under gradcam/ (gradcam stage not run)")
-        return '<div class="gallery">' + "".join(_img(f, str(f.relative_to(self.dir / "gradcam"))) for f in files) + "</div>"
+            return _na("no Grad-CAM images under figures/gradcam/ (gradcam stage not run)")
+        imgs = "".join(_img(f, f.relative_to(f.parents[1]).as_posix()) for f in files)
+        return (f'<div class="gallery">{imgs}</div><p class="note">Grad-CAM of the chosen network\'s full-training-'
+                "cohort model on validation patients (target class: P53 mutated).</p>")
 
     def lasso(self) -> str:
         df, err = _load(self.dir / "fusion" / "radiomics_lasso.csv", read_table)

@@ -214,7 +214,10 @@ def _gradcam_new(model_dir: Path, cohort_csv: Path, out: Path, manifest: dict) -
                           "tools.gradcam.gradcam_frozen is not available in this installation\n")
         return
     dl = manifest["dl"]
-    gradcam_frozen(model_dir / dl["weights"], cohort_csv, out / "gradcam", arm=dl["arm"], net=dl["net"])
+    try:
+        gradcam_frozen(model_dir / dl["weights"], cohort_csv, out / "gradcam", arm=dl["arm"], net=dl["net"])
+    except P53hccError as err:  # e.g. Grad-CAM of a frozen FF model is not implemented
+        atomic_write_text(out / "gradcam" / "NOT_AVAILABLE.txt", f"{err}\n")
 
 
 # ------------------------------------------------------------------------------------------------- evaluation
