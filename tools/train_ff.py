@@ -83,52 +83,6 @@ def phase_datalist(datalist: str | Path | dict, part: str, fold: int, phase: str
              "label": int(d.get("label", -1)), "fold": int(d.get("fold", -1)), "phase": phase} for d in items]
 
 
-def n4_transforms(keys: Sequence[str], enabled: bool) -> list:
-    """``[N4BiasFieldCorrectiond(keys)]`` from ``tools.transforms`` when ``enabled``, else ``[]``.
-
-    A function rather than a config expression: MONAI parses any expression containing the word "import" as a
-    Python statement before resolving ``@`` references, which fails for an inline ``importlib`` call.
-    """
-    if not enabled:
-        return []
-    import importlib
-
-    return [importlib.import_module("tools.transforms").N4BiasFieldCorrectiond(keys=list(keys))]
-
-
-def class_weights(items: Sequence[dict]) -> torch.Tensor:
-    """Inverse-frequency cross-entropy weights ``n / (2 n_c)`` (class-imbalance handling; 1 for an absent class)."""
-    y = np.array([int(d["label"]) for d in items if int(d["label"]) >= 0])
-    counts = np.bincount(y, minlength=2).astype(float)
-    w = np.where(counts > 0, len(y) / (2 * np.maximum(counts, 1)), 1.0)
-    return torch.as_tensor(w, dtype=torch.float32)
-
-
-class AugmentingPrepareBatch:
-    """``prepare_batch`` for MONAI engines: moves image/label to the device and applies a batch augmentation.
-
-    On CUDA the image goes channels-last (faster convolutions under bf16 autocast); ``aug`` (e.g.
-    ``tools.roi.BatchRandCropFlip``) runs on the device, so cached crops are augmented at GPU speed.
-    """
-
-    def __init__(self, aug: Callable[[torch.Tensor], torch.Tensor] | None = None):
-        self.aug = aug
-
-    def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs):
-        x = torch.as_tensor(batchdata["image"]).to(device=device, non_blocking=non_blocking)
-        if x.is_cuda and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        if self.aug is not None:
-            x = self.aug(x)
-        y = torch.as_tensor(batchdata["label"]).to(device=device, non_blocking=non_blocking)
-        return x, y
-
-
-def prepare_batch(aug: Callable | None = None) -> AugmentingPrepareBatch:
-    """Config-friendly factory of :class:`AugmentingPrepareBatch`."""
-    return AugmentingPrepareBatch(aug)
-
-
 class PatientTableWriter:
     """MONAI/ignite handler that writes one row per patient from an evaluator's output, atomically at the end.
 
@@ -180,6 +134,101 @@ class PatientTableWriter:
 
 
 # ---------------------------------------------------------------------------------------------- cross-fitting
+def _params(epochs: int | None, overrides: dict) -> dict:
+    from tools.train import DEFAULTS
+
+    params = {**DEFAULTS, **{k: v for k, v in overrides.items() if v is not None}}
+    if epochs is not None:
+        params["epochs"] = int(epochs)
+    return params
+
+
+def _model_dir(arm: Path, fold: int, phase: str) -> Path:
+    return arm / (f"fold{fold}" if fold >= 0 else "full") / phase
+
+
+def _is_done(model_dir: Path, tag: str) -> bool:
+    marker = model_dir / "done.json"
+    return marker.is_file() and json.loads(marker.read_text()).get("params") == tag
+
+
+def phase_crops(study: Path, items: list[dict], phase: str, params: dict,
+                bundle_dir: Path = BUNDLE_DIR) -> torch.Tensor:
+    """Deterministic 2D crops ``[N, 1, S, S]`` of one phase (the bundle's own transforms), cached per patient.
+
+    The bundle's ``deterministic_transforms`` (load -> N4 -> 1 mm -> z-score -> largest slice -> bbox+10 ->
+    resize) run once per patient-phase through a ``PersistentDataset``; the stacked tensor is kept in
+    ``study/dl/ff/slices/`` keyed by phase, crop parameters and patients.
+    """
+    from monai.bundle import ConfigParser
+    from monai.data import PersistentDataset
+    from monai.transforms import Compose
+    from tqdm.auto import tqdm
+
+    from tools.io_utils import atomic_path
+
+    keys = {k: params[k] for k in CACHE_KEYS}
+    tag = params_hash({**keys, "bundle": bundle_dir.name})
+    ids = [d["patient_id"] for d in items]
+    stacked = study / "dl" / "ff" / "slices" / f"{phase}_{tag}_{params_hash(ids)}.pt"
+    if stacked.is_file():
+        return torch.load(stacked, weights_only=True)["x"]
+    parser = ConfigParser()
+    parser.read_config(str(bundle_dir / "configs" / "train.json"))
+    parser.update({**keys, "dataset_dir": str(study)})
+    ds = PersistentDataset(items, Compose(parser.get_parsed_content("deterministic_transforms")),
+                           cache_dir=study / "dl" / "ff" / "cache" / tag)
+    x = torch.stack([torch.as_tensor(ds[i]["image"], dtype=torch.float32).clone()
+                     for i in tqdm(range(len(ds)), desc=f"{phase} ROI crops", leave=False)])
+    with atomic_path(stacked) as tmp:
+        torch.save({"x": x, "ids": ids}, tmp)
+    return x
+
+
+def penultimate_features(net: torch.nn.Module, x: torch.Tensor, device=None, batch_size: int = 64,
+                         amp: bool = True) -> np.ndarray:
+    """Penultimate-layer features ``[N, D]`` of ``x`` via a forward hook (``tools.nets.feature_extractor``)."""
+    from tools.nets import feature_extractor
+
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    extractor = feature_extractor(net.to(dev).eval())
+    out = []
+    try:
+        with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16,
+                                                    enabled=amp and dev.type == "cuda"):
+            for i in range(0, len(x), batch_size):
+                xb = x[i:i + batch_size].to(dev).contiguous(memory_format=torch.channels_last)
+                out.append(extractor(xb).float().cpu())
+    finally:
+        extractor.remove()
+    return torch.cat(out).numpy() if out else np.zeros((0, 0))
+
+
+def _features_frame(ids: Sequence[str], phase: str, fold: int, feats: np.ndarray) -> pd.DataFrame:
+    head = pd.DataFrame({"patient_id": list(ids), "phase": phase, "fold": int(fold)})
+    return pd.concat([head, pd.DataFrame(feats, columns=[f"f{j}" for j in range(feats.shape[1])])], axis=1)
+
+
+def _train_phase_fast(x: torch.Tensor, items: list[dict], fold: int, phase: str, net: str, params: dict,
+                      device, model_dir: Path, tag: str) -> None:
+    """Train one phase CNN with ``tools.train.fit_fast`` on cached crops; save model, features, marker."""
+    from tools.io_utils import atomic_path
+    from tools.train import fit_fast
+
+    train = [i for i, d in enumerate(items) if d["split"] == "train" and (fold < 0 or d["fold"] != fold)]
+    held = [i for i, d in enumerate(items) if d["split"] == "train" and d["fold"] == fold]
+    y = torch.as_tensor([int(d["label"]) for d in items])
+    val = (x[held], y[held]) if held else (None, None)
+    model, history = fit_fast(x[train], y[train], net, params, device, *val, desc=f"{net} {phase} fold {fold}")
+    feats = penultimate_features(model, x, device, amp=bool(params["amp"]))
+    with atomic_path(model_dir / "model.pt") as tmp:
+        torch.save(model.state_dict(), tmp)
+    atomic_write_table(model_dir / "history.csv", history)
+    atomic_write_table(model_dir / "features.parquet",
+                       _features_frame([d["patient_id"] for d in items], phase, fold, feats))
+    atomic_write_json(model_dir / "done.json", {"params": tag, "net": net, "phase": phase, "fold": fold})
+
+
 def _run_bundle(configs: Sequence[Path], workflow_type: str, overrides: dict) -> None:
     """Run a bundle config (list = base + overrides) through MONAI's ConfigWorkflow with property checks."""
     from monai.bundle import ConfigWorkflow
@@ -195,93 +244,103 @@ def _run_bundle(configs: Sequence[Path], workflow_type: str, overrides: dict) ->
     wf.finalize()
 
 
-def train_phase_model(study: Path, model_dir: Path, net: str, phase: str, fold: int, cfg: dict,
-                      bundle_dir: Path = BUNDLE_DIR) -> Path:
-    """Train one phase CNN (``fold`` held out; -1 = all training patients) and export its features of everyone.
-
-    Returns the model folder (``model.pt``, ``features.parquet``, ``done.json``). Does nothing when
-    ``done.json`` is already there.
-    """
-    done = model_dir / "done.json"
-    if done.is_file():
-        return model_dir
-    t0 = time.time()
+def _train_phase_bundle(study: Path, model_dir: Path, net: str, phase: str, fold: int, params: dict, device,
+                        tag: str, bundle_dir: Path = BUNDLE_DIR) -> None:
+    """Train one phase CNN with the bundle's ``train.json``, then export features of everyone (``export.json``)."""
+    cfg = {k: params[k] for k in ("epochs", "batch_size", "learning_rate", "weight_decay", "spatial_size",
+                                  "margin", "pixdim", "n4", "amp", "seed")}
     common = {"dataset_dir": str(study), "datalist": str(study / "datalist.json"), "phase": phase, "fold": fold,
               "net": net, "bundle_root": str(model_dir), "ckpt_dir": str(model_dir),
-              "output_dir": str(model_dir / "logs"), **cfg}
-    if not (model_dir / "train.done").is_file():
-        _run_bundle([bundle_dir / "configs" / "train.json"], "train", common)
-        atomic_write_json(model_dir / "train.done", {"seconds": time.time() - t0})
+              "output_dir": str(model_dir / "logs"), "cache_dir": str(study / "dl" / "ff" / "cache" / "bundle"),
+              **cfg, **({"device": str(device)} if device else {})}
+    _run_bundle([bundle_dir / "configs" / "train.json"], "train", common)
     _run_bundle([bundle_dir / "configs" / "inference.json", bundle_dir / "configs" / "export.json"], "infer",
                 {**common, "ckpt_path": str(model_dir / "model.pt"),
                  "features_path": str(model_dir / "features.parquet")})
-    atomic_write_json(done, {"net": net, "phase": phase, "fold": fold, "seconds": time.time() - t0})
-    return model_dir
+    atomic_write_json(model_dir / "done.json", {"params": tag, "net": net, "phase": phase, "fold": fold})
 
 
-def _bundle_cfg(epochs: int | None, device: str | None, overrides: dict, study: Path) -> dict:
-    cfg = dict(overrides)
-    if epochs is not None:
-        cfg["epochs"] = int(epochs)
-    if device is not None:
-        cfg["device"] = str(device)
-    key = params_hash({k: cfg.get(k) for k in CACHE_KEYS})
-    cfg.setdefault("cache_dir", str(study / "dl" / "ff" / "cache" / key))
-    return cfg
+def fit_ff_head(study: Path, arm: Path, net: str, splits: dict, phases: Sequence[str] = PHASES,
+                head_kwargs: dict | None = None) -> pd.DataFrame:
+    """Collect every phase model's features, cross-fit the FF head, write features/scores/lasso tables."""
+    from fusion.ffhead import crossfit_ff_head, feature_columns
+
+    folds = [int(f["fold"]) for f in splits["folds"]]
+    features = pd.concat([read_table(_model_dir(arm, k, p) / "features.parquet")
+                          for k in [*folds, -1] for p in phases], ignore_index=True)
+    features = features[["patient_id", "phase", "fold", *feature_columns(features)]]
+    atomic_write_table(arm / "features.parquet", features)
+    dl = json.loads((study / "datalist.json").read_text())
+    split_of = {str(d["patient_id"]): d.get("split", "train") for s in SECTIONS for d in dl.get(s, [])}
+    labels = pd.Series({str(d["patient_id"]): int(d["label"]) for d in dl.get("training", [])})
+    fold_of = {str(p): int(k) for p, k in splits["fold_of"].items()}
+    others = [str(d["patient_id"]) for s in SECTIONS[1:] for d in dl.get(s, [])]
+    scores, n_selected = crossfit_ff_head(features, labels, fold_of, score_ids=others, folds=folds,
+                                          phases=tuple(phases), **(head_kwargs or {}))
+    scores["model"] = f"ff_{net}"
+    scores["split"] = scores["patient_id"].map(split_of)
+    scores = scores[["patient_id", "model", "fold", "split", "score"]]
+    atomic_write_table(arm / "scores.parquet", scores)
+    atomic_write_json(arm / "lasso.json", {"net": net, "n_selected": n_selected,
+                                           "head": {"n_components": 8, **(head_kwargs or {})}})
+    return scores
 
 
 def train_ff_arm(cohort_csv: str | Path, out: str | Path, net: str = "resnet101", epochs: int | None = None,
                  device: str | None = None, folds: Sequence[int] | None = None, phases: Sequence[str] = PHASES,
-                 head_kwargs: dict | None = None, **overrides) -> Path:
+                 engine: str = "fast", head_kwargs: dict | None = None, **overrides) -> Path:
     """Cross-fit the FF arm for one network and write features, out-of-fold scores and LASSO counts.
 
     Args:
         cohort_csv: cohort manifest (used to write ``datalist.json``/``splits.json`` if the study lacks them).
         out: study folder.
         net: one of the six networks (``tools.nets.NETS``).
-        epochs: training epochs per phase model (default: the bundle's).
-        device: ``cpu`` / ``cuda`` (default: the bundle's, cuda when available).
-        folds: folds to cross-fit (default all of ``splits.json``); the full-cohort models always train.
+        epochs: training epochs per phase model (default ``tools.train.DEFAULTS``: 100).
+        device: ``cpu`` / ``cuda`` (default: cuda when available).
+        folds: train only these folds (-1 = full-cohort models); the head and scores are written once every
+            fold and the full models are done.
         phases: phases fused (the paper: AP, PVP, DP).
+        engine: ``fast`` (cached crops, on-device training via ``tools.train.fit_fast``) or ``bundle`` (each
+            phase model through the bundle's ConfigWorkflow: ``train.json`` then ``export.json``).
         head_kwargs: FF head parameters (``n_components``, ``cv``, ...), see :class:`fusion.ffhead.FFHead`.
-        overrides: bundle config overrides (``spatial_size``, ``batch_size``, ``amp``, ``n4``, ...).
+        overrides: training parameters (``spatial_size``, ``batch_size``, ``amp``, ``n4``, ``learning_rate``...).
 
     Returns:
         The arm folder ``out/dl/ff/<net>``.
     """
     from tqdm.auto import tqdm
 
-    from fusion.ffhead import crossfit_ff_head
     from tools.cohort import load_splits, write_datalist
     from tools.nets import check_net_name
 
+    if engine not in ("fast", "bundle"):
+        raise P53hccError(f"unknown engine {engine!r}; choose fast or bundle")
     net, study = check_net_name(net), Path(out)
     if not (study / "datalist.json").is_file() or not (study / "splits.json").is_file():
         write_datalist(cohort_csv, study)
     splits = load_splits(study)
-    folds = list(range(int(splits["n_folds"]))) if folds is None else [int(k) for k in folds]
+    params = _params(epochs, overrides)
+    tag = params_hash({**params, "net": net, "engine": engine, "splits": splits})
     arm = study / "dl" / "ff" / net
-    cfg = _bundle_cfg(epochs, device, overrides, study)
-    jobs = [(k, p) for k in [*folds, -1] for p in phases]
-    for k, phase in tqdm(jobs, desc=f"FF {net}", unit="model"):
-        train_phase_model(study, arm / (f"fold{k}" if k >= 0 else "full") / phase, net, phase, k, cfg)
-
-    features = pd.concat([read_table(arm / (f"fold{k}" if k >= 0 else "full") / p / "features.parquet")
-                          for k, p in jobs], ignore_index=True)
-    features = features[["patient_id", "phase", "fold", *[c for c in features.columns if c.startswith("f")
-                                                           and c[1:].isdigit()]]]
-    atomic_write_table(arm / "features.parquet", features)
-
-    dl = json.loads((study / "datalist.json").read_text())
-    split_of = {str(d["patient_id"]): d.get("split", s) for s in SECTIONS for d in dl.get(s, [])}
-    labels = pd.Series({str(d["patient_id"]): int(d["label"]) for d in dl.get("training", [])})
-    fold_of = {str(p): int(k) for p, k in splits["fold_of"].items()}
-    others = [p for s in SECTIONS[1:] for p in (str(d["patient_id"]) for d in dl.get(s, []))]
-    scores, n_selected = crossfit_ff_head(features, labels, fold_of, score_ids=others, folds=folds,
-                                          phases=tuple(phases), **(head_kwargs or {}))
-    scores["model"] = f"ff_{net}"
-    scores["split"] = scores["patient_id"].map(split_of).replace({"training": "train"})
-    atomic_write_table(arm / "scores.parquet", scores[["patient_id", "model", "fold", "split", "score"]])
-    atomic_write_json(arm / "lasso.json", {"net": net, "n_selected": n_selected,
-                                           "head": {"n_components": 8, **(head_kwargs or {})}})
+    plan = [(k, p) for k in [*(int(f["fold"]) for f in splits["folds"]), -1] for p in phases]
+    todo = [(k, p) for k, p in plan if folds is None or k in {int(f) for f in folds}]
+    crops: dict[str, torch.Tensor] = {}
+    for k, phase in tqdm(todo, desc=f"ff_{net} phase models", unit="model"):
+        model_dir = _model_dir(arm, k, phase)
+        if _is_done(model_dir, tag):
+            continue
+        if engine == "bundle":
+            _train_phase_bundle(study, model_dir, net, phase, k, params, device, tag)
+            continue
+        items = phase_datalist(study / "datalist.json", "all", -1, phase)
+        split_of = {str(d["patient_id"]): d.get("split", "train")
+                    for d in json.loads((study / "datalist.json").read_text()).get("training", [])}
+        for d in items:
+            d["split"] = "train" if d["patient_id"] in split_of else "other"
+        if phase not in crops:
+            crops[phase] = phase_crops(study, items, phase, params)
+        _train_phase_fast(crops[phase], items, k, phase, net, params, device, model_dir, tag)
+    if not all(_is_done(_model_dir(arm, k, p), tag) for k, p in plan):
+        return arm
+    fit_ff_head(study, arm, net, splits, phases, head_kwargs)
     return arm
