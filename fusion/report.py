@@ -11,8 +11,9 @@ from __future__ import annotations
 import base64
 import html
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -119,17 +120,18 @@ def metric_rows(metrics: pd.DataFrame, models: list[str], labels: dict[str, str]
     has_bayes = (metrics["metric"] == "bayes_auc").any()
     splits = [s for s in ("train", "validation", "external") if s in set(metrics["split"])]
     rows = []
+    def get(model: str, sp: str, metric: str) -> float:
+        return float(m.loc[(model, sp, metric), "estimate"]) if (model, sp, metric) in m.index else np.nan
+
     for model in models:
         for sp in splits:
-            def get(metric: str) -> float:
-                return float(m.loc[(model, sp, metric), "estimate"]) if (model, sp, metric) in m.index else np.nan
             if (model, sp, "auc") not in m.index:
                 continue
             auc = m.loc[(model, sp, "auc")]
             row = {"Model name": (labels or {}).get(model, _model_label(model)), "Cohort": COHORT_LABEL.get(sp, sp),
-                   "Accuracy": get("accuracy"),
+                   "Accuracy": get(model, sp, "accuracy"),
                    "AUC (95% CI)": f"{auc['estimate']:.3f} ({auc['ci_low']:.3f}–{auc['ci_high']:.3f})",
-                   "Sensitivity": get("sensitivity"), "Specificity": get("specificity")}
+                   "Sensitivity": get(model, sp, "sensitivity"), "Specificity": get(model, sp, "specificity")}
             if has_bayes:
                 b = m.loc[(model, sp, "bayes_auc")] if (model, sp, "bayes_auc") in m.index else None
                 row["Bayes AUC (95% CI)"] = ("" if b is None else
@@ -196,21 +198,22 @@ class _Report:
                f"seed={c.get('synth', {}).get('seed')}, size={c.get('synth', {}).get('size')})"
                if c.get("cohort_generated") else f"<code>{html.escape(str(c.get('cohort')))}</code>")
         items = [
-            f"Cohort: {src}. Training cohort split into {c.get('folds')} stratified folds (seed {c.get('seed')}); "
-            "every learned step is fitted inside these folds (out-of-fold scores for training patients).",
-            "Preprocessing per phase (AP, PVP, DP): N4 bias-field correction, resampling to 1×1×1 mm³, z-score.",
-            f"Radiomics: PyRadiomics parameter set <code>{html.escape(str(rad.get('params')))}</code>; features with "
-            f"ICC &lt; {rad.get('icc_threshold')} (second-reader masks) dropped; then z-score, Spearman |ρ| &gt; "
-            f"{c.get('fusion', {}).get('spearman_threshold')} redundancy filter, LASSO, logistic regression.",
-            f"Deep learning: arms {', '.join(dl.get('arms', []))} × networks {', '.join(dl.get('nets', []))}; "
-            f"largest-ROI slice, bounding box + 10 px, resized to {dl.get('spatial_size')}×{dl.get('spatial_size')}; "
-            f"{dl.get('epochs')} epochs, batch size {dl.get('batch_size')}, seed {c.get('seed')}. FF arm: per-phase "
-            "CNN features → PCA → LASSO → LR (fitted inside the folds).",
-            "Clinical model: univariable screen → stepwise AIC → unpenalised logistic regression (preoperative "
-            "variables). Combined model: logistic regression on the out-of-fold clinical, radiomics and DL scores.",
-            f"Statistics: AUC with DeLong {int(100 * float(st.get('ci_level', 0.95)))}% CI; operating threshold by "
-            f"Youden index on training out-of-fold scores, applied unchanged to other cohorts; paired DeLong tests; "
-            f"calibration ({st.get('calibration_bins')} bins), decision curves.",
+            (f"Cohort: {src}. Training cohort split into {c.get('folds')} stratified folds (seed {c.get('seed')}); "
+             "every learned step is fitted inside these folds (out-of-fold scores for training patients)."),
+            ("Preprocessing per phase (AP, PVP, DP): N4 bias-field correction, resampling to 1×1×1 mm³, z-score "
+             f"(preset <code>{html.escape(str(c.get('preprocess', {}).get('params')))}</code>)."),
+            (f"Radiomics: PyRadiomics parameter set <code>{html.escape(str(rad.get('params')))}</code>; features with "
+             f"ICC &lt; {rad.get('icc_threshold')} (second-reader masks) dropped; then z-score, Spearman |ρ| &gt; "
+             f"{c.get('fusion', {}).get('spearman_threshold')} redundancy filter, LASSO, logistic regression."),
+            (f"Deep learning: arms {', '.join(dl.get('arms', []))} × networks {', '.join(dl.get('nets', []))}; "
+             f"largest-ROI slice, bounding box + 10 px, resized to {dl.get('spatial_size')}×{dl.get('spatial_size')}; "
+             f"{dl.get('epochs')} epochs, batch size {dl.get('batch_size')}, seed {c.get('seed')}. FF arm: per-phase "
+             "CNN features → PCA → LASSO → LR (fitted inside the folds)."),
+            ("Clinical model: univariable screen → stepwise AIC → unpenalised logistic regression (preoperative "
+             "variables). Combined model: logistic regression on the out-of-fold clinical, radiomics and DL scores."),
+            (f"Statistics: AUC with DeLong {int(100 * float(st.get('ci_level', 0.95)))}% CI; operating threshold by "
+             f"Youden index on training out-of-fold scores, applied unchanged to other cohorts; paired DeLong tests; "
+             f"calibration ({st.get('calibration_bins')} bins), decision curves."),
         ]
         full = html.escape(yaml.safe_dump(c, sort_keys=False))
         return ("<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
@@ -247,7 +250,6 @@ class _Report:
             return _na("cohort.csv not found")
         try:
             import fusion.tables as ft
-
             from tools.cohort import read_cohort
 
             df = read_cohort(cohort)
@@ -432,9 +434,9 @@ def make_figures(study_dir: str | Path, dpi: int = 110) -> Path:
     missing: dict[str, str] = {}
     captions: dict[str, str] = {}
 
-    def save(kind: str, fname: str, caption: str, draw: Callable[[], Any]) -> None:
+    def save(kind: str, fname: str, caption: str, draw: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         try:
-            fig = draw()
+            fig = draw(*args, **kwargs)
         except Exception as err:  # noqa: BLE001 - recorded and shown in the report
             missing[kind] = f"{fname}: {type(err).__name__}: {err}"
             return
@@ -449,18 +451,18 @@ def make_figures(study_dir: str | Path, dpi: int = 110) -> Path:
         for arm, models in arm_models.items():
             if models:
                 save("roc", f"roc_{sp}_{arm}.png", f"ROC, {arm.upper()} arm, {cohort}",
-                     lambda: plots.roc_figure(scores, sp, labels, models=models, names=names))
+                     plots.roc_figure, scores, sp, labels, models=models, names=names)
         if final:
             save("roc", f"roc_{sp}_final.png", f"ROC, final models, {cohort}",
-                 lambda: plots.roc_figure(scores, sp, labels, models=final, names=names))
+                 plots.roc_figure, scores, sp, labels, models=final, names=names)
             save("calibration", f"calibration_{sp}.png", f"Calibration, {cohort}",
-                 lambda: plots.calibration_figure(scores, sp, labels, models=final, names=names,
-                                                  n_bins=int(cfg.get("statistics", {}).get("calibration_bins", 10))))
+                 plots.calibration_figure, scores, sp, labels, models=final, names=names,
+                 n_bins=int(cfg.get("statistics", {}).get("calibration_bins", 10)))
             save("dca", f"dca_{sp}.png", f"Decision curves, {cohort}",
-                 lambda: plots.decision_curve_figure(scores, sp, labels, models=final, names=names))
+                 plots.decision_curve_figure, scores, sp, labels, models=final, names=names)
             save("confusion", f"confusion_{sp}.png", f"Confusion matrices at the training Youden threshold, {cohort}",
-                 lambda: plots.confusion_figure(scores, sp, {m: thresholds[m] for m in final}, labels,
-                                                models=final, names=names))
+                 plots.confusion_figure, scores, sp, {m: thresholds[m] for m in final}, labels,
+                 models=final, names=names)
 
     def nomogram():
         import joblib

@@ -8,20 +8,19 @@ import re
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
-import yaml  # noqa: E402
-from sklearn.metrics import roc_auc_score  # noqa: E402
+import joblib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from sklearn.metrics import roc_auc_score
 
-import joblib  # noqa: E402
-
-from fusion.crossfit import scores_wide  # noqa: E402
-from fusion.models import make_combined_model  # noqa: E402
-from fusion.report import SECTIONS, make_figures, write_report  # noqa: E402
-from tools.stages import run_statistics  # noqa: E402
-from tools.study import resolve_config, write_paper_selection, write_selection  # noqa: E402
+from fusion.crossfit import scores_wide
+from fusion.models import make_combined_model
+from fusion.report import SECTIONS, make_figures, write_report
+from tools.stages import run_statistics
+from tools.study import resolve_config, write_paper_selection, write_selection
 
 MODELS = ("clinical", "radiomics", "mc_resnet18", "ff_resnet18", "combined")
 

@@ -202,7 +202,7 @@ def fused_study(tmp_path_factory):
 
 
 def test_fusion_outputs(fused_study):
-    root, cohort, _ = fused_study
+    root, _, _ = fused_study
     s = pd.read_parquet(root / "scores.parquet")
     assert set(s["model"]) == {"clinical", "radiomics", "mc_resnet18", "ff_resnet18", "combined"}
     tr = s[s.split == "train"]

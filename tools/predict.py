@@ -13,8 +13,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -151,7 +151,7 @@ def score_patients(bundle: dict, cohort: pd.DataFrame, radiomics: pd.DataFrame, 
     dl = dl_scores.copy()
     dl.index = dl.index.astype(str)
     if not set(ids) <= set(dl.index):
-        raise P53hccError(f"patient {sorted(set(ids) - set(dl.index))[0]}: no DL score")
+        raise P53hccError(f"patient {min(set(ids) - set(dl.index))}: no DL score")
     X = pd.DataFrame({"clinical": bundle["clinical"].predict_proba(cohort.reset_index(drop=True))[:, 1],
                       "radiomics": bundle["radiomics"].predict_proba(rad.loc[ids, feats])[:, 1],
                       "dl": dl.loc[ids].to_numpy(float)}, index=ids)
@@ -195,7 +195,7 @@ def predict_cohort(model_dir: str | Path, cohort_csv: str | Path, out: str | Pat
     if errors:
         raise P53hccError(f"{cohort_csv}: {len(errors)} problem(s): " + "; ".join(errors[:5]))
     work = out / "work"
-    preprocess_cohort(cohort_csv, work)
+    preprocess_cohort(cohort_csv, work, params=bundle["manifest"]["preprocessing"]["config"].get("params"))
     radiomics = extract_cohort(cohort_csv, work, params=str(model_dir / "radiomics_params.yaml"))
     dl = dl_scorer(model_dir, cohort_csv, work, bundle["manifest"])
     pred = score_patients(bundle, read_cohort(cohort_csv), radiomics, dl)
@@ -221,8 +221,11 @@ def _gradcam_new(model_dir: Path, cohort_csv: Path, out: Path, manifest: dict) -
 
 
 # ------------------------------------------------------------------------------------------------- evaluation
+DCA_THRESHOLDS = np.round(np.arange(0.05, 0.96, 0.05), 2)
+
+
 def evaluation_metrics(pred: pd.DataFrame, y: pd.Series, threshold: float, split: str = "external",
-                       thresholds=np.arange(0.05, 0.96, 0.05)) -> tuple[pd.DataFrame, pd.DataFrame]:
+                       thresholds=DCA_THRESHOLDS) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Tidy metrics (AUC + DeLong CI, accuracy/sens/spec at the frozen threshold, calibration-in-the-large and
     slope, Brier, Hosmer-Lemeshow) for the combined model and its three inputs, plus their net-benefit curves.
     """

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -40,7 +41,7 @@ class Stage:
     """
 
     name: str
-    func: Callable[["StageContext"], Any]
+    func: Callable[[StageContext], Any]
     params: dict = field(default_factory=dict)
     deps: Sequence[str] = ()
     inputs: Sequence[str | Path] = ()

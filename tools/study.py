@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -121,7 +122,8 @@ def _stage_preprocess(ctx: StageContext) -> None:
     from tools.preprocess import preprocess_cohort
 
     run = ctx.state["config"]["preprocess"]
-    preprocess_cohort(_cohort_csv(ctx), ctx.study_dir, workers=run.get("workers"), scheduler=run.get("scheduler"))
+    preprocess_cohort(_cohort_csv(ctx), ctx.study_dir, workers=run.get("workers"), scheduler=run.get("scheduler"),
+                      params=ctx.params["params"])
 
 
 def _stage_radiomics(ctx: StageContext) -> None:
@@ -195,7 +197,7 @@ def build_stages(cfg: dict, cohort_given: bool) -> list[Stage]:
     stages += [
         Stage("validate", _stage_validate, deps=first, inputs=()),
         Stage("datalist", _stage_datalist, params={"folds": cfg["folds"], "seed": cfg["seed"]}, deps=["validate"]),
-        Stage("preprocess", _stage_preprocess, deps=["validate"]),
+        Stage("preprocess", _stage_preprocess, params={"params": cfg["preprocess"]["params"]}, deps=["validate"]),
         Stage("radiomics", _stage_radiomics, params={"params": cfg["radiomics"]["params"]}, deps=["preprocess"]),
     ]
     dl_names = []
