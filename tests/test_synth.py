@@ -12,6 +12,7 @@ from scipy.spatial.distance import pdist
 from sklearn.metrics import roc_auc_score
 
 from tools import synth, synth_images
+from tools.errors import P53hccError
 from tools.io_utils import file_sha256
 
 # Table 1, training cohort, typed again from the paper (independent of tools.synth): level -> (P53-, P53+).
@@ -70,7 +71,7 @@ def test_continuous_marginals_match_table1(big):
 
 
 def test_truncnorm_moments_are_table1():
-    for var, (m0, m1, (lo, hi)) in TABLE1_CONT.items():
+    for m0, m1, (lo, hi) in TABLE1_CONT.values():
         for mean, sd in (m0, m1):
             mu, sigma = synth.truncnorm_params(mean, sd, lo - 0.5, hi + 0.5)
             m, v = stats.truncnorm.stats((lo - 0.5 - mu) / sigma, (hi + 0.5 - mu) / sigma, mu, sigma, moments="mv")
@@ -78,14 +79,14 @@ def test_truncnorm_moments_are_table1():
 
 
 def test_prevalence_and_split():
-    cohort, truth = synth.sample_patients(320, seed=3)
+    cohort, _ = synth.sample_patients(320, seed=3)
     counts = cohort.groupby(["split", "p53"]).size().to_dict()
     assert counts == {("train", 0): 96, ("train", 1): 128, ("validation", 0): 41, ("validation", 1): 55}
     assert cohort.patient_id.iloc[0] == "SYN0001" and cohort.patient_id.is_unique
     ext, _ = synth.sample_patients(50, seed=3, profile="external")
     assert (ext.split == "external").all() and ext.patient_id.str.startswith("EXT").all()
     assert not np.array_equal(ext.age.to_numpy(), cohort.age.to_numpy()[:50])  # different random stream
-    with pytest.raises(Exception):
+    with pytest.raises(P53hccError, match="profile"):
         synth.sample_patients(10, profile="bogus")
 
 
@@ -184,8 +185,9 @@ def test_external_profile_without_second_reader(tmp_path):
     assert cohort.scanner.isin(list(synth_images.EXTERNAL_SCANNERS)).all()
 
 
-def _ratio(rec: dict, phase: str, h: float = 0.0, seed: int = 0, centre: bool = False) -> tuple[float, float, float]:
-    """(tumour inner/liver, tumour outer shell/inner, tumour SD/liver) signal ratios of one rendered phase.
+def _ratio(rec: dict, phase: str, h: float = 0.0, seed: int = 0, centre: bool = False) -> tuple[float, ...]:
+    """(tumour inner/liver, tumour outer shell/inner, tumour SD/liver, 2-voxel ring outside the mask/liver)
+    signal ratios of one rendered phase.
 
     "inner" is the part of the mask deeper than 25 % (``centre``: 60 %) of its largest depth."""
     from scipy import ndimage
@@ -197,18 +199,21 @@ def _ratio(rec: dict, phase: str, h: float = 0.0, seed: int = 0, centre: bool = 
     inner = depth > (0.6 if centre else 0.25) * depth.max()
     shell = m & ~ndimage.binary_erosion(m, iterations=1)
     ring = ndimage.binary_dilation(m, iterations=8) & ~ndimage.binary_dilation(m, iterations=4)
+    outside = ndimage.binary_dilation(m, iterations=2) & ~m
     liver = np.median(img[ring])
-    return np.median(img[inner]) / liver, np.median(img[shell]) / np.median(img[inner]), img[inner].std() / liver
+    return (np.median(img[inner]) / liver, np.median(img[shell]) / np.median(img[inner]), img[inner].std() / liver,
+            np.median(img[outside]) / liver)
 
 
 def test_findings_are_visible():
     base = {"patient_id": "T", "ltd_mm": 50, "rim_aphe": 0, "washout": "none", "delayed_central": 0, "capsule": 0}
-    aphe, _, _ = _ratio(base, "ap")
+    aphe = _ratio(base, "ap")[0]
     assert aphe > 1.3  # non-rim arterial hyper-enhancement
-    rim_inner, rim_shell, _ = _ratio({**base, "rim_aphe": 1}, "ap", centre=True)
+    rim_inner, rim_shell = _ratio({**base, "rim_aphe": 1}, "ap", centre=True)[:2]
     assert rim_inner < 1.0 and rim_shell > 1.3  # rim APHE: bright periphery, hypo-enhancing centre
     iso, washed = _ratio(base, "pvp")[0], _ratio({**base, "washout": "nonperipheral"}, "pvp")[0]
     assert iso > 0.85 and washed < 0.8 and washed < iso - 0.2  # portal-venous washout: darker than liver
     assert _ratio({**base, "delayed_central": 1}, "dp", centre=True)[0] > _ratio(base, "dp", centre=True)[0] + 0.15
+    assert _ratio({**base, "capsule": 1}, "pvp")[3] > _ratio(base, "pvp")[3] + 0.1  # enhancing capsule
     # the imaging-only latent: heterogeneity inside the tumour grows with it
     assert _ratio(base, "pvp", h=2.0)[2] > 1.5 * _ratio(base, "pvp", h=-1.0)[2]

@@ -68,7 +68,7 @@ LAB_RANGES = {
 PROFILES = {"internal": ("SYN", 1), "external": ("EXT", 2)}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def truncnorm_params(mean: float, sd: float, lo: float, hi: float) -> tuple[float, float]:
     """Underlying (mu, sigma) of a normal truncated to [lo, hi] whose truncated mean and SD are (mean, sd).
 
@@ -168,8 +168,8 @@ def posterior_table(df: pd.DataFrame) -> pd.DataFrame:
 def _split(y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """7:3 train/validation split stratified by label (224/96 with 128/96 P53+/- in train at n=320)."""
     n = len(y)
-    n_train = int(round(TRAIN_FRACTION * n))
-    n1_train = int(round(n_train * y.sum() / n))
+    n_train = round(TRAIN_FRACTION * n)
+    n1_train = round(n_train * int(y.sum()) / n)
     split = np.full(n, "validation", dtype=object)
     for cls, k in ((1, n1_train), (0, n_train - n1_train)):
         members = np.flatnonzero(y == cls)
@@ -203,7 +203,7 @@ def sample_patients(n: int, seed: int = 0, profile: str = "internal") -> tuple[p
         raise P53hccError("synth: n must be at least 2")
     prefix, stream = PROFILES[profile]
     rng = np.random.default_rng([seed, stream, 0])
-    n1 = int(round(n * PREVALENCE))
+    n1 = round(n * PREVALENCE)
     y = rng.permutation(np.r_[np.ones(n1, int), np.zeros(n - n1, int)])
     df = pd.DataFrame({"patient_id": [f"{prefix}{i + 1:0{max(4, len(str(n)))}d}" for i in range(n)], "p53": y})
     df["split"] = _split(y, rng) if profile == "internal" else "external"
