@@ -270,7 +270,8 @@ def check_oof(scores: pd.DataFrame, splits: dict) -> None:
         scored = set(scores.loc[scores["fold"] == f["fold"], "patient_id"])
         if scored & set(f["train"]):
             raise P53hccError(f"fold {f['fold']} scored patients it trained on: {sorted(scored & set(f['train']))[:5]}")
-        if scored != set(f["val"]):
+    for f in splits["folds"]:
+        if set(scores.loc[scores["fold"] == f["fold"], "patient_id"]) != set(f["val"]):
             raise P53hccError(f"fold {f['fold']} scores do not match its held-out patients")
     full = scores[scores["fold"] == -1]
     if set(full["patient_id"]) & train_ids:
