@@ -16,7 +16,7 @@ from tools.transforms import (
 )
 
 SPACING = (1.5, 1.5, 4.0)
-FAST = dict(n_iterations=[20, 20, 10])
+FAST = {"n_iterations": [20, 20, 10]}
 
 
 def _phantom(shape=(48, 48, 12), spacing=SPACING, seed=0):
@@ -71,7 +71,7 @@ def test_n4_masks_and_bad_parameters():
 
 
 def test_array_and_dict_transforms_keep_meta():
-    image, _, inner = _phantom()
+    image, _, _inner = _phantom()
     affine = torch.tensor(np.diag([*SPACING, 1.0]))
     img = MetaTensor(torch.from_numpy(image[None]), affine=affine, meta={"filename_or_obj": "ap.nii.gz"})
     out = N4BiasFieldCorrectiond("image", bias_key_postfix="bias", spline_distance=40.0, **FAST)(

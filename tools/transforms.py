@@ -211,12 +211,13 @@ class N4BiasFieldCorrection(Transform):
                  n_histogram_bins: int = 200, pixdim: Sequence[float] | None = None, n_threads: int | None = None) -> None:
         if mask_mode not in MASK_MODES:
             raise ValueError(f"mask_mode {mask_mode!r} must be one of {MASK_MODES}")
-        self.params = dict(shrink_factor=shrink_factor, n_iterations=n_iterations,
-                           convergence_threshold=convergence_threshold, n_fitting_levels=n_fitting_levels,
-                           mask_mode=mask_mode, spline_order=spline_order, bias_field_fwhm=bias_field_fwhm,
-                           n_control_points=n_control_points, spline_distance=spline_distance,
-                           wiener_filter_noise=wiener_filter_noise,
-                           n_histogram_bins=n_histogram_bins, n_threads=n_threads)
+        self.params = {
+            "shrink_factor": shrink_factor, "n_iterations": n_iterations,
+            "convergence_threshold": convergence_threshold, "n_fitting_levels": n_fitting_levels,
+            "mask_mode": mask_mode, "spline_order": spline_order, "bias_field_fwhm": bias_field_fwhm,
+            "n_control_points": n_control_points, "spline_distance": spline_distance,
+            "wiener_filter_noise": wiener_filter_noise, "n_histogram_bins": n_histogram_bins, "n_threads": n_threads,
+        }
         self.pixdim = pixdim
 
     def correct(self, img: Any, mask: Any = None) -> tuple[Any, Any]:
@@ -339,6 +340,6 @@ def preprocessing_chain(params: Mapping[str, Any] | None = None, image_keys: Seq
 
 
 try:  # the 2D ROI transforms live in tools.roi; re-exported so everything is reachable as tools.transforms.X
-    from tools.roi import *  # noqa: F401,F403,E402
+    from tools.roi import *
 except ImportError:
     pass
