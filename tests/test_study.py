@@ -294,7 +294,7 @@ def fake_image_stages(monkeypatch):
     def truth_of(cohort_csv):
         return pd.read_csv(Path(cohort_csv).parent / "truth.csv", dtype={"patient_id": str})
 
-    def preprocess_cohort(cohort_csv, out, workers=None, scheduler=None):
+    def preprocess_cohort(cohort_csv, out, workers=None, scheduler=None, params=None):
         state["calls"].append("preprocess")
 
     def extract_cohort(cohort_csv, out, params="demo", workers=None, scheduler=None):
