@@ -33,6 +33,52 @@ from tools.errors import P53hccError
 from tools.io_utils import atomic_path, atomic_write_json, atomic_write_table, file_sha256, params_hash
 
 INDEX_COLUMNS = ["patient_id", "phase", "image", "mask", "key"]
+#: Parameters of :func:`tools.transforms.n4_correct` (the full set; every one is JSON-serialisable).
+N4_DEFAULTS: dict[str, Any] = {
+    "shrink_factor": 4,
+    "n_iterations": [50, 50, 30, 20],
+    "convergence_threshold": 1e-6,
+    "n_fitting_levels": None,
+    "mask_mode": "otsu",
+    "spline_order": 3,
+    "bias_field_fwhm": 0.15,
+    "n_control_points": 4,
+    "spline_distance": None,
+    "wiener_filter_noise": 0.01,
+    "n_histogram_bins": 200,
+}
+
+MASK_MODES = ("otsu", "foreground", "none")
+#: Axis labels of MONAI's world space (the ITKReader converts ITK's LPS to RAS); explicit to pin the meaning.
+RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+
+
+
+#: Default parameters of :func:`tools.transforms.preprocessing_chain` (JSON-friendly; part of the cache key).
+CHAIN_DEFAULTS: dict[str, Any] = {
+    "orientation": "RAS",
+    "n4": dict(N4_DEFAULTS),
+    "pixdim": [1.0, 1.0, 1.0],
+    "normalize_nonzero": True,
+}
+
+
+def chain_params(params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Defaults updated by ``params`` (the ``n4`` sub-dict is merged key by key)."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in CHAIN_DEFAULTS.items()}
+    for k, v in (params or {}).items():
+        if k not in out:
+            raise ValueError(f"unknown preprocessing parameter {k!r} (known: {sorted(out)})")
+        if k == "n4":
+            unknown = set(v) - set(N4_DEFAULTS) - {"n_threads"}
+            if unknown:
+                raise ValueError(f"unknown N4 parameter(s) {sorted(unknown)} (known: {sorted(N4_DEFAULTS)})")
+            out["n4"].update(v)
+        else:
+            out[k] = v
+    return out
+
+
 #: Bump when the computation changes in a way that invalidates cached results.
 CACHE_VERSION = 1
 #: "demo" is tuned so N4 stays under a quarter of a demo patient's preprocess + radiomics time (measured in
@@ -51,8 +97,6 @@ def _read_cohort(cohort_csv: str | os.PathLike) -> tuple[pd.DataFrame, tuple[str
 
 def resolve_params(params: Mapping[str, Any] | str | None) -> dict[str, Any]:
     """Full parameter set: a preset name ("demo", "paper"), a dict of overrides of the demo preset, or None."""
-    from tools.transforms import chain_params
-
     if isinstance(params, str):
         if params not in PRESETS:
             raise P53hccError(f"unknown preprocessing preset {params!r} (use {', '.join(PRESETS)})")

@@ -31,24 +31,8 @@ from monai.transforms import (
     Transform,
 )
 
-#: Parameters of :func:`n4_correct` (the full set; every one is JSON-serialisable).
-N4_DEFAULTS: dict[str, Any] = {
-    "shrink_factor": 4,
-    "n_iterations": [50, 50, 30, 20],
-    "convergence_threshold": 1e-6,
-    "n_fitting_levels": None,
-    "mask_mode": "otsu",
-    "spline_order": 3,
-    "bias_field_fwhm": 0.15,
-    "n_control_points": 4,
-    "spline_distance": None,
-    "wiener_filter_noise": 0.01,
-    "n_histogram_bins": 200,
-}
-
-MASK_MODES = ("otsu", "foreground", "none")
-#: Axis labels of MONAI's world space (the ITKReader converts ITK's LPS to RAS); explicit to pin the meaning.
-_RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+# The parameter sets live in tools.preprocess (no MONAI import there), so a cached re-run never loads MONAI.
+from tools.preprocess import CHAIN_DEFAULTS, MASK_MODES, N4_DEFAULTS, RAS_LABELS, chain_params  # noqa: F401
 
 
 def _shrink_factors(size: Sequence[int], shrink_factor: int | Sequence[int], min_size: int = 4) -> list[int]:
@@ -276,31 +260,6 @@ class N4BiasFieldCorrectiond(MapTransform):
         return d
 
 
-#: Default parameters of :func:`preprocessing_chain` (JSON-friendly; the cache key of tools.preprocess).
-CHAIN_DEFAULTS: dict[str, Any] = {
-    "orientation": "RAS",
-    "n4": dict(N4_DEFAULTS),
-    "pixdim": [1.0, 1.0, 1.0],
-    "normalize_nonzero": True,
-}
-
-
-def chain_params(params: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Defaults updated by ``params`` (the ``n4`` sub-dict is merged key by key)."""
-    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in CHAIN_DEFAULTS.items()}
-    for k, v in (params or {}).items():
-        if k not in out:
-            raise ValueError(f"unknown preprocessing parameter {k!r} (known: {sorted(out)})")
-        if k == "n4":
-            unknown = set(v) - set(N4_DEFAULTS) - {"n_threads"}
-            if unknown:
-                raise ValueError(f"unknown N4 parameter(s) {sorted(unknown)} (known: {sorted(N4_DEFAULTS)})")
-            out["n4"].update(v)
-        else:
-            out[k] = v
-    return out
-
-
 def preprocessing_chain(params: Mapping[str, Any] | None = None, image_keys: Sequence[str] = ("image",),
                         mask_keys: Sequence[str] = ("mask",), load: bool = True, n4: bool = True,
                         resample: bool = True) -> Compose:
@@ -329,7 +288,7 @@ def preprocessing_chain(params: Mapping[str, Any] | None = None, image_keys: Seq
         steps.append(LoadImaged(keys, reader="ITKReader", image_only=True, ensure_channel_first=True,
                                 allow_missing_keys=True))
         if p["orientation"]:
-            steps.append(Orientationd(keys, axcodes=p["orientation"], labels=_RAS_LABELS, allow_missing_keys=True))
+            steps.append(Orientationd(keys, axcodes=p["orientation"], labels=RAS_LABELS, allow_missing_keys=True))
     if n4:
         steps.append(N4BiasFieldCorrectiond(image_keys, **p["n4"]))
     if resample:
