@@ -270,10 +270,10 @@ def render_patient(rec: dict, h: float, scanner: dict, size: str, rng: np.random
         images[phase] = _acquire(img, bias, scanner, rng)
     masks = {}
     for phase in PHASES:
-        masks[phase] = _reader_mask(s, shape, box, spacing, rng, jitter=0.35, shift_p=0.15)
+        masks[phase] = _reader_mask(s, shape, box, spacing, rng, jitter=0.35, shift_p=(0.15, 0.15, 0.0))
     if second_reader:
         for phase in PHASES:
-            masks[f"{phase}_r2"] = _reader_mask(s, shape, box, spacing, rng, jitter=0.8, shift_p=0.3)
+            masks[f"{phase}_r2"] = _reader_mask(s, shape, box, spacing, rng, jitter=0.8, shift_p=(0.3, 0.3, 0.0))
     affine = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
     affine[:3, 3] = [-origin[0], -origin[1], origin[2]]
     info = {"tumour_x_mm": centre[0], "tumour_y_mm": centre[1], "tumour_z_mm": centre[2],
@@ -300,15 +300,17 @@ def _acquire(img: np.ndarray, bias: np.ndarray, scanner: dict, rng: np.random.Ge
 
 
 def _reader_mask(s: np.ndarray, shape: tuple, box: tuple, spacing: np.ndarray, rng: np.random.Generator,
-                 jitter: float, shift_p: float) -> np.ndarray:
-    """One reader's mask of one phase: the true boundary moved by a smooth random offset (~``jitter`` voxels)
-    and shifted by one voxel along each axis with probability ``shift_p``."""
-    vox = spacing.mean()
-    eta = smooth_noise(rng, s.shape, spacing, 10.0)[0] * jitter * vox + rng.normal(0, 0.5 * jitter * vox)
+                 jitter: float, shift_p: tuple[float, float, float]) -> np.ndarray:
+    """One reader's mask of one phase: the true boundary moved by a smooth random offset (~``jitter`` in-plane
+    voxels, at most 15 % of the tumour's inner radius so small lesions survive) and shifted by one voxel along
+    each axis with probability ``shift_p`` (per axis; used in-plane only, since a whole thick slice in z would be
+    a gross error for small lesions)."""
+    scale = min(jitter * float(spacing[0]), 0.15 * float(-s.min()))
+    eta = smooth_noise(rng, s.shape, spacing, 10.0)[0] * scale + float(rng.normal(0, 0.5 * scale))
     sub = s <= eta
     if not sub.any():
         sub = s <= s.min()
-    shift = rng.choice([-1, 0, 1], size=3, p=[shift_p / 2, 1 - shift_p, shift_p / 2])
+    shift = [int(rng.choice([-1, 0, 1], p=[p / 2, 1 - p, p / 2])) for p in shift_p]
     sub = np.roll(sub, tuple(shift), axis=(0, 1, 2))
     mask = np.zeros(shape, np.uint8)
     mask[box] = sub
