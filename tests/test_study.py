@@ -352,7 +352,7 @@ def _snapshot(root) -> dict:
 def test_run_study_kill_and_resume_gives_identical_outputs(tmp_path, fake_image_stages):
     from tools.study import run_study
 
-    kw = dict(out=tmp_path / "study", nets="resnet18", folds=3, epochs=1, **{"synth.n": 100})
+    kw = dict(out=tmp_path / "study", nets="resnet18", folds=3, epochs=1, **{"synth.n": 70})
     report = run_study(**kw)
     assert report.exists() and (tmp_path / "study" / "model" / "manifest.json").exists()
     page = report.read_text()
