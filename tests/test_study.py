@@ -378,3 +378,33 @@ def test_run_study_kill_and_resume_gives_identical_outputs(tmp_path, fake_image_
     page = run_study(**kw, paper_selection=True).read_text()    # reporting option: fusion is not redone
     assert (tmp_path / "study" / ".stages" / "fusion.done").read_text() == fusion_marker
     assert "Paper's practice (optimistic)" in page and fake_image_stages["calls"] == []
+
+
+def test_predict_and_evaluate_cohort_glue(fused_study, tmp_path, monkeypatch):
+    """predict_cohort / evaluate_cohort on the study's validation patients, written as a new cohort file: image
+    stages faked, everything else real; probabilities equal the study's."""
+    import sys
+    import types
+
+    import tools.cohort
+    import tools.radiomics
+    from tools.predict import evaluate_cohort, predict_cohort
+
+    root, cohort, rad = fused_study
+    new = cohort[cohort.split == "validation"].assign(split="external")
+    csv = tmp_path / "new" / "cohort.csv"
+    csv.parent.mkdir()
+    new.to_csv(csv, index=False)
+    s = pd.read_parquet(root / "scores.parquet")
+    dl = s[s.model == "ff_resnet18"].set_index("patient_id")["score"]
+    monkeypatch.setattr(tools.cohort, "validate_cohort", lambda path, **kw: [])
+    monkeypatch.setattr(tools.radiomics, "extract_cohort", lambda cohort_csv, out, params=None, **kw: rad)
+    monkeypatch.setitem(sys.modules, "tools.preprocess", types.SimpleNamespace(preprocess_cohort=lambda *a, **k: None))
+    pred = pd.read_csv(predict_cohort(root / "model", csv, tmp_path / "pred", dl_scorer=lambda *a: dl, gradcam=False),
+                       dtype={"patient_id": str}).set_index("patient_id")
+    study = s[(s.model == "combined") & (s.split == "validation")].set_index("patient_id")["score"]
+    np.testing.assert_allclose(pred.loc[study.index, "probability"], study, rtol=1e-10)
+    assert {"predicted_class", "points_clinical", "points_radiomics", "points_dl", "total_points"} <= set(pred.columns)
+    metrics = pd.read_csv(evaluate_cohort(root / "model", csv, tmp_path / "eval", dl_scorer=lambda *a: dl))
+    assert {"auc", "calibration_intercept", "calibration_slope"} <= set(metrics.metric)
+    assert (tmp_path / "eval" / "report.html").exists() and (tmp_path / "eval" / "net_benefit.csv").exists()
