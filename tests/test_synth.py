@@ -1,6 +1,10 @@
 """Synthetic cohort: Table 1 marginals, exact Bayes posterior, AUC targets, images, masks, determinism."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -145,6 +149,14 @@ def test_same_seed_identical_files_different_seed_differs(tiny):
     fa, fb, fc = _files(a), _files(b), _files(c)
     assert len(fa) == 2 + 6 * 9 and fa == fb
     assert all(fa[k] != fc[k] for k in fa if k.startswith("images/"))
+
+
+def test_identical_across_processes(tiny, tmp_path):
+    """A fresh interpreter with another hash seed writes the same bytes (no set/dict-order or time dependence)."""
+    code = f"from tools.synth import make_cohort; make_cohort(6, {str(tmp_path / 'd')!r}, seed=0)"
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True, timeout=120)
+    assert _files(tmp_path / "d" / "cohort.csv") == _files(tiny[0])
 
 
 def test_cohort_columns_and_volumes(tiny):

@@ -151,9 +151,11 @@ def posterior_table(df: pd.DataFrame) -> pd.DataFrame:
     """
     llr = log_likelihood_ratios(df)
     prior = np.log(PREVALENCE / (1 - PREVALENCE))
-    blocks = {g: llr[[v for v, gg in GROUPS.items() if gg == g]].sum(axis=1) for g in set(GROUPS.values())}
+    # fixed summation order (never a set: its order depends on PYTHONHASHSEED and would change the last bits)
+    blocks = {g: llr[[v for v, gg in GROUPS.items() if gg == g]].sum(axis=1)
+              for g in ("demographic_lab", "pathology", "semantic")}
     blocks["latent"] = llr["latent"]
-    logit = prior + sum(blocks.values())
+    logit = prior + blocks["demographic_lab"] + blocks["pathology"] + blocks["semantic"] + blocks["latent"]
     clinical = prior + blocks["demographic_lab"] + blocks["semantic"]
     return pd.DataFrame({
         "bayes_logit": logit, "bayes_prob": special.expit(logit),

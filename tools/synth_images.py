@@ -276,9 +276,10 @@ def render_patient(rec: dict, h: float, scanner: dict, size: str, rng: np.random
             masks[f"{phase}_r2"] = _reader_mask(s, shape, box, spacing, rng, jitter=0.8, shift_p=(0.3, 0.3, 0.0))
     affine = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
     affine[:3, 3] = [-origin[0], -origin[1], origin[2]]
-    info = {"tumour_x_mm": centre[0], "tumour_y_mm": centre[1], "tumour_z_mm": centre[2],
-            "tumour_volume_ml": float((s < 0).sum() * spacing.prod() / 1000), "texture_amplitude": amp,
-            "necrotic_fraction": float(((tex[1] > 1.3 - 0.6 * h) & (t < 0.7)).sum() / max(1, (s < 0).sum())),
+    info = {"tumour_x_mm": round(cx, 3), "tumour_y_mm": round(cy, 3), "tumour_z_mm": round(cz, 3),
+            "tumour_volume_ml": round(float((s < 0).sum() * spacing.prod() / 1000), 4),
+            "texture_amplitude": round(amp, 5),
+            "necrotic_fraction": round(float(((tex[1] > 1.3 - 0.6 * h) & (t < 0.7)).sum() / max(1, (s < 0).sum())), 5),
             "nx": shape[0], "ny": shape[1], "nz": shape[2]}
     return images, masks, affine, info
 
