@@ -73,6 +73,19 @@ def test_killed_stage_leaves_no_marker_and_reruns(tmp_path):
     assert (tmp_path / "c.txt").read_text() == (fresh / "c.txt").read_text()
 
 
+def test_deleted_output_reruns_that_stage(tmp_path):
+    calls: list = []
+
+    def make():
+        return [Stage("w", lambda ctx: (calls.append("w"), (ctx.study_dir / "w.txt").write_text("w")),
+                      outputs=["w.txt"])]
+    run_stages(make(), tmp_path, log=None)
+    run_stages(make(), tmp_path, log=None)
+    (tmp_path / "w.txt").unlink()
+    run_stages(make(), tmp_path, log=None)
+    assert calls == ["w", "w"] and (tmp_path / "w.txt").exists()
+
+
 def test_changed_input_file_reruns(tmp_path):
     src = tmp_path / "cohort.csv"
     src.write_text("v1")

@@ -38,6 +38,8 @@ class Stage:
         params: JSON-serialisable parameters that determine the outputs (part of the cache key).
         deps: names of stages whose outputs this stage reads (their keys enter this stage's key).
         inputs: files or folders whose content enters the key (e.g. the cohort CSV), hashed at run time.
+        outputs: paths (relative to the study folder) the stage must have produced; a cached stage with one of
+            them missing (deleted by hand) is run again.
     """
 
     name: str
@@ -45,6 +47,7 @@ class Stage:
     params: dict = field(default_factory=dict)
     deps: Sequence[str] = ()
     inputs: Sequence[str | Path] = ()
+    outputs: Sequence[str] = ()
 
 
 @dataclass
@@ -135,7 +138,8 @@ def run_stages(stages: Sequence[Stage], study_dir: str | Path, state: dict | Non
         keys[stage.name] = key
         marker = read_marker(study_dir, stage.name)
         prefix = f"[{i}/{len(stages)}] {stage.name:<{width}}"
-        if marker is not None and marker.get("key") == key and stage.name not in force:
+        complete = all((study_dir / o).exists() for o in stage.outputs)
+        if marker is not None and marker.get("key") == key and complete and stage.name not in force:
             results.append(StageResult(stage.name, "cached", 0.0, key))
             if log:
                 log(f"{prefix}  cached")

@@ -196,9 +196,11 @@ def build_stages(cfg: dict, cohort_given: bool) -> list[Stage]:
         first = ["synth"]
     stages += [
         Stage("validate", _stage_validate, deps=first, inputs=()),
-        Stage("datalist", _stage_datalist, params={"folds": cfg["folds"], "seed": cfg["seed"]}, deps=["validate"]),
+        Stage("datalist", _stage_datalist, params={"folds": cfg["folds"], "seed": cfg["seed"]}, deps=["validate"],
+              outputs=["splits.json", "datalist.json"]),
         Stage("preprocess", _stage_preprocess, params={"params": cfg["preprocess"]["params"]}, deps=["validate"]),
-        Stage("radiomics", _stage_radiomics, params={"params": cfg["radiomics"]["params"]}, deps=["preprocess"]),
+        Stage("radiomics", _stage_radiomics, params={"params": cfg["radiomics"]["params"]}, deps=["preprocess"],
+              outputs=["radiomics.parquet"]),
     ]
     dl_names = []
     dl = cfg["dl"]
@@ -208,18 +210,20 @@ def build_stages(cfg: dict, cohort_given: bool) -> list[Stage]:
             dl_names.append(name)
             params = {"epochs": dl["epochs"], "spatial_size": dl["spatial_size"], "batch_size": dl["batch_size"],
                       "seed": cfg["seed"]}
-            stages.append(Stage(name, _dl_stage(arm, net), params=params, deps=["datalist", "preprocess"]))
+            stages.append(Stage(name, _dl_stage(arm, net), params=params, deps=["datalist", "preprocess"],
+                                outputs=[f"dl/{arm}/{net}/scores.parquet"]))
     fusion_params = {"fusion": cfg["fusion"], "icc_threshold": cfg["radiomics"]["icc_threshold"],
                      "seed": cfg["seed"], "nets": dl["nets"], "arms": dl["arms"]}
     stats_params = {"statistics": cfg["statistics"], "paper_selection": bool(cfg.get("paper_selection"))}
     stages += [
-        Stage("fusion", _stage_fusion, params=fusion_params, deps=["datalist", "radiomics", *dl_names]),
-        Stage("statistics", _stage_statistics, params=stats_params, deps=["fusion"]),
+        Stage("fusion", _stage_fusion, params=fusion_params, deps=["datalist", "radiomics", *dl_names],
+              outputs=["scores.parquet", "selection.json", "fusion/combined.joblib"]),
+        Stage("statistics", _stage_statistics, params=stats_params, deps=["fusion"], outputs=["metrics.csv"]),
         Stage("gradcam", _stage_gradcam, params=dict(cfg["gradcam"]), deps=["fusion"]),
         Stage("figures", _stage_figures, deps=["statistics"]),
         Stage("report", _stage_report, params={"paper_selection": bool(cfg.get("paper_selection"))},
-              deps=["statistics", "figures", "gradcam"]),
-        Stage("model", _stage_model, deps=["fusion", "statistics"]),
+              deps=["statistics", "figures", "gradcam"], outputs=["report.html"]),
+        Stage("model", _stage_model, deps=["fusion", "statistics"], outputs=["model/manifest.json"]),
     ]
     return stages
 
