@@ -21,8 +21,7 @@ resumes where it stopped.
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -342,5 +341,7 @@ def train_ff_arm(cohort_csv: str | Path, out: str | Path, net: str = "resnet101"
         _train_phase_fast(crops[phase], items, k, phase, net, params, device, model_dir, tag)
     if not all(_is_done(_model_dir(arm, k, p), tag) for k, p in plan):
         return arm
+    # training parameters of the full-cohort models, read by tools.gradcam (per-phase Grad-CAM of full/<phase>)
+    atomic_write_json(arm / "full" / "config.json", {**params, "net": net, "engine": engine})
     fit_ff_head(study, arm, net, splits, phases, head_kwargs)
     return arm
