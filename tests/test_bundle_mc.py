@@ -101,3 +101,21 @@ def test_required_bundle_files_and_changelog():
     assert "optional_packages_version" not in meta
     evaluate = json.loads((CONFIGS / "evaluate.json").read_text())
     assert "network_def" not in evaluate and "train" not in evaluate  # an override, not a copy
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("os").environ.get("P53HCC_SLOW"), reason="set P53HCC_SLOW=1 (about 60 s)")
+def test_multi_gpu_config_runs_with_two_gloo_processes(trained):
+    import subprocess
+    import sys
+
+    study, work, _ = trained
+    root = work / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle", "run",
+           "--config_file", f"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}']",
+           "--bundle_root", str(root), "--dataset_dir", str(study), "--epochs", "1", "--spatial_size", "32",
+           "--n4", "false", "--net", "resnet18", "--batch_size", "2", "--logging_file", str(CONFIGS / "logging.conf")]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (root / "models" / "model.pt").is_file()
+    assert "val_auc" in res.stdout + res.stderr

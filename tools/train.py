@@ -331,6 +331,9 @@ def _run_fold_bundle(out, fold, score_part, net, params, device, fold_dir, bundl
     wf = ConfigWorkflow(config_file=str(bundle / "configs" / "train.json"), workflow_type="train",
                         logging_file=str(bundle / "configs" / "logging.conf"), **common)
     wf.initialize()
+    missing = wf.check_properties()
+    if missing:
+        raise P53hccError(f"bundle {bundle.name} lacks required properties: {missing}")
     wf.run()
     wf.finalize()
     scores = pd.DataFrame()
