@@ -111,3 +111,19 @@ def test_chain_params_rejects_unknown_keys():
         chain_params({"spacing": 1})
     with pytest.raises(ValueError, match="unknown N4"):
         chain_params({"n4": {"iterations": 3}})
+
+
+def test_n4_does_not_depend_on_itk_thread_count():
+    """A cached result must not depend on the machine: the default n_threads=1 pins N4's threaded reductions."""
+    import SimpleITK as sitk
+
+    image, _, _ = _phantom(shape=(24, 24, 8))
+    old = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    try:
+        fields = []
+        for threads in (1, 4):
+            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+            fields.append(n4_correct(image, SPACING, **FAST)[1])
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(old)
+    np.testing.assert_array_equal(fields[0], fields[1])

@@ -13,7 +13,8 @@ Axis convention: MONAI's, i.e. spatial axes in ITK index order (x, y, z) after t
 """
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -68,6 +69,21 @@ def _control_points(shape, spacing, n_control_points: int, spline_distance: floa
             for e in extent]
 
 
+@contextmanager
+def _itk_threads(n_threads: int | None) -> Iterator[None]:
+    """Temporarily set ITK's global thread count: N4's inner B-spline fitting filters follow the global default,
+    not the N4 filter's own setting."""
+    if not n_threads:
+        yield
+        return
+    old = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(n_threads))
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(old)
+
+
 def _to_sitk(array: np.ndarray, spacing, origin=None, direction=None) -> sitk.Image:
     """(x, y, z)-ordered array -> SimpleITK image with the given physical geometry."""
     image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(array).T))
@@ -85,7 +101,7 @@ def n4_correct(array: np.ndarray, spacing: Sequence[float], mask: np.ndarray | N
                convergence_threshold: float = 1e-6, n_fitting_levels: int | None = None, mask_mode: str = "otsu",
                spline_order: int = 3, bias_field_fwhm: float = 0.15, n_control_points: int = 4,
                spline_distance: float | None = None, wiener_filter_noise: float = 0.01,
-               n_histogram_bins: int = 200, n_threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+               n_histogram_bins: int = 200, n_threads: int | None = 1) -> tuple[np.ndarray, np.ndarray]:
     """N4 bias-field correction of one spatial volume (2D or 3D).
 
     Args:
@@ -112,7 +128,9 @@ def n4_correct(array: np.ndarray, spacing: Sequence[float], mask: np.ndarray | N
             control points than the in-plane axes; overrides ``n_control_points``.
         wiener_filter_noise: Wiener filter noise of the histogram deconvolution.
         n_histogram_bins: histogram bins of the deconvolution.
-        n_threads: ITK threads for this call (None: ITK's global default).
+        n_threads: ITK threads for this call (None: ITK's global default). The default 1 makes the result
+            bit-reproducible: N4's multi-threaded reductions change the last digits with the thread count, and a
+            cached result must not depend on which machine computed it. Parallelism is across patients.
 
     Returns:
         ``(corrected, bias_field)`` as float32 arrays of the input's shape; ``corrected * bias_field == array``
@@ -157,10 +175,9 @@ def n4_correct(array: np.ndarray, spacing: Sequence[float], mask: np.ndarray | N
                                                 spline_order))
     n4.SetWienerFilterNoise(float(wiener_filter_noise))
     n4.SetNumberOfHistogramBins(int(n_histogram_bins))
-    if n_threads:
-        n4.SetNumberOfThreads(int(n_threads))
-    n4.Execute(small, small_mask)
-    log_bias = sitk.GetArrayFromImage(n4.GetLogBiasFieldAsImage(image)).T  # full-resolution grid
+    with _itk_threads(n_threads):
+        n4.Execute(small, small_mask)
+        log_bias = sitk.GetArrayFromImage(n4.GetLogBiasFieldAsImage(image)).T  # full-resolution grid
     bias = np.exp(log_bias).astype(np.float32)
     return (arr / bias).astype(np.float32), bias
 
@@ -192,7 +209,7 @@ class N4BiasFieldCorrection(Transform):
                  convergence_threshold: float = 1e-6, n_fitting_levels: int | None = None, mask_mode: str = "otsu",
                  spline_order: int = 3, bias_field_fwhm: float = 0.15, n_control_points: int = 4,
                  spline_distance: float | None = None, wiener_filter_noise: float = 0.01,
-                 n_histogram_bins: int = 200, pixdim: Sequence[float] | None = None, n_threads: int | None = None) -> None:
+                 n_histogram_bins: int = 200, pixdim: Sequence[float] | None = None, n_threads: int | None = 1) -> None:
         if mask_mode not in MASK_MODES:
             raise ValueError(f"mask_mode {mask_mode!r} must be one of {MASK_MODES}")
         self.params = {
