@@ -13,6 +13,7 @@ Axis convention: MONAI's, i.e. spatial axes in ITK index order (x, y, z) after t
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -69,19 +70,30 @@ def _control_points(shape, spacing, n_control_points: int, spline_distance: floa
             for e in extent]
 
 
+_THREADS_LOCK = threading.Lock()
+_THREADS_STATE = {"depth": 0, "saved": 0}
+
+
 @contextmanager
 def _itk_threads(n_threads: int | None) -> Iterator[None]:
-    """Temporarily set ITK's global thread count: N4's inner B-spline fitting filters follow the global default,
-    not the N4 filter's own setting."""
+    """Set ITK's global thread count while N4 runs (its inner B-spline fitting filters follow the global default,
+    not the N4 filter's own setting). Reference-counted, so concurrent calls in threads (a threaded Dask worker)
+    all run under the setting and the previous value is restored when the last one leaves."""
     if not n_threads:
         yield
         return
-    old = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(n_threads))
+    with _THREADS_LOCK:
+        if _THREADS_STATE["depth"] == 0:
+            _THREADS_STATE["saved"] = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(n_threads))
+        _THREADS_STATE["depth"] += 1
     try:
         yield
     finally:
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(old)
+        with _THREADS_LOCK:
+            _THREADS_STATE["depth"] -= 1
+            if _THREADS_STATE["depth"] == 0:
+                sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(_THREADS_STATE["saved"])
 
 
 def _to_sitk(array: np.ndarray, spacing, origin=None, direction=None) -> sitk.Image:
