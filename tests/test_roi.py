@@ -8,8 +8,17 @@ from monai.data import MetaTensor
 from monai.transforms import Compose
 
 from tools.errors import InputError
-from tools.roi import (BatchRandCropFlip, LargestAreaSlice, LargestAreaSliced, RenameKeysd, ROIBoundingBoxCrop,
-                       ROIBoundingBoxCropd, largest_area_index, roi_bbox, roi_transforms)
+from tools.roi import (
+    BatchRandCropFlip,
+    LargestAreaSlice,
+    LargestAreaSliced,
+    RenameKeysd,
+    ROIBoundingBoxCrop,
+    ROIBoundingBoxCropd,
+    largest_area_index,
+    roi_bbox,
+    roi_transforms,
+)
 
 
 def _volume(shape=(40, 30, 8)):

@@ -12,7 +12,7 @@ from tools import train
 from tools.cohort import write_datalist
 from tools.errors import P53hccError
 
-PARAMS = dict(net="resnet18", epochs=1, device="cpu", spatial_size=64, n4=False, batch_size=4)
+PARAMS = {"net": "resnet18", "epochs": 1, "device": "cpu", "spatial_size": 64, "n4": False, "batch_size": 4}
 
 
 def _spy(calls):
@@ -38,7 +38,7 @@ def study(tmp_path_factory):
 
 
 def test_scores_are_out_of_fold(study):
-    cohort, out, path, calls = study
+    _cohort, out, path, calls = study
     splits = json.loads((out / "splits.json").read_text())
     scores = pd.read_parquet(path)
     assert list(scores.columns) == ["patient_id", "model", "fold", "split", "score"]
@@ -69,21 +69,6 @@ def test_check_oof_catches_leak(study):
         train.check_oof(leaked, splits)
     with pytest.raises(P53hccError):
         train.check_oof(scores.assign(fold=np.where(scores["split"] == "train", scores["fold"], 0)), splits)
-
-
-def test_resume_skips_finished_folds(study, monkeypatch):
-    cohort, out, path, _ = study
-    root = out / "dl" / "mc" / "resnet18"
-    before = {k: (root / k / "model.pt").stat().st_mtime_ns for k in ("fold0", "fold1", "full")}
-    calls: list = []
-    monkeypatch.setattr(train, "_run_fold_fast", _spy(calls))
-    train.train_arm(cohort, out, **PARAMS)
-    assert calls == []
-    (root / "fold1" / "done.json").unlink()
-    train.train_arm(cohort, out, **PARAMS)
-    assert [c[0] for c in calls] == [1]
-    assert (root / "fold0" / "model.pt").stat().st_mtime_ns == before["fold0"]
-    assert (root / "fold1" / "model.pt").stat().st_mtime_ns != before["fold1"]
 
 
 def test_frozen_model_reproduces_validation_scores(study, tmp_path):
@@ -117,3 +102,25 @@ def test_datalist_parts(study):
     assert len(train.datalist_part(dl, "train", -1)) == 6 and len(train.datalist_part(dl, "val", -1)) == 2
     w = train.class_weights([{"label": 0}] * 3 + [{"label": 1}])
     assert np.allclose(w.numpy(), [4 / 6, 4 / 2])
+
+
+def test_resume_skips_finished_folds(study, monkeypatch):
+    """Runs last in this module: it replaces fold 1 with a stub model."""
+    import torch
+
+    cohort, out, _path, _ = study
+    root = out / "dl" / "mc" / "resnet18"
+    before = {k: (root / k / "model.pt").stat().st_mtime_ns for k in ("fold0", "fold1", "full")}
+    calls: list = []
+
+    def fake(x_all, ids, items, fold, train_ids, score_ids, *args, **kwargs):  # records, trains nothing
+        calls.append((fold, list(train_ids), list(score_ids)))
+        return torch.nn.Linear(1, 1), np.full(len(score_ids), 0.5), pd.DataFrame({"epoch": [1]})
+    monkeypatch.setattr(train, "_run_fold_fast", fake)
+    train.train_arm(cohort, out, **PARAMS)
+    assert calls == []
+    (root / "fold1" / "done.json").unlink()
+    train.train_arm(cohort, out, **PARAMS)
+    assert [c[0] for c in calls] == [1]
+    assert (root / "fold0" / "model.pt").stat().st_mtime_ns == before["fold0"]
+    assert (root / "fold1" / "model.pt").stat().st_mtime_ns != before["fold1"]

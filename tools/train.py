@@ -392,7 +392,7 @@ def train_arm(cohort_csv: str | os.PathLike, out: str | os.PathLike, arm: str = 
     others = [d["patient_id"] for d in items if d.get("split", "train") != "train"]
     plan = [(f["fold"], f["train"], f["val"]) for f in splits["folds"]]
     plan.append((-1, [pid for f in splits["folds"] for pid in f["val"]], others))
-    todo = [p for p in plan if folds is None or p[0] in set(int(k) for k in folds)]
+    todo = [p for p in plan if folds is None or p[0] in {int(k) for k in folds}]
     root = out / "dl" / "mc" / net
     x_all = None
     parts = []
