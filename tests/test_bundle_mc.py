@@ -119,3 +119,17 @@ def test_multi_gpu_config_runs_with_two_gloo_processes(trained):
     assert res.returncode == 0, res.stderr[-3000:]
     assert (root / "models" / "model.pt").is_file()
     assert "val_auc" in res.stdout + res.stderr
+
+
+def test_deterministic_chain_with_n4_on(trained):
+    """The one N4-on check: the bundle's cached chain (load -> N4 -> 1 mm -> ROI) gives a 3-channel crop."""
+    from monai.transforms import Compose
+
+    from tools.train import _parser, datalist_part
+
+    study, _, _ = trained
+    parser = _parser(BUNDLE_MC, {"n4": True, "spatial_size": 32, "dataset_dir": str(study)})
+    chain = parser.get_parsed_content("deterministic_transforms")
+    assert any(type(t).__name__ == "N4BiasFieldCorrectiond" for t in chain)
+    out = Compose(chain)(datalist_part(study / "datalist.json", "validation")[0])
+    assert out["image"].shape == (3, 32, 32) and torch.isfinite(out["image"]).all()
