@@ -33,7 +33,7 @@ def study(tmp_path_factory):
     calls: list = []
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(train, "_run_fold_fast", _spy(calls))
-        path = train.train_arm(cohort, out, **PARAMS)
+        path = train.train_arm(cohort, out, workers=2, **PARAMS)  # two folds at a time (threads)
     return cohort, out, path, calls
 
 

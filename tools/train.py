@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +34,7 @@ from tools.errors import P53hccError
 from tools.io_utils import atomic_path, atomic_write_json, atomic_write_table, params_hash, read_table
 
 BUNDLE_MC = Path(__file__).resolve().parents[1] / "bundles" / "p53_mc"
+_INIT_LOCK = threading.Lock()
 DEFAULTS = {"epochs": 100, "batch_size": 16, "learning_rate": 1e-4, "weight_decay": 1e-4, "spatial_size": 256,
             "margin": 10, "pixdim": 1.0, "n4": True, "amp": True, "seed": 0, "compile": False, "min_scale": 0.8}
 
@@ -218,11 +222,12 @@ def fit_fast(x_tr: torch.Tensor, y_tr: torch.Tensor, net_name: str, params: dict
     from tools.roi import BatchRandCropFlip
 
     dev = _device(str(device) if device is not None else None)
-    torch.manual_seed(int(params["seed"]))
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
     amp = bool(params["amp"]) and dev.type == "cuda"
-    net = build_net(net_name, in_channels=x_tr.shape[1], pretrained_path=params.get("pretrained_path"))
+    with _INIT_LOCK:  # the global RNG seeds the weights; folds trained in threads must not interleave here
+        torch.manual_seed(int(params["seed"]))
+        net = build_net(net_name, in_channels=x_tr.shape[1], pretrained_path=params.get("pretrained_path"))
     net = net.to(dev, memory_format=torch.channels_last)
     model = torch.compile(net) if params.get("compile") else net
     opt = torch.optim.AdamW(net.parameters(), lr=float(params["learning_rate"]),
@@ -352,7 +357,7 @@ def _run_fold_bundle(out, fold, score_part, net, params, device, fold_dir, bundl
 
 def train_arm(cohort_csv: str | os.PathLike, out: str | os.PathLike, arm: str = "mc", net: str = "resnet34",
               epochs: int | None = None, device: str | None = None, folds: list[int] | None = None,
-              engine: str = "fast", **overrides) -> Path:
+              engine: str = "fast", workers: int = 1, **overrides) -> Path:
     """Cross-fit one DL arm: a model per fold of ``splits.json`` + one on all training patients; write scores.
 
     Args:
@@ -364,6 +369,8 @@ def train_arm(cohort_csv: str | os.PathLike, out: str | os.PathLike, arm: str = 
         device: ``"cpu"``, ``"cuda"``... (default: CUDA when available).
         folds: restrict to these fold indices (``-1`` = full model); scores are only written when all ran.
         engine: ``"fast"`` (on-device training loop) or ``"bundle"`` (MONAI ConfigWorkflow per fold).
+        workers: folds trained concurrently (fast engine; threads, one CUDA stream each) - for small networks
+            that do not fill the GPU on their own.
         overrides: ``batch_size``, ``learning_rate``, ``spatial_size``, ``n4``, ``amp``, ``compile``, ``seed``...
 
     Returns:
@@ -394,29 +401,43 @@ def train_arm(cohort_csv: str | os.PathLike, out: str | os.PathLike, arm: str = 
     plan.append((-1, [pid for f in splits["folds"] for pid in f["val"]], others))
     todo = [p for p in plan if folds is None or p[0] in {int(k) for k in folds}]
     root = out / "dl" / "mc" / net
-    x_all = None
-    parts = []
-    for fold, train_ids, score_ids in tqdm(todo, desc=f"mc_{net} folds"):
+    split_of = {d["patient_id"]: d.get("split", "train") for d in items}
+    results = {fold: _fold_done(root / (f"fold{fold}" if fold >= 0 else "full"), tag) for fold, _, _ in todo}
+    pending = [p for p in todo if results[p[0]] is None]
+    x_all = roi_tensors(items, out, params) if pending and engine != "bundle" else None
+
+    def run_one(job) -> pd.DataFrame:
+        fold, train_ids, score_ids = job
         fold_dir = root / (f"fold{fold}" if fold >= 0 else "full")
-        done = _fold_done(fold_dir, tag)
-        if done is None:
-            if engine == "bundle":
-                score_part = ["val"] if fold >= 0 else [k for k in ("validation", "external", "predict")
-                                                        if datalist_part(datalist, k)]
-                by_id = _run_fold_bundle(out, fold, score_part, net, params, device, fold_dir)
-                model, scores, history = None, by_id.reindex(score_ids).to_numpy(), pd.DataFrame()
-            else:
-                if x_all is None:
-                    x_all = roi_tensors(items, out, params)
+        if engine == "bundle":
+            score_part = ["val"] if fold >= 0 else [k for k in ("validation", "external", "predict")
+                                                    if datalist_part(datalist, k)]
+            by_id = _run_fold_bundle(out, fold, score_part, net, params, device, fold_dir)
+            model, scores, history = None, by_id.reindex(score_ids).to_numpy(), pd.DataFrame()
+        else:
+            dev = _device(device)
+            stream = torch.cuda.stream(torch.cuda.Stream(dev)) if dev.type == "cuda" and workers > 1 else nullcontext()
+            with stream:
                 model, scores, history = _run_fold_fast(x_all, [d["patient_id"] for d in items], items, fold,
                                                         train_ids, score_ids, net, params, device,
                                                         desc=f"{net} fold {fold}")
-            split_of = {d["patient_id"]: d.get("split", "train") for d in items}
-            done = pd.DataFrame({"patient_id": score_ids, "model": f"mc_{net}", "fold": fold,
-                                 "split": [split_of[p] for p in score_ids], "score": scores})
-            _finish_fold(fold_dir, model, done, history, {**params, "net": net, "fold": fold, "engine": engine},
-                         tag)
-        parts.append(done)
+        done = pd.DataFrame({"patient_id": score_ids, "model": f"mc_{net}", "fold": fold,
+                             "split": [split_of[p] for p in score_ids], "score": scores})
+        _finish_fold(fold_dir, model, done, history, {**params, "net": net, "fold": fold, "engine": engine}, tag)
+        return done
+
+    bar = tqdm(total=len(todo), initial=len(todo) - len(pending), desc=f"mc_{net} folds")
+    if workers > 1 and engine != "bundle" and len(pending) > 1:  # small models: several folds share the device
+        with ThreadPoolExecutor(max_workers=int(workers)) as pool:
+            for job, done in zip(pending, pool.map(run_one, pending)):
+                results[job[0]] = done
+                bar.update()
+    else:
+        for job in pending:
+            results[job[0]] = run_one(job)
+            bar.update()
+    bar.close()
+    parts = [results[fold] for fold, _, _ in todo]
     if folds is not None and len(todo) < len(plan):
         return root
     scores = pd.concat(parts, ignore_index=True)
