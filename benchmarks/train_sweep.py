@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import re
 import sys
@@ -225,6 +226,8 @@ def main(argv: list[str] | None = None) -> Path:
         "config": {**cfg, "nets": list(cfg["nets"]), "amp_bf16": gpu, "channels_last": True, "n4": False,
                    "limit_input": f"batch {cfg['limit_batch']}, Cx{cfg['spatial_size']}x{cfg['spatial_size']}"},
         **result,
+        "load_average_1min_at_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "cpu_count": os.cpu_count(),
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "cuda": torch.version.cuda if gpu else None},
     }
