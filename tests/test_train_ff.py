@@ -135,3 +135,18 @@ def test_train_arm_delegates_ff(cohort, tmp_path, fake_crops, tiny_net):
                     phases=("dp",), **PARAMS)
     assert Path(arm) == tmp_path / "dl" / "ff" / "resnet18"
     assert (Path(arm) / "full" / "dp" / "model.pt").is_file()
+
+
+def test_concurrent_phase_models_match_sequential(cohort, tmp_path, fake_crops, tiny_net):
+    """workers=2 (threads; one CUDA stream each on a GPU) trains the same models as one at a time."""
+    from tools.cohort import write_datalist
+    from tools.train_ff import train_ff_arm
+
+    feats = []
+    for workers in (1, 2):
+        study = tmp_path / f"w{workers}"
+        write_datalist(cohort, study, folds=2)
+        arm = train_ff_arm(cohort, study, net="resnet18", epochs=1, device="cpu", folds=[0], phases=("ap", "dp"),
+                           workers=workers, **PARAMS)
+        feats.append(pd.concat([pd.read_parquet(arm / "fold0" / p / "features.parquet") for p in ("ap", "dp")]))
+    pd.testing.assert_frame_equal(feats[0], feats[1])

@@ -20,8 +20,10 @@ resumes where it stopped.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -287,7 +289,7 @@ def fit_ff_head(study: Path, arm: Path, net: str, splits: dict, phases: Sequence
 
 def train_ff_arm(cohort_csv: str | Path, out: str | Path, net: str = "resnet101", epochs: int | None = None,
                  device: str | None = None, folds: Sequence[int] | None = None, phases: Sequence[str] = PHASES,
-                 engine: str = "fast", head_kwargs: dict | None = None, **overrides) -> Path:
+                 engine: str = "fast", head_kwargs: dict | None = None, workers: int = 1, **overrides) -> Path:
     """Cross-fit the FF arm for one network and write features, out-of-fold scores and LASSO counts.
 
     Args:
@@ -302,6 +304,8 @@ def train_ff_arm(cohort_csv: str | Path, out: str | Path, net: str = "resnet101"
         engine: ``fast`` (cached crops, on-device training via ``tools.train.fit_fast``) or ``bundle`` (each
             phase model through the bundle's ConfigWorkflow: ``train.json`` then ``export.json``).
         head_kwargs: FF head parameters (``n_components``, ``cv``, ...), see :class:`fusion.ffhead.FFHead`.
+        workers: phase models trained concurrently (fast engine; threads, one CUDA stream each), for networks
+            too small to fill the GPU alone.
         overrides: training parameters (``spatial_size``, ``batch_size``, ``amp``, ``n4``, ``learning_rate``...).
 
     Returns:
@@ -323,22 +327,39 @@ def train_ff_arm(cohort_csv: str | Path, out: str | Path, net: str = "resnet101"
     arm = study / "dl" / "ff" / net
     plan = [(k, p) for k in [*(int(f["fold"]) for f in splits["folds"]), -1] for p in phases]
     todo = [(k, p) for k, p in plan if folds is None or k in {int(f) for f in folds}]
-    crops: dict[str, torch.Tensor] = {}
-    for k, phase in tqdm(todo, desc=f"ff_{net} phase models", unit="model"):
-        model_dir = _model_dir(arm, k, phase)
-        if _is_done(model_dir, tag):
-            continue
-        if engine == "bundle":
-            _train_phase_bundle(study, model_dir, net, phase, k, params, device, tag)
-            continue
-        items = phase_datalist(study / "datalist.json", "all", -1, phase)
-        split_of = {str(d["patient_id"]): d.get("split", "train")
-                    for d in json.loads((study / "datalist.json").read_text()).get("training", [])}
-        for d in items:
-            d["split"] = "train" if d["patient_id"] in split_of else "other"
-        if phase not in crops:
-            crops[phase] = phase_crops(study, items, phase, params)
-        _train_phase_fast(crops[phase], items, k, phase, net, params, device, model_dir, tag)
+    pending = [(k, p) for k, p in todo if not _is_done(_model_dir(arm, k, p), tag)]
+    bar = tqdm(total=len(todo), initial=len(todo) - len(pending), desc=f"ff_{net} phase models", unit="model")
+    if engine == "bundle":
+        for k, phase in pending:
+            _train_phase_bundle(study, _model_dir(arm, k, phase), net, phase, k, params, device, tag)
+            bar.update()
+    elif pending:
+        train_ids = {str(d["patient_id"]) for d in json.loads((study / "datalist.json").read_text())["training"]}
+        items, crops = {}, {}
+        for phase in dict.fromkeys(p for _, p in pending):  # deterministic crops first, once per phase
+            items[phase] = phase_datalist(study / "datalist.json", "all", -1, phase)
+            for d in items[phase]:
+                d["split"] = "train" if d["patient_id"] in train_ids else "other"
+            crops[phase] = phase_crops(study, items[phase], phase, params)
+
+        def run_one(job: tuple[int, str]) -> None:
+            k, phase = job
+            dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+            stream = (torch.cuda.stream(torch.cuda.Stream(dev)) if dev.type == "cuda" and workers > 1
+                      else contextlib.nullcontext())
+            with stream:
+                _train_phase_fast(crops[phase], items[phase], k, phase, net, params, device,
+                                  _model_dir(arm, k, phase), tag)
+
+        if workers > 1 and len(pending) > 1:
+            with ThreadPoolExecutor(max_workers=int(workers)) as pool:
+                for _ in pool.map(run_one, pending):
+                    bar.update()
+        else:
+            for job in pending:
+                run_one(job)
+                bar.update()
+    bar.close()
     if not all(_is_done(_model_dir(arm, k, p), tag) for k, p in plan):
         return arm
     # training parameters of the full-cohort models, read by tools.gradcam (per-phase Grad-CAM of full/<phase>)
