@@ -154,7 +154,8 @@ def run_sweep(cfg: dict, device: torch.device, out: Path) -> dict:
         phase_crops(study, phase_datalist(study / "datalist.json", "all", -1, phase), phase, params)
     crop_s = time.perf_counter() - t0
     per_epoch = images_per_epoch(splits)
-    train_kw = {k: params[k] for k in ("spatial_size", "batch_size", "n4", "amp")}
+    train_kw = {**{k: params[k] for k in ("spatial_size", "batch_size", "n4", "amp")},
+                "workers": int(cfg.get("workers", 1))}
     rows = []
     for net in cfg["nets"]:
         row = {"net": net}
@@ -204,6 +205,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--nets", default=None, help="comma-separated networks (default: all six on GPU, 2 on CPU)")
     for key in ("n", "folds", "epochs", "spatial_size", "batch_size", "limit_batch", "limit_steps"):
         ap.add_argument(f"--{key}", type=int, default=None)
+    ap.add_argument("--workers", type=int, default=1, help="models trained concurrently per arm (small nets)")
     ap.add_argument("--work", default=None, help="working folder (default: a temporary one)")
     ap.add_argument("--results", default=str(RESULTS), help="folder of the JSON result")
     args = ap.parse_args(argv)
@@ -215,7 +217,7 @@ def main(argv: list[str] | None = None) -> Path:
     if args.nets:
         cfg["nets"] = tuple(n.strip() for n in args.nets.split(",") if n.strip())
     with tempfile.TemporaryDirectory(prefix="train_sweep_") as tmp:
-        result = run_sweep(cfg, device, Path(args.work or tmp))
+        result = run_sweep({**cfg, "workers": args.workers}, device, Path(args.work or tmp))
     record = {
         "benchmark": "train_sweep", "device": device_tag(device),
         "gpu_measured": gpu,
@@ -223,7 +225,7 @@ def main(argv: list[str] | None = None) -> Path:
                  "GPU figures not measured: no GPU was available to this run. This is the tiny CPU variant "
                  "(tiny images, 1 epoch, 2 folds, 2 small nets) that proves the script works; its images/s and "
                  "ratios are CPU numbers for tiny inputs and say nothing about GPU throughput."),
-        "config": {**cfg, "nets": list(cfg["nets"]), "amp_bf16": gpu, "channels_last": True, "n4": False,
+        "config": {**cfg, "nets": list(cfg["nets"]), "workers": args.workers, "amp_bf16": gpu, "channels_last": True, "n4": False,
                    "limit_input": f"batch {cfg['limit_batch']}, Cx{cfg['spatial_size']}x{cfg['spatial_size']}"},
         **result,
         "load_average_1min_at_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,

@@ -106,6 +106,11 @@ def test_crossfit_files_bookkeeping_and_resume(cohort, tmp_path, fake_crops, tin
     assert set(scores.loc[scores.fold == -1, "split"]) == {"validation"}
     lasso = json.loads((arm / "lasso.json").read_text())
     assert set(lasso["n_selected"]) == {"fold0", "fold1", "full"}
+    from tools.train_ff import lasso_table
+
+    table = lasso_table(tmp_path)
+    assert table.net.tolist() == ["resnet18"] and table.paper_n_selected.tolist() == [18]
+    assert table.n_selected_full.tolist() == [lasso["n_selected"]["full"]]
 
     # resume: nothing retrains; a removed marker retrains just that model
     seen.clear()

@@ -36,6 +36,9 @@ from tools.io_utils import atomic_write_json, atomic_write_table, params_hash, r
 PHASES = ("ap", "pvp", "dp")
 BUNDLE_DIR = Path(__file__).resolve().parent.parent / "bundles" / "p53_ff"
 SECTIONS = ("training", "validation", "external", "predict")
+# LASSO-retained FF features per network in the paper's Results (of 3 x 8 = 24 PCA features).
+PAPER_N_SELECTED = {"resnet18": 18, "resnet34": 14, "resnet50": 11, "resnet101": 12, "resnet152": 3,
+                    "densenet121": 6}
 # Config values that change the cached deterministic crops (the cache folder is keyed by them).
 CACHE_KEYS = ("spatial_size", "margin", "pixdim", "n4")
 
@@ -366,3 +369,23 @@ def train_ff_arm(cohort_csv: str | Path, out: str | Path, net: str = "resnet101"
     atomic_write_json(arm / "full" / "config.json", {**params, "net": net, "engine": engine})
     fit_ff_head(study, arm, net, splits, phases, head_kwargs)
     return arm
+
+
+def lasso_table(out: str | Path, nets: Sequence[str] | None = None) -> pd.DataFrame:
+    """LASSO-retained FF feature counts per network (full head and fold range) next to the paper's numbers.
+
+    Returns:
+        ``net, n_selected_full, n_selected_fold_min, n_selected_fold_max, paper_n_selected`` for every network
+        whose ``dl/ff/<net>/lasso.json`` exists.
+    """
+    rows = []
+    for path in sorted((Path(out) / "dl" / "ff").glob("*/lasso.json")):
+        rec = json.loads(path.read_text())
+        if nets is not None and rec["net"] not in nets:
+            continue
+        folds = [v for k, v in rec["n_selected"].items() if k != "full"]
+        rows.append({"net": rec["net"], "n_selected_full": rec["n_selected"].get("full"),
+                     "n_selected_fold_min": min(folds, default=None), "n_selected_fold_max": max(folds, default=None),
+                     "paper_n_selected": PAPER_N_SELECTED.get(rec["net"])})
+    return pd.DataFrame(rows, columns=["net", "n_selected_full", "n_selected_fold_min", "n_selected_fold_max",
+                                       "paper_n_selected"])
