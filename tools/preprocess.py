@@ -127,13 +127,22 @@ def _sidecar_key(sidecar: Path) -> str | None:
 
 
 def _save_nifti(dest: Path, tensor: Any, dtype) -> None:
-    """Write a channel-first MetaTensor (one channel) as NIfTI with its RAS affine, atomically."""
+    """Write a channel-first MetaTensor (one channel) as NIfTI with its RAS affine, atomically.
+
+    Huffman-only gzip: z-scored float32 barely compresses, and full deflate here cost more than N4 itself.
+    The gzip header carries no timestamp, so identical voxels give identical bytes (downstream caches key on
+    file content).
+    """
+    import zlib
+
     import nibabel as nib
 
     arr = np.asarray(tensor.detach().cpu().numpy()[0], dtype=dtype)
     affine = np.asarray(tensor.affine.detach().cpu().numpy(), dtype=np.float64)
+    packer = zlib.compressobj(1, zlib.DEFLATED, 31, 8, zlib.Z_HUFFMAN_ONLY)  # wbits 31: gzip container
+    payload = packer.compress(nib.Nifti1Image(arr, affine).to_bytes()) + packer.flush()
     with atomic_path(dest) as tmp:
-        nib.save(nib.Nifti1Image(arr, affine), str(tmp))
+        tmp.write_bytes(payload)
 
 
 def _n4_image(task: dict, p: dict) -> tuple[Any, float, bool]:
