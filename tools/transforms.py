@@ -197,12 +197,12 @@ def n4_correct(array: np.ndarray, spacing: Sequence[float], mask: np.ndarray | N
 def _geometry_from_meta(img: Any, pixdim: Sequence[float] | None, ndim: int):
     """Spacing, origin and direction (ITK/LPS) of a MetaTensor, else ``pixdim`` (or 1 mm) with identity."""
     if isinstance(img, MetaTensor) and pixdim is None:
-        affine = np.asarray(img.affine, dtype=np.float64)[: ndim + 1, : ndim + 1]
-        lin = affine[:ndim, :ndim]
+        full = np.asarray(img.affine, dtype=np.float64)  # 4x4 in MONAI even for 2D images
+        lin, translation = full[:ndim, :ndim], full[:ndim, -1]
         spacing = np.linalg.norm(lin, axis=0)
         flip = np.diag([-1.0, -1.0] + [1.0] * (ndim - 2))[:ndim, :ndim]  # RAS (MONAI) -> LPS (ITK)
         direction = flip @ (lin / spacing)
-        origin = flip @ affine[:ndim, ndim]
+        origin = flip @ translation
         if not np.allclose(direction @ direction.T, np.eye(ndim), atol=1e-4):  # sheared: field is index-space anyway
             direction, origin = None, None
         return spacing, origin, direction
