@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import threading
 import time
 import warnings
@@ -372,8 +373,7 @@ def extract_cohort(cohort_csv: str | os.PathLike, out: str | os.PathLike, params
     failed = [r for r in results if r["status"] != "ok"]
     for r in failed:
         msg = f"radiomics failed for patient {r['patient_id']}, phase {r['phase']} ({r['reader']}): {r['error']}"
-        log.warning(msg)
-        tqdm.write(msg)
+        tqdm.write(msg, file=sys.stderr)
     if len(failed) == len(results):
         raise P53hccError("radiomics failed for every task; first: "
                           + "; ".join(f"{r['patient_id']}/{r['phase']}: {r['error']}" for r in failed[:3]))
