@@ -48,18 +48,20 @@ def datalist(cohort: str, out: str, folds: int = 5, seed: int = 0):
     return str(write_datalist(cohort, out, folds=folds, seed=seed))
 
 
-def preprocess(cohort: str, out: str, workers: int | None = None, scheduler: str | None = None):
+def preprocess(cohort: str, out: str, params: str = "demo", workers: int | None = None,
+               scheduler: str | None = None):
     """N4 bias correction -> 1 mm resampling -> z-score for every patient and phase (cached, parallel).
 
     Args:
         cohort: path to cohort.csv.
         out: study folder (writes preprocessed/).
+        params: preset "demo" (fast N4) or "paper" (full N4 schedule), see docs/preprocessing.md.
         workers: local worker processes (default: all cores).
         scheduler: address of a Dask distributed scheduler (tcp://host:port) to run on a cluster instead.
     """
     from tools.preprocess import preprocess_cohort
 
-    preprocess_cohort(cohort, out, workers=workers, scheduler=scheduler)
+    preprocess_cohort(cohort, out, workers=workers, scheduler=scheduler, params=params)
 
 
 def radiomics(cohort: str, out: str, params: str = "demo", workers: int | None = None,
