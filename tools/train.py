@@ -98,6 +98,16 @@ def n4_transforms(image_keys: list[str], mask_keys: list[str], enabled: bool = T
     return [transforms.N4BiasFieldCorrectiond(keys=list(image_keys))]
 
 
+def warm_cache(dataset) -> None:
+    """Compute every item of a ``PersistentDataset`` once (its deterministic part lands in the cache).
+
+    Used by ``multi_gpu_train.json`` on rank 0 before a barrier, so that DDP ranks never write the same cache
+    file at the same time (DistributedSampler pads by repeating items, so two ranks can ask for one patient).
+    """
+    for i in range(len(dataset)):
+        dataset._cachecheck(dataset.data[i]) if hasattr(dataset, "_cachecheck") else dataset[i]
+
+
 class AugmentingPrepareBatch:
     """``prepare_batch`` for MONAI engines: moves ``image``/``label`` to the device, then applies a batch augmenter.
 
