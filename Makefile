@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STUDY ?= study-demo
+# UTF-8 everywhere, whatever the machine locale (reports and tables contain ±, ×, Greek letters).
+export PYTHONUTF8 := 1
 
 .PHONY: demo test env clean
 

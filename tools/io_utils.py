@@ -41,7 +41,7 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[
 def atomic_write_text(dest: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to ``dest`` atomically."""
     with atomic_path(dest) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
     return Path(dest)
 
 
