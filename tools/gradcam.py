@@ -126,7 +126,7 @@ def gradcam_command(out: str | os.PathLike, arm: str = "mc", net: str = "resnet3
         The output folder ``out/figures/gradcam/<arm>_<net>``.
     """
     from tools.nets import check_net_name, load_net
-    from tools.train import DEFAULTS, datalist_part, roi_tensors
+    from tools.train import DEFAULTS, datalist_part, roi_tensors, source_items
 
     out, net = Path(out), check_net_name(net)
     full = out / "dl" / arm / net / "full"
@@ -134,7 +134,7 @@ def gradcam_command(out: str | os.PathLike, arm: str = "mc", net: str = "resnet3
         raise P53hccError(f"{full} not found: run `p53hcc train --arm {arm} --net {net}` first")
     cfg = full / "config.json"
     params = {**DEFAULTS, **(json.loads(cfg.read_text()) if cfg.is_file() else {})}
-    items = _choose(datalist_part(out / "datalist.json", "all"), patients, n)
+    items = source_items(_choose(datalist_part(out / "datalist.json", "all"), patients, n), out, params)
     x = roi_tensors(items, out, params)
     ids = [d["patient_id"] for d in items]
     dest = out / "figures" / "gradcam" / f"{arm}_{net}"
@@ -162,17 +162,21 @@ def gradcam_command(out: str | os.PathLike, arm: str = "mc", net: str = "resnet3
 
 
 def gradcam_frozen(weights: str | os.PathLike, cohort_csv: str | os.PathLike, out: str | os.PathLike,
-                   arm: str = "mc", net: str = "resnet34") -> Path:
-    """Grad-CAM PNG/.npy (and ``sanity.csv``) of a frozen MC model folder (``.../full``) for new patients."""
+                   arm: str = "mc", net: str = "resnet34", work: str | Path | None = None) -> Path:
+    """Grad-CAM PNG/.npy (and ``sanity.csv``) of a frozen MC model folder (``.../full``) for new patients.
+
+    ``work`` is the folder holding the new patients' ``preprocessed/`` volumes (needed when the model was trained
+    on preprocessed volumes); default ``out``.
+    """
     from tools.nets import load_net
-    from tools.train import DEFAULTS, cohort_items, roi_tensors
+    from tools.train import DEFAULTS, cohort_items, roi_tensors, source_items
 
     weights, out = Path(weights), Path(out)
     if arm != "mc":
         raise P53hccError("Grad-CAM of a frozen model is implemented for the MC arm only")
     cfg = weights / "config.json"
     params = {**DEFAULTS, **(json.loads(cfg.read_text()) if cfg.is_file() else {})}
-    items = cohort_items(cohort_csv)
+    items = source_items(cohort_items(cohort_csv), work or out, params)
     ids = [d["patient_id"] for d in items]
     x = roi_tensors(items, out, params)
     model = load_net(weights / "model.pt", net)

@@ -336,3 +336,37 @@ def preprocess_cohort(cohort_csv: str | os.PathLike, out: str | os.PathLike, wor
         raise P53hccError(f"preprocessing failed for {len(failures)} of {len(items)} patient-phase(s) (the others "
                           f"are written and cached):\n  {lines}")
     return df
+
+
+def preprocessed_items(items: list[dict], study_dir: str | os.PathLike) -> list[dict]:
+    """Point datalist items at the preprocessed volumes of ``study_dir/preprocessed`` (N4 -> 1 mm -> z-score).
+
+    The DL arms read these instead of the raw images, so N4 and resampling run once per patient-phase for the
+    whole study (here) rather than once per arm. Handles both MC items (``ap``, ``ap_mask``, ...) and FF phase
+    items (``image``, ``mask``, ``phase``).
+
+    Raises:
+        P53hccError: the index is missing, or a patient-phase is not in it (its preprocessing failed).
+    """
+    root = Path(study_dir) / "preprocessed"
+    if not (root / "index.csv").is_file():
+        raise P53hccError(f"{root / 'index.csv'} not found: run `p53hcc preprocess COHORT --out {study_dir}` first")
+    index = pd.read_csv(root / "index.csv", dtype={"patient_id": str}).set_index(["patient_id", "phase"])
+
+    def paths(pid: str, phase: str) -> tuple[str, str]:
+        if (pid, phase) not in index.index:
+            raise P53hccError(f"patient {pid}, phase {phase}: no preprocessed volume in {root / 'index.csv'}")
+        row = index.loc[(pid, phase)]
+        return str((root / row["image"]).resolve()), str((root / row["mask"]).resolve())
+
+    out = []
+    for item in items:
+        item, pid = dict(item), str(item["patient_id"])
+        if "phase" in item and "image" in item:
+            item["image"], item["mask"] = paths(pid, item["phase"])
+        else:
+            for phase in ("ap", "pvp", "dp"):
+                if phase in item:
+                    item[phase], item[f"{phase}_mask"] = paths(pid, phase)
+        out.append(item)
+    return out

@@ -141,7 +141,7 @@ def _dl_stage(arm: str, net: str) -> Callable[[StageContext], None]:
         p = ctx.params
         train_arm(_cohort_csv(ctx), ctx.study_dir, arm=arm, net=net, epochs=p["epochs"],
                   device=ctx.state["config"]["dl"].get("device"), spatial_size=p["spatial_size"],
-                  batch_size=p["batch_size"], seed=p["seed"])
+                  batch_size=p["batch_size"], seed=p["seed"], source="preprocessed")
     return body
 
 
@@ -209,7 +209,7 @@ def build_stages(cfg: dict, cohort_given: bool) -> list[Stage]:
             name = f"dl_{arm}_{net}"
             dl_names.append(name)
             params = {"epochs": dl["epochs"], "spatial_size": dl["spatial_size"], "batch_size": dl["batch_size"],
-                      "seed": cfg["seed"]}
+                      "seed": cfg["seed"], "source": "preprocessed"}
             stages.append(Stage(name, _dl_stage(arm, net), params=params, deps=["datalist", "preprocess"],
                                 outputs=[f"dl/{arm}/{net}/scores.parquet"]))
     fusion_params = {"fusion": cfg["fusion"], "icc_threshold": cfg["radiomics"]["icc_threshold"],

@@ -36,7 +36,10 @@ from tools.io_utils import atomic_path, atomic_write_json, atomic_write_table, p
 BUNDLE_MC = Path(__file__).resolve().parents[1] / "bundles" / "p53_mc"
 _INIT_LOCK = threading.Lock()
 DEFAULTS = {"epochs": 100, "batch_size": 16, "learning_rate": 1e-4, "weight_decay": 1e-4, "spatial_size": 256,
-            "margin": 10, "pixdim": 1.0, "n4": True, "amp": True, "seed": 0, "compile": False, "min_scale": 0.8}
+            "margin": 10, "pixdim": 1.0, "n4": True, "amp": True, "seed": 0, "compile": False, "min_scale": 0.8,
+            "source": "raw"}
+# ``source``: "raw" runs the bundle's full chain (N4 -> 1 mm -> z-score) on the manifest's images;
+# "preprocessed" reads the study's preprocessed volumes (tools.preprocess), so N4 runs once per patient-phase.
 
 
 # ----------------------------------------------------------------------------------------------- datalist helpers
@@ -179,7 +182,7 @@ def roi_tensors(items: list[dict], out: str | Path, params: dict, bundle: Path =
     from tqdm.auto import tqdm
 
     keys = {k: params[k] for k in ("spatial_size", "margin", "pixdim", "n4")}
-    tag = params_hash({**keys, "bundle": bundle.name})
+    tag = params_hash({**keys, "bundle": bundle.name, "source": params.get("source", "raw")})
     ids = [d["patient_id"] for d in items]
     stacked = Path(out) / "dl" / "slices" / f"{bundle.name}_{tag}_{params_hash(ids)}.pt"
     if stacked.is_file():
@@ -300,7 +303,20 @@ def _params(epochs, overrides: dict) -> dict:
     params = {**DEFAULTS, **{k: v for k, v in overrides.items() if v is not None}}
     if epochs is not None:
         params["epochs"] = int(epochs)
+    if params["source"] not in ("raw", "preprocessed"):
+        raise P53hccError(f"unknown source {params['source']!r}; choose raw or preprocessed")
+    if params["source"] == "preprocessed":
+        params["n4"] = False  # already bias-corrected, resampled and normalised by tools.preprocess
     return params
+
+
+def source_items(items: list[dict], study_dir: str | os.PathLike, params: dict) -> list[dict]:
+    """``items`` as the network sees them: raw manifest paths, or the study's preprocessed volumes."""
+    if params.get("source", "raw") == "preprocessed":
+        from tools.preprocess import preprocessed_items
+
+        return preprocessed_items(items, study_dir)
+    return items
 
 
 def _fold_done(fold_dir: Path, tag: str) -> pd.DataFrame | None:
@@ -389,7 +405,8 @@ def train_arm(cohort_csv: str | os.PathLike, out: str | os.PathLike, arm: str = 
     if arm == "ff":
         from tools.train_ff import train_ff_arm
 
-        return train_ff_arm(cohort_csv, out, net=net, epochs=epochs, device=device, folds=folds, **overrides)
+        return train_ff_arm(cohort_csv, out, net=net, epochs=epochs, device=device, folds=folds, engine=engine,
+                            workers=workers, **overrides)
     if arm != "mc":
         raise P53hccError(f"unknown arm {arm!r}; choose mc or ff")
     from tqdm.auto import tqdm
@@ -404,8 +421,10 @@ def train_arm(cohort_csv: str | os.PathLike, out: str | os.PathLike, arm: str = 
     splits = json.loads((out / "splits.json").read_text())
     datalist = out / "datalist.json"
     params = _params(epochs, overrides)
+    if params["source"] == "preprocessed" and engine == "bundle":
+        raise P53hccError("engine 'bundle' runs the bundle's own chain on raw images; use source='raw' with it")
     tag = params_hash({**params, "net": net, "engine": engine, "splits": splits})
-    items = datalist_part(datalist, "all")
+    items = source_items(datalist_part(datalist, "all"), out, params)
     others = [d["patient_id"] for d in items if d.get("split", "train") != "train"]
     plan = [(f["fold"], f["train"], f["val"]) for f in splits["folds"]]
     plan.append((-1, [pid for f in splits["folds"] for pid in f["val"]], others))
@@ -486,7 +505,7 @@ def predict_frozen(weights: str | os.PathLike, cohort_csv: str | os.PathLike, wo
         return train_ff.predict_frozen(weights, cohort_csv, work, net=net, device=device)
     cfg = weights / "config.json"
     params = {**DEFAULTS, **(json.loads(cfg.read_text()) if cfg.is_file() else {})}
-    items = cohort_items(cohort_csv)
+    items = source_items(cohort_items(cohort_csv), work, params)  # predict_cohort preprocesses into ``work``
     x = roi_tensors(items, work, params)
     scores = predict_scores(load_net(weights / "model.pt", net), x, device, amp=bool(params["amp"]))
     return pd.Series(scores, index=pd.Index([d["patient_id"] for d in items], name="patient_id"), name="score")

@@ -139,12 +139,9 @@ class PatientTableWriter:
 
 # ---------------------------------------------------------------------------------------------- cross-fitting
 def _params(epochs: int | None, overrides: dict) -> dict:
-    from tools.train import DEFAULTS
+    from tools.train import _params as mc_params
 
-    params = {**DEFAULTS, **{k: v for k, v in overrides.items() if v is not None}}
-    if epochs is not None:
-        params["epochs"] = int(epochs)
-    return params
+    return mc_params(epochs, overrides)  # same defaults and the same raw/preprocessed source rule as MC
 
 
 def _model_dir(arm: Path, fold: int, phase: str) -> Path:
@@ -172,7 +169,7 @@ def phase_crops(study: Path, items: list[dict], phase: str, params: dict,
     from tools.io_utils import atomic_path
 
     keys = {k: params[k] for k in CACHE_KEYS}
-    tag = params_hash({**keys, "bundle": bundle_dir.name})
+    tag = params_hash({**keys, "bundle": bundle_dir.name, "source": params.get("source", "raw")})
     ids = [d["patient_id"] for d in items]
     stacked = study / "dl" / "ff" / "slices" / f"{phase}_{tag}_{params_hash(ids)}.pt"
     if stacked.is_file():
@@ -318,6 +315,7 @@ def train_ff_arm(cohort_csv: str | Path, out: str | Path, net: str = "resnet101"
 
     from tools.cohort import load_splits, write_datalist
     from tools.nets import check_net_name
+    from tools.train import source_items
 
     if engine not in ("fast", "bundle"):
         raise P53hccError(f"unknown engine {engine!r}; choose fast or bundle")
@@ -340,7 +338,7 @@ def train_ff_arm(cohort_csv: str | Path, out: str | Path, net: str = "resnet101"
         train_ids = {str(d["patient_id"]) for d in json.loads((study / "datalist.json").read_text())["training"]}
         items, crops = {}, {}
         for phase in dict.fromkeys(p for _, p in pending):  # deterministic crops first, once per phase
-            items[phase] = phase_datalist(study / "datalist.json", "all", -1, phase)
+            items[phase] = source_items(phase_datalist(study / "datalist.json", "all", -1, phase), study, params)
             for d in items[phase]:
                 d["split"] = "train" if d["patient_id"] in train_ids else "other"
             crops[phase] = phase_crops(study, items[phase], phase, params)
