@@ -192,7 +192,9 @@ def penultimate_features(net: torch.nn.Module, x: torch.Tensor, device=None, bat
     from tools.nets import feature_extractor
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    extractor = feature_extractor(net.to(dev).eval())
+    # channels_last like training (fit_fast), so a reloaded checkpoint runs the same conv kernels and gives
+    # bit-identical features (a contiguous-format copy differs by ~1e-6, enough to move small FF scores)
+    extractor = feature_extractor(net.to(dev, memory_format=torch.channels_last).eval())
     out = []
     try:
         with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16,
@@ -261,10 +263,29 @@ def _train_phase_bundle(study: Path, model_dir: Path, net: str, phase: str, fold
     atomic_write_json(model_dir / "done.json", {"params": tag, "net": net, "phase": phase, "fold": fold})
 
 
+def save_full_head(head, path: Path, wide: pd.DataFrame | None = None, expected: np.ndarray | None = None) -> Path:
+    """Save the fitted full-cohort FF head (the one that scored validation/external patients) with joblib.
+
+    Frozen scoring of new patients (:func:`predict_frozen`) applies exactly this object, so it reproduces the
+    study's fold -1 FF scores; refitting would not be guaranteed to (liblinear's inner CV is not seeded by the
+    head). When ``wide`` (fold -1 features of the scored patients) and ``expected`` (their scores) are given,
+    the head is checked to reproduce them before it is written.
+    """
+    import joblib
+
+    from tools.io_utils import atomic_path
+
+    if wide is not None and len(wide) and not np.allclose(head.predict_proba(wide)[:, 1], expected, rtol=1e-9):
+        raise P53hccError(f"{path}: the recorded FF head does not reproduce the full-cohort scores")
+    with atomic_path(path) as tmp:
+        joblib.dump(head, tmp)
+    return path
+
+
 def fit_ff_head(study: Path, arm: Path, net: str, splits: dict, phases: Sequence[str] = PHASES,
                 head_kwargs: dict | None = None) -> pd.DataFrame:
     """Collect every phase model's features, cross-fit the FF head, write features/scores/lasso tables."""
-    from fusion.ffhead import crossfit_ff_head, feature_columns
+    from fusion.ffhead import crossfit_ff_head, feature_columns, make_ff_head, wide_features
 
     folds = [int(f["fold"]) for f in splits["folds"]]
     features = pd.concat([read_table(_model_dir(arm, k, p) / "features.parquet")
@@ -276,8 +297,19 @@ def fit_ff_head(study: Path, arm: Path, net: str, splits: dict, phases: Sequence
     labels = pd.Series({str(d["patient_id"]): int(d["label"]) for d in dl.get("training", [])})
     fold_of = {str(p): int(k) for p, k in splits["fold_of"].items()}
     others = [str(d["patient_id"]) for s in SECTIONS[1:] for d in dl.get(s, [])]
+    heads: list = []
+
+    def recording_factory(**kwargs):  # keeps every fitted head; the last one is the full-cohort head (fold -1)
+        heads.append(make_ff_head(**kwargs))
+        return heads[-1]
+
     scores, n_selected = crossfit_ff_head(features, labels, fold_of, score_ids=others, folds=folds,
-                                          phases=tuple(phases), **(head_kwargs or {}))
+                                          phases=tuple(phases), head_factory=recording_factory,
+                                          **(head_kwargs or {}))
+    full_scores = scores[scores["fold"] == -1]
+    save_full_head(heads[-1], arm / "full" / "head.joblib",
+                   wide_features(features[features["fold"] == -1], phases).loc[full_scores["patient_id"]],
+                   full_scores["score"].to_numpy())
     scores["model"] = f"ff_{net}"
     scores["split"] = scores["patient_id"].map(split_of)
     scores = scores[["patient_id", "model", "fold", "split", "score"]]
@@ -387,3 +419,61 @@ def lasso_table(out: str | Path, nets: Sequence[str] | None = None) -> pd.DataFr
                      "paper_n_selected": PAPER_N_SELECTED.get(rec["net"])})
     return pd.DataFrame(rows, columns=["net", "n_selected_full", "n_selected_fold_min", "n_selected_fold_max",
                                        "paper_n_selected"])
+
+
+# ------------------------------------------------------------------------------------------- frozen model scoring
+def frozen_phase_crops(weights: Path, cohort_csv: str | Path, work: str | Path, phase: str
+                       ) -> tuple[list[str], torch.Tensor, dict]:
+    """ROI crops ``[N, 1, S, S]`` of one phase for the patients of ``cohort_csv``, made as training made them.
+
+    The parameters (ROI size, margin, spacing, N4, source) come from the frozen ``full/config.json``; with
+    ``source="preprocessed"`` the crops are cut from ``work/preprocessed`` (``tools.preprocess`` run with the frozen
+    preset, as ``tools.predict.predict_cohort`` does). Returns ``(patient_ids, crops, params)``.
+    """
+    from tools.train import DEFAULTS, cohort_items, source_items
+
+    cfg = weights / "config.json"
+    if not cfg.is_file():
+        raise P53hccError(f"{cfg} not found: the frozen FF model lacks its training parameters")
+    params = {**DEFAULTS, **json.loads(cfg.read_text())}
+    items = [{"patient_id": d["patient_id"], "image": d[phase], "mask": d[f"{phase}_mask"], "label": d["label"],
+              "fold": -1, "phase": phase} for d in cohort_items(cohort_csv)]
+    items = source_items(items, work, params)
+    return [d["patient_id"] for d in items], phase_crops(Path(work), items, phase, params), params
+
+
+def predict_frozen(weights: str | Path, cohort_csv: str | Path, work: str | Path, net: str = "resnet34",
+                   device: str | None = None) -> pd.Series:
+    """FF score (P(P53 mutated)) of every patient of ``cohort_csv`` from a frozen full-cohort FF folder.
+
+    ``weights`` is ``dl/ff/<net>/full`` (copied into ``model/`` by ``tools.predict.freeze_model``):
+    ``<phase>/model.pt`` (the full-cohort phase CNNs), ``config.json`` (their training parameters) and
+    ``head.joblib`` (the FF head fit on all training patients). Each phase's crops go through its CNN to the
+    penultimate features, and the head (per-phase PCA -> LASSO -> LR) turns them into the score - the same
+    computation that gave validation patients their FF score in the study.
+
+    Returns:
+        Series ``score`` indexed by ``patient_id``.
+    """
+    import joblib
+
+    from fusion.ffhead import wide_features
+    from tools.nets import load_net
+
+    weights = Path(weights)
+    head_path = weights / "head.joblib"
+    if not head_path.is_file():
+        raise P53hccError(f"{head_path} not found: the FF arm was trained before the head was saved; "
+                          "retrain it (`p53hcc train --arm ff`) or rerun the study")
+    head = joblib.load(head_path)
+    parts, ids = [], None
+    for phase in head.phases:
+        model_path = weights / phase / "model.pt"
+        if not model_path.is_file():
+            raise P53hccError(f"{model_path} not found: the frozen FF model lacks its {phase} network")
+        phase_ids, x, params = frozen_phase_crops(weights, cohort_csv, work, phase)
+        ids = phase_ids
+        feats = penultimate_features(load_net(model_path, net), x, device, amp=bool(params["amp"]))
+        parts.append(_features_frame(phase_ids, phase, -1, feats))
+    wide = wide_features(pd.concat(parts, ignore_index=True), head.phases).loc[ids]
+    return pd.Series(head.predict_proba(wide)[:, 1], index=pd.Index(ids, name="patient_id"), name="score")
