@@ -163,8 +163,10 @@ def gradcam_command(out: str | os.PathLike, arm: str = "mc", net: str = "resnet3
 
 def gradcam_frozen(weights: str | os.PathLike, cohort_csv: str | os.PathLike, out: str | os.PathLike,
                    arm: str = "mc", net: str = "resnet34", work: str | Path | None = None) -> Path:
-    """Grad-CAM PNG/.npy (and ``sanity.csv``) of a frozen MC model folder (``.../full``) for new patients.
+    """Grad-CAM PNG/.npy (and ``sanity.csv``) of a frozen model folder (``.../full``) for new patients.
 
+    MC: one map per patient from the 3-channel network. FF: one map per phase from that phase's network, on the
+    crops the FF arm was trained with (``.npy`` holds ``[3, H, W]``; ``sanity.csv`` has a ``phase`` column).
     ``work`` is the folder holding the new patients' ``preprocessed/`` volumes (needed when the model was trained
     on preprocessed volumes); default ``out``.
     """
@@ -172,8 +174,10 @@ def gradcam_frozen(weights: str | os.PathLike, cohort_csv: str | os.PathLike, ou
     from tools.train import DEFAULTS, cohort_items, roi_tensors, source_items
 
     weights, out = Path(weights), Path(out)
+    if arm == "ff":
+        return _gradcam_frozen_ff(weights, cohort_csv, out, net, Path(work or out))
     if arm != "mc":
-        raise P53hccError("Grad-CAM of a frozen model is implemented for the MC arm only")
+        raise P53hccError(f"Grad-CAM of a frozen model: unknown arm {arm!r} (mc or ff)")
     cfg = weights / "config.json"
     params = {**DEFAULTS, **(json.loads(cfg.read_text()) if cfg.is_file() else {})}
     items = source_items(cohort_items(cohort_csv), work or out, params)
@@ -186,4 +190,29 @@ def gradcam_frozen(weights: str | os.PathLike, cohort_csv: str | os.PathLike, ou
             np.save(tmp, m)
         save_overlay(out / f"{pid}.png", img, m, title=f"{pid}  {arm}_{net}  Grad-CAM (P53 mutated)")
     atomic_write_table(out / "sanity.csv", sanity_check(model, x, ids, maps=maps))
+    return out
+
+
+def _gradcam_frozen_ff(weights: Path, cohort_csv, out: Path, net: str, work: Path) -> Path:
+    """Per-phase Grad-CAM of a frozen FF folder (``full/<phase>/model.pt``) on the FF arm's own phase crops."""
+    from tools.nets import load_net
+    from tools.train_ff import frozen_phase_crops
+
+    images, maps, rows, ids = [], [], [], None
+    for phase in PHASES:
+        path = weights / phase / "model.pt"
+        if not path.is_file():
+            raise P53hccError(f"{path} not found: the frozen FF model lacks its {phase} network")
+        ids, x, _ = frozen_phase_crops(weights, cohort_csv, work, phase)
+        model = load_net(path, net)
+        m = gradcam_maps(model, x)
+        images.append(x[:, 0].numpy())
+        maps.append(m)
+        rows.append(sanity_check(model, x, ids, maps=m).assign(phase=phase))
+    images, maps = np.stack(images, axis=1), np.stack(maps, axis=1)
+    for pid, img, m in zip(ids, images, maps):
+        with atomic_path(out / f"{pid}.npy") as tmp:
+            np.save(tmp, m)
+        save_overlay(out / f"{pid}.png", img, m, title=f"{pid}  ff_{net}  Grad-CAM per phase (P53 mutated)")
+    atomic_write_table(out / "sanity.csv", pd.concat(rows, ignore_index=True))
     return out
