@@ -48,3 +48,21 @@ def make_tiny_cohort(root: Path, n: int = 8, shape=(24, 24, 6), seed: int = 0) -
 def tiny_cohort(tmp_path: Path) -> Path:
     """Path of a valid 8-patient cohort.csv of 24x24x6 volumes (6 train, 2 validation)."""
     return make_tiny_cohort(tmp_path / "cohort")
+
+
+def reference_data() -> Path:
+    """Folder of the reference data (``../shared/reference-data`` beside the checkout, or $P53HCC_REFERENCE_DATA).
+
+    Missing reference data is a hard error under CI (CI=true), so a reference check can never pass by skipping.
+    """
+    import os
+
+    env = os.environ.get("P53HCC_REFERENCE_DATA")
+    candidates = [Path(env)] if env else []
+    candidates += [Path(__file__).resolve().parents[2] / "shared" / "reference-data", Path("/work/shared/reference-data")]
+    for path in candidates:
+        if path.is_dir():
+            return path
+    if os.environ.get("CI"):
+        raise RuntimeError(f"reference data not found (looked in {', '.join(map(str, candidates))})")
+    return candidates[0]

@@ -14,7 +14,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "p53_ff"
 CONFIGS = BUNDLE / "configs"
-SCHEMA = Path("/work/shared/reference-data/monai/meta_schema_20240725.json")
+from tests.conftest import reference_data
+
+SCHEMA = reference_data() / "monai" / "meta_schema_20240725.json"
 TINY = {"spatial_size": 32, "n4": False, "amp": False, "device": "cpu", "net": "resnet18", "batch_size": 4,
         "num_workers": 0}
 # Penultimate widths stated by the paper's networks (ResNet basic blocks 512, bottleneck 2048, DenseNet121 1024).

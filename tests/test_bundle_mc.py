@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -13,8 +12,9 @@ from tools.cohort import write_datalist
 from tools.train import BUNDLE_MC
 
 CONFIGS = BUNDLE_MC / "configs"
-SCHEMA = Path("/work/shared/reference-data/monai/meta_schema_20240725.json")
-SCHEMA = SCHEMA if SCHEMA.is_file() else Path(__file__).resolve().parents[2] / "shared/reference-data/monai" / SCHEMA.name
+from tests.conftest import reference_data
+
+SCHEMA = reference_data() / "monai" / "meta_schema_20240725.json"
 
 
 def _workflow(config_file, workflow_type, **overrides):

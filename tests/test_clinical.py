@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,11 +16,10 @@ from fusion.clinical import (
     stepwise_aic,
     univariable_table,
 )
+from tests.conftest import reference_data
 from tools.errors import InputError
 
-REF = Path(__file__).resolve().parents[1].parent / "shared" / "reference-data"
-if not REF.exists():
-    REF = Path("/work/shared/reference-data")
+REF = reference_data()
 
 
 def raw_cohort(n: int = 300, seed: int = 0, beta_ltd: float = 0.03, beta_rim: float = 1.4) -> pd.DataFrame:

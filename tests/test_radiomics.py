@@ -1,7 +1,6 @@
 """Radiomics extraction: paper feature count, PyRadiomics baselines, real tumours, discretisation, cohort run."""
 import collections
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -9,11 +8,10 @@ import pytest
 import SimpleITK as sitk
 
 import tools.radiomics as rad
+from tests.conftest import reference_data
 from tools.radiomics import extract_cohort, extract_patient_phase, extract_with_diagnostics, load_params
 
-REF = Path(__file__).resolve().parents[1].parent / "shared" / "reference-data"
-if not REF.is_dir():
-    REF = Path("/work/shared/reference-data")
+REF = reference_data()  # raises under CI when missing, so needs_ref never skips there
 PYRAD = REF / "pyradiomics"
 STS = REF / "sts_mirp" / "STS_002"
 LIVER = REF / "liver"

@@ -6,8 +6,6 @@ UCLA glm output (odds ratios, Wald and profile CIs). Each folder's README states
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,14 +14,9 @@ import statsmodels.api as sm
 from sklearn.metrics import roc_auc_score
 
 from fusion import stats
+from tests.conftest import reference_data
 
-
-def _reference_dir() -> Path:
-    env = os.environ.get("P53HCC_REFERENCE_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "reference-data"
-
-
-REF = _reference_dir()
+REF = reference_data()  # raises under CI when missing, so the skip below never hides a check there
 pytestmark = pytest.mark.skipif(not (REF / "pROC").is_dir(),
                                 reason=f"reference data not found at {REF} (set P53HCC_REFERENCE_DATA)")
 
