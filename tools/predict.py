@@ -279,16 +279,19 @@ def write_evaluation_report(model_dir: Path, out: Path, metrics: pd.DataFrame) -
     for comp, study_name in (("combined", "combined"), ("clinical", "clinical"), ("radiomics", "radiomics"),
                              ("dl", dl_model)):
         ext = metrics[(metrics["model"] == comp) & (metrics["metric"] == "auc")]
-        row = {"Model": comp}
+        row, internal = {"Model": comp}, {}
         if study is not None:
             for sp in ("train", "validation"):
                 s = study[(study["model"] == study_name) & (study["split"] == sp) & (study["metric"] == "auc")]
                 if len(s):
                     r = s.iloc[0]
+                    internal[sp] = float(r.estimate)
                     row[f"AUC {sp}"] = f"{r.estimate:.3f} ({r.ci_low:.3f}–{r.ci_high:.3f})"
         if len(ext):
             r = ext.iloc[0]
             row["AUC external"] = f"{r.estimate:.3f} ({r.ci_low:.3f}–{r.ci_high:.3f})"
+            if "validation" in internal:
+                row["AUC drop (validation − external)"] = f"{internal['validation'] - r.estimate:+.3f}"
         for key in ("calibration_intercept", "calibration_slope", "brier"):
             v = metrics[(metrics["model"] == comp) & (metrics["metric"] == key)]
             row[key.replace("_", " ")] = f"{v['estimate'].iloc[0]:.3f}" if len(v) else ""
@@ -298,6 +301,9 @@ def write_evaluation_report(model_dir: Path, out: Path, metrics: pd.DataFrame) -
             "body{font-family:sans-serif;margin:24px}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
             "padding:4px 8px}</style></head><body><h1>External evaluation of the frozen model</h1>"
             f"<p>Model: <code>{html.escape(str(model_dir))}</code>. AUC with DeLong 95% CI; calibration-in-the-large "
-            "(0 ideal) and slope (1 ideal) by logistic recalibration; net benefit in net_benefit.csv.</p>"
+            "(0 ideal) and slope (1 ideal) by logistic recalibration; net benefit in net_benefit.csv. "
+            "AUC train is the study's out-of-fold estimate, AUC validation its internal validation cohort; the "
+            "drop is internal validation minus external AUC (positive: worse on the external cohort; compare it "
+            "with the width of the CIs).</p>"
             f"{table}</body></html>")
     return atomic_write_text(out / "report.html", page)
