@@ -217,7 +217,7 @@ def _gradcam_new(model_dir: Path, cohort_csv: Path, out: Path, manifest: dict) -
     try:
         gradcam_frozen(model_dir / dl["weights"], cohort_csv, out / "gradcam", arm=dl["arm"], net=dl["net"],
                        work=out / "work")
-    except P53hccError as err:  # e.g. Grad-CAM of a frozen FF model is not implemented
+    except P53hccError as err:  # e.g. a frozen model folder lacking a network
         atomic_write_text(out / "gradcam" / "NOT_AVAILABLE.txt", f"{err}\n")
 
 
