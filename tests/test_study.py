@@ -421,3 +421,14 @@ def test_predict_and_evaluate_cohort_glue(fused_study, tmp_path, monkeypatch):
     metrics = pd.read_csv(evaluate_cohort(root / "model", csv, tmp_path / "eval", dl_scorer=lambda *a: dl))
     assert {"auc", "calibration_intercept", "calibration_slope"} <= set(metrics.metric)
     assert (tmp_path / "eval" / "report.html").exists() and (tmp_path / "eval" / "net_benefit.csv").exists()
+
+
+def test_profiles_paper_by_default_demo_for_synthetic():
+    paper = resolve_config()
+    assert paper["profile"] == "paper"
+    assert (paper["dl"]["spatial_size"], paper["dl"]["epochs"], paper["radiomics"]["params"]) == (256, 100, "paper")
+    demo = resolve_config(profile="demo", epochs=3)
+    assert demo["dl"]["spatial_size"] == 32 and demo["radiomics"]["params"] == "demo"
+    assert demo["dl"]["epochs"] == 3                      # CLI flags beat the profile
+    with pytest.raises(P53hccError, match="unknown profile"):
+        resolve_config(profile="fastest")

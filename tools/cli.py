@@ -117,7 +117,7 @@ def gradcam(out: str, arm: str = "mc", net: str = "resnet34", patients: str | No
 
 
 def study(cohort: str | None = None, out: str = "study-demo", nets: str | None = None, config: str | None = None,
-          paper_selection: bool = False, **overrides):
+          paper_selection: bool = False, profile: str | None = None, **overrides):
     """Run the whole study: validate -> preprocess -> radiomics -> DL arms -> fusion -> statistics -> report.
 
     Cached and resumable: run the same command again after an interruption and it finishes the remaining work.
@@ -128,12 +128,14 @@ def study(cohort: str | None = None, out: str = "study-demo", nets: str | None =
         nets: comma-separated networks to sweep (default: all six).
         config: YAML file of study parameters (CLI flags override it).
         paper_selection: also report the paper's (optimistic) choice of network by validation AUC.
+        profile: "paper" (the paper's settings: 256 px, 100 epochs, 1197 radiomics features per phase) or "demo"
+            (fast settings); default: demo for the generated synthetic cohort, paper for your own cohort.
         overrides: any study parameter, e.g. --epochs 5 --folds 5.
     """
     from tools.study import run_study
 
     return str(run_study(cohort=cohort, out=out, nets=nets, config=config, paper_selection=paper_selection,
-                         **overrides))
+                         profile=profile, **overrides))
 
 
 def predict(model: str, cohort: str, out: str):

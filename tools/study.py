@@ -68,9 +68,18 @@ def _as_list(value: Any) -> list[str]:
 
 
 def resolve_config(config: str | Path | None = None, nets: Any = None, paper_selection: bool | None = None,
-                   **overrides: Any) -> dict:
-    """Defaults <- user YAML <- CLI overrides; returns the full parameter set of the study."""
-    cfg = yaml.safe_load(DEFAULTS.read_text())
+                   profile: str = "paper", **overrides: Any) -> dict:
+    """Defaults <- profile <- user YAML <- CLI overrides; returns the full parameter set of the study.
+
+    Args:
+        profile: ``paper`` (the defaults, faithful to the paper) or ``demo`` (fast settings for the synthetic demo).
+    """
+    cfg = yaml.safe_load(DEFAULTS.read_text(encoding="utf-8"))
+    profiles = cfg.pop("profiles", {})
+    if profile not in profiles:
+        raise P53hccError(f"unknown profile {profile!r}; choose one of {', '.join(profiles)}")
+    cfg = _merge(cfg, profiles[profile] or {})
+    cfg["profile"] = profile
     if config:
         path = Path(config)
         if not path.is_file():
@@ -229,7 +238,8 @@ def build_stages(cfg: dict, cohort_given: bool) -> list[Stage]:
 
 
 def run_study(cohort: str | Path | None = None, out: str | Path = "study-demo", nets: Any = None,
-              config: str | Path | None = None, paper_selection: bool = False, **overrides: Any) -> Path:
+              config: str | Path | None = None, paper_selection: bool = False, profile: str | None = None,
+              **overrides: Any) -> Path:
     """Run (or resume) the whole study into ``out``; returns the path of ``report.html``.
 
     Args:
@@ -238,10 +248,12 @@ def run_study(cohort: str | Path | None = None, out: str | Path = "study-demo", 
         nets: networks to sweep (comma string or list; default: the config's six).
         config: user YAML merged over the defaults.
         paper_selection: also report the paper's optimistic choice of network by validation AUC.
+        profile: ``paper`` or ``demo``; default ``demo`` for the generated synthetic cohort, else ``paper``.
         overrides: any parameter, ``--epochs 3`` or ``--dl.epochs 3``.
     """
     out = Path(out).resolve()
-    cfg = resolve_config(config, nets=nets, paper_selection=paper_selection, **overrides)
+    profile = profile or ("demo" if cohort is None else "paper")
+    cfg = resolve_config(config, nets=nets, paper_selection=paper_selection, profile=profile, **overrides)
     cohort_csv = Path(cohort).resolve() if cohort else out / "cohort" / "cohort.csv"
     cfg["cohort"] = str(cohort_csv)
     cfg["cohort_generated"] = cohort is None
