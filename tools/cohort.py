@@ -111,7 +111,7 @@ def _table_problems(df: pd.DataFrame) -> list[Problem]:
             if str(label).strip() not in ("0", "1", "0.0", "1.0"):
                 out.append(Problem(pid, "p53", None, f"label {label!r} is not 0 or 1"))
         elif r["split"] != "predict":
-            out.append(Problem(pid, "p53", None, f"label missing (only split 'predict' may lack it)"))
+            out.append(Problem(pid, "p53", None, "label missing (only split 'predict' may lack it)"))
         for col in (*PHASES, *MASK_COLUMNS):
             if not _present(r.get(col)):
                 out.append(Problem(pid, col, None, "missing phase: no path given"))
@@ -176,21 +176,26 @@ def _checked_geometry(pid, col, path, out):
         return None
 
 
-def _check_image_voxels(pid, col, path, out):
+def _strict_voxels(pid, col, path, out, what: str):
+    """Voxels of ``path``, or None after recording why they cannot be read (truncated / corrupt volume)."""
     try:
-        arr = read_voxels_strict(path)
-    except Exception as err:  # noqa: BLE001
-        out.append(Problem(pid, col, path, f"unreadable image data (corrupt volume?): {str(err).strip()[:200]}"))
+        return read_voxels_strict(path)
+    except Exception as err:  # noqa: BLE001 - any failure here means the volume is unusable
+        out.append(Problem(pid, col, path, f"unreadable {what} data (corrupt volume?): {str(err).strip()[:200]}"))
+        return None
+
+
+def _check_image_voxels(pid, col, path, out):
+    arr = _strict_voxels(pid, col, path, out, "image")
+    if arr is None:
         return
     if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
         out.append(Problem(pid, col, path, f"{int((~np.isfinite(arr)).sum())} NaN/infinite voxels"))
 
 
 def _check_mask_voxels(pid, col, path, out):
-    try:
-        arr = read_voxels_strict(path)
-    except Exception as err:  # noqa: BLE001
-        out.append(Problem(pid, col, path, f"unreadable mask data (corrupt volume?): {str(err).strip()[:200]}"))
+    arr = _strict_voxels(pid, col, path, out, "mask")
+    if arr is None:
         return
     values = np.unique(arr)
     if not np.isin(values, (0, 1)).all():

@@ -348,6 +348,22 @@ def _run_fold_fast(x_all, ids, items, fold, train_ids, score_ids, net, params, d
     return model, predict_scores(model, x_all[sc], device, amp=bool(params["amp"])), history
 
 
+def run_bundle(configs: list[Path], workflow_type: str, overrides: dict) -> None:
+    """Run a bundle config (list = base + overrides) through MONAI's ConfigWorkflow with property checks."""
+    from monai.bundle import ConfigWorkflow
+
+    configs = [Path(c) for c in configs]
+    wf = ConfigWorkflow(config_file=[str(c) for c in configs], workflow_type=workflow_type,
+                        meta_file=str(configs[0].parent / "metadata.json"),
+                        logging_file=str(configs[0].parent / "logging.conf"), **overrides)
+    wf.initialize()
+    missing = wf.check_properties()
+    if missing:
+        raise P53hccError(f"bundle {configs[-1]} lacks required properties {missing}")
+    wf.run()
+    wf.finalize()
+
+
 def _run_fold_bundle(out, fold, score_part, net, params, device, fold_dir, bundle=BUNDLE_MC):
     """Train one fold with the bundle's ConfigWorkflow, then score ``score_part`` with inference.json."""
     from monai.bundle import ConfigWorkflow
@@ -359,14 +375,7 @@ def _run_fold_bundle(out, fold, score_part, net, params, device, fold_dir, bundl
                                         "margin", "pixdim", "n4", "amp", "seed")}}
     if fold < 0:
         common["val_interval"] = max(1, int(params["epochs"]))
-    wf = ConfigWorkflow(config_file=str(bundle / "configs" / "train.json"), workflow_type="train",
-                        logging_file=str(bundle / "configs" / "logging.conf"), **common)
-    wf.initialize()
-    missing = wf.check_properties()
-    if missing:
-        raise P53hccError(f"bundle {bundle.name} lacks required properties: {missing}")
-    wf.run()
-    wf.finalize()
+    run_bundle([bundle / "configs" / "train.json"], "train", common)
     scores = pd.DataFrame()
     for part in score_part:
         csv = fold_dir / f"scores_{part}.csv"

@@ -233,18 +233,10 @@ def _train_phase_fast(x: torch.Tensor, items: list[dict], fold: int, phase: str,
 
 
 def _run_bundle(configs: Sequence[Path], workflow_type: str, overrides: dict) -> None:
-    """Run a bundle config (list = base + overrides) through MONAI's ConfigWorkflow with property checks."""
-    from monai.bundle import ConfigWorkflow
+    """Run a bundle config through MONAI's ConfigWorkflow (shared with the MC arm: ``tools.train.run_bundle``)."""
+    from tools.train import run_bundle
 
-    wf = ConfigWorkflow(config_file=[str(c) for c in configs], workflow_type=workflow_type,
-                        meta_file=str(configs[0].parent / "metadata.json"),
-                        logging_file=str(configs[0].parent / "logging.conf"), **overrides)
-    wf.initialize()
-    missing = wf.check_properties()
-    if missing:
-        raise P53hccError(f"bundle {configs[-1]} lacks required properties {missing}")
-    wf.run()
-    wf.finalize()
+    run_bundle(list(configs), workflow_type, overrides)
 
 
 def _train_phase_bundle(study: Path, model_dir: Path, net: str, phase: str, fold: int, params: dict, device,
