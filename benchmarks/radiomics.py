@@ -41,18 +41,21 @@ def _cohort(n: int, size: str, root: Path):
     return read_cohort(csv).head(n)  # synth needs n >= 2
 
 
-def _time_n4(cohort, limit: int) -> list[float]:
+def _time_n4(cohort, limit: int, preset: str = "paper") -> list[float]:
+    """Seconds per patient-phase of N4 with a preprocessing preset's N4 parameters (tools.preprocess.PRESETS)."""
     try:
+        from tools.preprocess import PRESETS
         from tools.transforms import n4_correct
     except ImportError:
         return []
+    n4_params = PRESETS[preset]["n4"]
     out = []
     for _, r in cohort.head(limit).iterrows():
         for ph in PHASES:
             img = sitk.ReadImage(r[ph])
             arr = np.transpose(sitk.GetArrayFromImage(img).astype(np.float32))  # (x, y, z) as MONAI
             t0 = time.perf_counter()
-            n4_correct(arr, img.GetSpacing(), n_threads=1)
+            n4_correct(arr, img.GetSpacing(), n_threads=1, **n4_params)
             out.append(time.perf_counter() - t0)
     return out
 
@@ -139,6 +142,11 @@ def main(argv=None) -> dict:
                 total = block["n4_s_per_patient_phase"] + block["resample_zscore_s_per_patient_phase"] \
                     + block["extract_paper"]["s_per_patient_phase"]
                 block["n4_share_of_total_paper_params"] = block["n4_s_per_patient_phase"] / total
+                n4_demo = _time_n4(cohort, n, preset="demo")  # what `make demo` runs (shrink 6, fewer iterations)
+                block["n4_demo_preset_s_per_patient_phase"] = float(np.mean(n4_demo))
+                block["n4_share_of_total_demo_params"] = block["n4_demo_preset_s_per_patient_phase"] / (
+                    block["n4_demo_preset_s_per_patient_phase"] + block["resample_zscore_s_per_patient_phase"]
+                    + block["extract_demo"]["s_per_patient_phase"])
             res[size] = block
             if size == "demo" and args.workers > 1:  # parallel speed-up of extraction, demo params
                 one = block["extract_demo"]
