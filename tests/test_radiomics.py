@@ -1,6 +1,5 @@
 """Radiomics extraction: paper feature count, PyRadiomics baselines, real tumours, discretisation, cohort run."""
 import collections
-import time
 
 import numpy as np
 import pandas as pd
@@ -150,9 +149,7 @@ def test_texture_varies_with_chosen_discretisation_not_with_binwidth_25(tmp_path
 def test_extract_cohort_tables_cache_failures_and_icc(tmp_path, monkeypatch):
     cohort, study = _tiny_study(tmp_path, n=4)
     (study / "preprocessed" / "P3" / "pvp_mask.nii.gz").write_bytes(b"not an image")  # one broken patient
-    t0 = time.perf_counter()
     df = extract_cohort(cohort, study, params="demo", workers=2, progress=False)
-    first = time.perf_counter() - t0
     assert df["patient_id"].tolist() == ["P0", "P1", "P2"]  # P3 dropped, the others kept
     assert {"ap_original_firstorder_Mean", "pvp_original_glcm_Idm", "dp_original_shape_VoxelVolume"} <= set(df)
     assert df.shape[1] == 1 + 3 * 105
@@ -172,9 +169,7 @@ def test_extract_cohort_tables_cache_failures_and_icc(tmp_path, monkeypatch):
         raise AssertionError(f"re-run extracted {task['patient_id']} again")
     monkeypatch.setattr(rad, "_run_task", no_work)
     (study / "preprocessed" / "P3" / "pvp_mask.nii.gz").unlink()  # now missing: reported, not fatal
-    t0 = time.perf_counter()
-    again = extract_cohort(cohort, study, params="demo", workers=2, progress=False)
-    assert time.perf_counter() - t0 < 0.5 * first
+    again = extract_cohort(cohort, study, params="demo", workers=2, progress=False)  # no_work: nothing recomputed
     pd.testing.assert_frame_equal(again, df)
     prov = pd.read_parquet(study / "radiomics_provenance.parquet")
     assert "cannot read input" in prov.set_index(["patient_id", "phase", "reader"]).loc[("P3", "pvp", "r1"), "error"]
