@@ -170,36 +170,48 @@ def _parser(bundle: Path, overrides: dict):
     return parser
 
 
-def roi_tensors(items: list[dict], out: str | Path, params: dict, bundle: Path = BUNDLE_MC,
-                device: str = "cpu") -> torch.Tensor:
+# Config values that change the cached deterministic crops (the cache folders are keyed by them).
+CROP_KEYS = ("spatial_size", "margin", "pixdim", "n4")
+
+
+def cached_crops(items: list[dict], out: str | Path, params: dict, bundle: Path, area: str, prefix: str,
+                 desc: str) -> torch.Tensor:
     """Stacked deterministic 2D crops ``[N, C, S, S]`` of ``items``, each patient computed once and cached.
 
-    Uses the bundle's ``deterministic_transforms`` (same config as the bundle engine); the per-patient cache is
-    a ``PersistentDataset`` in ``out/dl/cache/<hash>`` and the stacked tensor is kept in ``out/dl/slices/``.
+    Runs the bundle's ``deterministic_transforms`` (same config as the bundle engine) through a
+    ``PersistentDataset`` in ``out/<area>/cache/<hash>`` and keeps the stacked tensor in
+    ``out/<area>/slices/<prefix>_<hash>_<patients hash>.pt``; the hash covers the crop parameters, the bundle
+    and the image source (raw or preprocessed).
     """
     from monai.data import PersistentDataset
     from monai.transforms import Compose
     from tqdm.auto import tqdm
 
-    keys = {k: params[k] for k in ("spatial_size", "margin", "pixdim", "n4")}
+    keys = {k: params[k] for k in CROP_KEYS}
     tag = params_hash({**keys, "bundle": bundle.name, "source": params.get("source", "raw")})
     ids = [d["patient_id"] for d in items]
-    stacked = Path(out) / "dl" / "slices" / f"{bundle.name}_{tag}_{params_hash(ids)}.pt"
+    root = Path(out) / area
+    stacked = root / "slices" / f"{prefix}_{tag}_{params_hash(ids)}.pt"
     if stacked.is_file():
         return torch.load(stacked, weights_only=True)["x"]
     parser = _parser(bundle, {**keys, "dataset_dir": str(out)})
-    transform = Compose(parser.get_parsed_content("deterministic_transforms"))
-    ds = PersistentDataset(items, transform, cache_dir=Path(out) / "dl" / "cache" / tag)
-    xs = [torch.as_tensor(ds[i]["image"], dtype=torch.float32).clone()
-          for i in tqdm(range(len(ds)), desc="2D ROI crops", leave=False)]
-    x = torch.stack(xs)
+    ds = PersistentDataset(items, Compose(parser.get_parsed_content("deterministic_transforms")),
+                           cache_dir=root / "cache" / tag)
+    x = torch.stack([torch.as_tensor(ds[i]["image"], dtype=torch.float32).clone()
+                     for i in tqdm(range(len(ds)), desc=desc, leave=False)])
     with atomic_path(stacked) as tmp:
         torch.save({"x": x, "ids": ids}, tmp)
     return x
 
 
+def roi_tensors(items: list[dict], out: str | Path, params: dict, bundle: Path = BUNDLE_MC) -> torch.Tensor:
+    """MC crops ``[N, 3, S, S]`` (AP|PVP|DP as channels), cached under ``out/dl/`` (see :func:`cached_crops`)."""
+    return cached_crops(items, out, params, bundle, area="dl", prefix=bundle.name, desc="2D ROI crops")
+
+
 # ------------------------------------------------------------------------------------------------ fast engine
-def _device(device: str | None) -> torch.device:
+def resolve_device(device: str | None) -> torch.device:
+    """The requested device, or CUDA when available, else CPU."""
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
@@ -212,7 +224,7 @@ def _batches(n: int, batch_size: int, perm: torch.Tensor) -> tuple[torch.Tensor,
 def predict_scores(net: torch.nn.Module, x: torch.Tensor, device: str | torch.device | None = None,
                    batch_size: int = 64, amp: bool = True) -> np.ndarray:
     """P(class 1) of every image of ``x`` ``[N, C, H, W]`` (eval mode, no augmentation)."""
-    dev = _device(str(device) if device is not None else None)
+    dev = resolve_device(str(device) if device is not None else None)
     net = net.to(dev).eval()
     out = []
     with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp and dev.type == "cuda"):
@@ -234,7 +246,7 @@ def fit_fast(x_tr: torch.Tensor, y_tr: torch.Tensor, net_name: str, params: dict
     from tools.nets import build_net
     from tools.roi import BatchRandCropFlip
 
-    dev = _device(str(device) if device is not None else None)
+    dev = resolve_device(str(device) if device is not None else None)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
     amp = bool(params["amp"]) and dev.type == "cuda"
@@ -369,7 +381,7 @@ def _run_fold_bundle(out, fold, score_part, net, params, device, fold_dir, bundl
     from monai.bundle import ConfigWorkflow
 
     common = {"bundle_root": str(bundle), "dataset_dir": str(out), "datalist": str(Path(out) / "datalist.json"),
-              "fold": int(fold), "net": net, "device": str(_device(device)), "ckpt_dir": str(fold_dir),
+              "fold": int(fold), "net": net, "device": str(resolve_device(device)), "ckpt_dir": str(fold_dir),
               "output_dir": str(fold_dir), "cache_dir": str(Path(out) / "dl" / "cache" / "bundle"),
               **{k: params[k] for k in ("epochs", "batch_size", "learning_rate", "weight_decay", "spatial_size",
                                         "margin", "pixdim", "n4", "amp", "seed")}}
@@ -453,7 +465,7 @@ def train_arm(cohort_csv: str | os.PathLike, out: str | os.PathLike, arm: str = 
             by_id = _run_fold_bundle(out, fold, score_part, net, params, device, fold_dir)
             model, scores, history = None, by_id.reindex(score_ids).to_numpy(), pd.DataFrame()
         else:
-            dev = _device(device)
+            dev = resolve_device(device)
             stream = torch.cuda.stream(torch.cuda.Stream(dev)) if dev.type == "cuda" and workers > 1 else nullcontext()
             with stream:
                 model, scores, history = _run_fold_fast(x_all, [d["patient_id"] for d in items], items, fold,

@@ -32,6 +32,7 @@ import torch
 
 from tools.errors import P53hccError
 from tools.io_utils import atomic_write_json, atomic_write_table, params_hash, read_table
+from tools.train import resolve_device
 
 PHASES = ("ap", "pvp", "dp")
 BUNDLE_DIR = Path(__file__).resolve().parent.parent / "bundles" / "p53_ff"
@@ -39,8 +40,6 @@ SECTIONS = ("training", "validation", "external", "predict")
 # LASSO-retained FF features per network in the paper's Results (of 3 x 8 = 24 PCA features).
 PAPER_N_SELECTED = {"resnet18": 18, "resnet34": 14, "resnet50": 11, "resnet101": 12, "resnet152": 3,
                     "densenet121": 6}
-# Config values that change the cached deterministic crops (the cache folder is keyed by them).
-CACHE_KEYS = ("spatial_size", "margin", "pixdim", "n4")
 
 
 # ----------------------------------------------------------------------------------------------- bundle helpers
@@ -161,29 +160,9 @@ def phase_crops(study: Path, items: list[dict], phase: str, params: dict,
     resize) run once per patient-phase through a ``PersistentDataset``; the stacked tensor is kept in
     ``study/dl/ff/slices/`` keyed by phase, crop parameters and patients.
     """
-    from monai.bundle import ConfigParser
-    from monai.data import PersistentDataset
-    from monai.transforms import Compose
-    from tqdm.auto import tqdm
+    from tools.train import cached_crops
 
-    from tools.io_utils import atomic_path
-
-    keys = {k: params[k] for k in CACHE_KEYS}
-    tag = params_hash({**keys, "bundle": bundle_dir.name, "source": params.get("source", "raw")})
-    ids = [d["patient_id"] for d in items]
-    stacked = study / "dl" / "ff" / "slices" / f"{phase}_{tag}_{params_hash(ids)}.pt"
-    if stacked.is_file():
-        return torch.load(stacked, weights_only=True)["x"]
-    parser = ConfigParser()
-    parser.read_config(str(bundle_dir / "configs" / "train.json"))
-    parser.update({**keys, "dataset_dir": str(study)})
-    ds = PersistentDataset(items, Compose(parser.get_parsed_content("deterministic_transforms")),
-                           cache_dir=study / "dl" / "ff" / "cache" / tag)
-    x = torch.stack([torch.as_tensor(ds[i]["image"], dtype=torch.float32).clone()
-                     for i in tqdm(range(len(ds)), desc=f"{phase} ROI crops", leave=False)])
-    with atomic_path(stacked) as tmp:
-        torch.save({"x": x, "ids": ids}, tmp)
-    return x
+    return cached_crops(items, study, params, bundle_dir, area="dl/ff", prefix=phase, desc=f"{phase} ROI crops")
 
 
 def penultimate_features(net: torch.nn.Module, x: torch.Tensor, device=None, batch_size: int = 64,
@@ -191,7 +170,7 @@ def penultimate_features(net: torch.nn.Module, x: torch.Tensor, device=None, bat
     """Penultimate-layer features ``[N, D]`` of ``x`` via a forward hook (``tools.nets.feature_extractor``)."""
     from tools.nets import feature_extractor
 
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = resolve_device(device)
     # channels_last like training (fit_fast), so a reloaded checkpoint runs the same conv kernels and gives
     # bit-identical features (a contiguous-format copy differs by ~1e-6, enough to move small FF scores)
     extractor = feature_extractor(net.to(dev, memory_format=torch.channels_last).eval())
@@ -369,7 +348,7 @@ def train_ff_arm(cohort_csv: str | Path, out: str | Path, net: str = "resnet101"
 
         def run_one(job: tuple[int, str]) -> None:
             k, phase = job
-            dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+            dev = resolve_device(device)
             stream = (torch.cuda.stream(torch.cuda.Stream(dev)) if dev.type == "cuda" and workers > 1
                       else contextlib.nullcontext())
             with stream:
