@@ -21,7 +21,7 @@ class Geometry:
     origin: tuple[float, ...]
     direction: tuple[float, ...]
 
-    def mismatch(self, other: "Geometry", spacing_tol: float = 1e-3, origin_tol: float = 1e-2,
+    def mismatch(self, other: Geometry, spacing_tol: float = 1e-3, origin_tol: float = 1e-2,
                  direction_tol: float = 1e-3) -> list[str]:
         """Differences beyond tolerance (relative for spacing, mm for origin, absolute for direction)."""
         out = []

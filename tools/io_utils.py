@@ -9,12 +9,12 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pandas as pd
-
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
