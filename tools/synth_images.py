@@ -183,8 +183,13 @@ def _tumour_intensities(rec: dict, h: float, liver: np.ndarray, t: np.ndarray, s
 
 
 def render_patient(rec: dict, h: float, scanner: dict, size: str, rng: np.random.Generator,
-                   second_reader: bool) -> tuple[dict, dict, np.ndarray, dict]:
+                   second_reader: bool, keep_bias: bool = False) -> tuple[dict, dict, np.ndarray, dict]:
     """Render one patient's three phases and masks.
+
+    Args:
+        keep_bias: also return the true multiplicative bias field (float32, the images' shape, shared by the three
+            phases) as ``info["bias_field"]``: the ground truth that N4's presets are judged against
+            (``benchmarks/n4_quality.py``). It does not change the random stream, so the images are the same.
 
     Returns:
         ``(images, masks, affine, info)``: int16 arrays per phase, uint8 masks keyed ``ap``/``ap_r2``..., the
@@ -281,6 +286,8 @@ def render_patient(rec: dict, h: float, scanner: dict, size: str, rng: np.random
             "texture_amplitude": round(amp, 5),
             "necrotic_fraction": round(float(((tex[1] > 1.3 - 0.6 * h) & (t < 0.7)).sum() / max(1, (s < 0).sum())), 5),
             "nx": shape[0], "ny": shape[1], "nz": shape[2]}
+    if keep_bias:
+        info["bias_field"] = bias.astype(np.float32)
     return images, masks, affine, info
 
 
