@@ -7,10 +7,12 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
+from tools.preprocess import N4_DEFAULTS, PRESETS
 from tools.transforms import (
     N4BiasFieldCorrection,
     N4BiasFieldCorrectiond,
     chain_params,
+    log_bias_error,
     n4_correct,
     preprocessing_chain,
 )
@@ -106,7 +108,7 @@ def test_chain_resamples_to_1mm_and_masks_stay_binary(tmp_path):
 
 
 def test_chain_params_rejects_unknown_keys():
-    assert chain_params({"n4": {"shrink_factor": 2}})["n4"]["n_iterations"] == [50, 50, 30, 20]
+    assert chain_params({"n4": {"shrink_factor": 2}})["n4"]["n_iterations"] == N4_DEFAULTS["n_iterations"]
     with pytest.raises(ValueError, match="unknown"):
         chain_params({"spacing": 1})
     with pytest.raises(ValueError, match="unknown N4"):
@@ -127,3 +129,60 @@ def test_n4_does_not_depend_on_itk_thread_count():
     finally:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(old)
     np.testing.assert_array_equal(fields[0], fields[1])
+
+
+def test_transform_defaults_are_the_chain_defaults():
+    """The bundles wire N4BiasFieldCorrectiond with its defaults: they must be the preprocessing chain's N4."""
+    import inspect
+
+    for fn in (n4_correct, N4BiasFieldCorrection.__init__):
+        sig = inspect.signature(fn).parameters
+        for name, value in N4_DEFAULTS.items():
+            default = sig[name].default
+            assert (list(default) if isinstance(default, tuple) else default) == value, (fn.__qualname__, name)
+
+
+def _synthetic_patient_with_known_field():
+    """One demo-size synthetic patient (3 phases) with the true multiplicative bias field of its scanner."""
+    from tools import synth_images as si
+    from tools.synth import sample_patients
+
+    cohort, truth = sample_patients(2, seed=1)
+    scanner = si.scanner_profiles("internal")["S2_Skyra_3T"]  # the 3 T profile: strong field
+    images, _, affine, info = si.render_patient(cohort.iloc[1].to_dict(), float(truth.loc[1, "latent_heterogeneity"]),
+                                                scanner, "demo", np.random.default_rng([1, 1, 11]),
+                                                second_reader=False, keep_bias=True)
+    return images, np.linalg.norm(affine[:3, :3], axis=0), info["bias_field"]
+
+
+def test_presets_recover_the_synthetic_bias_field():
+    """The ground-truth yardstick behind the presets (benchmarks/n4_presets.py): each preset's field is far closer
+    to the true field than no correction, and the paper preset is at least as close as the strict 4-level
+    schedule it replaced (whose finer levels fit anatomy)."""
+    import SimpleITK as sitk
+
+    images, spacing, truth = _synthetic_patient_with_known_field()
+    errors = {name: [] for name in (*PRESETS, "strict", "none")}
+    for image in images.values():
+        image = image.astype(np.float32)
+        body = sitk.GetArrayFromImage(sitk.OtsuThreshold(sitk.GetImageFromArray(image.T.copy()), 0, 1)).T > 0
+        errors["none"].append(log_bias_error(np.ones_like(truth), truth, body))
+        for name, preset in PRESETS.items():
+            errors[name].append(log_bias_error(n4_correct(image, spacing, **preset["n4"])[1], truth, body))
+        strict = {"shrink_factor": 4, "n_iterations": [50, 50, 30, 20], "convergence_threshold": 1e-6}
+        errors["strict"].append(log_bias_error(n4_correct(image, spacing, **strict)[1], truth, body))
+    mean = {k: float(np.mean(v)) for k, v in errors.items()}
+    assert mean["none"] > 0.1, mean  # the scanner's field is strong enough to matter
+    for name in PRESETS:
+        assert mean[name] < 0.5 * mean["none"], mean
+    assert mean["paper"] <= mean["strict"], mean
+
+
+def test_log_bias_error_ignores_a_constant_factor():
+    rng = np.random.default_rng(0)
+    truth = np.exp(rng.normal(0, 0.2, (8, 8, 4)))
+    region = np.ones(truth.shape, bool)
+    assert log_bias_error(3.0 * truth, truth, region) < 1e-12
+    assert abs(log_bias_error(np.ones_like(truth), truth, region) - np.log(truth).std()) < 0.02
+    with pytest.raises(ValueError, match="empty"):
+        log_bias_error(truth, truth, np.zeros(truth.shape, bool))
