@@ -109,7 +109,7 @@ def _to_sitk(array: np.ndarray, spacing, origin=None, direction=None) -> sitk.Im
 
 def n4_correct(array: np.ndarray, spacing: Sequence[float], mask: np.ndarray | None = None, *,
                origin: Sequence[float] | None = None, direction: np.ndarray | None = None,
-               shrink_factor: int | Sequence[int] = 4, n_iterations: int | Sequence[int] = (50, 50),
+               shrink_factor: int | Sequence[int] = 6, n_iterations: int | Sequence[int] = (50, 50),
                convergence_threshold: float = 1e-3, n_fitting_levels: int | None = None, mask_mode: str = "otsu",
                spline_order: int = 3, bias_field_fwhm: float = 0.15, n_control_points: int = 4,
                spline_distance: float | None = None, wiener_filter_noise: float = 0.01,
@@ -229,7 +229,7 @@ class N4BiasFieldCorrection(Transform):
     arrays with non-1 mm voxels). All keyword arguments are those of :func:`n4_correct`.
     """
 
-    def __init__(self, shrink_factor: int | Sequence[int] = 4, n_iterations: int | Sequence[int] = (50, 50),
+    def __init__(self, shrink_factor: int | Sequence[int] = 6, n_iterations: int | Sequence[int] = (50, 50),
                  convergence_threshold: float = 1e-3, n_fitting_levels: int | None = None, mask_mode: str = "otsu",
                  spline_order: int = 3, bias_field_fwhm: float = 0.15, n_control_points: int = 4,
                  spline_distance: float | None = None, wiener_filter_noise: float = 0.01,
