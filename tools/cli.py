@@ -55,7 +55,8 @@ def preprocess(cohort: str, out: str, params: str = "demo", workers: int | None 
     Args:
         cohort: path to cohort.csv.
         out: study folder (writes preprocessed/).
-        params: preset "demo" (fast N4) or "paper" (full N4 schedule), see docs/preprocessing.md.
+        params: preset "demo" (quicker N4 fit) or "paper" (the most accurate N4 schedule for its cost, what
+            `p53hcc study` uses on your own cohort); see docs/preprocessing.md.
         workers: local worker processes (default: all cores).
         scheduler: address of a Dask distributed scheduler (tcp://host:port) to run on a cluster instead.
     """
