@@ -36,8 +36,8 @@ INDEX_COLUMNS = ["patient_id", "phase", "image", "mask", "key"]
 #: Parameters of :func:`tools.transforms.n4_correct` (the full set; every one is JSON-serialisable).
 #: The schedule (two B-spline levels, convergence 1e-3, shrink 6) comes from ``benchmarks/n4_presets.py``, which
 #: scores schedules against the synthetic cohort's known bias field: two levels were the most accurate (the usual
-#: four-level 50/50/30/20 schedule at 1e-6 was ~2x worse and ~9x slower: its finer levels fit anatomy as "bias"),
-#: and shrink 6 came within 5 % of shrink 4's error at ~2.6x less time.
+#: four-level 50/50/30/20 schedule at 1e-6 had 1.4-2.2x the error at ~9x the time: its finer levels fit anatomy
+#: as "bias"), and shrink 6 came within 5-6 % of shrink 4's error at ~2.6x less time.
 N4_DEFAULTS: dict[str, Any] = {
     "shrink_factor": 6,
     "n_iterations": [50, 50],
@@ -88,7 +88,7 @@ CACHE_VERSION = 1
 #: Preprocessing presets (overrides of :data:`CHAIN_DEFAULTS`), chosen with ``benchmarks/n4_presets.py`` against the
 #: synthetic cohort's true bias field (``benchmarks/results/n4_presets.json``): "paper" is the most accurate
 #: schedule for its cost (= :data:`N4_DEFAULTS`); "demo" fits on a coarser grid with at most 20 iterations per
-#: level, ~2x cheaper for ~7-17 % more field error, so that the demo and the tests stay quick.
+#: level, ~1.8x cheaper for 7-17 % more field error, so that the demo and the tests stay quick.
 PRESETS: dict[str, dict[str, Any]] = {
     "demo": {"n4": {"shrink_factor": 8, "n_iterations": [20, 20], "convergence_threshold": 1e-3}},
     "paper": {"n4": {"shrink_factor": 6, "n_iterations": [50, 50], "convergence_threshold": 1e-3}},
