@@ -16,7 +16,6 @@ taken in turn, so every internal scanner profile and its bias strength is repres
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
