@@ -26,8 +26,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from tools.io_utils import atomic_write_json
-from tools.preprocess import PRESETS
-from tools.transforms import log_bias_error, n4_correct
+from tools.preprocess import PRESETS, resolve_params
+from tools.transforms import body_region, log_bias_error, n4_correct
 
 RESULTS = Path(__file__).parent / "results" / "n4_presets.json"
 
@@ -41,12 +41,13 @@ SCHEDULES: dict[str, dict] = {
     "shrink6_2_levels": {"shrink_factor": 6, "n_iterations": [50, 50], "convergence_threshold": 1e-3},
     "shrink8_2_levels": {"shrink_factor": 8, "n_iterations": [50, 50], "convergence_threshold": 1e-3},
     "shrink6_1_level": {"shrink_factor": 6, "n_iterations": [50], "convergence_threshold": 1e-3},
-    **{f"preset_{k}": v["n4"] for k, v in PRESETS.items()},
+    **{f"preset_{name}": resolve_params(name)["n4"] for name in PRESETS},  # exactly what preprocessing runs
 }
 
 
 def render(n: int, size: str, seed: int):
-    """Yield ``(patient_id, phase, image (x, y, z) float32, spacing, true field)`` for n synthetic patients."""
+    """Yield ``(patient_id, scanner, phase, image (x, y, z) float32, spacing, true field)`` for n synthetic
+    patients; patient ``i`` gets the ``i``-th internal scanner (sorted by name), cyclically."""
     from tools import synth_images as si
     from tools.synth import sample_patients
 
@@ -61,12 +62,6 @@ def render(n: int, size: str, seed: int):
         spacing = np.linalg.norm(affine[:3, :3], axis=0)
         for phase, img in images.items():
             yield rec["patient_id"], names[i % len(names)], phase, img.astype(np.float32), spacing, info["bias_field"]
-
-
-def body_region(image: np.ndarray) -> np.ndarray:
-    """Otsu foreground of the image (the body; the air around it carries no bias information)."""
-    sitk_img = sitk.GetImageFromArray(np.ascontiguousarray(image.T))
-    return sitk.GetArrayFromImage(sitk.OtsuThreshold(sitk_img, 0, 1)).T.astype(bool)
 
 
 def run_size(n: int, size: str, seed: int) -> dict:

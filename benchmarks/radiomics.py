@@ -31,37 +31,27 @@ import pandas as pd
 import SimpleITK as sitk
 
 from tools.io_utils import atomic_write_json, file_sha256, params_hash
+from tools.preprocess import limit_threads, preprocess_cohort
 from tools.radiomics import load_params, run_tasks, versions
 
 RESULTS = Path(__file__).parent / "results" / "radiomics.json"
-PHASES = ("ap", "pvp", "dp")
 
 
-def _cohort(n: int, size: str, root: Path):
+def _cohort_csv(n: int, size: str, root: Path) -> Path:
+    """A synthetic cohort file listing exactly ``n`` patients (the generator needs n >= 2)."""
     from tools.cohort import read_cohort
     from tools.synth import make_cohort
 
     csv = make_cohort(n=max(n, 2), out=root / f"synth_{size}_{n}", seed=1, size=size, second_reader=False)
-    cohort = read_cohort(csv).head(n)  # synth needs n >= 2
-    if len(cohort) < max(n, 2):  # the benchmark's cohort file holds exactly the n patients it times
-        csv = csv.with_name(f"cohort_{n}.csv")
-        cohort.to_csv(csv, index=False)
-    cohort.attrs["csv"] = str(csv)
-    return cohort
-
-
-def _single_thread() -> None:
-    """One ITK and one torch thread, as in a preprocessing worker: parallelism is across patients."""
-    import torch
-
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-    torch.set_num_threads(1)
+    if n < 2:
+        csv_n = csv.with_name(f"cohort_{n}.csv")
+        read_cohort(csv).head(n).to_csv(csv_n, index=False)
+        return csv_n
+    return csv
 
 
 def _preprocess(csv: Path, study: Path, preset: str, workers: int = 1) -> dict:
     """Run the real preprocessing chain with a preset; per patient-phase seconds of N4 and of the whole task."""
-    from tools.preprocess import preprocess_cohort
-
     t0 = time.perf_counter()
     df = preprocess_cohort(csv, study, workers=workers, params=preset, progress=False)
     wall = time.perf_counter() - t0
@@ -121,15 +111,14 @@ def main(argv=None) -> dict:
     res: dict = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                              "python": sys.version.split()[0], **versions()},
                  "args": vars(args)}
-    _single_thread()
+    limit_threads()  # as in a preprocessing worker: one ITK and one torch thread, parallelism across patients
     try:
-        warm = _cohort(1, "demo", root)  # first-call costs (imports, MONAI/ITK set-up) stay out of the figures
-        _preprocess(Path(warm.attrs["csv"]), root / "warm", "demo")
+        # first-call costs (imports, MONAI/ITK set-up) stay out of the figures
+        _preprocess(_cohort_csv(1, "demo", root), root / "warm", "demo")
         for size, n in (("demo", args.n_demo), ("paper", args.n_paper)):
             if n <= 0:
                 continue
-            cohort = _cohort(n, size, root)
-            csv = Path(cohort.attrs["csv"])
+            csv = _cohort_csv(n, size, root)
             block: dict = {"n_patients": n}
             for name in ("demo", "paper"):  # preprocessing preset x radiomics params of the same name
                 study = root / f"study_{size}_{name}"
@@ -149,8 +138,9 @@ def main(argv=None) -> dict:
             res[size] = block
             if size == "demo" and args.workers > 1:  # parallel speed-up, demo preset and params, demo size
                 one = block["demo"]
-                many_pre = _preprocess(csv, root / f"study_{size}_parallel", "demo", workers=args.workers)
-                many = _extract(_pairs(root / f"study_{size}_parallel"), "demo", root / "cache", workers=args.workers)
+                parallel = root / f"study_{size}_parallel"
+                many_pre = _preprocess(csv, parallel, "demo", workers=args.workers)
+                many = _extract(_pairs(parallel), "demo", root / "cache", workers=args.workers)
                 # wall-clock speed-up needs idle cores; on a shared machine also report the CPU-work inflation
                 # (CPU seconds with N workers / with 1): the speed-up the code allows is N / inflation
                 res["speedup"] = {

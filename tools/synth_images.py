@@ -189,7 +189,7 @@ def render_patient(rec: dict, h: float, scanner: dict, size: str, rng: np.random
     Args:
         keep_bias: also return the true multiplicative bias field (float32, the images' shape, shared by the three
             phases) as ``info["bias_field"]``: the ground truth that N4's presets are judged against
-            (``benchmarks/n4_quality.py``). It does not change the random stream, so the images are the same.
+            (``benchmarks/n4_presets.py``). It does not change the random stream, so the images are the same.
 
     Returns:
         ``(images, masks, affine, info)``: int16 arrays per phase, uint8 masks keyed ``ap``/``ap_r2``..., the

@@ -194,6 +194,12 @@ def n4_correct(array: np.ndarray, spacing: Sequence[float], mask: np.ndarray | N
     return (arr / bias).astype(np.float32), bias
 
 
+def body_region(image: np.ndarray) -> np.ndarray:
+    """Otsu foreground of an (x, y, z) image: the body, where a bias field can be judged (air carries no signal)."""
+    otsu = sitk.OtsuThreshold(sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(image).T)), 0, 1)
+    return sitk.GetArrayFromImage(otsu).T.astype(bool)
+
+
 def log_bias_error(field: np.ndarray, true_field: np.ndarray, region: np.ndarray) -> float:
     """RMS over ``region`` of ``log(field) - log(true_field)`` after removing the median offset.
 
