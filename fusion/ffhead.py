@@ -77,7 +77,8 @@ class FFHead(ClassifierMixin, BaseEstimator):
         lasso_C: fixed inverse LASSO penalty instead of the CV choice (None: choose by CV).
         final_C: inverse L2 penalty of the final LR (``np.inf``: unpenalised, as a plain LR).
         phases: phase prefixes of the wide input columns.
-        random_state: seed of the inner CV split and PCA solver.
+        random_state: seed of the inner CV split, the PCA solver and liblinear's coordinate order (without it
+            liblinear draws from numpy's global RNG, and a refit or a resumed run would give other scores).
 
     Attributes:
         pcas_: fitted ``(StandardScaler, PCA)`` per phase.
@@ -148,12 +149,13 @@ class FFHead(ClassifierMixin, BaseEstimator):
 
     def _fit_lasso(self, Z: np.ndarray, y: np.ndarray):
         if self.lasso_C is not None:
-            return LogisticRegression(C=self.lasso_C, l1_ratio=1.0, solver="liblinear", max_iter=5000).fit(Z, y)
+            return LogisticRegression(C=self.lasso_C, l1_ratio=1.0, solver="liblinear", max_iter=5000,
+                                      random_state=self.random_state).fit(Z, y)
         n_splits = int(max(2, min(self.cv, np.bincount(y).min())))
         inner = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=self.random_state)
         Cs = np.logspace(-2, 1, 15) if self.Cs is None else self.Cs
         return LogisticRegressionCV(Cs=Cs, cv=inner, l1_ratios=(1.0,), solver="liblinear",
-                                    scoring="neg_log_loss", max_iter=5000,
+                                    scoring="neg_log_loss", max_iter=5000, random_state=self.random_state,
                                     use_legacy_attributes=False).fit(Z, y)
 
     def decision_function(self, X: pd.DataFrame) -> np.ndarray:
