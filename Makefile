@@ -7,7 +7,7 @@ STUDY ?= study-demo
 # UTF-8 everywhere, whatever the machine locale (reports and tables contain ±, ×, Greek letters).
 export PYTHONUTF8 := 1
 
-.PHONY: demo test env clean
+.PHONY: demo test test-fast env wheel clean
 
 env: $(VENV)/.installed
 
@@ -25,8 +25,17 @@ $(VENV)/.installed: pyproject.toml
 demo: env
 	$(VENV)/bin/p53hcc study --out $(STUDY)
 
+# the whole suite (what CI runs): unit tests and the end-to-end tests marked slow
 test: env
 	$(PY) -m pytest -q
 
+# the unit tier for your own loop (under 3 minutes on 2 cores)
+test-fast: env
+	$(PY) -m pytest -q -m "not slow"
+
+# the wheel users install: p53hcc/... and both bundles
+wheel: env
+	$(PY) -m build --wheel --no-isolation --outdir dist .
+
 clean:
-	rm -rf $(VENV) $(STUDY)
+	rm -rf $(VENV) $(STUDY) dist build

@@ -3,14 +3,15 @@ recovers the synthetic cohort's true multiplicative field, at demo and paper ima
 
 Why: N4's cost is almost all in the iterations on the shrunken image, and its accuracy depends on how many
 B-spline levels it is allowed (more levels = a finer field, which starts to absorb anatomy such as the liver/body
-wall contrast into the "bias"). ``tools.preprocess.PRESETS`` are chosen from this table: the cheapest schedule
+wall contrast into the "bias"). ``p53hcc.tools.preprocessing.params.PRESETS`` are chosen from this table: the
+cheapest schedule
 whose error against the truth is as low as the most accurate one's.
 
 Error: RMS over the body (Otsu foreground of the image) of ``log(estimated field) - log(true field)`` after
-removing the median offset (N4 recovers the field only up to a constant factor; ``tools.transforms.log_bias_error``).
+removing the median offset (N4 recovers the field only up to a constant factor; ``p53hcc.tools.preprocessing.n4.log_bias_error``).
 
 Usage: ``python benchmarks/n4_presets.py [--n-demo 12] [--n-paper 4] [--seed 0]``; prints a table and writes
-``benchmarks/results/n4_presets.json``. Patients are rendered in memory with ``tools.synth_images`` (scanners
+``benchmarks/results/n4_presets.json``. Patients are rendered in memory with ``p53hcc.tools.cohort.synth_images`` (scanners
 taken in turn, so every internal scanner profile and its bias strength is represented), one ITK thread.
 """
 from __future__ import annotations
@@ -25,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from tools.io_utils import atomic_write_json
-from tools.preprocess import PRESETS, resolve_params
-from tools.transforms import body_region, log_bias_error, n4_correct
+from p53hcc.tools.io import atomic_write_json
+from p53hcc.tools.preprocessing.n4 import body_region, log_bias_error, n4_correct
+from p53hcc.tools.preprocessing.params import PRESETS, resolve_params
 
 RESULTS = Path(__file__).parent / "results" / "n4_presets.json"
 
@@ -48,8 +49,8 @@ SCHEDULES: dict[str, dict] = {
 def render(n: int, size: str, seed: int):
     """Yield ``(patient_id, scanner, phase, image (x, y, z) float32, spacing, true field)`` for n synthetic
     patients; patient ``i`` gets the ``i``-th internal scanner (sorted by name), cyclically."""
-    from tools import synth_images as si
-    from tools.synth import sample_patients
+    from p53hcc.tools.cohort import synth_images as si
+    from p53hcc.tools.cohort.synth import sample_patients
 
     cohort, truth = sample_patients(max(n, 2), seed=seed)
     scanners = si.scanner_profiles("internal")

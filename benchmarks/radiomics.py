@@ -3,12 +3,12 @@ extraction (demo and paper presets/params x demo and paper image sizes), and the
 preprocessing and extraction (1 worker vs all).
 
 Usage: ``python benchmarks/radiomics.py [--n-demo 8] [--n-paper 1] [--workers N]``; prints and writes
-``benchmarks/results/radiomics.json``. Inputs are synthetic cohorts from ``tools.synth`` written to a temporary
-folder. Preprocessing is the real ``tools.preprocess.preprocess_cohort`` (read, RAS, N4, 1 mm, z-score, write; one
-process, one thread, after a warm-up), whose per-task ``seconds_n4`` and ``seconds`` split N4 from the rest.
+``benchmarks/results/radiomics.json``. Inputs are synthetic cohorts from ``p53hcc.tools.cohort.synth`` written to a
+temporary folder. Preprocessing is the real ``p53hcc.tools.preprocessing.run.preprocess_cohort`` (read, RAS, N4,
+1 mm, z-score, write; one process, one thread, after a warm-up), whose per-task ``seconds_n4`` and ``seconds`` split N4 from the rest.
 "A patient's total time" is preprocessing + extraction; the headline shares pair each preprocessing preset with
 the radiomics params of the same name (what ``p53hcc study`` runs: demo for the synthetic demo, paper otherwise).
-Targets (issue 3): parallel efficiency >= 0.85 x linear; N4 <= 25 % of a patient's total time.
+Targets: parallel efficiency >= 0.85 x linear; N4 <= 25 % of a patient's total time.
 """
 from __future__ import annotations
 
@@ -30,17 +30,18 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from tools.io_utils import atomic_write_json, file_sha256, params_hash
-from tools.preprocess import limit_threads, preprocess_cohort
-from tools.radiomics import load_params, run_tasks, versions
+from p53hcc.tools.io import atomic_write_json, file_sha256, params_hash
+from p53hcc.tools.preprocessing.run import limit_threads, preprocess_cohort
+from p53hcc.tools.radiomics.extract import run_tasks
+from p53hcc.tools.radiomics.features import load_params, versions
 
 RESULTS = Path(__file__).parent / "results" / "radiomics.json"
 
 
 def _cohort_csv(n: int, size: str, root: Path) -> Path:
     """A synthetic cohort file listing exactly ``n`` patients (the generator needs n >= 2)."""
-    from tools.cohort import read_cohort
-    from tools.synth import make_cohort
+    from p53hcc.tools.cohort.manifest import read_cohort
+    from p53hcc.tools.cohort.synth import make_cohort
 
     csv = make_cohort(n=max(n, 2), out=root / f"synth_{size}_{n}", seed=1, size=size, second_reader=False)
     if n < 2:

@@ -1,15 +1,15 @@
-"""Benchmark the paper's whole deep-learning sweep (issue 8): 6 nets x (K folds + 1) x (1 MC + 3 FF phase models).
+"""Benchmark the paper's whole deep-learning sweep: 6 nets x (K folds + 1) x (1 MC + 3 FF phase models).
 
 For every network it measures, in the same run and on the same device:
 
 * the **compute limit**: a steady-state training step (forward, backward, AdamW) on device-resident random inputs,
   batch 64, 3x256x256 (and 1x256x256 for the FF phase models), bf16 autocast + channels_last on CUDA;
-* the **sweep throughput**: training images per second of ``tools.train.train_arm`` (MC) and
-  ``tools.train_ff.train_ff_arm`` (FF) over all folds + the full-cohort model, and its ratio to the limit;
+* the **sweep throughput**: training images per second of ``p53hcc.tools.dl.crossfit.train_arm`` for both arms over
+  all folds + the full-cohort model, and its ratio to the limit;
 * the total wall time of the sweep (crop caching reported apart).
 
-On a GPU it uses a paper-size synthetic cohort (``tools.synth``); without one it runs a tiny CPU variant (tiny
-images, 1 epoch, 2 folds, 2 small nets) that proves the script works and records "GPU figures not measured".
+On a GPU it uses a paper-size synthetic cohort (``p53hcc.tools.cohort.synth``); without one it runs a tiny CPU
+variant (tiny images, 1 epoch, 2 folds, 2 small nets) that proves the script works and records "GPU figures not measured".
 Writes ``benchmarks/results/train_sweep_<device>.json`` and prints a table::
 
     python benchmarks/train_sweep.py                 # GPU if present, else the tiny CPU variant
@@ -81,7 +81,7 @@ def compute_limit(net_name: str, device: torch.device, in_channels: int = 3, bat
 
     bf16 autocast + channels_last on CUDA (fp32 on CPU); AdamW; weighted cross-entropy as in training.
     """
-    from tools.nets import build_net
+    from p53hcc.tools.dl.nets import build_net
 
     torch.manual_seed(0)
     net = build_net(net_name, in_channels=in_channels, num_classes=2).to(device, memory_format=torch.channels_last)
@@ -123,10 +123,10 @@ def images_per_epoch(splits: dict) -> int:
 
 def make_study(out: Path, cfg: dict, gpu: bool, seed: int = 0) -> Path:
     """Synthetic cohort (paper size on GPU, tiny on CPU) + datalist/splits in ``out/study``; returns the CSV."""
-    from tools.cohort import write_datalist
+    from p53hcc.tools.cohort.splits import write_datalist
 
     if gpu:
-        from tools.synth import make_cohort
+        from p53hcc.tools.cohort.synth import make_cohort
 
         csv = Path(make_cohort(n=cfg["n"], out=out / "cohort", seed=seed, size="paper", second_reader=False))
         csv = csv if csv.suffix == ".csv" else csv / "cohort.csv"
@@ -138,20 +138,23 @@ def make_study(out: Path, cfg: dict, gpu: bool, seed: int = 0) -> Path:
 
 def run_sweep(cfg: dict, device: torch.device, out: Path) -> dict:
     """Cache crops, then train both arms for every net; returns the result record."""
-    from tools.train import DEFAULTS, datalist_part, roi_tensors, train_arm
-    from tools.train_ff import PHASES, phase_crops, phase_datalist, train_ff_arm
+    from p53hcc.tools.cohort.splits import select_items
+    from p53hcc.tools.dl.arms import get_arm
+    from p53hcc.tools.dl.bundle import training_params
+    from p53hcc.tools.dl.crossfit import train_arm
 
     gpu = device.type == "cuda"
     t_start = time.perf_counter()
     csv = make_study(out, cfg, gpu)
     study = out / "study"
     splits = json.loads((study / "splits.json").read_text())
-    params = {**DEFAULTS, "spatial_size": cfg["spatial_size"], "batch_size": cfg["batch_size"], "n4": False,
-              "amp": gpu, "epochs": cfg["epochs"]}
+    params = training_params("mc", spatial_size=cfg["spatial_size"], batch_size=cfg["batch_size"], n4=False,
+                             amp=gpu, epochs=cfg["epochs"])
     t0 = time.perf_counter()
-    roi_tensors(datalist_part(study / "datalist.json", "all"), study, params)
-    for phase in PHASES:
-        phase_crops(study, phase_datalist(study / "datalist.json", "all", -1, phase), phase, params)
+    items = select_items(study / "datalist.json", "all")
+    for arm in ("mc", "ff"):
+        for unit in get_arm(arm).units:
+            get_arm(arm).crops(study, items, params, unit)
     crop_s = time.perf_counter() - t0
     per_epoch = images_per_epoch(splits)
     train_kw = {**{k: params[k] for k in ("spatial_size", "batch_size", "n4", "amp")},
@@ -166,7 +169,7 @@ def run_sweep(cfg: dict, device: torch.device, out: Path) -> dict:
         train_arm(csv, study, arm="mc", net=net, epochs=cfg["epochs"], device=str(device), **train_kw)
         mc_s = time.perf_counter() - t
         t = time.perf_counter()
-        train_ff_arm(csv, study, net=net, epochs=cfg["epochs"], device=str(device), **train_kw)
+        train_arm(csv, study, arm="ff", net=net, epochs=cfg["epochs"], device=str(device), **train_kw)
         ff_s = time.perf_counter() - t
         for arm, secs, images, limit in (("mc", mc_s, per_epoch * cfg["epochs"], row["limit_3ch"]),
                                          ("ff", ff_s, 3 * per_epoch * cfg["epochs"], row["limit_1ch"])):
@@ -233,7 +236,7 @@ def main(argv: list[str] | None = None) -> Path:
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "cuda": torch.version.cuda if gpu else None},
     }
-    from tools.io_utils import atomic_write_json
+    from p53hcc.tools.io import atomic_write_json
 
     dest = atomic_write_json(Path(args.results) / f"train_sweep_{device_tag(device)}.json", record)
     print_table(result["rows"])

@@ -1,4 +1,4 @@
-"""Input checks shared by :mod:`fusion.stats`, :mod:`fusion.calibration` and :mod:`fusion.decision`.
+"""Input checks shared by :mod:`p53hcc.fusion.stats`, :mod:`p53hcc.fusion.calibration` and :mod:`p53hcc.fusion.decision`.
 
 They turn silent garbage (NaN scores, one-class cohorts, misaligned arrays) into one clear ``ValueError``.
 """

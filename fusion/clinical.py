@@ -19,7 +19,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 from statsmodels.tools.sm_exceptions import PerfectSeparationError
 
-from tools.errors import InputError
+from p53hcc.tools.errors import InputError
 
 #: Model variables derived from cohort.csv, in table order.
 PREOPERATIVE_VARIABLES: tuple[str, ...] = (

@@ -18,7 +18,7 @@ import pandas as pd
 from sklearn.base import clone
 from tqdm.auto import tqdm
 
-from tools.errors import InputError
+from p53hcc.tools.errors import InputError
 
 SCORE_COLUMNS = ["patient_id", "model", "fold", "split", "score"]
 

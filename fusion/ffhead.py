@@ -23,7 +23,7 @@ from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 
-PHASES: tuple[str, ...] = ("ap", "pvp", "dp")
+from p53hcc.tools.schema import PHASES
 
 
 def feature_columns(df: pd.DataFrame) -> list[str]:

@@ -17,7 +17,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from tools.errors import InputError
+from p53hcc.tools.errors import InputError
 
 TICK_FONTSIZE = 8
 X_LIMITS = (-42.0, 104.0)  # data units: room for row titles left of the 0-100 points scale

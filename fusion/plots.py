@@ -14,10 +14,10 @@ import pandas as pd
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 
-from fusion import stats
-from tools.errors import InputError
+from p53hcc.fusion import stats
+from p53hcc.tools.errors import InputError
+from p53hcc.tools.schema import SPLIT_TITLES
 
-SPLIT_TITLES = {"train": "Training cohort", "validation": "Validation cohort", "external": "External cohort"}
 REPORT_SIZE = (5.5, 5.0)  # inches; saved at 150 dpi in the report
 
 

@@ -1,8 +1,8 @@
 """Discrimination statistics of the paper: ROC AUC with DeLong CI, paired DeLong test, Youden threshold,
 threshold metrics, odds-ratio tables and the tidy ``metrics.csv`` rows.
 
-Calibration (binned curve, slope/intercept, Brier, Hosmer-Lemeshow) lives in :mod:`fusion.calibration` and
-decision-curve net benefit in :mod:`fusion.decision`; both are re-exported here so callers need one import.
+Calibration (binned curve, slope/intercept, Brier, Hosmer-Lemeshow) lives in :mod:`p53hcc.fusion.calibration` and
+decision-curve net benefit in :mod:`p53hcc.fusion.decision`; both are re-exported here so callers need one import.
 
 Every statistic is checked in ``tests/test_stats.py`` against a reference (pROC, R dcurves, blorr,
 performance, UCLA glm output) stored in ``shared/reference-data``.
@@ -23,15 +23,15 @@ from scipy import optimize, special
 from scipy import stats as sps
 from statsmodels.stats.proportion import proportion_confint
 
-from fusion._validation import as_labels, check_binary, check_probability
-from fusion.calibration import (
+from p53hcc.fusion._validation import as_labels, check_binary, check_probability
+from p53hcc.fusion.calibration import (
     HosmerLemeshow,
     brier_score,
     calibration_curve,
     calibration_slope_intercept,
     hosmer_lemeshow,
 )
-from fusion.decision import net_benefit
+from p53hcc.fusion.decision import net_benefit
 
 __all__ = [
     "AUCResult", "DeLongTest", "HosmerLemeshow", "auc_ci", "brier_score", "calibration_curve",

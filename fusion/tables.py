@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from fusion.clinical import (
+from p53hcc.fusion.clinical import (
     _as_target,
     _fit_logit,
     _or_rows,
@@ -32,8 +32,8 @@ from fusion.clinical import (
     stepwise_aic,
     univariable_table,
 )
+from p53hcc.tools.schema import SPLIT_LABELS
 
-SPLIT_LABELS = {"train": "TC", "validation": "VC", "external": "EC", "all": "All"}
 GROUP_LABELS = {"0": "P53\u2212 HCC", "1": "P53+ HCC"}
 
 

@@ -22,13 +22,14 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-from fusion.selection import make_radiomics_model, rad_score, selected_features_table
-from fusion.stats import auc_ci
-from tools.cohort import read_cohort
-from tools.io_utils import atomic_write_json
-from tools.preprocess import preprocess_cohort
-from tools.radiomics import extract_cohort, versions
-from tools.synth import make_cohort
+from p53hcc.fusion.selection import make_radiomics_model, rad_score, selected_features_table
+from p53hcc.fusion.stats import auc_ci
+from p53hcc.tools.cohort.manifest import read_cohort
+from p53hcc.tools.cohort.synth import make_cohort
+from p53hcc.tools.io import atomic_write_json
+from p53hcc.tools.preprocessing.run import preprocess_cohort
+from p53hcc.tools.radiomics.extract import extract_cohort
+from p53hcc.tools.radiomics.features import versions
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
@@ -42,7 +43,7 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=600)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--preset", default="demo", help="preprocessing preset (tools.preprocess.PRESETS)")
+    ap.add_argument("--preset", default="demo", help="preprocessing preset (p53hcc.tools.preprocessing.params.PRESETS)")
     ap.add_argument("--params", default="demo", help="radiomics params: demo, paper or a YAML file")
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--n-shuffles", type=int, default=20, help="label permutations for the null distribution")

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-PHASES = ("ap", "pvp", "dp")
+from p53hcc.tools.schema import PHASES
 
 
 def write_nifti(path: Path, array: np.ndarray, spacing=(1.5, 1.5, 4.0), dtype=np.float32) -> Path:
@@ -50,19 +50,5 @@ def tiny_cohort(tmp_path: Path) -> Path:
     return make_tiny_cohort(tmp_path / "cohort")
 
 
-def reference_data() -> Path:
-    """Folder of the reference data (``../shared/reference-data`` beside the checkout, or $P53HCC_REFERENCE_DATA).
-
-    Missing reference data is a hard error under CI (CI=true), so a reference check can never pass by skipping.
-    """
-    import os
-
-    env = os.environ.get("P53HCC_REFERENCE_DATA")
-    candidates = [Path(env)] if env else []
-    candidates += [Path(__file__).resolve().parents[2] / "shared" / "reference-data", Path("/work/shared/reference-data")]
-    for path in candidates:
-        if path.is_dir():
-            return path
-    if os.environ.get("CI"):
-        raise RuntimeError(f"reference data not found (looked in {', '.join(map(str, candidates))})")
-    return candidates[0]
+#: Reference data vendored with the tests (source and licence of each set in tests/data/README.md).
+REFERENCE_DATA = Path(__file__).resolve().parent / "data"

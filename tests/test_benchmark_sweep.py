@@ -38,13 +38,13 @@ def test_images_per_epoch_counts_fold_and_full_models(bench):
 
 def test_cpu_variant_writes_record(bench, tmp_path, monkeypatch):
     """Whole script on CPU (tiny cohort, 1 epoch, 2 folds); the network factory is a tiny CNN to stay fast."""
-    import tools.nets
-
-    monkeypatch.setattr(tools.nets, "build_net", lambda name, in_channels=3, *a, **k: _Tiny(in_channels))
+    tiny = lambda name, in_channels=3, *a, **k: _Tiny(in_channels)
+    monkeypatch.setattr("p53hcc.tools.dl.nets.build_net", tiny)
+    monkeypatch.setattr("p53hcc.tools.dl.engine.build_net", tiny)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     dest = bench.main(["--device", "cpu", "--nets", "resnet18", "--n", "10", "--work", str(tmp_path / "w"),
                        "--results", str(tmp_path / "results"), "--limit_steps", "1"])
-    rec = json.loads(Path(dest).read_text())
+    rec = json.loads(Path(dest).read_text(encoding="utf-8"))
     assert Path(dest).name == "train_sweep_cpu.json"
     assert rec["gpu_measured"] is False and "GPU figures not measured" in rec["note"]
     (row,) = rec["rows"]

@@ -9,17 +9,17 @@ import pytest
 import statsmodels.api as sm
 from sklearn.base import clone
 
-from fusion.clinical import (
+from p53hcc.fusion.clinical import (
     ClinicalModel,
     encode_clinical,
     multivariable_table,
     stepwise_aic,
     univariable_table,
 )
-from tests.conftest import reference_data
-from tools.errors import InputError
+from p53hcc.tools.errors import InputError
+from tests.conftest import REFERENCE_DATA
 
-REF = reference_data()
+REF = REFERENCE_DATA
 
 
 def raw_cohort(n: int = 300, seed: int = 0, beta_ltd: float = 0.03, beta_rim: float = 1.4) -> pd.DataFrame:
@@ -72,7 +72,7 @@ def test_encoding_errors_name_patient_and_column(column, value, match):
 def test_odds_ratios_reproduce_ucla_glm():
     """Multivariable OR table == R glm(admit ~ gre + gpa + factor(rank)) as printed by UCLA (Wald CIs)."""
     data = pd.read_csv(REF / "ucla_binary" / "binary.csv")
-    exp = json.loads((REF / "ucla_binary" / "expected.json").read_text())["ucla_admission"]
+    exp = json.loads((REF / "ucla_binary" / "expected.json").read_text(encoding="utf-8"))["ucla_admission"]
     X = pd.DataFrame({"gre": data.gre, "gpa": data.gpa, **{f"rank{k}": (data["rank"] == k).astype(float)
                                                             for k in (2, 3, 4)}})
     tab = multivariable_table(X, data.admit, p_enter=1.0).set_index("variable")
@@ -126,7 +126,7 @@ def test_clinical_model_estimator():
 
 
 def test_synthetic_cohort_multivariable_like_paper():
-    synth = pytest.importorskip("tools.synth", reason="tools.synth (synthetic cohort generator) not available")
+    synth = pytest.importorskip("p53hcc.tools.cohort.synth", reason="p53hcc.tools.cohort.synth (synthetic cohort generator) not available")
     cohort, _ = synth.sample_patients(320, seed=0)
     train = cohort[cohort.split == "train"]
     tab = multivariable_table(encode_clinical(train, preoperative_only=False), train.p53).set_index("variable")

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from p53hcc.tools.cohort.manifest import read_cohort, validate_cohort
+from p53hcc.tools.cohort.splits import make_splits, write_datalist
 from tests.conftest import make_tiny_cohort, write_nifti
-from tools.cohort import make_splits, read_cohort, validate_cohort, write_datalist
 
 
 def _edit(cohort: Path, **changes) -> Path:
@@ -94,7 +95,7 @@ def test_single_mask_column_expands(tiny_cohort):
 def test_nrrd_and_dicom_series_read(tmp_path):
     import SimpleITK as sitk
 
-    from tools.imageio import read_array, read_geometry
+    from p53hcc.tools.cohort.imageio import read_array, read_geometry
 
     img = sitk.GetImageFromArray(np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6))
     img.SetSpacing((0.8, 0.8, 3.0))
@@ -133,7 +134,7 @@ def test_splits_stratified_seeded_disjoint_complete(tiny_cohort, tmp_path):
 
 def test_datalist_written(tiny_cohort, tmp_path):
     dest = write_datalist(tiny_cohort, tmp_path / "study", folds=3)
-    data = json.loads(dest.read_text())
+    data = json.loads(dest.read_text(encoding="utf-8"))
     assert len(data["training"]) == 6 and len(data["validation"]) == 2
     item = data["training"][0]
     assert set(item) >= {"patient_id", "ap", "pvp", "dp", "ap_mask", "pvp_mask", "dp_mask", "label", "fold"}
@@ -143,11 +144,11 @@ def test_datalist_written(tiny_cohort, tmp_path):
 
 
 def test_cli_validate_exit_codes(tiny_cohort):
-    ok = subprocess.run([sys.executable, "-m", "tools.cli", "validate", str(tiny_cohort)], check=False, capture_output=True,
+    ok = subprocess.run([sys.executable, "-m", "p53hcc.tools.cli", "validate", str(tiny_cohort)], check=False, capture_output=True,
                         text=True, encoding="utf-8")
     assert ok.returncode == 0, ok.stderr
     (tiny_cohort.parent / "masks" / "P001_ap_mask.nii.gz").unlink()
-    bad = subprocess.run([sys.executable, "-m", "tools.cli", "validate", str(tiny_cohort)], check=False, capture_output=True,
+    bad = subprocess.run([sys.executable, "-m", "p53hcc.tools.cli", "validate", str(tiny_cohort)], check=False, capture_output=True,
                          text=True, encoding="utf-8")
     assert bad.returncode == 1
     assert "patient P001" in bad.stdout and "problem(s)" in bad.stderr

@@ -9,10 +9,10 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from fusion.crossfit import crossfit_predict, crossfit_scores, fit_full, scores_wide
-from fusion.models import CombinedModel, logit, make_clinical_model, make_combined_model
+from p53hcc.fusion.crossfit import crossfit_predict, crossfit_scores, fit_full, scores_wide
+from p53hcc.fusion.models import CombinedModel, logit, make_clinical_model, make_combined_model
+from p53hcc.tools.errors import InputError
 from tests.test_clinical import raw_cohort
-from tools.errors import InputError
 
 
 def make_splits(ids, n_folds: int = 5, seed: int = 0) -> dict:

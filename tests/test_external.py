@@ -1,6 +1,5 @@
 """External validation end to end: the real study on a tiny synthetic cohort, its frozen model evaluated on an
-independently generated cohort from other scanner profiles (issue 7: "evaluate shows the drop (or not) in AUC
-with CIs")."""
+independently generated cohort from other scanner profiles: evaluate shows the drop (or not) in AUC, with CIs."""
 from __future__ import annotations
 
 import time
@@ -18,9 +17,9 @@ STUDY = dict(nets="resnet18", folds=2, epochs=1, spatial_size=32, batch_size=8, 
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
-    from tools.predict import evaluate_cohort
-    from tools.study import run_study
-    from tools.synth import make_cohort
+    from p53hcc.tools.cohort.synth import make_cohort
+    from p53hcc.tools.pipeline.predict import evaluate_cohort
+    from p53hcc.tools.pipeline.study import run_study
 
     root = tmp_path_factory.mktemp("external")
     t0 = time.perf_counter()
@@ -53,7 +52,7 @@ def test_external_metrics_have_auc_with_delong_ci(evaluated):
 
 def test_report_shows_internal_next_to_external_auc(evaluated):
     root, _, metrics_path = evaluated
-    page = (root / "eval" / "report.html").read_text()
+    page = (root / "eval" / "report.html").read_text(encoding="utf-8")
     study = pd.read_csv(root / "study" / "metrics.csv")
     ext = pd.read_csv(metrics_path)
     val = study[(study["model"] == "combined") & (study["split"] == "validation") & (study["metric"] == "auc")].iloc[0]

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from tools.gradcam import gradcam_maps, randomised_copy, sanity_check, save_overlay, spearman
-from tools.nets import build_net
+from p53hcc.tools.dl.gradcam import gradcam_maps, randomised_copy, sanity_check, save_overlay, spearman
+from p53hcc.tools.dl.nets import build_net
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import pandas as pd
 import pingouin as pg
 import pytest
 
-from tools.icc import icc_a1, icc_table, reliable_features
+from p53hcc.tools.radiomics.icc import icc_a1, icc_table, reliable_features
 
 
 def _readers(n=30, p=6, seed=0):

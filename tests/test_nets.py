@@ -4,8 +4,27 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tools.errors import P53hccError
-from tools.nets import NETS, build_net, feature_extractor, load_net, load_pretrained, penultimate_dim
+from p53hcc.tools.dl.nets import (
+    NETS,
+    build_net,
+    feature_extractor,
+    load_net,
+    load_pretrained,
+    penultimate_dim,
+)
+from p53hcc.tools.errors import P53hccError
+
+# Penultimate widths of the paper's networks (ResNet basic blocks 512, bottleneck 2048, DenseNet121 1024).
+WIDTHS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048, "resnet152": 2048,
+          "densenet121": 1024}
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_one_channel_nets_give_the_published_penultimate_width(name):
+    net = build_net(name, in_channels=1, num_classes=2).eval()
+    with torch.no_grad():
+        feats = feature_extractor(net)(torch.randn(2, 1, 64, 64))
+    assert feats.shape == (2, WIDTHS[name]) == (2, penultimate_dim(name))
 
 
 @pytest.mark.parametrize("name", NETS)

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import tools.preprocess as pp
+import p53hcc.tools.preprocessing.run as pp
+from p53hcc.tools.errors import P53hccError
 from tests.conftest import make_tiny_cohort
-from tools.errors import P53hccError
 
 FAST = {"n4": {"n_iterations": [10, 10]}}
 PHASES = ("ap", "pvp", "dp")

@@ -16,11 +16,13 @@ import pytest
 import yaml
 from sklearn.metrics import roc_auc_score
 
-from fusion.crossfit import scores_wide
-from fusion.models import make_combined_model
-from fusion.report import SECTIONS, make_figures, write_report
-from tools.stages import run_statistics
-from tools.study import resolve_config, write_paper_selection, write_selection
+from p53hcc.fusion.crossfit import scores_wide
+from p53hcc.fusion.figures import make_figures
+from p53hcc.fusion.models import make_combined_model
+from p53hcc.fusion.report import SECTIONS, write_report
+from p53hcc.tools.pipeline.config import resolve_config
+from p53hcc.tools.pipeline.selection import write_paper_selection, write_selection
+from p53hcc.tools.pipeline.statistics import run_statistics
 
 MODELS = ("clinical", "radiomics", "mc_resnet18", "ff_resnet18", "combined")
 
@@ -37,7 +39,7 @@ def _png(path, title):
 @pytest.fixture(scope="module")
 def fake_study(tmp_path_factory):
     """A study folder with tidy outputs as the stages write them (scores from the true probability + noise)."""
-    from tools.synth import sample_patients
+    from p53hcc.tools.cohort.synth import sample_patients
 
     root = tmp_path_factory.mktemp("study")
     cohort, truth = sample_patients(80, seed=3)
@@ -67,13 +69,13 @@ def fake_study(tmp_path_factory):
     dl = scores[scores.model.str.contains("_")]
     write_selection(root, dl, y, ["mc", "ff"], ["resnet18"])
     write_paper_selection(root, dl, y, ["mc", "ff"], ["resnet18"], enabled=True)
-    sel = json.loads((root / "selection.json").read_text())
+    sel = json.loads((root / "selection.json").read_text(encoding="utf-8"))
     Xc = scores_wide(scores, {"clinical": "clinical", "radiomics": "radiomics", "dl": sel["chosen"]["model"]})
     (root / "fusion").mkdir()
     Xc.reset_index().to_parquet(root / "fusion" / "combined_inputs.parquet")
     train = cohort.loc[cohort.split == "train", "patient_id"]
     joblib.dump(make_combined_model().fit(Xc.loc[train], y.loc[train]), root / "fusion" / "combined.joblib")
-    make_figures(root)
+    make_figures(root, cohort.set_index("patient_id")["p53"])
     _png(root / "gradcam" / "ff_resnet18" / "SYN0001.png", "cam")
     pd.DataFrame({"feature": ["ap_original_firstorder_Mean", "dp_glcm_Contrast"], "coefficient": [0.8, -0.3]}
                  ).to_csv(root / "fusion" / "radiomics_lasso.csv", index=False)
@@ -102,7 +104,7 @@ def test_statistics_match_sklearn_and_truth(fake_study):
 
 def test_figures_all_drawn(fake_study):
     root = fake_study[0]
-    assert json.loads((root / "figures" / "missing.json").read_text()) == {}
+    assert json.loads((root / "figures" / "missing.json").read_text(encoding="utf-8")) == {}
     names = {p.name for p in (root / "figures").glob("*.png")}
     for sp in ("train", "validation"):
         assert {f"roc_{sp}_mc.png", f"roc_{sp}_ff.png", f"roc_{sp}_final.png", f"calibration_{sp}.png",
@@ -112,7 +114,7 @@ def test_figures_all_drawn(fake_study):
 
 def test_report_has_every_section_and_is_self_contained(fake_study):
     root = fake_study[0]
-    page = write_report(root).read_text()
+    page = write_report(root, fake_study[2]).read_text(encoding="utf-8")
     for heading in SECTIONS:
         assert f">{heading}" in page, heading
     assert page.count("data:image/png;base64,") >= 14
@@ -130,7 +132,7 @@ def test_report_has_every_section_and_is_self_contained(fake_study):
 
 
 def test_report_of_empty_study_shows_not_available(tmp_path):
-    page = write_report(tmp_path).read_text()
+    page = write_report(tmp_path).read_text(encoding="utf-8")
     for heading in SECTIONS:
         assert f">{heading}" in page
     assert page.count("Not available:") >= 10

@@ -7,8 +7,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose
 
-from tools.errors import InputError
-from tools.roi import (
+from p53hcc.tools.dl.roi import (
     BatchRandCropFlip,
     LargestAreaSlice,
     LargestAreaSliced,
@@ -19,6 +18,7 @@ from tools.roi import (
     roi_bbox,
     roi_transforms,
 )
+from p53hcc.tools.errors import InputError
 
 
 def _volume(shape=(40, 30, 8)):

@@ -1,4 +1,4 @@
-"""Unit tests of fusion.stats on hand-computable and simulated data (reference checks against pROC,
+"""Unit tests of p53hcc.fusion.stats on hand-computable and simulated data (reference checks against pROC,
 dcurves, blorr, performance and UCLA are in tests/test_reference_stats.py)."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from scipy.special import expit, logit
 from sklearn.metrics import brier_score_loss, roc_auc_score
 
-from fusion import stats
+from p53hcc.fusion import stats
 
 
 # ------------------------------------------------------------------------------------------- AUC / DeLong

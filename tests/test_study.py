@@ -9,9 +9,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from tools.errors import P53hccError
-from tools.stages import Stage, read_marker, run_stages
-from tools.study import build_stages, choose_dl_model, resolve_config, write_paper_selection, write_selection
+from p53hcc.tools.errors import P53hccError
+from p53hcc.tools.pipeline.config import resolve_config
+from p53hcc.tools.pipeline.selection import choose_dl_model, write_paper_selection, write_selection
+from p53hcc.tools.pipeline.stages import Stage, read_marker, run_stages
+from p53hcc.tools.pipeline.study import build_stages
 
 
 def _pipeline(calls: list, params_b: dict | None = None, fail_b: bool = False, sleep_mark: list | None = None):
@@ -25,11 +27,11 @@ def _pipeline(calls: list, params_b: dict | None = None, fail_b: bool = False, s
         (ctx.study_dir / "b.part").write_text("half")  # a partial output, then a crash
         if fail_b:
             raise RuntimeError("killed mid-way")
-        (ctx.study_dir / "b.txt").write_text((ctx.study_dir / "a.txt").read_text() + str(ctx.params["x"]))
+        (ctx.study_dir / "b.txt").write_text((ctx.study_dir / "a.txt").read_text(encoding="utf-8") + str(ctx.params["x"]))
 
     def c(ctx):
         calls.append("c")
-        (ctx.study_dir / "c.txt").write_text((ctx.study_dir / "b.txt").read_text() + "C")
+        (ctx.study_dir / "c.txt").write_text((ctx.study_dir / "b.txt").read_text(encoding="utf-8") + "C")
 
     def d(ctx):
         calls.append("d")
@@ -40,37 +42,37 @@ def _pipeline(calls: list, params_b: dict | None = None, fail_b: bool = False, s
 
 def test_second_run_executes_nothing(tmp_path):
     calls: list = []
-    first = run_stages(_pipeline(calls), tmp_path, log=None)
+    first = run_stages(_pipeline(calls), tmp_path)
     assert calls == ["a", "b", "c", "d"] and all(r.status == "ran" for r in first)
     calls.clear()
-    second = run_stages(_pipeline(calls), tmp_path, log=None)
+    second = run_stages(_pipeline(calls), tmp_path)
     assert calls == [] and all(r.status == "cached" for r in second)
-    assert (tmp_path / "c.txt").read_text() == "A1C"
+    assert (tmp_path / "c.txt").read_text(encoding="utf-8") == "A1C"
 
 
 def test_param_change_reruns_only_that_stage_and_dependants(tmp_path):
     calls: list = []
-    run_stages(_pipeline(calls), tmp_path, log=None)
+    run_stages(_pipeline(calls), tmp_path)
     calls.clear()
-    run_stages(_pipeline(calls, params_b={"x": 2}), tmp_path, log=None)
+    run_stages(_pipeline(calls, params_b={"x": 2}), tmp_path)
     assert calls == ["b", "c"]  # a and d (not downstream of b) stay cached
-    assert (tmp_path / "c.txt").read_text() == "A2C"
+    assert (tmp_path / "c.txt").read_text(encoding="utf-8") == "A2C"
     assert read_marker(tmp_path, "b")["params"] == {"x": 2}
 
 
 def test_killed_stage_leaves_no_marker_and_reruns(tmp_path):
     calls: list = []
     with pytest.raises(RuntimeError):
-        run_stages(_pipeline(calls, fail_b=True), tmp_path, log=None)
+        run_stages(_pipeline(calls, fail_b=True), tmp_path)
     assert read_marker(tmp_path, "a") is not None and read_marker(tmp_path, "b") is None
     assert read_marker(tmp_path, "c") is None
     calls.clear()
-    run_stages(_pipeline(calls), tmp_path, log=None)
+    run_stages(_pipeline(calls), tmp_path)
     assert calls == ["b", "c", "d"]
     # identical outputs to an uninterrupted run
     fresh = tmp_path / "fresh"
-    run_stages(_pipeline([]), fresh, log=None)
-    assert (tmp_path / "c.txt").read_text() == (fresh / "c.txt").read_text()
+    run_stages(_pipeline([]), fresh)
+    assert (tmp_path / "c.txt").read_text(encoding="utf-8") == (fresh / "c.txt").read_text(encoding="utf-8")
 
 
 def test_deleted_output_reruns_that_stage(tmp_path):
@@ -79,10 +81,10 @@ def test_deleted_output_reruns_that_stage(tmp_path):
     def make():
         return [Stage("w", lambda ctx: (calls.append("w"), (ctx.study_dir / "w.txt").write_text("w")),
                       outputs=["w.txt"])]
-    run_stages(make(), tmp_path, log=None)
-    run_stages(make(), tmp_path, log=None)
+    run_stages(make(), tmp_path)
+    run_stages(make(), tmp_path)
     (tmp_path / "w.txt").unlink()
-    run_stages(make(), tmp_path, log=None)
+    run_stages(make(), tmp_path)
     assert calls == ["w", "w"] and (tmp_path / "w.txt").exists()
 
 
@@ -93,10 +95,10 @@ def test_changed_input_file_reruns(tmp_path):
 
     def make():
         return [Stage("v", lambda ctx: calls.append("v"), inputs=[src])]
-    run_stages(make(), tmp_path / "s", log=None)
-    run_stages(make(), tmp_path / "s", log=None)
+    run_stages(make(), tmp_path / "s")
+    run_stages(make(), tmp_path / "s")
     src.write_text("v2")
-    run_stages(make(), tmp_path / "s", log=None)
+    run_stages(make(), tmp_path / "s")
     assert calls == ["v", "v"]
 
 
@@ -118,7 +120,7 @@ def test_config_merge_user_yaml_then_cli(tmp_path):
 def test_pipeline_keys_ignore_runtime_knobs():
     """Workers / device do not invalidate finished work; epochs invalidates the DL stages only."""
     def keys(**kw):
-        from tools.stages import stage_key
+        from p53hcc.tools.pipeline.stages import stage_key
         out, upstream = {}, {}
         for s in build_stages(resolve_config(nets="resnet18", **kw), cohort_given=True):
             upstream[s.name] = out[s.name] = stage_key(s, upstream)
@@ -161,9 +163,9 @@ def test_write_selection_from_scores(tmp_path):
                         for m, s in (("mc_resnet18", noise), ("ff_resnet18", good))])
     sel = write_selection(tmp_path, scores, y, ["mc", "ff"], ["resnet18"])
     assert sel["chosen"]["model"] == "ff_resnet18"
-    assert "validation cohort is not used" in json.loads((tmp_path / "selection.json").read_text())["rule"]
+    assert "validation cohort is not used" in json.loads((tmp_path / "selection.json").read_text(encoding="utf-8"))["rule"]
     write_paper_selection(tmp_path, scores, y, ["mc", "ff"], ["resnet18"], enabled=True)
-    assert "optimistic" in json.loads((tmp_path / "selection_paper.json").read_text())["rule"]
+    assert "optimistic" in json.loads((tmp_path / "selection_paper.json").read_text(encoding="utf-8"))["rule"]
     write_paper_selection(tmp_path, scores, y, ["mc", "ff"], ["resnet18"], enabled=False)
     assert not (tmp_path / "selection_paper.json").exists()
 
@@ -173,8 +175,8 @@ def test_write_selection_from_scores(tmp_path):
 def fused_study(tmp_path_factory):
     """A study folder up to the DL stages made from cheap fakes (radiomics with signal, DL scores from the truth),
     then the real fusion, statistics and freeze stages."""
-    from tools.cohort import write_datalist
-    from tools.synth import sample_patients
+    from p53hcc.tools.cohort.splits import write_datalist
+    from p53hcc.tools.cohort.synth import sample_patients
 
     root = tmp_path_factory.mktemp("fused")
     cohort, truth = sample_patients(90, seed=5)
@@ -185,7 +187,7 @@ def fused_study(tmp_path_factory):
     cohort.to_csv(csv, index=False)
     truth.to_csv(csv.parent / "truth.csv", index=False)
     write_datalist(csv, root, folds=3, seed=0)
-    splits = json.loads((root / "splits.json").read_text())
+    splits = json.loads((root / "splits.json").read_text(encoding="utf-8"))
     rng = np.random.default_rng(2)
     ids, logit = truth["patient_id"].to_numpy(), truth["bayes_logit"].to_numpy()
     rad = pd.DataFrame(rng.normal(size=(len(ids), 12)), columns=[f"ap_original_firstorder_F{i}" for i in range(12)])
@@ -205,8 +207,9 @@ def fused_study(tmp_path_factory):
     cfg = resolve_config(nets="resnet18", folds=3)
     cfg.update(cohort=str(csv), cohort_generated=True)
     (root / "study.yaml").write_text(yaml.safe_dump(cfg))
-    from tools.predict import freeze_model
-    from tools.stages import run_fusion, run_statistics
+    from p53hcc.tools.pipeline.fit import run_fusion
+    from p53hcc.tools.pipeline.freeze import freeze_model
+    from p53hcc.tools.pipeline.statistics import run_statistics
 
     run_fusion(root, csv, cfg)
     run_statistics(root, csv, cfg)
@@ -221,14 +224,15 @@ def test_fusion_outputs(fused_study):
     tr = s[s.split == "train"]
     assert (tr["fold"] >= 0).all() and (s[s.split == "validation"]["fold"] == -1).all()
     assert s.groupby("model").size().nunique() == 1          # every model scored every patient
-    assert json.loads((root / "selection.json").read_text())["chosen"]["model"] == "ff_resnet18"  # less noise
+    assert json.loads((root / "selection.json").read_text(encoding="utf-8"))["chosen"]["model"] == "ff_resnet18"  # less noise
     lasso = pd.read_csv(root / "fusion" / "radiomics_lasso.csv")
     assert "ap_original_firstorder_F0" in set(lasso["feature"])   # the one feature carrying signal
 
 
 def test_frozen_model_reproduces_study_scores(fused_study):
     """The frozen model applied to the validation patients gives exactly the study's validation scores."""
-    from tools.predict import load_model, score_patients
+    from p53hcc.tools.pipeline.freeze import load_model
+    from p53hcc.tools.pipeline.predict import score_patients
 
     root, cohort, rad = fused_study
     bundle = load_model(root / "model")
@@ -243,7 +247,7 @@ def test_frozen_model_reproduces_study_scores(fused_study):
     thr = bundle["manifest"]["threshold"]
     assert (pred["predicted_class"] == (pred["probability"] >= thr)).all()
     # nomogram: total points map back to the same probability
-    from fusion.nomogram import Nomogram
+    from p53hcc.fusion.nomogram import Nomogram
     spec = bundle["manifest"]["nomogram"]
     nomo = Nomogram(coefs=spec["coefs"], intercept=spec["intercept"], ranges=spec["ranges"], scale=spec["scale"],
                     refs=spec["refs"])
@@ -253,7 +257,9 @@ def test_frozen_model_reproduces_study_scores(fused_study):
 def test_evaluation_metrics(fused_study, tmp_path):
     from sklearn.metrics import roc_auc_score
 
-    from tools.predict import evaluation_metrics, load_model, score_patients, write_evaluation_report
+    from p53hcc.fusion.report import write_evaluation_report
+    from p53hcc.tools.pipeline.freeze import load_model
+    from p53hcc.tools.pipeline.predict import evaluation_metrics, score_patients
 
     root, cohort, rad = fused_study
     bundle = load_model(root / "model")
@@ -266,7 +272,8 @@ def test_evaluation_metrics(fused_study, tmp_path):
     assert auc.estimate == pytest.approx(roc_auc_score(y.loc[pred.patient_id], pred.probability))
     assert {"calibration_intercept", "calibration_slope"} <= set(m.metric)
     assert set(nb["model"]) >= {"combined", "all", "none"}
-    page = write_evaluation_report(root / "model", tmp_path, m).read_text()
+    study_metrics = pd.read_csv(root / "model" / "study_metrics.csv")
+    page = write_evaluation_report(tmp_path / "report.html", m, study_metrics, "ff_resnet18", root / "model").read_text(encoding="utf-8")
     assert "AUC validation" in page and "AUC external" in page
 
 
@@ -279,18 +286,15 @@ class _Killed(Exception):
 def fake_image_stages(monkeypatch):
     """Replace the image-heavy stage functions (synth images, preprocess, radiomics, CNN training, Grad-CAM) by
     fast deterministic fakes, so the real orchestration, fusion, statistics, figures, report and freezing run."""
-    import sys
-    import types
-
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    import tools.cohort
-    import tools.radiomics
-    import tools.synth
-    import tools.train
-    from tools.synth import sample_patients
+    import p53hcc.tools.cohort.manifest
+    import p53hcc.tools.cohort.synth
+    import p53hcc.tools.dl.crossfit
+    import p53hcc.tools.radiomics.extract
+    from p53hcc.tools.cohort.synth import sample_patients
 
     state = {"kill": None, "calls": []}
 
@@ -320,11 +324,12 @@ def fake_image_stages(monkeypatch):
         rad.to_parquet(Path(out) / "radiomics.parquet", index=False)
 
     def train_arm(cohort_csv, out, arm="mc", net="resnet18", epochs=None, device=None, **kw):
+        assert kw["source"] == "preprocessed" and kw["seed"] == 0  # the study's training values reach the arm
         state["calls"].append(f"{arm}_{net}")
         if state["kill"] == f"{arm}_{net}":
             raise _Killed(f"killed while training {arm}_{net}")
         t = truth_of(cohort_csv)
-        splits = json.loads((Path(out) / "splits.json").read_text())
+        splits = json.loads((Path(out) / "splits.json").read_text(encoding="utf-8"))
         rng = np.random.default_rng([ord(arm[0]), len(net), int(epochs)])
         s = 1 / (1 + np.exp(-(t["bayes_logit"] + rng.normal(0, 1.5, len(t)))))
         d = Path(out) / "dl" / arm / net
@@ -341,34 +346,35 @@ def fake_image_stages(monkeypatch):
         fig.savefig(Path(out) / "gradcam" / f"{arm}_{net}.png")
         plt.close(fig)
 
-    monkeypatch.setattr(tools.synth, "make_cohort", make_cohort)
-    monkeypatch.setattr(tools.cohort, "validate_cohort", lambda path, **kw: [])
-    monkeypatch.setattr(tools.radiomics, "extract_cohort", extract_cohort)
-    monkeypatch.setattr(tools.train, "train_arm", train_arm)
-    monkeypatch.setitem(sys.modules, "tools.preprocess", types.SimpleNamespace(preprocess_cohort=preprocess_cohort))
-    monkeypatch.setitem(sys.modules, "tools.gradcam", types.SimpleNamespace(gradcam_command=gradcam_command))
+    monkeypatch.setattr(p53hcc.tools.cohort.synth, "make_cohort", make_cohort)
+    monkeypatch.setattr(p53hcc.tools.cohort.manifest, "validate_cohort", lambda path, **kw: [])
+    monkeypatch.setattr(p53hcc.tools.radiomics.extract, "extract_cohort", extract_cohort)
+    monkeypatch.setattr(p53hcc.tools.dl.crossfit, "train_arm", train_arm)
+    monkeypatch.setattr("p53hcc.tools.preprocessing.run.preprocess_cohort", preprocess_cohort)
+    monkeypatch.setattr("p53hcc.tools.dl.gradcam.gradcam_command", gradcam_command)
     return state
 
 
 def _snapshot(root) -> dict:
-    """Content hashes of every output (markers hold timings, so they are compared by key only)."""
-    from tools.io_utils import file_sha256
+    """Content hashes of every output (markers hold timings, so they are compared by key only; the log is a
+    record of the runs, not an output)."""
+    from p53hcc.tools.io import file_sha256
 
     out = {}
     for p in sorted(root.rglob("*")):
-        if p.is_file():
+        if p.is_file() and p.name != "study.log":
             rel = p.relative_to(root).as_posix()
-            out[rel] = json.loads(p.read_text())["key"] if rel.startswith(".stages/") else file_sha256(p)
+            out[rel] = json.loads(p.read_text(encoding="utf-8"))["key"] if rel.startswith(".stages/") else file_sha256(p)
     return out
 
 
 def test_run_study_kill_and_resume_gives_identical_outputs(tmp_path, fake_image_stages):
-    from tools.study import run_study
+    from p53hcc.tools.pipeline.study import run_study
 
     kw = dict(out=tmp_path / "study", nets="resnet18", folds=3, epochs=1, **{"synth.n": 70})
     report = run_study(**kw)
     assert report.exists() and (tmp_path / "study" / "model" / "manifest.json").exists()
-    page = report.read_text()
+    page = report.read_text(encoding="utf-8")
     assert page.count("Not available") == 0, "every section should be filled by the fake study"
     clean = _snapshot(tmp_path / "study")
 
@@ -387,21 +393,17 @@ def test_run_study_kill_and_resume_gives_identical_outputs(tmp_path, fake_image_
     fake_image_stages["calls"].clear()
     run_study(**kw)                                             # nothing left to do
     assert fake_image_stages["calls"] == []
-    fusion_marker = (tmp_path / "study" / ".stages" / "fusion.done").read_text()
-    page = run_study(**kw, paper_selection=True).read_text()    # reporting option: fusion is not redone
-    assert (tmp_path / "study" / ".stages" / "fusion.done").read_text() == fusion_marker
+    fusion_marker = (tmp_path / "study" / ".stages" / "fusion.done").read_text(encoding="utf-8")
+    page = run_study(**kw, paper_selection=True).read_text(encoding="utf-8")    # reporting option: fusion is not redone
+    assert (tmp_path / "study" / ".stages" / "fusion.done").read_text(encoding="utf-8") == fusion_marker
     assert "Paper's practice (optimistic)" in page and fake_image_stages["calls"] == []
 
 
 def test_predict_and_evaluate_cohort_glue(fused_study, tmp_path, monkeypatch):
     """predict_cohort / evaluate_cohort on the study's validation patients, written as a new cohort file: image
     stages faked, everything else real; probabilities equal the study's."""
-    import sys
-    import types
-
-    import tools.cohort
-    import tools.radiomics
-    from tools.predict import evaluate_cohort, predict_cohort
+    from p53hcc.tools.pipeline import predict
+    from p53hcc.tools.pipeline.predict import evaluate_cohort, predict_cohort
 
     root, cohort, rad = fused_study
     new = cohort[cohort.split == "validation"].assign(split="external")
@@ -410,9 +412,9 @@ def test_predict_and_evaluate_cohort_glue(fused_study, tmp_path, monkeypatch):
     new.to_csv(csv, index=False)
     s = pd.read_parquet(root / "scores.parquet")
     dl = s[s.model == "ff_resnet18"].set_index("patient_id")["score"]
-    monkeypatch.setattr(tools.cohort, "validate_cohort", lambda path, **kw: [])
-    monkeypatch.setattr(tools.radiomics, "extract_cohort", lambda cohort_csv, out, params=None, **kw: rad)
-    monkeypatch.setitem(sys.modules, "tools.preprocess", types.SimpleNamespace(preprocess_cohort=lambda *a, **k: None))
+    monkeypatch.setattr(predict, "validate_cohort", lambda path, **kw: [])
+    monkeypatch.setattr(predict, "extract_cohort", lambda cohort_csv, out, params=None, **kw: rad)
+    monkeypatch.setattr(predict, "preprocess_cohort", lambda *a, **k: None)
     pred = pd.read_csv(predict_cohort(root / "model", csv, tmp_path / "pred", dl_scorer=lambda *a: dl, gradcam=False),
                        dtype={"patient_id": str}).set_index("patient_id")
     study = s[(s.model == "combined") & (s.split == "validation")].set_index("patient_id")["score"]

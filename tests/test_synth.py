@@ -15,11 +15,11 @@ from scipy.spatial import ConvexHull
 from scipy.spatial.distance import pdist
 from sklearn.metrics import roc_auc_score
 
-from tools import synth, synth_images
-from tools.errors import P53hccError
-from tools.io_utils import file_sha256
+from p53hcc.tools.cohort import synth, synth_images
+from p53hcc.tools.errors import P53hccError
+from p53hcc.tools.io import file_sha256
 
-# Table 1, training cohort, typed again from the paper (independent of tools.synth): level -> (P53-, P53+).
+# Table 1, training cohort, typed again from the paper (independent of p53hcc.tools.cohort.synth): level -> (P53-, P53+).
 TABLE1 = {
     "sex": {"M": (75, 111), "F": (21, 17)},
     "ca199_band": {"<37": (85, 111), ">=37": (11, 17)},
@@ -153,7 +153,7 @@ def test_same_seed_identical_files_different_seed_differs(tiny):
 
 def test_identical_across_processes(tiny, tmp_path):
     """A fresh interpreter with another hash seed writes the same bytes (no set/dict-order or time dependence)."""
-    code = f"from tools.synth import make_cohort; make_cohort(6, {str(tmp_path / 'd')!r}, seed=0)"
+    code = f"from p53hcc.tools.cohort.synth import make_cohort; make_cohort(6, {str(tmp_path / 'd')!r}, seed=0)"
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True, timeout=120)
     assert _files(tmp_path / "d" / "cohort.csv") == _files(tiny[0])

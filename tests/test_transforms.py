@@ -7,16 +7,15 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from tools.preprocess import N4_DEFAULTS, PRESETS, resolve_params
-from tools.transforms import (
+from p53hcc.tools.preprocessing.chain import preprocessing_chain
+from p53hcc.tools.preprocessing.n4 import (
     N4BiasFieldCorrection,
     N4BiasFieldCorrectiond,
     body_region,
-    chain_params,
     log_bias_error,
     n4_correct,
-    preprocessing_chain,
 )
+from p53hcc.tools.preprocessing.params import N4_DEFAULTS, PRESETS, N4Params, chain_params, resolve_params
 
 SPACING = (1.5, 1.5, 4.0)
 FAST = {"n_iterations": [20, 20, 10]}
@@ -132,15 +131,15 @@ def test_n4_does_not_depend_on_itk_thread_count():
     np.testing.assert_array_equal(fields[0], fields[1])
 
 
-def test_transform_defaults_are_the_chain_defaults():
-    """The bundles wire N4BiasFieldCorrectiond with its defaults: they must be the preprocessing chain's N4."""
-    import inspect
-
-    for fn in (n4_correct, N4BiasFieldCorrection.__init__):
-        sig = inspect.signature(fn).parameters
-        for name, value in N4_DEFAULTS.items():
-            default = sig[name].default
-            assert (list(default) if isinstance(default, tuple) else default) == value, (fn.__qualname__, name)
+def test_one_home_for_the_n4_defaults():
+    """N4Params holds the N4 defaults; the function, the transforms (which the bundles wire without arguments), the
+    chain and the paper preset all take them from there."""
+    assert N4BiasFieldCorrection().params == N4Params().to_dict() == N4_DEFAULTS
+    assert chain_params()["n4"] == resolve_params("paper")["n4"] == resolve_params(None)["n4"] == N4_DEFAULTS
+    image, _, _ = _phantom(shape=(24, 24, 8))
+    np.testing.assert_array_equal(n4_correct(image, SPACING)[1], n4_correct(image, SPACING, **N4_DEFAULTS)[1])
+    with pytest.raises(ValueError, match="unknown N4"):
+        N4BiasFieldCorrection(shrink=4)
 
 
 def test_presets_recover_the_synthetic_bias_field():

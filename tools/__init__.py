@@ -1,0 +1,7 @@
+"""Everything around the models: cohort, synthetic cohort, preprocessing, radiomics, DL arms, pipeline, CLI.
+
+Stage packages, in data-flow order (each imports only packages before it, plus the leaf modules
+:mod:`~p53hcc.tools.errors`, :mod:`~p53hcc.tools.io`, :mod:`~p53hcc.tools.schema`, :mod:`~p53hcc.tools.logs`):
+:mod:`~p53hcc.tools.cohort` -> :mod:`~p53hcc.tools.preprocessing` -> :mod:`~p53hcc.tools.radiomics` |
+:mod:`~p53hcc.tools.dl` -> :mod:`~p53hcc.tools.pipeline` -> :mod:`~p53hcc.tools.cli`. See ``docs/architecture.md``.
+"""

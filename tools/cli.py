@@ -1,9 +1,27 @@
-"""The ``p53hcc`` command line (python-fire). Thin by design: each sub-command documents its arguments and
-delegates to a Python function in the module that owns the stage, so everything is also usable from Python.
+"""The ``p53hcc`` command line (python-fire). Thin by design: each sub-command documents its arguments and makes
+one call into the package that owns the stage, so everything is also usable from Python.
+
+Global flags (before or after the sub-command): ``--verbose`` / ``-v`` (debug lines) and ``--quiet`` / ``-q``
+(warnings and errors only). Boolean flags accept ``true/false``, ``yes/no``, ``1/0`` in any case (python-fire
+would pass the string ``'false'``, which is truthy).
 """
 from __future__ import annotations
 
 import sys
+
+BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+
+
+def as_bool(value, name: str = "flag") -> bool:
+    """A command-line boolean: bools as they are, ``true/false``, ``yes/no``, ``on/off``, ``1/0`` (any case)."""
+    from p53hcc.tools.errors import P53hccError
+
+    if isinstance(value, bool):
+        return value
+    key = str(value).strip().lower()
+    if key not in BOOL_WORDS:
+        raise P53hccError(f"--{name} expects true or false, got {value!r}")
+    return BOOL_WORDS[key]
 
 
 def synth(n: int = 320, out: str = "synthetic", seed: int = 0, size: str = "demo", second_reader: bool = True,
@@ -18,9 +36,10 @@ def synth(n: int = 320, out: str = "synthetic", seed: int = 0, size: str = "demo
         second_reader: also write second-reader masks (for ICC).
         profile: "internal" scanner profiles, or "external" (different scanners, for external validation).
     """
-    from tools.synth import make_cohort
+    from p53hcc.tools.cohort.synth import make_cohort
 
-    return str(make_cohort(n=n, out=out, seed=seed, size=size, second_reader=second_reader, profile=profile))
+    return str(make_cohort(n=n, out=out, seed=seed, size=size, second_reader=as_bool(second_reader, "second_reader"),
+                           profile=profile))
 
 
 def validate(cohort: str):
@@ -29,90 +48,95 @@ def validate(cohort: str):
     Args:
         cohort: path to cohort.csv.
     """
-    from tools.cohort import validate_command
+    from p53hcc.tools.cohort.manifest import validate_command
 
     return validate_command(cohort)
 
 
-def datalist(cohort: str, out: str, folds: int = 5, seed: int = 0):
+def datalist(cohort: str, out: str, folds: int | None = None, seed: int = 0):
     """Write MONAI datalist.json and the training cohort's stratified splits.json into the study folder.
 
     Args:
         cohort: path to cohort.csv.
         out: study folder.
-        folds: number of cross-validation folds of the training cohort.
+        folds: number of cross-validation folds of the training cohort (default 5).
         seed: seed of the fold assignment.
     """
-    from tools.cohort import write_datalist
+    from p53hcc.tools.cohort.splits import write_datalist
 
     return str(write_datalist(cohort, out, folds=folds, seed=seed))
 
 
-def preprocess(cohort: str, out: str, params: str = "demo", workers: int | None = None,
+def preprocess(cohort: str, out: str, params: str | None = None, workers: int | None = None,
                scheduler: str | None = None):
     """N4 bias correction -> 1 mm resampling -> z-score for every patient and phase (cached, parallel).
 
     Args:
         cohort: path to cohort.csv.
         out: study folder (writes preprocessed/).
-        params: preset "demo" (quicker N4 fit) or "paper" (the most accurate N4 schedule for its cost, what
-            `p53hcc study` uses on your own cohort); see docs/preprocessing.md.
+        params: preset "paper" (default, as `p53hcc study` on your cohort: the most accurate N4 schedule for its
+            cost) or "demo" (quicker N4 fit); see docs/preprocessing.md.
         workers: local worker processes (default: all cores).
         scheduler: address of a Dask distributed scheduler (tcp://host:port) to run on a cluster instead.
     """
-    from tools.preprocess import preprocess_cohort
+    from p53hcc.tools.preprocessing.run import preprocess_cohort
 
     preprocess_cohort(cohort, out, workers=workers, scheduler=scheduler, params=params)
 
 
-def radiomics(cohort: str, out: str, params: str = "demo", workers: int | None = None,
+def radiomics(cohort: str, out: str, params: str | None = None, workers: int | None = None,
               scheduler: str | None = None):
     """PyRadiomics features of every phase of every patient (cached, parallel), plus ICC when re-drawn masks exist.
 
     Args:
         cohort: path to cohort.csv.
         out: study folder (writes radiomics.parquet and radiomics_provenance.parquet).
-        params: "paper" (1197 features per phase), "demo" (fast subset) or a path to a PyRadiomics YAML.
+        params: "paper" (default: 1197 features per phase), "demo" (fast subset) or a path to a PyRadiomics YAML.
         workers: local worker processes (default: all cores).
         scheduler: Dask distributed scheduler address, optional.
     """
-    from tools.radiomics import extract_cohort
+    from p53hcc.tools.radiomics.extract import extract_cohort
 
     extract_cohort(cohort, out, params=params, workers=workers, scheduler=scheduler)
 
 
-def train(cohort: str, out: str, arm: str = "mc", net: str = "resnet34", epochs: int | None = None,
-          device: str | None = None, **overrides):
+def train(cohort: str, out: str, arm: str = "mc", net: str | None = None, epochs: int | None = None,
+          device: str | None = None, engine: str = "fast", **overrides):
     """Cross-fit one deep-learning arm: one model per fold of splits.json plus one on the whole training cohort.
 
     Writes out-of-fold scores for training patients and full-model scores for the others. Resumes: finished
-    folds are not retrained.
+    folds are not retrained. Defaults (network, epochs, ROI size, learning rate...) come from the arm's bundle
+    (bundles/p53_<arm>/configs/train.json).
 
     Args:
         cohort: path to cohort.csv.
         out: study folder.
         arm: "mc" (multi-channel) or "ff" (feature fusion).
-        net: resnet18 | resnet34 | resnet50 | resnet101 | resnet152 | densenet121.
+        net: resnet18 | resnet34 | resnet50 | resnet101 | resnet152 | densenet121 (default: the bundle's).
         epochs: training epochs (default: the bundle's).
         device: "cpu" or "cuda" (default: cuda when available).
-        overrides: further bundle config overrides, e.g. --spatial_size 64.
+        engine: "fast" (in-process, cached crops) or "bundle" (the bundle's own MONAI workflow per fold).
+        overrides: further training values, e.g. --spatial_size 64 --n4 false.
     """
-    from tools.train import train_arm
+    from p53hcc.tools.dl.crossfit import train_arm
 
-    train_arm(cohort, out, arm=arm, net=net, epochs=epochs, device=device, **overrides)
+    for key in ("n4", "amp", "compile"):
+        if key in overrides:
+            overrides[key] = as_bool(overrides[key], key)
+    return str(train_arm(cohort, out, arm=arm, net=net, epochs=epochs, device=device, engine=engine, **overrides))
 
 
-def gradcam(out: str, arm: str = "mc", net: str = "resnet34", patients: str | None = None, n: int = 4):
+def gradcam(out: str, arm: str = "mc", net: str | None = None, patients: str | None = None, n: int = 4):
     """Grad-CAM heat maps (PNG overlays and arrays) for chosen patients, with the model-randomisation check.
 
     Args:
         out: study folder (models must be trained).
         arm: "mc" or "ff".
-        net: network name.
+        net: network name (default: the bundle's).
         patients: comma-separated patient ids (default: n validation patients).
         n: number of patients when none are named.
     """
-    from tools.gradcam import gradcam_command
+    from p53hcc.tools.dl.gradcam import gradcam_command
 
     return gradcam_command(out, arm=arm, net=net, patients=patients, n=n)
 
@@ -122,6 +146,7 @@ def study(cohort: str | None = None, out: str = "study-demo", nets: str | None =
     """Run the whole study: validate -> preprocess -> radiomics -> DL arms -> fusion -> statistics -> report.
 
     Cached and resumable: run the same command again after an interruption and it finishes the remaining work.
+    Everything it logs is also in OUT/study.log.
 
     Args:
         cohort: path to cohort.csv (default: generate the synthetic demo cohort inside the study folder).
@@ -133,10 +158,10 @@ def study(cohort: str | None = None, out: str = "study-demo", nets: str | None =
             (fast settings); default: demo for the generated synthetic cohort, paper for your own cohort.
         overrides: any study parameter, e.g. --epochs 5 --folds 5.
     """
-    from tools.study import run_study
+    from p53hcc.tools.pipeline.study import run_study
 
-    return str(run_study(cohort=cohort, out=out, nets=nets, config=config, paper_selection=paper_selection,
-                         profile=profile, **overrides))
+    return str(run_study(cohort=cohort, out=out, nets=nets, config=config,
+                         paper_selection=as_bool(paper_selection, "paper_selection"), profile=profile, **overrides))
 
 
 def predict(model: str, cohort: str, out: str):
@@ -147,7 +172,7 @@ def predict(model: str, cohort: str, out: str):
         cohort: cohort.csv of new patients (split "predict"; p53 may be empty).
         out: output folder (predictions.csv, gradcam/).
     """
-    from tools.predict import predict_cohort
+    from p53hcc.tools.pipeline.predict import predict_cohort
 
     return str(predict_cohort(model, cohort, out))
 
@@ -160,29 +185,37 @@ def evaluate(model: str, cohort: str, out: str):
         cohort: labelled external cohort.csv.
         out: output folder (metrics.csv, figures, report.html).
     """
-    from tools.predict import evaluate_cohort
+    from p53hcc.tools.pipeline.predict import evaluate_cohort
 
     return str(evaluate_cohort(model, cohort, out))
 
 
 COMMANDS = {f.__name__: f for f in (synth, validate, datalist, preprocess, radiomics, train, gradcam, study,
                                      predict, evaluate)}
+VERBOSE, QUIET = ("--verbose", "-v"), ("--quiet", "-q")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``p53hcc`` console script; user errors become one line on stderr and exit code 1."""
+    import logging
+
     import fire
 
-    from tools.errors import P53hccError
+    from p53hcc.tools.errors import P53hccError
+    from p53hcc.tools.logs import configure_logging
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    configure_logging(verbose=any(a in VERBOSE for a in argv), quiet=any(a in QUIET for a in argv))
+    argv = [a for a in argv if a not in VERBOSE + QUIET]
+    log = logging.getLogger("p53hcc.cli")
     try:
         fire.Fire(COMMANDS, command=argv, name="p53hcc")
-    except P53hccError as err:
-        print(f"p53hcc: error: {err}", file=sys.stderr)
+    except (P53hccError, FileNotFoundError, PermissionError) as err:
+        log.error("%s", err)
         return 1
-    except FileNotFoundError as err:
-        print(f"p53hcc: error: {err}", file=sys.stderr)
-        return 1
+    except KeyboardInterrupt:
+        log.error("interrupted; run the same command again to resume")
+        return 130
     return 0
 
 

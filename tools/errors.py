@@ -17,3 +17,11 @@ class InputError(P53hccError):
         if path:
             parts.append(f"file {path}")
         super().__init__(f"{', '.join(parts)}: {problem}")
+
+
+def check_choice(value, choices, what: str) -> str:
+    """``value`` lower-cased if it is one of ``choices``, else a one-line error naming the choices."""
+    key = str(value).lower()
+    if key not in choices:
+        raise P53hccError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
+    return key

@@ -1,0 +1,117 @@
+"""Both DL arms with real networks on the study's preprocessed volumes: frozen scoring of new patients reproduces
+the study's scores, and Grad-CAM explains each arm on its own crops."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from p53hcc.tools.cohort.splits import cohort_items, write_datalist
+from p53hcc.tools.dl import arms
+from p53hcc.tools.dl.crossfit import train_arm
+from p53hcc.tools.dl.frozen import predict_frozen
+from p53hcc.tools.dl.gradcam import gradcam_command, gradcam_frozen
+from p53hcc.tools.errors import P53hccError
+from p53hcc.tools.preprocessing.run import preprocess_cohort, preprocessed_items
+from p53hcc.tools.schema import PHASES
+from tests.conftest import make_tiny_cohort
+
+PARAMS = {"net": "resnet18", "epochs": 1, "device": "cpu", "spatial_size": 32, "batch_size": 4,
+          "source": "preprocessed"}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Both arms (resnet18, 1 epoch) on 24 patients; the 6 validation patients as a 'new' cohort preprocessed on
+    its own into ``root/work``, and each arm's full-cohort folder copied as a frozen model would be."""
+    root = tmp_path_factory.mktemp("frozen")
+    cohort = make_tiny_cohort(root / "cohort", n=24)
+    out = root / "study"
+    write_datalist(cohort, out, folds=2)
+    preprocess_cohort(cohort, out, params="demo", workers=1, progress=False)
+    crops_from: list[str] = []
+    real = arms.cached_crops
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(arms, "cached_crops", lambda items, *a, **k: crops_from.extend(
+            d.get("image") or d["ap"] for d in items) or real(items, *a, **k))
+        mc = train_arm(cohort, out, arm="mc", **PARAMS)
+        # a fixed, mild LASSO penalty: with 18 patients and 1 epoch the CV-chosen one may keep nothing, and a
+        # constant (prevalence-only) head would make the reproduction checks below vacuous
+        ff = train_arm(cohort, out, arm="ff", head_kwargs={"lasso_C": 1.0}, **PARAMS)
+    df = pd.read_csv(cohort)
+    new = cohort.parent / "new.csv"  # same folder, so the relative image paths still resolve
+    df[df["split"] == "validation"].assign(split="external").to_csv(new, index=False)
+    frozen = {}
+    for arm in ("mc", "ff"):
+        frozen[arm] = root / "model" / arm / "full"
+        shutil.copytree(out / "dl" / arm / "resnet18" / "full", frozen[arm])  # must be self-contained
+    preprocess_cohort(new, root / "work", params="demo", workers=1, progress=False)  # as predict_cohort does
+    return {"cohort": cohort, "out": out, "scores": {"mc": mc, "ff": ff}, "new": new, "frozen": frozen,
+            "root": root, "crops_from": crops_from}
+
+
+def test_arms_read_the_preprocessed_volumes(trained):
+    assert trained["crops_from"] and all("preprocessed" in p for p in trained["crops_from"])
+    items = cohort_items(trained["cohort"])
+    mapped = preprocessed_items(items, trained["out"])
+    for raw, new in zip(items, mapped):
+        for phase in PHASES:
+            assert "preprocessed" in new[phase] and new[phase] != raw[phase]
+            assert new[f"{phase}_mask"].endswith(f"{phase}_mask.nii.gz")
+    with pytest.raises(P53hccError, match="patient NOPE"):
+        preprocessed_items([{"patient_id": "NOPE", "ap": "x", "ap_mask": "y"}], trained["out"])
+
+
+@pytest.mark.parametrize("arm", ["mc", "ff"])
+def test_frozen_model_reproduces_the_study_scores_of_new_patients(trained, arm):
+    got = predict_frozen(trained["frozen"][arm], trained["new"], trained["root"] / "work", arm=arm, device="cpu")
+    study = pd.read_parquet(trained["scores"][arm]).set_index("patient_id")
+    ids = pd.read_csv(trained["new"], dtype={"patient_id": str})["patient_id"]
+    assert list(got.index) == list(ids) and got.name == "score"
+    expected = study.loc[ids]
+    assert (expected["fold"] == -1).all() and (expected["split"] == "validation").all()
+    np.testing.assert_allclose(got.to_numpy(), expected["score"].to_numpy(), rtol=1e-5)
+    assert got.nunique() > 1  # not a constant model, so the comparison means something
+
+
+def test_frozen_ff_without_its_head_is_a_clear_error(trained, tmp_path):
+    broken = tmp_path / "full"
+    shutil.copytree(trained["frozen"]["ff"], broken)
+    (broken / "head.joblib").unlink()
+    with pytest.raises(P53hccError, match="head.joblib"):
+        predict_frozen(broken, trained["new"], trained["root"] / "work", arm="ff")
+    (broken / "pvp" / "model.pt").unlink()
+    with pytest.raises(P53hccError, match="pvp"):
+        gradcam_frozen(broken, trained["new"], tmp_path / "cams", arm="ff", work=trained["root"] / "work")
+
+
+@pytest.mark.parametrize("arm", ["mc", "ff"])
+def test_gradcam_of_the_study_explains_each_arm_on_its_own_crops(trained, arm):
+    dest = gradcam_command(trained["out"], arm=arm, net="resnet18", n=2)
+    sanity = pd.read_csv(f"{dest}/sanity.csv", dtype={"patient_id": str})
+    pids = sanity["patient_id"].unique()
+    assert len(pids) == 2 and {"patient_id", "spearman_rho", "differs"} <= set(sanity.columns)
+    shape = (32, 32) if arm == "mc" else (3, 32, 32)  # FF: one map per phase network
+    for pid in pids:
+        m = np.load(f"{dest}/{pid}.npy")
+        assert m.shape == shape and np.isfinite(m).all()
+        assert (trained["out"] / "figures" / "gradcam" / f"{arm}_resnet18" / f"{pid}.png").stat().st_size > 1000
+    if arm == "ff":
+        assert set(sanity["phase"]) == set(PHASES)
+        assert (trained["out"] / "dl" / "ff" / "slices").is_dir()  # the FF arm's crops, not the MC stack
+    with pytest.raises(P53hccError, match="not in datalist"):
+        gradcam_command(trained["out"], arm=arm, net="resnet18", patients="NOPE")
+
+
+def test_gradcam_of_a_frozen_ff_model_gives_one_map_per_phase(trained):
+    two = trained["new"].parent / "two.csv"  # two patients keep this CPU test short
+    pd.read_csv(trained["new"]).head(2).to_csv(two, index=False)
+    dest = gradcam_frozen(trained["frozen"]["ff"], two, trained["root"] / "cams", arm="ff",
+                          work=trained["root"] / "work")
+    ids = pd.read_csv(two, dtype={"patient_id": str})["patient_id"]
+    m = np.load(dest / f"{ids.iloc[0]}.npy")
+    assert m.shape == (3, 32, 32) and np.isfinite(m).all() and (m >= 0).all() and (m <= 1).all()
+    sanity = pd.read_csv(dest / "sanity.csv", dtype={"patient_id": str})
+    assert len(sanity) == 3 * len(ids) and set(sanity["phase"]) == set(PHASES)

@@ -1,0 +1,214 @@
+"""Cohort manifest (``cohort.csv``): reading, and validation that lists every problem at once.
+
+The manifest is the one input of the study (columns in ``docs/contracts.md``). ``validate_cohort`` checks every
+row and every file before any stage runs, so a user fixes all problems in one pass instead of one per run.
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from p53hcc.tools.cohort.imageio import read_geometry, read_voxels_strict
+from p53hcc.tools.errors import InputError, P53hccError
+from p53hcc.tools.schema import (
+    BINARY_COLUMNS,
+    CATEGORICAL_LEVELS,
+    MASK_COLUMNS,
+    NUMERIC_RANGES,
+    PHASES,
+    R2_MASK_COLUMNS,
+    REQUIRED_COLUMNS,
+    SPLITS,
+)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One validation finding, naming the patient, the column, the file and the reason."""
+
+    patient_id: str | None
+    column: str | None
+    path: str | None
+    problem: str
+    severity: str = "error"
+
+    def __str__(self) -> str:
+        return str(InputError(self.patient_id, self.problem, self.column, self.path))
+
+
+def read_cohort(path: str | Path) -> pd.DataFrame:
+    """Read ``cohort.csv``: paths made absolute (relative to the CSV), one ``mask`` column expanded per phase.
+
+    Raises:
+        P53hccError: the file is missing or lacks required columns.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise P53hccError(f"cohort file not found: {path}")
+    df = pd.read_csv(path, dtype={"patient_id": str}, keep_default_na=True)
+    df.columns = [c.strip() for c in df.columns]
+    if "mask" in df.columns:
+        for col in MASK_COLUMNS:
+            if col not in df.columns:
+                df[col] = df["mask"]
+    missing = [c for c in (*REQUIRED_COLUMNS, *MASK_COLUMNS) if c not in df.columns]
+    if missing:
+        raise P53hccError(f"{path}: missing column(s) {', '.join(missing)} (see docs/contracts.md)")
+    df["patient_id"] = df["patient_id"].astype(str).str.strip()
+    df["split"] = df["split"].astype(str).str.strip().str.lower()
+    base = path.resolve().parent
+    for col in (*PHASES, *MASK_COLUMNS, *R2_MASK_COLUMNS):
+        if col in df.columns:
+            df[col] = [str((base / str(v).strip()).resolve()) if present(v) else None for v in df[col]]
+    return df
+
+
+def present(value) -> bool:
+    """True when a CSV cell holds a value (not None, NaN or blank)."""
+    return not (value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() == "")
+
+
+def validate_cohort(path: str | Path, check_voxels: bool = True, workers: int = 4,
+                    progress: bool = True) -> list[Problem]:
+    """Check every row, value and file of a manifest; return all problems (empty list when valid).
+
+    Args:
+        path: the cohort CSV.
+        check_voxels: also read masks (empty / non-binary) and images (NaN / infinite voxels).
+        workers: threads reading files in parallel.
+        progress: show a progress bar over patients.
+    """
+    df = read_cohort(path)
+    problems = _table_problems(df)
+    rows = list(df.itertuples(index=False))
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        results = pool.map(lambda r: _file_problems(r._asdict(), check_voxels), rows)
+        for found in tqdm(results, total=len(rows), desc="validate", unit="patient", disable=not progress):
+            problems.extend(found)
+    return problems
+
+
+def _table_problems(df: pd.DataFrame) -> list[Problem]:
+    """Problems visible in the table itself: ids, splits, labels, clinical values, missing phases."""
+    out: list[Problem] = []
+    for pid in df.loc[df["patient_id"].duplicated(), "patient_id"].unique():
+        out.append(Problem(pid, "patient_id", None, f"duplicate patient_id ({(df['patient_id'] == pid).sum()} rows)"))
+    for row in df.itertuples(index=False):
+        r = row._asdict()
+        pid = r["patient_id"]
+        if r["split"] not in SPLITS:
+            out.append(Problem(pid, "split", None, f"unknown split {r['split']!r} (expected one of {', '.join(SPLITS)})"))
+        label = r["p53"]
+        if present(label):
+            if str(label).strip() not in ("0", "1", "0.0", "1.0"):
+                out.append(Problem(pid, "p53", None, f"label {label!r} is not 0 or 1"))
+        elif r["split"] != "predict":
+            out.append(Problem(pid, "p53", None, "label missing (only split 'predict' may lack it)"))
+        for col in (*PHASES, *MASK_COLUMNS):
+            if not present(r.get(col)):
+                out.append(Problem(pid, col, None, "missing phase: no path given"))
+        out.extend(_clinical_problems(pid, r))
+    return out
+
+
+def _clinical_problems(pid: str, r: dict) -> list[Problem]:
+    out = []
+    for col, (lo, hi) in NUMERIC_RANGES.items():
+        if col not in r or not present(r[col]):
+            continue
+        try:
+            value = float(r[col])
+        except (TypeError, ValueError):
+            out.append(Problem(pid, col, None, f"non-numeric value {r[col]!r}"))
+            continue
+        if not np.isfinite(value) or (lo is not None and value < lo) or (hi is not None and value > hi):
+            out.append(Problem(pid, col, None, f"implausible value {value:g} (expected {lo}..{hi if hi else 'inf'})"))
+    for col in BINARY_COLUMNS:
+        if col in r and present(r[col]) and str(r[col]).strip() not in ("0", "1", "0.0", "1.0"):
+            out.append(Problem(pid, col, None, f"value {r[col]!r} is not 0 or 1"))
+    for col, levels in CATEGORICAL_LEVELS.items():
+        if col in r and present(r[col]) and str(r[col]).strip() not in levels:
+            out.append(Problem(pid, col, None, f"value {r[col]!r} not one of {', '.join(levels)}"))
+    return out
+
+
+def _file_problems(r: dict, check_voxels: bool) -> list[Problem]:
+    """Problems of one patient's files: missing, unreadable, geometry mismatch, empty / non-binary mask, NaNs."""
+    pid = r["patient_id"]
+    out: list[Problem] = []
+    for phase in PHASES:
+        image_col, mask_cols = phase, [f"{phase}_mask"] + ([f"{phase}_mask_r2"] if present(r.get(f"{phase}_mask_r2")) else [])
+        image_geom = _checked_geometry(pid, image_col, r.get(image_col), out)
+        if image_geom is not None and check_voxels:
+            _check_image_voxels(pid, image_col, r[image_col], out)
+        for mask_col in mask_cols:
+            mask_geom = _checked_geometry(pid, mask_col, r.get(mask_col), out)
+            if mask_geom is None:
+                continue
+            if image_geom is not None:
+                diff = image_geom.mismatch(mask_geom)
+                if diff:
+                    out.append(Problem(pid, mask_col, r[mask_col],
+                                       f"mask geometry does not match image {r[image_col]}: {'; '.join(diff)}"))
+            if check_voxels:
+                _check_mask_voxels(pid, mask_col, r[mask_col], out)
+    return out
+
+
+def _checked_geometry(pid, col, path, out):
+    if not present(path):
+        return None  # reported as a missing phase by the table checks
+    if not Path(path).exists():
+        out.append(Problem(pid, col, path, "file not found"))
+        return None
+    try:
+        return read_geometry(path)
+    except Exception as err:  # noqa: BLE001 - any reader failure means the file is unusable
+        out.append(Problem(pid, col, path, f"unreadable image: {str(err).strip().splitlines()[-1][:200]}"))
+        return None
+
+
+def _strict_voxels(pid, col, path, out, what: str):
+    """Voxels of ``path``, or None after recording why they cannot be read (truncated / corrupt volume)."""
+    try:
+        return read_voxels_strict(path)
+    except Exception as err:  # noqa: BLE001 - any failure here means the volume is unusable
+        out.append(Problem(pid, col, path, f"unreadable {what} data (corrupt volume?): {str(err).strip()[:200]}"))
+        return None
+
+
+def _check_image_voxels(pid, col, path, out):
+    arr = _strict_voxels(pid, col, path, out, "image")
+    if arr is None:
+        return
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        out.append(Problem(pid, col, path, f"{int((~np.isfinite(arr)).sum())} NaN/infinite voxels"))
+
+
+def _check_mask_voxels(pid, col, path, out):
+    arr = _strict_voxels(pid, col, path, out, "mask")
+    if arr is None:
+        return
+    values = np.unique(arr)
+    if not np.isin(values, (0, 1)).all():
+        shown = ", ".join(f"{v:g}" for v in values[:6])
+        out.append(Problem(pid, col, path, f"mask is not binary (values {shown}{'...' if len(values) > 6 else ''})"))
+    elif not (arr == 1).any():
+        out.append(Problem(pid, col, path, "empty mask (no foreground voxel)"))
+
+
+def validate_command(cohort: str | Path) -> str:
+    """CLI body of ``p53hcc validate``: print every problem; raise (exit 1) if any is an error."""
+    problems = validate_cohort(cohort)
+    n_patients = len(read_cohort(cohort))
+    errors = [p for p in problems if p.severity == "error"]
+    for p in problems:
+        print(f"{p.severity.upper()}: {p}")
+    if errors:
+        raise P53hccError(f"{cohort}: {len(errors)} problem(s) in {n_patients} patients (listed above)")
+    return f"{cohort}: {n_patients} patients, no problems found"

@@ -1,0 +1,103 @@
+"""The shipped MONAI bundles: where they are, their training defaults, and running their configs.
+
+The bundles (``p53_mc``, ``p53_ff``) are package data of ``p53hcc.bundles`` and are found through
+``importlib.resources``, so an installed copy trains exactly like a checkout. Each bundle's ``train.json`` is the
+one home of the DL training hyperparameters (network, epochs, batch size, learning rate, ROI size...): the
+in-process engine reads them from there, the study YAML overrides them.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from p53hcc.tools.errors import P53hccError, check_choice
+from p53hcc.tools.schema import ARMS
+
+log = logging.getLogger(__name__)
+BUNDLE_NAMES = {"mc": "p53_mc", "ff": "p53_ff"}
+#: Top-level values of ``train.json`` that are training hyperparameters (what the engine and the study read).
+TRAINING_KEYS = ("net", "epochs", "batch_size", "learning_rate", "weight_decay", "spatial_size", "margin", "pixdim",
+                 "n4", "amp", "seed", "min_scale", "pretrained_path")
+#: Values that change the deterministic 2D crops (their cache is keyed by them).
+CROP_KEYS = ("spatial_size", "margin", "pixdim", "n4")
+#: Engine-only options (not in the bundle): ``source`` "raw" runs the bundle's own chain on the manifest's
+#: images, "preprocessed" reads the study's preprocessed volumes (N4 runs once per patient-phase); ``compile``
+#: wraps the network in ``torch.compile``.
+ENGINE_DEFAULTS = {"source": "raw", "compile": False}
+
+
+def check_arm(arm: str) -> str:
+    """``arm`` lower-cased if it is ``mc`` or ``ff``, else a one-line error."""
+    return check_choice(arm, ARMS, "arm")
+
+
+def bundle_dir(arm: str) -> Path:
+    """Folder of the bundle of ``arm`` (``mc`` -> ``p53_mc``) inside the installed package."""
+    path = Path(str(resources.files("p53hcc.bundles").joinpath(BUNDLE_NAMES[check_arm(arm)])))
+    if not (path / "configs" / "train.json").is_file():
+        raise P53hccError(f"bundle {path} is incomplete (no configs/train.json); reinstall p53hcc")
+    return path
+
+
+@functools.cache
+def _train_config(arm: str) -> dict:
+    return json.loads((bundle_dir(arm) / "configs" / "train.json").read_text())
+
+
+def training_defaults(arm: str) -> dict[str, Any]:
+    """The training hyperparameters of ``arm``'s ``train.json`` (keys :data:`TRAINING_KEYS`)."""
+    cfg = _train_config(check_arm(arm))
+    missing = [k for k in TRAINING_KEYS if k not in cfg]
+    if missing:
+        raise P53hccError(f"{bundle_dir(arm) / 'configs' / 'train.json'} lacks training value(s) {missing}")
+    return {k: cfg[k] for k in TRAINING_KEYS}
+
+
+def training_params(arm: str, **overrides: Any) -> dict[str, Any]:
+    """Bundle defaults <- engine defaults <- ``overrides`` (None values ignored), checked.
+
+    With ``source="preprocessed"`` N4 is switched off: the study's preprocessed volumes are already
+    bias-corrected, resampled and normalised.
+    """
+    unknown = set(overrides) - set(TRAINING_KEYS) - set(ENGINE_DEFAULTS)
+    if unknown:
+        raise P53hccError(f"unknown training parameter(s) {sorted(unknown)}; known: "
+                          f"{', '.join((*TRAINING_KEYS, *ENGINE_DEFAULTS))}")
+    params = {**training_defaults(arm), **ENGINE_DEFAULTS, **{k: v for k, v in overrides.items() if v is not None}}
+    if params["source"] not in ("raw", "preprocessed"):
+        raise P53hccError(f"unknown source {params['source']!r}; choose raw or preprocessed")
+    if params["source"] == "preprocessed":
+        params["n4"] = False
+    params["epochs"] = int(params["epochs"])
+    return params
+
+
+def bundle_parser(arm: str, config: str = "train.json", overrides: dict | None = None):
+    """A ``monai.bundle.ConfigParser`` of one of ``arm``'s configs, with ``overrides`` applied."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle_dir(arm) / "configs" / config))
+    parser.update(overrides or {})
+    return parser
+
+
+def run_workflow(configs: Sequence[str | Path], workflow_type: str, overrides: dict) -> None:
+    """Run a bundle config (a list = base + overrides) through MONAI's ``ConfigWorkflow``, checking its properties."""
+    from monai.bundle import ConfigWorkflow
+
+    configs = [Path(c) for c in configs]
+    wf = ConfigWorkflow(config_file=[str(c) for c in configs], workflow_type=workflow_type,
+                        meta_file=str(configs[0].parent / "metadata.json"),
+                        logging_file=str(configs[0].parent / "logging.conf"), **overrides)
+    wf.initialize()
+    missing = wf.check_properties()
+    if missing:
+        raise P53hccError(f"bundle {configs[-1]} lacks required properties {missing}")
+    wf.run()
+    wf.finalize()

@@ -1,0 +1,129 @@
+"""The public contract between p53hcc and its MONAI bundles: everything ``bundles/*/configs/*.json`` may name.
+
+The bundle configs import this one module (``"$import p53hcc.tools.dl.components as p53"``) and reference only
+the names in ``__all__``; nothing private. ``tests/test_components.py`` checks that every ``p53hcc`` reference
+in the shipped configs resolves to a name listed here.
+
+* Data: :func:`select_items` (which patients a fold trains, monitors or scores), :func:`class_weights`.
+* Transforms: :class:`N4BiasFieldCorrectiond` (wired by :func:`n4_transforms`), :class:`RenameKeysd`,
+  :func:`roi_transforms` (largest-ROI slice -> bbox + margin -> resize -> z-score), :func:`train_augmentation`,
+  :class:`BatchRandCropFlip` (the same augmentation on whole batches, on the device).
+* Networks: :func:`build_net`, :func:`feature_extractor` (penultimate features, FF arm).
+* Engine helpers: :class:`AugmentingPrepareBatch`, :class:`PatientTableWriter`, :func:`warm_cache`.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from p53hcc.tools.cohort.splits import select_items
+from p53hcc.tools.dl.nets import build_net, feature_extractor
+from p53hcc.tools.dl.roi import BatchRandCropFlip, RenameKeysd, roi_transforms, train_augmentation
+from p53hcc.tools.io import atomic_write_table
+from p53hcc.tools.preprocessing.n4 import N4BiasFieldCorrectiond
+
+__all__ = ["AugmentingPrepareBatch", "BatchRandCropFlip", "N4BiasFieldCorrectiond", "PatientTableWriter",
+           "RenameKeysd", "build_net", "class_weights", "feature_extractor", "n4_transforms", "roi_transforms",
+           "select_items", "train_augmentation", "warm_cache"]
+
+
+def class_weights(items: list[dict], num_classes: int = 2) -> torch.Tensor:
+    """Inverse-frequency class weights (mean 1) for a weighted cross-entropy (the class-imbalance handling)."""
+    y = np.array([int(d["label"]) for d in items if int(d.get("label", -1)) >= 0])
+    counts = np.bincount(y, minlength=num_classes).astype(float) if len(y) else np.ones(num_classes)
+    w = counts.sum() / (num_classes * np.maximum(counts, 1.0))
+    return torch.as_tensor(w, dtype=torch.float32)
+
+
+def n4_transforms(image_keys: Sequence[str], enabled: bool = True) -> list:
+    """``[N4BiasFieldCorrectiond(image_keys)]`` with the default N4 parameters when ``enabled``, else ``[]``.
+
+    The config flag ``n4`` is false when the bundle reads already preprocessed volumes.
+    """
+    return [N4BiasFieldCorrectiond(keys=list(image_keys))] if enabled else []
+
+
+def warm_cache(dataset) -> None:
+    """Compute every item of a ``PersistentDataset`` once (its deterministic part lands in the cache).
+
+    Used by ``multi_gpu_train.json`` on rank 0 before a barrier, so that DDP ranks never write the same cache
+    file at the same time (DistributedSampler pads by repeating items, so two ranks can ask for one patient).
+    """
+    for i in range(len(dataset)):
+        dataset._cachecheck(dataset.data[i]) if hasattr(dataset, "_cachecheck") else dataset[i]
+
+
+class AugmentingPrepareBatch:
+    """``prepare_batch`` for MONAI engines: moves ``image``/``label`` to the device, then applies a batch augmenter.
+
+    With ``augment=None`` it is MONAI's default preparation; with :class:`BatchRandCropFlip` the random crop +
+    flips run on the device for the whole batch (config flag ``gpu_aug``).
+    """
+
+    def __init__(self, augment: torch.nn.Module | None = None) -> None:
+        self.augment = augment
+
+    def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs):
+        image = batchdata["image"].to(device=device, non_blocking=non_blocking)
+        label = batchdata["label"].to(device=device, non_blocking=non_blocking) if "label" in batchdata else None
+        if self.augment is not None:
+            image = self.augment.train()(torch.as_tensor(image))
+        return image, label
+
+
+class PatientTableWriter:
+    """Ignite handler writing one row per evaluated patient to a table (CSV or parquet), atomically at the end.
+
+    ``mode="probability"``: ``pred`` holds softmax probabilities -> columns ``label`` (from the item, -1 when
+    unknown) and ``score`` = P(class 1). ``mode="features"``: ``pred`` is the penultimate feature vector (network
+    wrapped by :func:`feature_extractor`) -> columns ``f0..f{D-1}``. Constant columns (``phase``, ``fold``,
+    ``model``) come from ``extra``. Rows are keyed by ``patient_id`` (MONAI's ``SaveClassificationd`` would name
+    them after the image file).
+    """
+
+    def __init__(self, output_path: str | os.PathLike, mode: str = "probability", extra: dict | None = None):
+        if mode not in ("features", "probability"):
+            raise ValueError(f"mode must be 'features' or 'probability', got {mode!r}")
+        self.output_path, self.mode, self.extra = Path(output_path), mode, dict(extra or {})
+        self._ids: list[str] = []
+        self._labels: list[int] = []
+        self._rows: list[np.ndarray] = []
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
+
+    def _reset(self, engine) -> None:
+        self._ids, self._labels, self._rows = [], [], []
+
+    def _collect(self, engine) -> None:
+        batch, output = engine.state.batch, engine.state.output
+        if isinstance(batch, dict):  # not decollated
+            from monai.data import decollate_batch
+
+            batch, output = decollate_batch(batch), decollate_batch(output)
+        for b, o in zip(batch, output):
+            self._ids.append(str(b["patient_id"]))
+            self._labels.append(int(b.get("label", -1)))
+            self._rows.append(torch.as_tensor(o["pred"]).detach().float().cpu().numpy().ravel())
+
+    def table(self) -> pd.DataFrame:
+        """The collected rows as a tidy frame (``patient_id``, extra columns, values)."""
+        mat = np.vstack(self._rows) if self._rows else np.zeros((0, 0))
+        head = pd.DataFrame({"patient_id": self._ids, **{k: [v] * len(self._ids) for k, v in self.extra.items()}})
+        if self.mode == "features":
+            values = pd.DataFrame(mat, columns=[f"f{j}" for j in range(mat.shape[1])])
+        else:
+            values = pd.DataFrame({"label": self._labels, "score": mat[:, -1] if len(mat) else []})
+        return pd.concat([head, values], axis=1)
+
+    def _write(self, engine) -> None:
+        atomic_write_table(self.output_path, self.table())

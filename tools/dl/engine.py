@@ -1,0 +1,161 @@
+"""The fast in-process training engine shared by both DL arms: cached crops, on-device training, scoring.
+
+The bundles' *deterministic* transforms (load -> [N4] -> 1 mm -> z-score -> largest slice -> bbox + 10 px ->
+resize) run once per patient through a ``PersistentDataset`` and the stacked crops are kept on disk
+(:func:`cached_crops`). Training (:func:`fit`) keeps all crops on the device, augments whole batches there
+(``BatchRandCropFlip``), uses bf16 autocast + channels_last + cudnn.benchmark on CUDA, optional
+``torch.compile``, and syncs with the host once per epoch. The same code runs on the CPU.
+
+The model kept is the last epoch's (no early stopping on a held-out fold, which would bias out-of-fold scores);
+the held-out AUC per epoch is only recorded in the history.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from p53hcc.tools.dl.bundle import CROP_KEYS, bundle_parser
+from p53hcc.tools.dl.components import BatchRandCropFlip, class_weights
+from p53hcc.tools.dl.nets import build_net, feature_extractor
+from p53hcc.tools.io import atomic_path, params_hash
+
+log = logging.getLogger(__name__)
+_INIT_LOCK = threading.Lock()
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The requested device, or CUDA when available, else CPU."""
+    return torch.device(str(device) if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def source_items(items: list[dict], study_dir: str | os.PathLike, params: dict) -> list[dict]:
+    """``items`` as the network sees them: raw manifest paths, or the study's preprocessed volumes."""
+    if params.get("source", "raw") == "preprocessed":
+        from p53hcc.tools.preprocessing.run import preprocessed_items
+
+        return preprocessed_items(items, study_dir)
+    return items
+
+
+def cached_crops(items: list[dict], out: str | Path, params: dict, arm: str, area: str, prefix: str,
+                 desc: str) -> torch.Tensor:
+    """Stacked deterministic 2D crops ``[N, C, S, S]`` of ``items``, each patient computed once and cached.
+
+    Runs the ``deterministic_transforms`` of ``arm``'s bundle (the same config the bundle's own trainer uses)
+    through a ``PersistentDataset`` in ``out/<area>/cache/<hash>`` and keeps the stacked tensor in
+    ``out/<area>/slices/<prefix>_<hash>_<patients hash>.pt``; the hash covers the crop parameters, the arm and
+    the image source (raw or preprocessed).
+    """
+    from monai.data import PersistentDataset
+    from monai.transforms import Compose
+    from tqdm.auto import tqdm
+
+    keys = {k: params[k] for k in CROP_KEYS}
+    tag = params_hash({**keys, "bundle": f"p53_{arm}", "source": params.get("source", "raw")})
+    ids = [d["patient_id"] for d in items]
+    root = Path(out) / area
+    stacked = root / "slices" / f"{prefix}_{tag}_{params_hash(ids)}.pt"
+    if stacked.is_file():
+        return torch.load(stacked, weights_only=True)["x"]
+    parser = bundle_parser(arm, overrides={**keys, "dataset_dir": str(out)})
+    ds = PersistentDataset(items, Compose(parser.get_parsed_content("deterministic_transforms")),
+                           cache_dir=root / "cache" / tag)
+    x = torch.stack([torch.as_tensor(ds[i]["image"], dtype=torch.float32).clone()
+                     for i in tqdm(range(len(ds)), desc=desc, leave=False)])
+    with atomic_path(stacked) as tmp:
+        torch.save({"x": x, "ids": ids}, tmp)
+    return x
+
+
+def _batches(n: int, batch_size: int, perm: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Split a permutation into near-equal batches (no batch of 1, which BatchNorm cannot train on)."""
+    n_batches = max(1, min(-(-n // max(1, batch_size)), n // 2))
+    return torch.tensor_split(perm, n_batches)
+
+
+def _autocast(dev: torch.device, amp: bool):
+    return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp and dev.type == "cuda")
+
+
+def predict_scores(net: torch.nn.Module, x: torch.Tensor, device: str | torch.device | None = None,
+                   batch_size: int = 64, amp: bool = True) -> np.ndarray:
+    """P(class 1) of every image of ``x`` ``[N, C, H, W]`` (eval mode, no augmentation)."""
+    dev = resolve_device(device)
+    net = net.to(dev).eval()
+    out = []
+    with torch.inference_mode(), _autocast(dev, amp):
+        for i in range(0, len(x), batch_size):
+            xb = x[i:i + batch_size].to(dev).contiguous(memory_format=torch.channels_last)
+            out.append(torch.softmax(net(xb).float(), dim=1)[:, 1])
+    return torch.cat(out).cpu().numpy() if out else np.zeros(0)
+
+
+def penultimate_features(net: torch.nn.Module, x: torch.Tensor, device=None, batch_size: int = 64,
+                         amp: bool = True) -> np.ndarray:
+    """Penultimate-layer features ``[N, D]`` of ``x`` via a forward hook (:func:`feature_extractor`)."""
+    dev = resolve_device(device)
+    # channels_last like training (fit), so a reloaded checkpoint runs the same conv kernels and gives
+    # bit-identical features (a contiguous-format copy differs by ~1e-6, enough to move small FF scores)
+    extractor = feature_extractor(net.to(dev, memory_format=torch.channels_last).eval())
+    out = []
+    try:
+        with torch.inference_mode(), _autocast(dev, amp):
+            for i in range(0, len(x), batch_size):
+                xb = x[i:i + batch_size].to(dev).contiguous(memory_format=torch.channels_last)
+                out.append(extractor(xb).float().cpu())
+    finally:
+        extractor.remove()
+    return torch.cat(out).numpy() if out else np.zeros((0, 0))
+
+
+def fit(x_tr: torch.Tensor, y_tr: torch.Tensor, net_name: str, params: dict, device=None,
+        x_va: torch.Tensor | None = None, y_va: torch.Tensor | None = None, desc: str = "train"):
+    """Train one network on device-resident crops with on-device augmentation; returns ``(net, history)``.
+
+    ``history`` has one row per epoch: mean training loss and (when ``x_va`` has both classes) held-out AUC.
+    """
+    from sklearn.metrics import roc_auc_score
+    from tqdm.auto import trange
+
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    amp = bool(params["amp"]) and dev.type == "cuda"
+    with _INIT_LOCK:  # the global RNG seeds the weights; folds trained in threads must not interleave here
+        torch.manual_seed(int(params["seed"]))
+        net = build_net(net_name, in_channels=x_tr.shape[1], pretrained_path=params.get("pretrained_path"))
+    net = net.to(dev, memory_format=torch.channels_last)
+    model = torch.compile(net) if params.get("compile") else net
+    opt = torch.optim.AdamW(net.parameters(), lr=float(params["learning_rate"]),
+                            weight_decay=float(params["weight_decay"]))
+    loss_fn = torch.nn.CrossEntropyLoss(weight=class_weights([{"label": int(v)} for v in y_tr.tolist()]).to(dev))
+    gen = torch.Generator(device=dev).manual_seed(int(params["seed"]))
+    aug = BatchRandCropFlip(min_scale=float(params["min_scale"]), generator=gen)
+    x = x_tr.to(dev).contiguous(memory_format=torch.channels_last)
+    y = y_tr.to(dev).long()
+    history = []
+    can_auc = y_va is not None and len(set(y_va.tolist())) == 2
+    for epoch in (bar := trange(int(params["epochs"]), desc=desc, leave=False)):
+        model.train()
+        total = torch.zeros((), device=dev)
+        batches = _batches(len(x), int(params["batch_size"]), torch.randperm(len(x), device=dev, generator=gen))
+        for idx in batches:
+            xb = aug(x[idx])
+            with _autocast(dev, amp):
+                loss = loss_fn(model(xb).float(), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.detach()
+        row = {"epoch": epoch + 1, "train_loss": float(total) / len(batches)}  # one host sync per epoch
+        if can_auc:
+            row["val_auc"] = float(roc_auc_score(y_va.numpy(), predict_scores(net, x_va, dev, amp=amp)))
+        history.append(row)
+        bar.set_postfix({k: round(v, 3) for k, v in row.items() if k != "epoch"})
+    return net.eval(), pd.DataFrame(history)

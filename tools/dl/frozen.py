@@ -1,0 +1,65 @@
+"""Scoring new patients with a frozen full-cohort DL model (``dl/<arm>/<net>/full``), for both arms.
+
+The folder holds the full-cohort network(s), ``config.json`` (their training parameters: ROI size, N4, source...)
+and, for FF, ``head.joblib`` (the FF head fit on all training patients). New patients get exactly the crops the
+networks were trained on, so the study's validation patients get back their study scores.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from p53hcc.tools.cohort.splits import cohort_items
+from p53hcc.tools.dl.arms import features_frame, get_arm, load_unit_network, read_config
+from p53hcc.tools.dl.engine import penultimate_features, predict_scores, source_items
+from p53hcc.tools.errors import P53hccError
+
+
+def frozen_crops(weights: Path, cohort_csv: str | os.PathLike, work: str | os.PathLike, arm: str,
+                 unit: str | None) -> tuple[list[str], torch.Tensor, dict]:
+    """Crops of the patients of ``cohort_csv`` for one unit of a frozen arm, made as training made them.
+
+    With ``source="preprocessed"`` the crops are cut from ``work/preprocessed`` (the new patients preprocessed
+    with the frozen preset, as :func:`p53hcc.tools.pipeline.predict.predict_cohort` does). Returns
+    ``(patient_ids, crops, params)``.
+    """
+    params = read_config(weights)
+    items = source_items(cohort_items(cohort_csv), work, params)
+    return [d["patient_id"] for d in items], get_arm(arm).crops(Path(work), items, params, unit), params
+
+
+def predict_frozen(weights: str | os.PathLike, cohort_csv: str | os.PathLike, work: str | os.PathLike,
+                   arm: str = "mc", net: str | None = None, device: str | None = None) -> pd.Series:
+    """P(P53 mutated) of every patient of ``cohort_csv`` from a frozen full-cohort model folder.
+
+    MC: the three-channel network's probability. FF: each phase's crops through its network to the penultimate
+    features, then the saved head (per-phase PCA -> LASSO -> LR), the computation that gave validation patients
+    their FF score in the study.
+
+    Returns:
+        Series ``score`` indexed by ``patient_id``.
+    """
+    weights, spec = Path(weights), get_arm(arm)
+    net = net or read_config(weights)["net"]
+    if spec.name == "mc":
+        ids, x, params = frozen_crops(weights, cohort_csv, work, "mc", None)
+        scores = predict_scores(load_unit_network(weights, None, net), x, device, amp=bool(params["amp"]))
+        return pd.Series(scores, index=pd.Index(ids, name="patient_id"), name="score")
+    import joblib
+
+    from p53hcc.fusion.ffhead import wide_features
+
+    head_path = weights / "head.joblib"
+    if not head_path.is_file():
+        raise P53hccError(f"{head_path} not found: retrain the FF arm (`p53hcc train --arm ff`) or rerun the study")
+    head = joblib.load(head_path)
+    parts, ids = [], []
+    for phase in head.phases:
+        ids, x, params = frozen_crops(weights, cohort_csv, work, "ff", phase)
+        feats = penultimate_features(load_unit_network(weights, phase, net), x, device, amp=bool(params["amp"]))
+        parts.append(features_frame(ids, phase, -1, feats))
+    wide = wide_features(pd.concat(parts, ignore_index=True), head.phases).loc[ids]
+    return pd.Series(head.predict_proba(wide)[:, 1], index=pd.Index(ids, name="patient_id"), name="score")

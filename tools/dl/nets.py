@@ -1,0 +1,145 @@
+"""The paper's six 2D CNNs (ResNet18/34/50/101/152, DenseNet121) built from MONAI with the standard topology.
+
+MONAI's ``ResNet`` defaults to a stride-1 stem (``conv1_t_stride=1``), which keeps 4x more pixels through the
+network than torchvision's ResNet and is 2-4x slower; :func:`build_net` uses ``conv1_t_stride=2`` (7x7 stride-2
+conv + 3x3 stride-2 max-pool), the topology the paper's ImageNet-style ResNets have. Pretrained weights come only
+from a local file (nothing is downloaded). :func:`feature_extractor` returns penultimate-layer features (the FF arm).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from p53hcc.tools.errors import P53hccError, check_choice
+from p53hcc.tools.schema import NETS
+
+_PENULTIMATE = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048, "resnet152": 2048,
+                "densenet121": 1024}
+# Grad-CAM target layer (last convolutional stage) per family.
+GRADCAM_LAYER = {"resnet": "layer4", "densenet": "class_layers.relu"}
+
+
+def check_net_name(name: str) -> str:
+    """Return ``name`` lower-cased if it is one of :data:`NETS`, else raise a one-line error."""
+    return check_choice(name, NETS, "network")
+
+
+def penultimate_dim(name: str) -> int:
+    """Width of the penultimate (pooled) feature vector of network ``name`` (512/512/2048/2048/2048/1024)."""
+    return _PENULTIMATE[check_net_name(name)]
+
+
+def build_net(name: str = "resnet34", in_channels: int = 3, num_classes: int = 2, spatial_dims: int = 2,
+              pretrained_path: str | None = None) -> nn.Module:
+    """Build one of the six networks with a standard (torchvision-like) stem.
+
+    Args:
+        name: resnet18 | resnet34 | resnet50 | resnet101 | resnet152 | densenet121.
+        in_channels: input channels (3 for the MC arm: AP, PVP, DP; 1 for one phase).
+        num_classes: output logits (2: P53 wild type / mutated).
+        spatial_dims: 2 (the paper's 2D models).
+        pretrained_path: optional local state-dict file (``.pt``/``.pth``; a dict with ``model``/``state_dict``
+            is unwrapped). Tensors whose shape does not match (e.g. the classifier) are skipped.
+
+    Returns:
+        The ``torch.nn.Module`` (logits output).
+    """
+    from monai.networks import nets
+
+    key = check_net_name(name)
+    if key == "densenet121":
+        net = nets.DenseNet121(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=num_classes)
+    else:
+        net = getattr(nets, key)(spatial_dims=spatial_dims, n_input_channels=in_channels, num_classes=num_classes,
+                                 conv1_t_size=7, conv1_t_stride=2, pretrained=False)
+    if pretrained_path:
+        load_pretrained(net, pretrained_path)
+    return net
+
+
+def load_pretrained(net: nn.Module, path: str | Path) -> list[str]:
+    """Load matching tensors of a local state dict into ``net``; returns the names that were NOT loaded."""
+    path = Path(path)
+    if not path.is_file():
+        raise P53hccError(f"pretrained weights file not found: {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for wrapper in ("model", "state_dict", "network"):
+        if isinstance(state, dict) and wrapper in state and isinstance(state[wrapper], dict):
+            state = state[wrapper]
+    own = net.state_dict()
+    usable = {k.removeprefix("module."): v for k, v in state.items()}
+    usable = {k: v for k, v in usable.items() if k in own and own[k].shape == v.shape}
+    if not usable:
+        raise P53hccError(f"no tensor of {path} matches the network's parameters")
+    net.load_state_dict(usable, strict=False)
+    return sorted(set(own) - set(usable))
+
+
+def final_linear(net: nn.Module) -> nn.Linear:
+    """The classifier ``Linear`` layer whose input is the penultimate feature vector."""
+    net = getattr(net, "module", net)  # DDP / compiled wrappers
+    net = getattr(net, "_orig_mod", net)
+    if hasattr(net, "fc") and isinstance(net.fc, nn.Linear):
+        return net.fc
+    if hasattr(net, "class_layers") and hasattr(net.class_layers, "out"):
+        return net.class_layers.out
+    raise P53hccError(f"cannot find the classifier layer of {type(net).__name__}")
+
+
+def gradcam_layer(net: nn.Module) -> str:
+    """Name of the Grad-CAM target layer (last convolutional stage) of a network from :func:`build_net`."""
+    return GRADCAM_LAYER["densenet" if hasattr(net, "class_layers") else "resnet"]
+
+
+class FeatureExtractor(nn.Module):
+    """Wrap a classifier so ``forward`` returns its penultimate features ``[B, D]`` (via a forward hook).
+
+    The hook captures the input of the final ``Linear`` layer, so the features are exactly what the trained
+    classifier saw (after global pooling). ``logits`` keeps the last logits too.
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self._features: torch.Tensor | None = None
+        self.logits: torch.Tensor | None = None
+        self._handle = final_linear(net).register_forward_hook(self._hook)
+
+    def _hook(self, module, inputs, output) -> None:
+        self._features = inputs[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.logits = self.net(x)
+        feats, self._features = self._features, None
+        return torch.flatten(feats, 1)
+
+    def remove(self) -> None:
+        """Detach the hook from the wrapped network."""
+        self._handle.remove()
+
+
+def feature_extractor(net: nn.Module) -> FeatureExtractor:
+    """Return a module mapping images to the penultimate features of ``net`` (see :class:`FeatureExtractor`)."""
+    return FeatureExtractor(net)
+
+
+def infer_in_channels(state: dict) -> int:
+    """Input channels of a saved network, read from its first convolution's weight."""
+    for key in ("conv1.weight", "features.conv0.weight"):
+        if key in state:
+            return int(state[key].shape[1])
+    first = next(v for k, v in state.items() if k.endswith("weight") and v.ndim == 4)
+    return int(first.shape[1])
+
+
+def load_net(path: str | Path, name: str, num_classes: int = 2) -> nn.Module:
+    """Build network ``name`` and load a checkpoint written by ``p53hcc.tools.dl.engine`` (state dict or ``{"model": ...}``)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    state = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()}
+    net = build_net(name, in_channels=infer_in_channels(state), num_classes=num_classes)
+    net.load_state_dict(state)
+    return net.eval()

@@ -1,0 +1,275 @@
+"""2D ROI transforms of the paper's "DL procedure" (array + dictionary twins, MONAI style).
+
+Pipeline per phase (each phase uses its own mask): the axial slice with the largest mask area
+(:class:`LargestAreaSlice`) -> the smallest bounding box of the ROI on that slice expanded by 10 px and clipped
+at the image border (:class:`ROIBoundingBoxCrop`) -> resize to 256x256 -> z-score -> AP|PVP|DP stacked as three
+channels (MONAI ``Resized``, ``NormalizeIntensityd``, ``ConcatItemsd``; see :func:`roi_transforms`).
+
+Training-time augmentation is a random crop (rescaled back to the network size) plus horizontal and vertical
+flips: on the CPU per sample (:func:`train_augmentation`), or on the GPU for a whole batch in one
+``grid_sample`` call (:class:`BatchRandCropFlip`, the fast path of :mod:`p53hcc.tools.dl.engine`). Test time:
+normalisation only.
+"""
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform, SpatialCrop, Transform
+from monai.transforms.utils import generate_spatial_bounding_box
+
+from p53hcc.tools.errors import InputError
+from p53hcc.tools.schema import MASK_COLUMNS, PHASES
+
+SLICE_INDEX_KEY = "roi_slice_index"
+BBOX_KEY = "roi_bbox"
+
+
+def largest_area_index(mask: torch.Tensor | np.ndarray, axis: int = -1) -> int:
+    """Index along ``axis`` of the slice with the most foreground voxels (first one on ties).
+
+    Args:
+        mask: channel-first mask ``[C, X, Y, Z]`` (any non-zero value is foreground).
+        axis: spatial axis (0-based over X, Y, Z) that indexes slices (default the last: axial).
+
+    Raises:
+        ValueError: the mask is empty.
+    """
+    m = torch.as_tensor(mask) != 0
+    axis = axis % (m.ndim - 1) + 1
+    dims = [d for d in range(m.ndim) if d != axis]
+    area = m.sum(dim=dims)
+    if int(area.max()) == 0:
+        raise ValueError("mask is empty: no slice contains the ROI")
+    return int(torch.argmax(area))
+
+
+def _slice_affine(affine: torch.Tensor, spatial_axis: int) -> torch.Tensor:
+    """Drop one spatial axis from a (d+1)x(d+1) affine (row and column), keeping the translation."""
+    keep = [i for i in range(affine.shape[0]) if i != spatial_axis]
+    return affine[keep][:, keep]
+
+
+class LargestAreaSlice(Transform):
+    """Take the 2D slice of a channel-first 3D image at the slice where ``mask`` has the largest area.
+
+    Args:
+        axis: spatial axis of the slices (0-based over X, Y, Z; -1 = last = axial).
+    """
+
+    def __init__(self, axis: int = -1) -> None:
+        self.axis = axis
+
+    def __call__(self, img: torch.Tensor, mask: torch.Tensor | None = None, index: int | None = None):
+        """Return the 2D slice ``[C, H, W]``; ``mask`` defaults to ``img``; ``index`` overrides the search."""
+        src = img if mask is None else mask
+        if index is None:
+            index = largest_area_index(src, self.axis)
+        spatial = self.axis % (img.ndim - 1)
+        out = torch.select(torch.as_tensor(img), spatial + 1, index)
+        if isinstance(img, MetaTensor):
+            meta = dict(img.meta)
+            meta["affine"] = _slice_affine(img.affine, spatial)
+            meta[SLICE_INDEX_KEY] = index
+            out = MetaTensor(out.as_tensor() if isinstance(out, MetaTensor) else out, meta=meta)
+        return out
+
+
+class _PerMaskd(MapTransform):
+    """The loop both dictionary ROI transforms share: each image key with its own mask key, a location found on the
+    mask (:meth:`locate`), the same operation applied to image and mask (:meth:`apply`), the location recorded as
+    ``data[f"{key}_{record}"]``. An empty mask becomes an :class:`InputError` naming the patient and the mask."""
+
+    record = ""
+
+    def __init__(self, keys: KeysCollection, mask_keys: Sequence[str], allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.mask_keys = list(mask_keys)
+        if len(self.mask_keys) != len(self.keys):
+            raise ValueError(f"{type(self).__name__} needs one mask key per image key")
+
+    def locate(self, mask: torch.Tensor):
+        raise NotImplementedError
+
+    def apply(self, img: torch.Tensor, where) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        for key, mkey in self.key_iterator(d, self.mask_keys):
+            try:
+                where = self.locate(d[mkey])
+            except ValueError as err:
+                raise InputError(d.get("patient_id"), str(err), column=str(mkey)) from err
+            d[key], d[mkey] = self.apply(d[key], where), self.apply(d[mkey], where)
+            d[f"{key}_{self.record}"] = where
+        return d
+
+
+class LargestAreaSliced(_PerMaskd):
+    """Dictionary twin of :class:`LargestAreaSlice`: each image key is sliced at its own mask's largest slice.
+
+    The mask keys are sliced too (at the same index), and the chosen index is stored as
+    ``data[f"{key}_roi_slice_index"]`` and in the image's meta (``roi_slice_index``).
+
+    Args:
+        keys: image keys (e.g. ``["ap", "pvp", "dp"]``).
+        mask_keys: one mask key per image key (e.g. ``["ap_mask", "pvp_mask", "dp_mask"]``).
+        axis: slice axis over the spatial dims (default -1, axial).
+    """
+
+    record = SLICE_INDEX_KEY
+
+    def __init__(self, keys: KeysCollection, mask_keys: Sequence[str], axis: int = -1,
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, mask_keys, allow_missing_keys)
+        self.slicer = LargestAreaSlice(axis)
+
+    def locate(self, mask):
+        return largest_area_index(mask, self.slicer.axis)
+
+    def apply(self, img, where):
+        return self.slicer(img, index=where)
+
+
+def roi_bbox(mask: torch.Tensor | np.ndarray, margin: int = 10) -> tuple[list[int], list[int]]:
+    """Smallest box around the non-zero mask expanded by ``margin`` voxels and clipped at the border.
+
+    Returns:
+        ``(start, end)`` per spatial dim (end exclusive), as MONAI's ``generate_spatial_bounding_box``.
+    """
+    start, end = generate_spatial_bounding_box(mask, select_fn=lambda x: x != 0, margin=margin, allow_smaller=True)
+    shape = mask.shape[1:]
+    start = [max(0, int(s)) for s in start]
+    end = [min(int(n), int(e)) for e, n in zip(end, shape)]
+    if any(e <= s for s, e in zip(start, end)):
+        raise ValueError("mask is empty: no bounding box")
+    return start, end
+
+
+class ROIBoundingBoxCrop(Transform):
+    """Crop an image to the bounding box of ``mask`` expanded by ``margin`` px (clipped at the border).
+
+    Equivalent to MONAI ``CropForeground(margin=10, allow_smaller=True)`` with the mask as the source.
+    """
+
+    def __init__(self, margin: int = 10) -> None:
+        self.margin = margin
+
+    def __call__(self, img: torch.Tensor, mask: torch.Tensor | None = None, box=None) -> torch.Tensor:
+        start, end = box if box is not None else roi_bbox(img if mask is None else mask, self.margin)
+        return SpatialCrop(roi_start=start, roi_end=end)(img)
+
+
+class ROIBoundingBoxCropd(_PerMaskd):
+    """Dictionary twin of :class:`ROIBoundingBoxCrop`: each image (and its mask) cropped to its own mask's box.
+
+    Stores the box as ``data[f"{key}_roi_bbox"] = (start, end)``.
+    """
+
+    record = BBOX_KEY
+
+    def __init__(self, keys: KeysCollection, mask_keys: Sequence[str], margin: int = 10,
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, mask_keys, allow_missing_keys)
+        self.cropper = ROIBoundingBoxCrop(margin)
+
+    def locate(self, mask):
+        return roi_bbox(mask, self.cropper.margin)
+
+    def apply(self, img, where):
+        return self.cropper(img, box=where)
+
+
+class RenameKeysd(MapTransform):
+    """Move ``data[key]`` to ``data[name]`` for each pair (MONAI has no plain rename transform).
+
+    Why: MONAI's ``Spacingd`` treats every key that starts with ``f"{key}_"`` as a meta dict of ``key`` (NIfTI
+    inputs), so a mask stored as ``ap_mask`` next to the image ``ap`` breaks it. The bundles load
+    ``ap_mask`` (the datalist contract) and rename it to ``mask_ap`` right after loading.
+    """
+
+    def __init__(self, keys: KeysCollection, names: Sequence[str], allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.names = list(names)
+        if len(self.names) != len(self.keys):
+            raise ValueError("RenameKeysd needs one new name per key")
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        for key, name in self.key_iterator(d, self.names):
+            d[name] = d.pop(key)
+        return d
+
+
+def roi_transforms(image_keys: Sequence[str] = PHASES,
+                   mask_keys: Sequence[str] = MASK_COLUMNS, spatial_size: int = 256,
+                   margin: int = 10, concat: bool = True, out_key: str = "image") -> list:
+    """Deterministic 2D part on loaded 3D volumes: largest slice -> bbox+margin -> resize -> z-score -> concat.
+
+    Args:
+        image_keys / mask_keys: phase keys and their masks (one each).
+        spatial_size: output side length (256 in the paper).
+        margin: bbox expansion in pixels (10 in the paper).
+        concat: stack the phases as channels into ``out_key`` (MC arm); False keeps them apart (FF arm).
+    """
+    from monai.transforms import ConcatItemsd, DeleteItemsd, NormalizeIntensityd, Resized
+
+    t = [LargestAreaSliced(list(image_keys), list(mask_keys)),
+         ROIBoundingBoxCropd(list(image_keys), list(mask_keys), margin=margin),
+         Resized(list(image_keys), spatial_size=(spatial_size, spatial_size), mode="bilinear", anti_aliasing=True),
+         NormalizeIntensityd(list(image_keys)),
+         DeleteItemsd(list(mask_keys))]
+    if concat:
+        t.append(ConcatItemsd(list(image_keys), name=out_key, dim=0))
+    return t
+
+
+def train_augmentation(keys: Sequence[str] = ("image",), spatial_size: int = 256, min_scale: float = 0.8) -> list:
+    """CPU training augmentation: random crop of 80-100 % of the side, resized back, random H and V flips."""
+    from monai.transforms import RandFlipd, RandScaleCropd, Resized
+
+    return [RandScaleCropd(list(keys), roi_scale=min_scale, max_roi_scale=1.0, random_size=True),
+            Resized(list(keys), spatial_size=(spatial_size, spatial_size), mode="bilinear"),
+            RandFlipd(list(keys), prob=0.5, spatial_axis=0),
+            RandFlipd(list(keys), prob=0.5, spatial_axis=1)]
+
+
+class BatchRandCropFlip(torch.nn.Module):
+    """GPU-side augmentation of a whole batch ``[B, C, H, W]``: random crop + resize back + H/V flips.
+
+    One affine ``grid_sample`` per batch (the crop of side ``s`` in [min_scale, 1] at a random position, scaled
+    back to ``H x W``, with random sign flips of each axis); no host syncs, so it runs at GPU speed on inputs
+    that stay on the device. Works the same on the CPU. In eval mode (``.eval()``) it is the identity.
+
+    Args:
+        min_scale: smallest crop side as a fraction of the image side.
+        p_flip: probability of each flip.
+        generator: optional ``torch.Generator`` on the batch's device (reproducible augmentation).
+    """
+
+    def __init__(self, min_scale: float = 0.8, p_flip: float = 0.5, generator: torch.Generator | None = None):
+        super().__init__()
+        self.min_scale, self.p_flip, self.generator = min_scale, p_flip, generator
+
+    def _rand(self, n: int, x: torch.Tensor) -> torch.Tensor:
+        return torch.rand(n, device=x.device, generator=self.generator, dtype=torch.float32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        b = x.shape[0]
+        scale = self.min_scale + (1.0 - self.min_scale) * self._rand(b, x)
+        tx, ty = [(2 * self._rand(b, x) - 1) * (1 - scale) for _ in range(2)]
+        fx, fy = [torch.where(self._rand(b, x) < self.p_flip, -1.0, 1.0) for _ in range(2)]
+        theta = torch.zeros(b, 2, 3, device=x.device, dtype=torch.float32)
+        theta[:, 0, 0], theta[:, 0, 2] = scale * fx, tx
+        theta[:, 1, 1], theta[:, 1, 2] = scale * fy, ty
+        grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+        out = torch.nn.functional.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border",
+                                              align_corners=False)
+        return out.to(x.dtype).contiguous(memory_format=torch.channels_last) if x.is_contiguous(
+            memory_format=torch.channels_last) and x.ndim == 4 else out.to(x.dtype)

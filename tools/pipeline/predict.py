@@ -1,0 +1,158 @@
+"""The frozen study model (:mod:`p53hcc.tools.pipeline.freeze`) applied to new patients.
+
+``predict_cohort`` validates, preprocesses and extracts the new cohort with the frozen parameters, recomputes the
+three component scores and applies the frozen models; ``evaluate_cohort`` does the same on a labelled cohort and
+reports discrimination (AUC, DeLong CI), calibration-in-the-large and slope, and net benefit - external
+validation.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from p53hcc.fusion.models import logit
+from p53hcc.fusion.nomogram import Nomogram
+from p53hcc.fusion.report import write_evaluation_report
+from p53hcc.fusion.stats import model_metrics, net_benefit
+from p53hcc.tools.cohort.manifest import read_cohort, validate_cohort
+from p53hcc.tools.dl.frozen import predict_frozen
+from p53hcc.tools.dl.gradcam import gradcam_frozen
+from p53hcc.tools.errors import P53hccError
+from p53hcc.tools.io import atomic_write_table, atomic_write_text, read_table
+from p53hcc.tools.pipeline.freeze import load_model
+from p53hcc.tools.preprocessing.run import preprocess_cohort
+from p53hcc.tools.radiomics.extract import extract_cohort
+
+DlScorer = Callable[[Path, Path, Path, dict], pd.DataFrame]
+
+
+# ------------------------------------------------------------------------------------------------- prediction
+def score_patients(bundle: dict, cohort: pd.DataFrame, radiomics: pd.DataFrame, dl_scores: pd.Series
+                   ) -> pd.DataFrame:
+    """Apply the frozen fusion models to patients whose radiomics features and DL score are computed.
+
+    Args:
+        bundle: :func:`load_model` output.
+        cohort: cohort rows (raw clinical columns, ``patient_id``).
+        radiomics: one row per patient (``patient_id`` column or index), the study's feature columns.
+        dl_scores: DL probability per patient (index ``patient_id``) from the frozen network.
+
+    Returns:
+        ``patient_id, clinical, radiomics, dl, probability, predicted_class, points_<input>..., total_points``.
+    """
+    cohort = cohort.assign(patient_id=cohort["patient_id"].astype(str)).sort_values("patient_id")
+    ids = pd.Index(cohort["patient_id"], name="patient_id")
+    rad = radiomics.set_index("patient_id") if "patient_id" in radiomics.columns else radiomics
+    rad.index = rad.index.astype(str)
+    feats = bundle["radiomics_features"]
+    missing = [pid for pid in ids if pid not in rad.index]
+    if missing:
+        raise P53hccError(f"patient {missing[0]}: no radiomics features (extraction failed?)")
+    absent = [f for f in feats if f not in rad.columns]
+    if absent:
+        raise P53hccError(f"radiomics table lacks {len(absent)} feature(s) of the frozen model, e.g. {absent[0]}")
+    dl = dl_scores.copy()
+    dl.index = dl.index.astype(str)
+    if not set(ids) <= set(dl.index):
+        raise P53hccError(f"patient {min(set(ids) - set(dl.index))}: no DL score")
+    X = pd.DataFrame({"clinical": bundle["clinical"].predict_proba(cohort.reset_index(drop=True))[:, 1],
+                      "radiomics": bundle["radiomics"].predict_proba(rad.loc[ids, feats])[:, 1],
+                      "dl": dl.loc[ids].to_numpy(float)}, index=ids)
+    out = X.copy()
+    out["probability"] = bundle["combined"].predict_proba(X)[:, 1]
+    thr = float(bundle["manifest"]["threshold"])
+    out["predicted_class"] = (out["probability"] >= thr).astype(int)
+    spec = bundle["manifest"]["nomogram"]
+    nomo = Nomogram(coefs=spec["coefs"], intercept=spec["intercept"],
+                    ranges={k: tuple(v) for k, v in spec["ranges"].items()}, scale=spec["scale"], refs=spec["refs"])
+    pts = nomo.points(pd.DataFrame({k: logit(X[k].to_numpy()) for k in spec["coefs"]}, index=ids))
+    out = out.join(pts[[c for c in pts.columns if c.startswith("points_")] + ["total_points"]])
+    return out.reset_index()
+
+
+def default_dl_scorer(model_dir: Path, cohort_csv: Path, work: Path, manifest: dict) -> pd.Series:
+    """DL scores of new patients from the frozen network (:func:`p53hcc.tools.dl.frozen.predict_frozen`)."""
+    dl = manifest["dl"]
+    return predict_frozen(model_dir / dl["weights"], cohort_csv, work, arm=dl["arm"], net=dl["net"])
+
+
+def predict_cohort(model_dir: str | Path, cohort_csv: str | Path, out: str | Path,
+                   dl_scorer: DlScorer = default_dl_scorer, gradcam: bool = True) -> Path:
+    """Frozen model -> ``out/predictions.csv`` for new patients (and Grad-CAM images under ``out/gradcam/``).
+
+    The new cohort is validated, preprocessed and radiomics-extracted with the frozen parameters into
+    ``out/work/``; nothing is refitted.
+    """
+    model_dir, cohort_csv, out = Path(model_dir), Path(cohort_csv).resolve(), Path(out)
+    bundle = load_model(model_dir)
+    errors = [str(p) for p in validate_cohort(cohort_csv, progress=False) if p.severity == "error"]
+    if errors:
+        raise P53hccError(f"{cohort_csv}: {len(errors)} problem(s): " + "; ".join(errors[:5]))
+    work = out / "work"
+    preprocess_cohort(cohort_csv, work, params=bundle["manifest"]["preprocessing"]["config"].get("params"))
+    radiomics = extract_cohort(cohort_csv, work, params=str(model_dir / "radiomics_params.yaml"))
+    dl = dl_scorer(model_dir, cohort_csv, work, bundle["manifest"])
+    pred = score_patients(bundle, read_cohort(cohort_csv), radiomics, dl)
+    dest = atomic_write_table(out / "predictions.csv", pred)
+    if gradcam:
+        _gradcam_new(model_dir, cohort_csv, out, bundle["manifest"])
+    return dest
+
+
+def _gradcam_new(model_dir: Path, cohort_csv: Path, out: Path, manifest: dict) -> None:
+    """Grad-CAM overlays of the frozen network for the new patients (a note instead when it cannot be made)."""
+    dl = manifest["dl"]
+    try:
+        gradcam_frozen(model_dir / dl["weights"], cohort_csv, out / "gradcam", arm=dl["arm"], net=dl["net"],
+                       work=out / "work")
+    except P53hccError as err:  # e.g. a frozen model folder lacking a network
+        atomic_write_text(out / "gradcam" / "NOT_AVAILABLE.txt", f"{err}\n")
+
+
+# ------------------------------------------------------------------------------------------------- evaluation
+DCA_THRESHOLDS = np.round(np.arange(0.05, 0.96, 0.05), 2)
+
+
+def evaluation_metrics(pred: pd.DataFrame, y: pd.Series, threshold: float, split: str = "external",
+                       thresholds=DCA_THRESHOLDS) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Tidy metrics (AUC + DeLong CI, accuracy/sens/spec at the frozen threshold, calibration-in-the-large and
+    slope, Brier, Hosmer-Lemeshow) for the combined model and its three inputs, plus their net-benefit curves.
+    """
+    df = pred.assign(patient_id=pred["patient_id"].astype(str)).set_index("patient_id")
+    yy = y.copy()
+    yy.index = yy.index.astype(str)
+    yy = pd.to_numeric(yy.reindex(df.index), errors="coerce")
+    keep = yy.notna().to_numpy()
+    if keep.sum() < 2 or yy[keep].nunique() < 2:
+        raise P53hccError("evaluate needs labelled patients of both classes (p53 0 and 1)")
+    df, yv = df[keep], yy[keep].astype(int).to_numpy()
+    frames = [model_metrics(yv, df["probability"].to_numpy(), threshold, model="combined", split=split)]
+    for comp in ("clinical", "radiomics", "dl"):
+        frames.append(model_metrics(yv, df[comp].to_numpy(), 0.5, model=comp, split=split)
+                      .query("metric not in ['accuracy', 'sensitivity', 'specificity', 'ppv', 'npv', 'threshold']"))
+    nb = net_benefit(yv, {"combined": df["probability"].to_numpy(), "clinical": df["clinical"].to_numpy(),
+                          "radiomics": df["radiomics"].to_numpy(), "dl": df["dl"].to_numpy()},
+                     thresholds=thresholds)
+    return pd.concat(frames, ignore_index=True), nb
+
+
+def evaluate_cohort(model_dir: str | Path, cohort_csv: str | Path, out: str | Path,
+                    dl_scorer: DlScorer = default_dl_scorer) -> Path:
+    """Externally validate the frozen model on a labelled cohort: ``metrics.csv``, ``net_benefit.csv``,
+    ``report.html`` (internal-validation vs external AUC side by side); returns the metrics path."""
+    out = Path(out)
+    predict_cohort(model_dir, cohort_csv, out, dl_scorer=dl_scorer, gradcam=False)
+    pred = read_table(out / "predictions.csv")
+    cohort = read_cohort(cohort_csv)
+    y = cohort.set_index("patient_id")["p53"]
+    manifest = load_model(model_dir)["manifest"]
+    metrics, nb = evaluation_metrics(pred, y, float(manifest["threshold"]))
+    dest = atomic_write_table(out / "metrics.csv", metrics)
+    atomic_write_table(out / "net_benefit.csv", nb)
+    study_metrics = Path(model_dir) / "study_metrics.csv"
+    write_evaluation_report(out / "report.html", metrics, read_table(study_metrics) if study_metrics.exists() else None,
+                            dl_model=manifest["dl"]["model"], model_dir=Path(model_dir))
+    return dest
