@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import site
 import subprocess
 import sys
 import zipfile
@@ -34,7 +33,8 @@ def installed(wheel, tmp_path_factory) -> Path:
     code = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
     purelib = subprocess.run([str(env / "bin" / "python"), "-c", code], check=True, capture_output=True,
                              text=True).stdout.strip()
-    Path(purelib, "test-deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    deps = [p for p in sys.path if p.endswith("site-packages")]  # this environment's, however it was built
+    Path(purelib, "test-deps.pth").write_text("\n".join(deps) + "\n")
     subprocess.run([str(env / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
                    check=True, capture_output=True, text=True)
     return env
