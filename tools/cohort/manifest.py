@@ -5,6 +5,8 @@ row and every file before any stage runs, so a user fixes all problems in one pa
 """
 from __future__ import annotations
 
+import csv
+import io
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,14 +46,18 @@ class Problem:
 def read_cohort(path: str | Path) -> pd.DataFrame:
     """Read ``cohort.csv``: paths made absolute (relative to the CSV), one ``mask`` column expanded per phase.
 
+    Rows whose every cell is blank (trailing ``,,,,`` lines of a spreadsheet export) are dropped; their line
+    numbers are kept in ``df.attrs["blank_lines"]`` so validation can say so.
+
     Raises:
-        P53hccError: the file is missing or lacks required columns.
+        P53hccError: the file is missing, empty, not UTF-8, not comma-separated, has no patients, a row without
+            ``patient_id``, or lacks required columns.
     """
     path = Path(path)
     if not path.is_file():
         raise P53hccError(f"cohort file not found: {path}")
-    df = pd.read_csv(path, dtype={"patient_id": str}, keep_default_na=True)
-    df.columns = [c.strip() for c in df.columns]
+    df = _read_csv(path)
+    df.columns = [str(c).strip() for c in df.columns]
     if "mask" in df.columns:
         for col in MASK_COLUMNS:
             if col not in df.columns:
@@ -59,12 +65,53 @@ def read_cohort(path: str | Path) -> pd.DataFrame:
     missing = [c for c in (*REQUIRED_COLUMNS, *MASK_COLUMNS) if c not in df.columns]
     if missing:
         raise P53hccError(f"{path}: missing column(s) {', '.join(missing)} (see docs/contracts.md)")
+    no_id = [int(i) + 2 for i, v in df["patient_id"].items() if not present(v)]
+    if no_id:
+        raise P53hccError(f"{path}: no patient_id on line(s) {', '.join(map(str, no_id[:10]))}"
+                          f"{' ...' if len(no_id) > 10 else ''}")
     df["patient_id"] = df["patient_id"].astype(str).str.strip()
     df["split"] = df["split"].astype(str).str.strip().str.lower()
     base = path.resolve().parent
     for col in (*PHASES, *MASK_COLUMNS, *R2_MASK_COLUMNS):
         if col in df.columns:
             df[col] = [str((base / str(v).strip()).resolve()) if present(v) else None for v in df[col]]
+    return df
+
+
+#: Delimiters of spreadsheet exports that are not CSV in the contract's sense (comma-separated).
+_OTHER_DELIMITERS = {";": "semicolons", "\t": "tabs", "|": "vertical bars"}
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    """The CSV as text columns (``patient_id`` kept as written), with one clear error per malformed file."""
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise P53hccError(f"{path}: the file is empty (expected a header line and one line per patient)")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[:err.start].count(b"\n") + 1
+        raise P53hccError(f"{path}: not UTF-8 text (byte 0x{raw[err.start]:02x} on line {line}); save it as UTF-8 "
+                          "(e.g. 'CSV UTF-8' in Excel)") from None
+    header = text.splitlines()[0]
+    for sep, name in _OTHER_DELIMITERS.items():
+        if header.count(sep) > header.count(","):
+            raise P53hccError(f"{path}: the columns are separated by {name}, not commas; save it as a "
+                              "comma-separated CSV (decimal point '.')")
+    rows = list(csv.reader(io.StringIO(text)))
+    long = [k + 1 for k, r in enumerate(rows) if len(r) > len(rows[0])]
+    if long:  # pandas would silently take the extra leading fields as an index and shift every column
+        raise P53hccError(f"{path}: not a well-formed CSV: line(s) {', '.join(map(str, long[:10]))} have more "
+                          f"fields than the header ({len(rows[0])}); quote values that contain commas")
+    try:
+        df = pd.read_csv(io.StringIO(text), dtype={"patient_id": str}, keep_default_na=True, index_col=False)
+    except pd.errors.ParserError as err:
+        raise P53hccError(f"{path}: not a well-formed CSV: {str(err).strip()}") from None
+    blank = df.apply(lambda col: col.map(present)).sum(axis=1) == 0 if len(df) else pd.Series(dtype=bool)
+    df = df[~blank].reset_index(drop=True) if len(df) else df
+    df.attrs["blank_lines"] = [int(i) + 2 for i in blank[blank].index]
+    if df.empty:
+        raise P53hccError(f"{path}: no patients (the file has a header line only)")
     return df
 
 
@@ -85,6 +132,10 @@ def validate_cohort(path: str | Path, check_voxels: bool = True, workers: int = 
     """
     df = read_cohort(path)
     problems = _table_problems(df)
+    if df.attrs.get("blank_lines"):
+        lines = df.attrs["blank_lines"]
+        problems.append(Problem(None, None, str(path), f"{len(lines)} blank row(s) ignored (line(s) "
+                                f"{', '.join(map(str, lines[:10]))}{' ...' if len(lines) > 10 else ''})", "warning"))
     rows = list(df.itertuples(index=False))
     with ThreadPoolExecutor(max(1, workers)) as pool:
         results = pool.map(lambda r: _file_problems(r._asdict(), check_voxels), rows)
@@ -167,10 +218,16 @@ def _checked_geometry(pid, col, path, out):
         out.append(Problem(pid, col, path, "file not found"))
         return None
     try:
-        return read_geometry(path)
+        geom = read_geometry(path)
     except Exception as err:  # noqa: BLE001 - any reader failure means the file is unusable
         out.append(Problem(pid, col, path, f"unreadable image: {str(err).strip().splitlines()[-1][:200]}"))
         return None
+    if len(geom.size) != 3 or min(geom.size) < 2:
+        shape = "x".join(map(str, geom.size))
+        what = f"{len(geom.size)}-D image" if len(geom.size) != 3 else "single-slice volume"
+        out.append(Problem(pid, col, path, f"{what} of size {shape}: a 3-D volume (x, y, z, each > 1) is expected"))
+        return None
+    return geom
 
 
 def _strict_voxels(pid, col, path, out, what: str):
