@@ -348,6 +348,7 @@ def fake_image_stages(monkeypatch):
 
     monkeypatch.setattr(p53hcc.tools.cohort.synth, "make_cohort", make_cohort)
     monkeypatch.setattr(p53hcc.tools.cohort.manifest, "validate_cohort", lambda path, **kw: [])
+    monkeypatch.setattr("p53hcc.tools.pipeline.checks.validate_cohort", lambda path, **kw: [])
     monkeypatch.setattr(p53hcc.tools.radiomics.extract, "extract_cohort", extract_cohort)
     monkeypatch.setattr(p53hcc.tools.dl.crossfit, "train_arm", train_arm)
     monkeypatch.setattr("p53hcc.tools.preprocessing.run.preprocess_cohort", preprocess_cohort)
@@ -412,7 +413,7 @@ def test_predict_and_evaluate_cohort_glue(fused_study, tmp_path, monkeypatch):
     new.to_csv(csv, index=False)
     s = pd.read_parquet(root / "scores.parquet")
     dl = s[s.model == "ff_resnet18"].set_index("patient_id")["score"]
-    monkeypatch.setattr(predict, "validate_cohort", lambda path, **kw: [])
+    monkeypatch.setattr(predict, "cohort_problems", lambda path, *a, **kw: [])
     monkeypatch.setattr(predict, "extract_cohort", lambda cohort_csv, out, params=None, **kw: rad)
     monkeypatch.setattr(predict, "preprocess_cohort", lambda *a, **k: None)
     pred = pd.read_csv(predict_cohort(root / "model", csv, tmp_path / "pred", dl_scorer=lambda *a: dl, gradcam=False),
@@ -423,6 +424,23 @@ def test_predict_and_evaluate_cohort_glue(fused_study, tmp_path, monkeypatch):
     metrics = pd.read_csv(evaluate_cohort(root / "model", csv, tmp_path / "eval", dl_scorer=lambda *a: dl))
     assert {"auc", "calibration_intercept", "calibration_slope"} <= set(metrics.metric)
     assert (tmp_path / "eval" / "report.html").exists() and (tmp_path / "eval" / "net_benefit.csv").exists()
+
+
+def test_predict_names_every_missing_clinical_column_before_any_work(fused_study, tmp_path, monkeypatch):
+    """All missing clinical columns in one message, before preprocessing (not the first one after minutes)."""
+    from p53hcc.fusion.clinical import RAW_COLUMNS
+    from p53hcc.tools.pipeline import predict
+
+    root, cohort, _ = fused_study
+    csv = tmp_path / "new" / "cohort.csv"
+    csv.parent.mkdir()
+    cohort[cohort.split == "validation"].drop(columns=list(RAW_COLUMNS)).to_csv(csv, index=False)
+    monkeypatch.setattr("p53hcc.tools.pipeline.checks.validate_cohort", lambda path, **kw: [])  # no image files
+    calls = []
+    monkeypatch.setattr(predict, "preprocess_cohort", lambda *a, **k: calls.append("preprocess"))
+    with pytest.raises(P53hccError) as err:
+        predict.predict_cohort(root / "model", csv, tmp_path / "pred", dl_scorer=lambda *a: None, gradcam=False)
+    assert calls == [] and f"column {', '.join(RAW_COLUMNS)}: {len(RAW_COLUMNS)} clinical column(s)" in str(err.value)
 
 
 def test_profiles_paper_by_default_demo_for_synthetic():

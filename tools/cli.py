@@ -42,12 +42,22 @@ def synth(n: int = 320, out: str = "synthetic", seed: int = 0, size: str = "demo
                            profile=profile))
 
 
-def validate(cohort: str):
+def validate(cohort: str, study: bool = False, config: str | None = None, profile: str = "paper", **overrides):
     """Check every file and value of a cohort manifest and list all problems at once (exit 1 if any).
 
     Args:
         cohort: path to cohort.csv.
+        study: also check what `p53hcc study` will need, before hours of work: the clinical columns and values of
+            the clinical model, both classes in each split (folds per class in training), ROI size for radiomics
+            and the DL crop, and the phases' enhancement order (a warning: swapped phase columns?).
+        config: study YAML (implies --study): the checks follow its folds and radiomics parameter set.
+        profile: "paper" (default) or "demo", as for `p53hcc study`.
+        overrides: study parameters as for `p53hcc study`, e.g. --folds 10 (implies --study).
     """
+    if as_bool(study, "study") or config or overrides:
+        from p53hcc.tools.pipeline.checks import validate_study_command
+
+        return validate_study_command(cohort, config=config, profile=profile, **overrides)
     from p53hcc.tools.cohort.manifest import validate_command
 
     return validate_command(cohort)
@@ -197,6 +207,7 @@ VERBOSE, QUIET = ("--verbose", "-v"), ("--quiet", "-q")
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``p53hcc`` console script; user errors become one line on stderr and exit code 1."""
+    import errno
     import logging
 
     import fire
@@ -210,8 +221,12 @@ def main(argv: list[str] | None = None) -> int:
     log = logging.getLogger("p53hcc.cli")
     try:
         fire.Fire(COMMANDS, command=argv, name="p53hcc")
-    except (P53hccError, FileNotFoundError, PermissionError) as err:
+    except (P53hccError, FileNotFoundError) as err:
         log.error("%s", err)
+        return 1
+    except OSError as err:  # a read-only or full output folder, a vanished network share...
+        hint = " (is the folder read-only?)" if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else ""
+        log.error("%s%s", err, hint)
         return 1
     except KeyboardInterrupt:
         log.error("interrupted; run the same command again to resume")

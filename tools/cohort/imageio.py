@@ -125,7 +125,8 @@ def geometry_of(image: sitk.Image) -> Geometry:
 
 
 def read_voxels_strict(path: str | Path) -> np.ndarray:
-    """Voxel array for integrity checks, failing loudly on corruption.
+    """Voxel array in ITK index order (x, y, z, like :class:`Geometry`) for integrity checks, failing loudly on
+    corruption.
 
     ITK's NIfTI reader silently replaces NaN by 0 and zero-fills a truncated ``.nii.gz``; nibabel raises on the
     truncation and keeps NaN, so NIfTI voxels are checked through nibabel, everything else through SimpleITK.
@@ -135,7 +136,7 @@ def read_voxels_strict(path: str | Path) -> np.ndarray:
         import nibabel as nib
 
         return np.asarray(nib.load(str(path)).dataobj)
-    return sitk.GetArrayFromImage(read_image(path))
+    return sitk.GetArrayFromImage(read_image(path)).transpose()
 
 
 def read_array(path: str | Path) -> tuple[np.ndarray, Geometry]:

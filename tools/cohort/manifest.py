@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from p53hcc.tools.cohort.imagechecks import ImageRequirements, phase_order_problem, ring_median, roi_problem
 from p53hcc.tools.cohort.imageio import read_geometry, read_voxels_strict
 from p53hcc.tools.errors import InputError, P53hccError
 from p53hcc.tools.schema import (
@@ -115,13 +116,27 @@ def _read_csv(path: Path) -> pd.DataFrame:
     return df
 
 
+def cohort_files(path: str | Path) -> list[Path]:
+    """The cohort CSV and every image and mask file (or DICOM folder) it names: what a study's results depend on.
+
+    An unreadable CSV gives the CSV alone (validation then says what is wrong with it).
+    """
+    path = Path(path)
+    try:
+        df = read_cohort(path)
+    except P53hccError:
+        return [path]
+    cols = [c for c in (*PHASES, *MASK_COLUMNS, *R2_MASK_COLUMNS) if c in df.columns]
+    return [path, *sorted({Path(v) for c in cols for v in df[c] if present(v)})]
+
+
 def present(value) -> bool:
     """True when a CSV cell holds a value (not None, NaN or blank)."""
     return not (value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() == "")
 
 
 def validate_cohort(path: str | Path, check_voxels: bool = True, workers: int = 4,
-                    progress: bool = True) -> list[Problem]:
+                    progress: bool = True, requirements: ImageRequirements | None = None) -> list[Problem]:
     """Check every row, value and file of a manifest; return all problems (empty list when valid).
 
     Args:
@@ -129,7 +144,10 @@ def validate_cohort(path: str | Path, check_voxels: bool = True, workers: int = 
         check_voxels: also read masks (empty / non-binary) and images (NaN / infinite voxels).
         workers: threads reading files in parallel.
         progress: show a progress bar over patients.
+        requirements: also check each ROI and the phases against what the study's stages need
+            (:mod:`p53hcc.tools.cohort.imagechecks`; implies ``check_voxels``).
     """
+    check_voxels = check_voxels or requirements is not None
     df = read_cohort(path)
     problems = _table_problems(df)
     if df.attrs.get("blank_lines"):
@@ -138,7 +156,7 @@ def validate_cohort(path: str | Path, check_voxels: bool = True, workers: int = 
                                 f"{', '.join(map(str, lines[:10]))}{' ...' if len(lines) > 10 else ''})", "warning"))
     rows = list(df.itertuples(index=False))
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        results = pool.map(lambda r: _file_problems(r._asdict(), check_voxels), rows)
+        results = pool.map(lambda r: _file_problems(r._asdict(), check_voxels, requirements), rows)
         for found in tqdm(results, total=len(rows), desc="validate", unit="patient", disable=not progress):
             problems.extend(found)
     return problems
@@ -188,26 +206,40 @@ def _clinical_problems(pid: str, r: dict) -> list[Problem]:
     return out
 
 
-def _file_problems(r: dict, check_voxels: bool) -> list[Problem]:
-    """Problems of one patient's files: missing, unreadable, geometry mismatch, empty / non-binary mask, NaNs."""
+def _file_problems(r: dict, check_voxels: bool, req: ImageRequirements | None = None) -> list[Problem]:
+    """Problems of one patient's files: missing, unreadable, geometry mismatch, empty / non-binary mask, NaNs;
+    with ``req`` also ROIs the study cannot use and an implausible phase order (a warning)."""
     pid = r["patient_id"]
     out: list[Problem] = []
+    liver: dict[str, float | None] = {}
     for phase in PHASES:
         image_col, mask_cols = phase, [f"{phase}_mask"] + ([f"{phase}_mask_r2"] if present(r.get(f"{phase}_mask_r2")) else [])
         image_geom = _checked_geometry(pid, image_col, r.get(image_col), out)
+        image = None
         if image_geom is not None and check_voxels:
-            _check_image_voxels(pid, image_col, r[image_col], out)
+            image = _check_image_voxels(pid, image_col, r[image_col], out)
         for mask_col in mask_cols:
             mask_geom = _checked_geometry(pid, mask_col, r.get(mask_col), out)
             if mask_geom is None:
                 continue
-            if image_geom is not None:
-                diff = image_geom.mismatch(mask_geom)
-                if diff:
-                    out.append(Problem(pid, mask_col, r[mask_col],
-                                       f"mask geometry does not match image {r[image_col]}: {'; '.join(diff)}"))
-            if check_voxels:
-                _check_mask_voxels(pid, mask_col, r[mask_col], out)
+            same_grid = image_geom is not None and not image_geom.mismatch(mask_geom)
+            if image_geom is not None and not same_grid:
+                out.append(Problem(pid, mask_col, r[mask_col], "mask geometry does not match image "
+                                   f"{r[image_col]}: {'; '.join(image_geom.mismatch(mask_geom))}"))
+            if not check_voxels:
+                continue
+            mask = _check_mask_voxels(pid, mask_col, r[mask_col], out)
+            if req is None or mask is None:
+                continue
+            why = roi_problem(mask, mask_geom.spacing, req)
+            if why:
+                out.append(Problem(pid, mask_col, r[mask_col], why))
+            if req.phase_order and mask_col == f"{phase}_mask" and image is not None and same_grid:
+                liver[phase] = ring_median(image, mask, image_geom.spacing)
+    if req is not None and req.phase_order and len(liver) == len(PHASES):
+        why = phase_order_problem(liver)
+        if why:
+            out.append(Problem(pid, ", ".join(PHASES), None, why, "warning"))
     return out
 
 
@@ -239,24 +271,31 @@ def _strict_voxels(pid, col, path, out, what: str):
         return None
 
 
-def _check_image_voxels(pid, col, path, out):
+def _check_image_voxels(pid, col, path, out) -> np.ndarray | None:
+    """The image's voxels (None when unreadable), recording NaN / infinite voxels."""
     arr = _strict_voxels(pid, col, path, out, "image")
     if arr is None:
-        return
+        return None
     if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
         out.append(Problem(pid, col, path, f"{int((~np.isfinite(arr)).sum())} NaN/infinite voxels"))
+        return None
+    return arr
 
 
-def _check_mask_voxels(pid, col, path, out):
+def _check_mask_voxels(pid, col, path, out) -> np.ndarray | None:
+    """The mask's voxels when it is a usable binary mask, else None after recording why."""
     arr = _strict_voxels(pid, col, path, out, "mask")
     if arr is None:
-        return
+        return None
     values = np.unique(arr)
     if not np.isin(values, (0, 1)).all():
         shown = ", ".join(f"{v:g}" for v in values[:6])
         out.append(Problem(pid, col, path, f"mask is not binary (values {shown}{'...' if len(values) > 6 else ''})"))
-    elif not (arr == 1).any():
+        return None
+    if not (arr == 1).any():
         out.append(Problem(pid, col, path, "empty mask (no foreground voxel)"))
+        return None
+    return arr
 
 
 def validate_command(cohort: str | Path) -> str:

@@ -17,11 +17,12 @@ from p53hcc.fusion.models import logit
 from p53hcc.fusion.nomogram import Nomogram
 from p53hcc.fusion.report import write_evaluation_report
 from p53hcc.fusion.stats import model_metrics, net_benefit
-from p53hcc.tools.cohort.manifest import read_cohort, validate_cohort
+from p53hcc.tools.cohort.manifest import read_cohort
 from p53hcc.tools.dl.frozen import predict_frozen
 from p53hcc.tools.dl.gradcam import gradcam_frozen
 from p53hcc.tools.errors import P53hccError
 from p53hcc.tools.io import atomic_write_table, atomic_write_text, read_table
+from p53hcc.tools.pipeline.checks import cohort_problems, image_requirements, raise_on_errors
 from p53hcc.tools.pipeline.freeze import load_model
 from p53hcc.tools.preprocessing.run import preprocess_cohort
 from p53hcc.tools.radiomics.extract import extract_cohort
@@ -80,17 +81,18 @@ def default_dl_scorer(model_dir: Path, cohort_csv: Path, work: Path, manifest: d
 
 
 def predict_cohort(model_dir: str | Path, cohort_csv: str | Path, out: str | Path,
-                   dl_scorer: DlScorer = default_dl_scorer, gradcam: bool = True) -> Path:
+                   dl_scorer: DlScorer = default_dl_scorer, gradcam: bool = True, purpose: str = "predict") -> Path:
     """Frozen model -> ``out/predictions.csv`` for new patients (and Grad-CAM images under ``out/gradcam/``).
 
-    The new cohort is validated, preprocessed and radiomics-extracted with the frozen parameters into
-    ``out/work/``; nothing is refitted.
+    The new cohort is validated (files, values, every clinical column the frozen clinical model needs, ROIs
+    against the frozen radiomics parameters; ``purpose="evaluate"`` also needs both classes), then preprocessed
+    and radiomics-extracted with the frozen parameters into ``out/work/``; nothing is refitted.
     """
     model_dir, cohort_csv, out = Path(model_dir), Path(cohort_csv).resolve(), Path(out)
     bundle = load_model(model_dir)
-    errors = [str(p) for p in validate_cohort(cohort_csv, progress=False) if p.severity == "error"]
-    if errors:
-        raise P53hccError(f"{cohort_csv}: {len(errors)} problem(s): " + "; ".join(errors[:5]))
+    requirements = image_requirements(model_dir / "radiomics_params.yaml")
+    problems = cohort_problems(cohort_csv, requirements, purpose=purpose, progress=False)
+    raise_on_errors(cohort_csv, problems)
     work = out / "work"
     preprocess_cohort(cohort_csv, work, params=bundle["manifest"]["preprocessing"]["config"].get("params"))
     radiomics = extract_cohort(cohort_csv, work, params=str(model_dir / "radiomics_params.yaml"))
@@ -144,7 +146,7 @@ def evaluate_cohort(model_dir: str | Path, cohort_csv: str | Path, out: str | Pa
     """Externally validate the frozen model on a labelled cohort: ``metrics.csv``, ``net_benefit.csv``,
     ``report.html`` (internal-validation vs external AUC side by side); returns the metrics path."""
     out = Path(out)
-    predict_cohort(model_dir, cohort_csv, out, dl_scorer=dl_scorer, gradcam=False)
+    predict_cohort(model_dir, cohort_csv, out, dl_scorer=dl_scorer, gradcam=False, purpose="evaluate")
     pred = read_table(out / "predictions.csv")
     cohort = read_cohort(cohort_csv)
     y = cohort.set_index("patient_id")["p53"]

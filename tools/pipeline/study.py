@@ -41,15 +41,19 @@ def _stage_synth(ctx: StageContext) -> None:
 
 
 def _stage_validate(ctx: StageContext) -> None:
-    from p53hcc.tools.cohort.manifest import validate_cohort
+    """Everything the later stages need from the cohort (files, values, clinical columns, classes, ROIs, phase
+    order), checked before any heavy stage; warnings are logged, errors stop the study naming each problem."""
+    from p53hcc.tools.cohort.imagechecks import ImageRequirements
+    from p53hcc.tools.pipeline.checks import cohort_problems, raise_on_errors
 
-    problems = validate_cohort(_cohort_csv(ctx))
-    errors = [str(p) for p in problems if p.severity == "error"]
-    atomic_write_json(ctx.study_dir / "validation.json",
-                      {"cohort": str(_cohort_csv(ctx)), "problems": [str(p) for p in problems]})
-    if errors:
-        shown = "; ".join(errors[:5]) + (f"; ... ({len(errors) - 5} more)" if len(errors) > 5 else "")
-        raise P53hccError(f"{_cohort_csv(ctx)}: {len(errors)} problem(s): {shown}")
+    csv = _cohort_csv(ctx)
+    problems = cohort_problems(csv, ImageRequirements(**ctx.params["requirements"]), ctx.params["folds"])
+    atomic_write_json(ctx.study_dir / "validation.json", {
+        "cohort": str(csv), "problems": [{"severity": p.severity, "message": str(p)} for p in problems]})
+    for p in problems:
+        if p.severity != "error":
+            log.warning("%s", p)
+    raise_on_errors(csv, problems)
 
 
 def _stage_datalist(ctx: StageContext) -> None:
@@ -123,24 +127,37 @@ def _stage_model(ctx: StageContext) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ the pipeline
-def build_stages(cfg: dict, cohort_given: bool) -> list[Stage]:
+def build_stages(cfg: dict, cohort_given: bool, cohort_csv: str | Path | None = None) -> list[Stage]:
     """The study's stages with the parameters (from ``cfg``) that determine each one's outputs.
 
     Run-time knobs that do not change results (workers, scheduler, device) are deliberately not part of any
-    stage's parameters, so changing them never invalidates finished work.
+    stage's parameters, so changing them never invalidates finished work. With ``cohort_csv`` the stages that read
+    images have the cohort's files as inputs: their content (every image and mask, hashed) is in their keys, so a
+    replaced image reruns them (and the inner caches redo only the patients whose files changed).
     """
+    from dataclasses import asdict
+
+    from p53hcc.tools.cohort.manifest import cohort_files
+    from p53hcc.tools.pipeline.checks import study_requirements
+
     stages: list[Stage] = []
     first: list[str] = []
+    content = (lambda: cohort_files(cohort_csv)) if cohort_csv else ()
+    table = [cohort_csv] if cohort_csv else []
     if not cohort_given:
         stages.append(Stage("synth", _stage_synth, params=dict(cfg["synth"])))
         first = ["synth"]
+    on_failure = cfg.get("on_failure", "fail")
     stages += [
-        Stage("validate", _stage_validate, deps=first, inputs=()),
-        Stage("datalist", _stage_datalist, params={"folds": cfg["folds"], "seed": cfg["seed"]}, deps=["validate"],
-              outputs=["splits.json", "datalist.json"]),
-        Stage("preprocess", _stage_preprocess, params={"params": cfg["preprocess"]["params"]}, deps=["validate"]),
-        Stage("radiomics", _stage_radiomics, params={"params": cfg["radiomics"]["params"]}, deps=["preprocess"],
-              outputs=["radiomics.parquet"]),
+        Stage("validate", _stage_validate, deps=first, inputs=content, outputs=["validation.json"],
+              params={"requirements": asdict(study_requirements(cfg)), "folds": cfg["folds"]}),
+        Stage("datalist", _stage_datalist, params={"folds": cfg["folds"], "seed": cfg["seed"]}, deps=first,
+              inputs=table, outputs=["splits.json", "datalist.json"]),
+        Stage("preprocess", _stage_preprocess, params={"params": cfg["preprocess"]["params"],
+                                                       "on_failure": on_failure}, deps=first, inputs=content),
+        Stage("radiomics", _stage_radiomics, params={"params": cfg["radiomics"]["params"],
+                                                     "on_failure": on_failure},
+              deps=["preprocess"], inputs=content, outputs=["radiomics.parquet"]),
     ]
     dl_names = []
     dl = cfg["dl"]
@@ -191,9 +208,6 @@ def run_study(cohort: str | Path | None = None, out: str | Path = "study-demo", 
     with study_log(out / "study.log"):
         log.info("study %s (profile %s, cohort %s)", out, profile, cohort_csv)
         atomic_write_text(out / "study.yaml", yaml.safe_dump(cfg, sort_keys=False))
-        stages = build_stages(cfg, cohort_given=cohort is not None)
-        for stage in stages:  # the cohort's content is an input of validation (a changed CSV reruns everything)
-            if stage.name == "validate":
-                stage.inputs = [cohort_csv]
+        stages = build_stages(cfg, cohort_given=cohort is not None, cohort_csv=cohort_csv)
         run_stages(stages, out, state={"config": cfg, "cohort_csv": str(cohort_csv)})
     return out / "report.html"
