@@ -73,8 +73,10 @@ def datalist(cohort: str, out: str, folds: int | None = None, seed: int = 0):
         seed: seed of the fold assignment.
     """
     from p53hcc.tools.cohort.splits import write_datalist
+    from p53hcc.tools.lock import folder_lock
 
-    return str(write_datalist(cohort, out, folds=folds, seed=seed))
+    with folder_lock(out):
+        return str(write_datalist(cohort, out, folds=folds, seed=seed))
 
 
 def preprocess(cohort: str, out: str, params: str | None = None, workers: int | None = None,
@@ -89,9 +91,11 @@ def preprocess(cohort: str, out: str, params: str | None = None, workers: int | 
         workers: local worker processes (default: all cores).
         scheduler: address of a Dask distributed scheduler (tcp://host:port) to run on a cluster instead.
     """
+    from p53hcc.tools.lock import folder_lock
     from p53hcc.tools.preprocessing.run import preprocess_cohort
 
-    preprocess_cohort(cohort, out, workers=workers, scheduler=scheduler, params=params)
+    with folder_lock(out):
+        preprocess_cohort(cohort, out, workers=workers, scheduler=scheduler, params=params)
 
 
 def radiomics(cohort: str, out: str, params: str | None = None, workers: int | None = None,
@@ -105,9 +109,11 @@ def radiomics(cohort: str, out: str, params: str | None = None, workers: int | N
         workers: local worker processes (default: all cores).
         scheduler: Dask distributed scheduler address, optional.
     """
+    from p53hcc.tools.lock import folder_lock
     from p53hcc.tools.radiomics.extract import extract_cohort
 
-    extract_cohort(cohort, out, params=params, workers=workers, scheduler=scheduler)
+    with folder_lock(out):
+        extract_cohort(cohort, out, params=params, workers=workers, scheduler=scheduler)
 
 
 def train(cohort: str, out: str, arm: str = "mc", net: str | None = None, epochs: int | None = None,
@@ -129,11 +135,14 @@ def train(cohort: str, out: str, arm: str = "mc", net: str | None = None, epochs
         overrides: further training values, e.g. --spatial_size 64 --n4 false.
     """
     from p53hcc.tools.dl.crossfit import train_arm
+    from p53hcc.tools.lock import folder_lock
 
     for key in ("n4", "amp", "compile"):
         if key in overrides:
             overrides[key] = as_bool(overrides[key], key)
-    return str(train_arm(cohort, out, arm=arm, net=net, epochs=epochs, device=device, engine=engine, **overrides))
+    with folder_lock(out):
+        return str(train_arm(cohort, out, arm=arm, net=net, epochs=epochs, device=device, engine=engine,
+                             **overrides))
 
 
 def gradcam(out: str, arm: str = "mc", net: str | None = None, patients: str | None = None, n: int = 4):
@@ -147,8 +156,10 @@ def gradcam(out: str, arm: str = "mc", net: str | None = None, patients: str | N
         n: number of patients when none are named.
     """
     from p53hcc.tools.dl.gradcam import gradcam_command
+    from p53hcc.tools.lock import folder_lock
 
-    return gradcam_command(out, arm=arm, net=net, patients=patients, n=n)
+    with folder_lock(out):
+        return gradcam_command(out, arm=arm, net=net, patients=patients, n=n)
 
 
 def study(cohort: str | None = None, out: str = "study-demo", nets: str | None = None, config: str | None = None,

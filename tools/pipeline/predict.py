@@ -22,6 +22,7 @@ from p53hcc.tools.dl.frozen import predict_frozen
 from p53hcc.tools.dl.gradcam import gradcam_frozen
 from p53hcc.tools.errors import P53hccError
 from p53hcc.tools.io import atomic_write_table, atomic_write_text, read_table
+from p53hcc.tools.lock import folder_lock
 from p53hcc.tools.pipeline.checks import cohort_problems, image_requirements, raise_on_errors
 from p53hcc.tools.pipeline.freeze import load_model
 from p53hcc.tools.preprocessing.run import preprocess_cohort
@@ -89,10 +90,16 @@ def predict_cohort(model_dir: str | Path, cohort_csv: str | Path, out: str | Pat
     and radiomics-extracted with the frozen parameters into ``out/work/``; nothing is refitted.
     """
     model_dir, cohort_csv, out = Path(model_dir), Path(cohort_csv).resolve(), Path(out)
+    with folder_lock(out):
+        return _predict(model_dir, cohort_csv, out, dl_scorer, gradcam, purpose)
+
+
+def _predict(model_dir: Path, cohort_csv: Path, out: Path, dl_scorer: DlScorer, gradcam: bool, purpose: str) -> Path:
     bundle = load_model(model_dir)
     requirements = image_requirements(model_dir / "radiomics_params.yaml")
     problems = cohort_problems(cohort_csv, requirements, purpose=purpose, progress=False)
     raise_on_errors(cohort_csv, problems)
+    (out / "predictions.csv").unlink(missing_ok=True)  # never leave an earlier cohort's predictions beside a failure
     work = out / "work"
     preprocess_cohort(cohort_csv, work, params=bundle["manifest"]["preprocessing"]["config"].get("params"))
     radiomics = extract_cohort(cohort_csv, work, params=str(model_dir / "radiomics_params.yaml"))
@@ -106,7 +113,10 @@ def predict_cohort(model_dir: str | Path, cohort_csv: str | Path, out: str | Pat
 
 def _gradcam_new(model_dir: Path, cohort_csv: Path, out: Path, manifest: dict) -> None:
     """Grad-CAM overlays of the frozen network for the new patients (a note instead when it cannot be made)."""
+    import shutil
+
     dl = manifest["dl"]
+    shutil.rmtree(out / "gradcam", ignore_errors=True)  # overlays of an earlier cohort predicted into this folder
     try:
         gradcam_frozen(model_dir / dl["weights"], cohort_csv, out / "gradcam", arm=dl["arm"], net=dl["net"],
                        work=out / "work")
@@ -146,6 +156,13 @@ def evaluate_cohort(model_dir: str | Path, cohort_csv: str | Path, out: str | Pa
     """Externally validate the frozen model on a labelled cohort: ``metrics.csv``, ``net_benefit.csv``,
     ``report.html`` (internal-validation vs external AUC side by side); returns the metrics path."""
     out = Path(out)
+    with folder_lock(out):
+        return _evaluate(Path(model_dir), Path(cohort_csv), out, dl_scorer)
+
+
+def _evaluate(model_dir: Path, cohort_csv: Path, out: Path, dl_scorer: DlScorer) -> Path:
+    for name in ("metrics.csv", "net_benefit.csv", "report.html"):  # an earlier evaluation's, if any
+        (out / name).unlink(missing_ok=True)
     predict_cohort(model_dir, cohort_csv, out, dl_scorer=dl_scorer, gradcam=False, purpose="evaluate")
     pred = read_table(out / "predictions.csv")
     cohort = read_cohort(cohort_csv)

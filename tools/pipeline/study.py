@@ -21,6 +21,7 @@ import yaml
 
 from p53hcc.tools.errors import P53hccError
 from p53hcc.tools.io import atomic_write_json, atomic_write_text
+from p53hcc.tools.lock import folder_lock
 from p53hcc.tools.logs import study_log
 from p53hcc.tools.pipeline.config import dl_training_values, resolve_config
 from p53hcc.tools.pipeline.stages import Stage, StageContext, run_stages
@@ -204,8 +205,7 @@ def run_study(cohort: str | Path | None = None, out: str | Path = "study-demo", 
     cohort_csv = Path(cohort).resolve() if cohort else out / "cohort" / "cohort.csv"
     cfg["cohort"] = str(cohort_csv)
     cfg["cohort_generated"] = cohort is None
-    out.mkdir(parents=True, exist_ok=True)
-    with study_log(out / "study.log"):
+    with folder_lock(out), study_log(out / "study.log"):
         log.info("study %s (profile %s, cohort %s)", out, profile, cohort_csv)
         atomic_write_text(out / "study.yaml", yaml.safe_dump(cfg, sort_keys=False))
         stages = build_stages(cfg, cohort_given=cohort is not None, cohort_csv=cohort_csv)
