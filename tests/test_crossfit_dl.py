@@ -122,6 +122,20 @@ def test_resume_retrains_only_unfinished_networks(arm, study, fake):
     assert len(fake) == (3 if arm == "mc" else 9)
 
 
+def test_a_replaced_image_retrains_every_network(study, fake):
+    """done.json was keyed by parameters and splits only: a fixed image kept networks trained on the old one."""
+    cohort, out = study
+    crossfit.train_arm(cohort, out, arm="mc", **PARAMS)
+    fake.clear()
+    image = cohort.parent / "images" / "P003_ap.nii.gz"
+    image.write_bytes((cohort.parent / "images" / "P004_ap.nii.gz").read_bytes())
+    crossfit.train_arm(cohort, out, arm="mc", **PARAMS)
+    assert len(fake) == 3  # both folds and the full-cohort network saw P003 (in training or in scoring)
+    fake.clear()
+    crossfit.train_arm(cohort, out, arm="mc", **PARAMS)
+    assert fake == []
+
+
 def test_partial_folds_defer_the_scores(study, fake):
     cohort, out = study
     arm_dir = crossfit.train_arm(cohort, out, arm="ff", folds=[0], head_kwargs=HEAD, **PARAMS)

@@ -4,7 +4,7 @@ One skeleton for both arms (:mod:`p53hcc.tools.dl.arms`): the fold plan, resume 
 units (threads, one CUDA stream each) and the out-of-fold bookkeeping check. Training patients get scores from
 the one fold whose networks never saw them; validation / external / predict patients from the full-cohort
 networks. A unit is finished when its ``done.json`` (written last, atomically, holding the hash of every
-parameter) matches; a rerun trains only the rest.
+parameter, the folds and the content of every patient's images) matches; a rerun trains only the rest.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import torch
 from p53hcc.tools.cohort.splits import load_splits, select_items, write_datalist
 from p53hcc.tools.dl.arms import Arm, Unit, fold_dir, get_arm, score_sections
 from p53hcc.tools.dl.bundle import training_params
-from p53hcc.tools.dl.engine import fit, resolve_device, source_items
+from p53hcc.tools.dl.engine import fit, items_digest, resolve_device, source_items
 from p53hcc.tools.dl.nets import check_net_name
 from p53hcc.tools.errors import P53hccError
 from p53hcc.tools.io import atomic_path, atomic_write_json, atomic_write_table, params_hash
@@ -113,14 +113,16 @@ def train_arm(cohort_csv: str | os.PathLike, out: str | os.PathLike, arm: str = 
     if not (out / "datalist.json").is_file() or not (out / "splits.json").is_file():
         write_datalist(cohort_csv, out)
     splits = load_splits(out)
-    tag = params_hash({**params, "engine": engine, "splits": splits, "head": head_kwargs or {}})
+    items = source_items(select_items(out / "datalist.json", "all"), out, params)
+    # a unit is done for these parameters, folds, patients, labels and image contents (a replaced image retrains)
+    tag = params_hash({**params, "engine": engine, "splits": splits, "head": head_kwargs or {},
+                       "data": items_digest(items)})
     arm_dir = out / "dl" / spec.name / net
     plan = [Unit(k, unit, spec.unit_dir(arm_dir, k, unit))
             for k in [*(int(f["fold"]) for f in splits["folds"]), -1] for unit in spec.units]
     wanted = None if folds is None else {int(k) for k in folds}
     todo = [u for u in plan if wanted is None or u.fold in wanted]
     pending = [u for u in todo if not _is_done(u.dir, tag)]
-    items = source_items(select_items(out / "datalist.json", "all"), out, params)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(todo), initial=len(todo) - len(pending), desc=f"{spec.name}_{net} networks", unit="net")

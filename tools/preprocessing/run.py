@@ -21,7 +21,7 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from p53hcc.tools.cohort.manifest import read_cohort
 from p53hcc.tools.errors import P53hccError
 from p53hcc.tools.io import atomic_path, atomic_write_json, atomic_write_table, file_sha256, params_hash
+from p53hcc.tools.parallel import process_pool, single_threaded
 from p53hcc.tools.preprocessing.params import CACHE_VERSION, resolve_params
 from p53hcc.tools.schema import PHASES
 
@@ -95,7 +96,16 @@ def _check_grid(img: Any, mask: Any) -> None:
 
 
 def process_one(task: dict) -> dict:
-    """Preprocess one patient-phase (runs in a worker). Never raises: failures come back as ``error`` records."""
+    """Preprocess one patient-phase (runs in a worker). Never raises: failures come back as ``error`` records.
+
+    One ITK and one torch thread whether it runs in a pool worker, inline or on a Dask worker, so its output is
+    the same bits wherever and however it is resumed (:mod:`p53hcc.tools.parallel`).
+    """
+    with single_threaded():
+        return _process_one(task)
+
+
+def _process_one(task: dict) -> dict:
     from p53hcc.tools.preprocessing.chain import preprocessing_chain
 
     t0 = time.perf_counter()
@@ -128,15 +138,6 @@ def process_one(task: dict) -> dict:
                 "path": task.get("_path", task["image"])}
 
 
-def limit_threads() -> None:
-    """One thread per worker process: the parallelism is across patients."""
-    import SimpleITK as sitk
-    import torch
-
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-    torch.set_num_threads(1)
-
-
 def _run(tasks: list[dict], workers: int | None, scheduler: Any, progress: bool) -> Iterator[dict]:
     """Run ``process_one`` over tasks serially, on local processes or on a Dask cluster; yield as they finish."""
     bar = {"total": len(tasks), "desc": "preprocess", "unit": "phase", "disable": not progress or not tasks}
@@ -145,10 +146,14 @@ def _run(tasks: list[dict], workers: int | None, scheduler: Any, progress: bool)
         from distributed import as_completed as dask_completed
 
         client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
+        futures = []
         try:
             futures = [client.submit(process_one, t, pure=False) for t in tasks]
             for fut in tqdm(dask_completed(futures), **bar):
                 yield fut.result()
+        except BaseException:  # Ctrl-C: the cluster's queue goes too
+            client.cancel(futures)
+            raise
         finally:
             if client is not scheduler:
                 client.close()
@@ -158,7 +163,7 @@ def _run(tasks: list[dict], workers: int | None, scheduler: Any, progress: bool)
         for t in tqdm(tasks, **bar):
             yield process_one(t)
         return
-    with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), initializer=limit_threads) as pool:
+    with process_pool(min(workers, len(tasks))) as pool:  # stopped at once on Ctrl-C
         for fut in tqdm(as_completed([pool.submit(process_one, t) for t in tasks]), **bar):
             yield fut.result()
 
@@ -269,7 +274,8 @@ def preprocessed_items(items: list[dict], study_dir: str | os.PathLike) -> list[
 
     The DL arms read these instead of the raw images, so N4 and resampling run once per patient-phase for the
     whole study (here) rather than once per arm. Handles both MC items (``ap``, ``ap_mask``, ...) and FF phase
-    items (``image``, ``mask``, ``phase``).
+    items (``image``, ``mask``, ``phase``). Each item gets ``content``: the preprocessing keys of its volumes
+    (hashes of the raw image and mask contents and of the parameters), which the crop caches key on.
 
     Raises:
         P53hccError: the index is missing, or a patient-phase is not in it (its preprocessing failed).
@@ -279,20 +285,23 @@ def preprocessed_items(items: list[dict], study_dir: str | os.PathLike) -> list[
         raise P53hccError(f"{root / 'index.csv'} not found: run `p53hcc preprocess COHORT --out {study_dir}` first")
     index = pd.read_csv(root / "index.csv", dtype={"patient_id": str}).set_index(["patient_id", "phase"])
 
-    def paths(pid: str, phase: str) -> tuple[str, str]:
+    def paths(pid: str, phase: str) -> tuple[str, str, str]:
         if (pid, phase) not in index.index:
             raise P53hccError(f"patient {pid}, phase {phase}: no preprocessed volume in {root / 'index.csv'}")
         row = index.loc[(pid, phase)]
-        return str((root / row["image"]).resolve()), str((root / row["mask"]).resolve())
+        return str((root / row["image"]).resolve()), str((root / row["mask"]).resolve()), str(row["key"])
 
     out = []
     for item in items:
-        item, pid = dict(item), str(item["patient_id"])
+        item, pid, keys = dict(item), str(item["patient_id"]), []
         if "phase" in item and "image" in item:
-            item["image"], item["mask"] = paths(pid, item["phase"])
+            item["image"], item["mask"], key = paths(pid, item["phase"])
+            keys.append(key)
         else:
             for phase in PHASES:
                 if phase in item:
-                    item[phase], item[f"{phase}_mask"] = paths(pid, phase)
+                    item[phase], item[f"{phase}_mask"], key = paths(pid, phase)
+                    keys.append(key)
+        item["content"] = "+".join(keys)  # the volumes' preprocessing keys: raw file contents and parameters
         out.append(item)
     return out

@@ -25,7 +25,7 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
+from concurrent.futures import Executor, as_completed
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from p53hcc.tools.cohort.manifest import read_cohort
 from p53hcc.tools.errors import P53hccError
 from p53hcc.tools.io import atomic_path, atomic_write_table, file_sha256, params_hash, read_table
+from p53hcc.tools.parallel import process_pool, single_threaded
 from p53hcc.tools.radiomics.features import DEFAULT_PARAMS, extract_with_diagnostics, load_params, versions
 from p53hcc.tools.radiomics.icc import icc_table
 from p53hcc.tools.schema import PHASES
@@ -82,10 +83,11 @@ def _run_task(task: dict) -> dict:
 
 
 def _run_task_unlocked(task: dict) -> dict:
-    import SimpleITK as sitk
+    with single_threaded():  # the same features whatever the worker count; parallelism is across tasks
+        return _extract_task(task)
 
-    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)  # parallelism is across tasks
+
+def _extract_task(task: dict) -> dict:
     t0 = time.perf_counter()
     rec = {k: task[k] for k in ("patient_id", "phase", "reader", "image_sha256", "mask_sha256", "params_hash")}
     try:
@@ -102,8 +104,6 @@ def _run_task_unlocked(task: dict) -> dict:
     except Exception as exc:  # noqa: BLE001 -- reported per patient; the cohort run goes on
         rec.update(status="failed", error=f"{type(exc).__name__}: {exc}".strip(), features={}, diagnostics={},
                    seconds=time.perf_counter() - t0)
-    finally:
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     return rec
 
 
@@ -123,7 +123,7 @@ def _executor(workers: int | None, scheduler: Any) -> Iterator[Executor | None]:
     if workers <= 1:
         yield None
         return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with process_pool(workers) as pool:  # stopped at once on Ctrl-C
         yield pool
 
 
