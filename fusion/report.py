@@ -26,7 +26,7 @@ from p53hcc.tools.schema import NET_LABELS, SPLIT_LABELS
 
 #: Section headings, in order (tests check that each one is present).
 SECTIONS = (
-    "Methods actually run", "Final DL model choice", "Table 1", "Table 2", "Table 3", "Table 4", "Table 5",
+    "Methods actually run", "Patients left out", "Final DL model choice", "Table 1", "Table 2", "Table 3", "Table 4", "Table 5",
     "Pairwise DeLong tests", "ROC curves", "Calibration", "Decision curves", "Nomogram", "Confusion matrices",
     "Grad-CAM gallery", "LASSO-selected radiomics features", "Files and provenance",
 )
@@ -120,10 +120,11 @@ def metric_rows(metrics: pd.DataFrame, models: list[str], labels: dict[str, str]
         for sp in splits:
             if (model, sp, "auc") not in m.index:
                 continue
-            auc = m.loc[(model, sp, "auc")]
+            auc, n, events = m.loc[(model, sp, "auc")], get(model, sp, "n"), get(model, sp, "n_events")
+            auc_text = (f"{auc['estimate']:.3f} ({auc['ci_low']:.3f}–{auc['ci_high']:.3f})" if np.isfinite(auc["estimate"])
+                        else f"not computable: one class ({events:.0f} of {n:.0f} P53-positive)")  # kept, never dropped
             row = {"Model name": (labels or {}).get(model, model_label(model)), "Cohort": SPLIT_LABELS.get(sp, sp),
-                   "Accuracy": get(model, sp, "accuracy"),
-                   "AUC (95% CI)": f"{auc['estimate']:.3f} ({auc['ci_low']:.3f}–{auc['ci_high']:.3f})",
+                   "Accuracy": get(model, sp, "accuracy"), "AUC (95% CI)": auc_text,
                    "Sensitivity": get(model, sp, "sensitivity"), "Specificity": get(model, sp, "specificity")}
             if has_bayes:
                 b = m.loc[(model, sp, "bayes_auc")] if (model, sp, "bayes_auc") in m.index else None
@@ -231,6 +232,14 @@ class _Report:
                     "validation cohort for model choice, so its validation metrics are biased upwards; it is "
                     "shown for comparison only.</div>")
         return out
+
+    def dropped(self) -> str:
+        """Every patient a stage could not process (``dropped.csv``), with the stage and the reason."""
+        if not (self.dir / "dropped.csv").exists():
+            return '<div class="ok">Every patient of the cohort was analysed: no stage dropped anybody.</div>'
+        df = read_table(self.dir / "dropped.csv").fillna("")
+        return (f'<div class="warn">{df["patient_id"].nunique()} patient(s) left out of every model and table '
+                "(<code>on_failure: record</code>).</div>" + _df_html(df, group_col="patient_id"))
 
     def table1(self) -> str:
         return self._clinical_table("table1")
@@ -367,7 +376,8 @@ def write_report(study_dir: str | Path, cohort: pd.DataFrame | None = None) -> P
         return r.metric_table("table5", models, f"{common} {bayes}", labels=labels)
 
     builders: dict[str, Callable[[], str]] = {
-        "Methods actually run": r.methods, "Final DL model choice": r.choice, "Table 1": r.table1,
+        "Methods actually run": r.methods, "Patients left out": r.dropped, "Final DL model choice": r.choice,
+        "Table 1": r.table1,
         "Table 2": r.table2, "Table 3": t3, "Table 4": t4, "Table 5": t5, "Pairwise DeLong tests": r.delong,
         "ROC curves": lambda: r.figures_like("roc*.png", "roc"),
         "Calibration": lambda: r.figures_like("calibration*.png", "calibration"),

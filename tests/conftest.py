@@ -1,9 +1,8 @@
 """Shared fixtures: a tiny, valid cohort written from scratch (fast; no synthetic generator needed)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -70,7 +69,7 @@ def fake_image_stages(monkeypatch):
     import p53hcc.tools.radiomics.extract
     from p53hcc.tools.cohort.synth import sample_patients
 
-    state = {"kill": None, "calls": []}
+    state = {"kill": None, "calls": [], "drop": None}
 
     def make_cohort(n, out, seed=0, size="demo", second_reader=True, profile="internal"):
         cohort, truth = sample_patients(n, seed=seed, profile=profile)
@@ -85,24 +84,32 @@ def fake_image_stages(monkeypatch):
     def truth_of(cohort_csv):
         return pd.read_csv(Path(cohort_csv).parent / "truth.csv", dtype={"patient_id": str})
 
-    def preprocess_cohort(cohort_csv, out, workers=None, scheduler=None, params=None):
+    def preprocess_cohort(cohort_csv, out, workers=None, scheduler=None, params=None, on_failure="fail"):
         state["calls"].append("preprocess")
 
-    def extract_cohort(cohort_csv, out, params="demo", workers=None, scheduler=None):
+    def extract_cohort(cohort_csv, out, params="demo", workers=None, scheduler=None, on_failure="fail"):
+        from p53hcc.tools.cohort.dropped import apply_policy
+
         state["calls"].append("radiomics")
         t = truth_of(cohort_csv)
         rng = np.random.default_rng(1)
         rad = pd.DataFrame(rng.normal(size=(len(t), 8)), columns=[f"ap_original_firstorder_F{i}" for i in range(8)])
         rad.iloc[:, 0] += t["bayes_logit"]
         rad.insert(0, "patient_id", t["patient_id"])
+        rad = rad[rad["patient_id"] != state["drop"]]  # state["drop"]: a patient whose extraction "fails"
         rad.to_parquet(Path(out) / "radiomics.parquet", index=False)
+        failed = [{"patient_id": state["drop"], "phase": "dp", "reason": "extraction failed: ValueError: mask only "
+                   "contains 1 segmented voxel!"}] if state["drop"] else []
+        apply_policy(out, "radiomics", failed, 3 * len(t), on_failure, "patient-phase(s)")
 
     def train_arm(cohort_csv, out, arm="mc", net="resnet18", epochs=None, device=None, **kw):
         assert kw["source"] == "preprocessed" and kw["seed"] == 0  # the study's training values reach the arm
         state["calls"].append(f"{arm}_{net}")
         if state["kill"] == f"{arm}_{net}":
             raise Killed(f"killed while training {arm}_{net}")
-        t = truth_of(cohort_csv)
+        datalist = json.loads((Path(out) / "datalist.json").read_text(encoding="utf-8"))
+        t = truth_of(cohort_csv)  # the datalist's patients, as the real arms
+        t = t[t["patient_id"].isin({d["patient_id"] for section in datalist.values() for d in section})]
         splits = json.loads((Path(out) / "splits.json").read_text(encoding="utf-8"))
         rng = np.random.default_rng([ord(arm[0]), len(net), int(epochs)])
         s = 1 / (1 + np.exp(-(t["bayes_logit"] + rng.normal(0, 1.5, len(t)))))

@@ -64,9 +64,8 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
 
 def test_lock_of_another_host_is_never_taken_over(tmp_path):
     _write_lock(tmp_path, 1, host="some-other-node")
-    with pytest.raises(P53hccError, match=f"delete {tmp_path / LOCK_NAME}"):
-        with folder_lock(tmp_path):
-            pass
+    with pytest.raises(P53hccError, match=f"delete {tmp_path / LOCK_NAME}"), folder_lock(tmp_path):
+        pass
 
 
 def test_a_process_holding_the_lock_blocks_another_process(tmp_path):
@@ -75,9 +74,8 @@ def test_a_process_holding_the_lock_blocks_another_process(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(P53hccError, match=f"pid {holder.pid}"):
-            with folder_lock(tmp_path):
-                pass
+        with pytest.raises(P53hccError, match=f"pid {holder.pid}"), folder_lock(tmp_path):
+            pass
     finally:
         holder.kill()
         holder.wait()

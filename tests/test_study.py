@@ -375,3 +375,63 @@ def test_profiles_paper_by_default_demo_for_synthetic():
     assert demo["dl"]["epochs"] == 3                      # CLI flags beat the profile
     with pytest.raises(P53hccError, match="unknown profile"):
         resolve_config(profile="fastest")
+
+
+# ------------------------------------------------------------------ nothing lost silently (issue 17)
+def _fake_cohort(root: Path, n: int = 60, seed: int = 3) -> Path:
+    """A fake-image cohort (with truth.csv) written by hand, as a user's own cohort.csv."""
+    from p53hcc.tools.cohort.synth import sample_patients
+
+    cohort, truth = sample_patients(n, seed=seed)
+    for col in ("ap", "pvp", "dp", "ap_mask", "pvp_mask", "dp_mask"):
+        cohort[col] = "x.nii.gz"
+    root.mkdir(parents=True)
+    cohort.to_csv(root / "cohort.csv", index=False)
+    truth.to_csv(root / "truth.csv", index=False)
+    return root / "cohort.csv"
+
+
+def test_a_one_class_validation_split_is_reported_not_dropped(tmp_path, fake_image_stages):
+    """statistics used to skip a split with one class: the validation cohort vanished from metrics and Table 5."""
+    from p53hcc.tools.pipeline.study import run_study
+
+    csv = _fake_cohort(tmp_path / "c")
+    df = pd.read_csv(csv, dtype={"patient_id": str})
+    df.loc[df["split"] == "validation", "p53"] = 1
+    df.to_csv(csv, index=False)
+    page = run_study(csv, out=tmp_path / "study", nets="resnet18", folds=3, epochs=1, profile="demo").read_text(
+        encoding="utf-8")
+    m = pd.read_csv(tmp_path / "study" / "metrics.csv")
+    val = m[m["split"] == "validation"].set_index(["model", "metric"])["estimate"]
+    n_val = int((df["split"] == "validation").sum())
+    for model in ("clinical", "radiomics", "combined", "mc_resnet18"):
+        assert np.isnan(val[(model, "auc")]) and np.isnan(val[(model, "specificity")])
+        assert val[(model, "n")] == n_val == val[(model, "n_events")] and 0 <= val[(model, "sensitivity")] <= 1
+    assert f"not computable: one class ({n_val} of {n_val} P53-positive)" in page
+    table5 = pd.read_csv(tmp_path / "study" / "tables" / "table5.csv")
+    assert set(table5["Cohort"]) == {"TC", "VC"}
+
+
+@pytest.mark.parametrize("policy", ["fail", "record"])
+def test_a_patient_a_stage_cannot_process_is_named(tmp_path, fake_image_stages, policy):
+    """Radiomics failures were one log line; the study then failed with an unrelated message (fail) - or, now,
+    the patient is left out of the folds and every model and named in dropped.csv and the report (record)."""
+    from p53hcc.tools.pipeline.study import run_study
+
+    csv = _fake_cohort(tmp_path / "c")
+    pid = pd.read_csv(csv, dtype={"patient_id": str}).query("split == 'train'")["patient_id"].iloc[0]
+    fake_image_stages["drop"] = pid
+    kw = {"out": tmp_path / "study", "nets": "resnet18", "folds": 3, "epochs": 1, "profile": "demo",
+          "on_failure": policy}
+    if policy == "fail":
+        with pytest.raises(P53hccError, match=rf"radiomics failed for 1 of .*\n  patient {pid} phase dp: extraction"):
+            run_study(csv, **kw)
+        assert not (tmp_path / "study" / "splits.json").exists()
+    else:
+        page = run_study(csv, **kw).read_text(encoding="utf-8")
+        splits = json.loads((tmp_path / "study" / "splits.json").read_text(encoding="utf-8"))
+        assert pid not in splits["fold_of"]
+        assert pid not in set(pd.read_parquet(tmp_path / "study" / "scores.parquet")["patient_id"])
+        assert "1 patient(s) left out of every model and table" in page and pid in page
+    dropped = pd.read_csv(tmp_path / "study" / "dropped.csv", dtype={"patient_id": str})
+    assert dropped[["patient_id", "stage", "phase"]].values.tolist() == [[pid, "radiomics", "dp"]]

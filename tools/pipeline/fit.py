@@ -7,6 +7,7 @@ are fitted exactly as crossfit's fold -1 model, so they reproduce the study's va
 """
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import pandas as pd
 from p53hcc.fusion.crossfit import crossfit_scores, fit_full, scores_wide
 from p53hcc.fusion.models import make_clinical_model, make_combined_model, make_radiomics_model
 from p53hcc.fusion.selection import selected_features_table
+from p53hcc.tools.cohort.dropped import dropped_patients
 from p53hcc.tools.cohort.manifest import read_cohort
 from p53hcc.tools.cohort.splits import load_splits
 from p53hcc.tools.io import atomic_path, atomic_write_json, atomic_write_table, read_table
@@ -22,9 +24,11 @@ from p53hcc.tools.pipeline.selection import collect_dl_scores, write_scores, wri
 from p53hcc.tools.radiomics.icc import reliable_features
 
 
-def cohort_labels(cohort_csv: str | Path) -> tuple[pd.DataFrame, pd.Series, pd.Series]:
-    """Cohort rows indexed by ``patient_id`` (sorted), their P53 labels (NaN when unknown) and splits."""
-    df = read_cohort(cohort_csv).sort_values("patient_id").set_index("patient_id", drop=False)
+def cohort_labels(cohort_csv: str | Path, exclude: Collection[str] = ()) -> tuple[pd.DataFrame, pd.Series, pd.Series]:
+    """Cohort rows indexed by ``patient_id`` (sorted), their P53 labels (NaN when unknown) and splits; without the
+    ``exclude`` patients (those a stage dropped, ``dropped.csv``)."""
+    df = read_cohort(cohort_csv).sort_values("patient_id")
+    df = df[~df["patient_id"].isin(set(exclude))].set_index("patient_id", drop=False)
     return df, pd.to_numeric(df["p53"], errors="coerce"), df["split"]
 
 
@@ -50,7 +54,7 @@ def _radiomics_matrix(study_dir: Path, icc_threshold: float | None):
 def run_fusion(study_dir: str | Path, cohort_csv: str | Path, cfg: dict) -> None:
     """Clinical and radiomics models (out-of-fold), DL choice, combined LR; writes scores.parquet + selection.json."""
     study_dir = Path(study_dir)
-    df, y, split = cohort_labels(cohort_csv)
+    df, y, split = cohort_labels(cohort_csv, exclude=dropped_patients(study_dir))  # the datalist's patients
     df = df.reset_index(drop=True)
     splits = load_splits(study_dir)
     train = split[split == "train"].index
@@ -68,7 +72,7 @@ def run_fusion(study_dir: str | Path, cohort_csv: str | Path, cfg: dict) -> None
     atomic_write_table(study_dir / "fusion" / "radiomics_lasso.csv", selected_features_table(rad_full, Xr.columns))
     atomic_write_json(study_dir / "fusion" / "radiomics_features.json", list(Xr.columns))
 
-    dl = collect_dl_scores(study_dir)
+    dl = collect_dl_scores(study_dir, cfg["dl"]["arms"], cfg["dl"]["nets"])
     frames.append(dl)
     sel = write_selection(study_dir, dl, y, cfg["dl"]["arms"], cfg["dl"]["nets"])
     base = pd.concat([clinical, radiomics, dl], ignore_index=True)

@@ -80,9 +80,11 @@ def write_paper_selection(study_dir: Path, dl_scores: pd.DataFrame, labels: pd.S
     return paper
 
 
-def collect_dl_scores(study_dir: Path) -> pd.DataFrame:
-    """All ``dl/<arm>/<net>/scores.parquet`` in one long table, sorted by model and patient."""
-    files = sorted((study_dir / "dl").glob("*/*/scores.parquet"))
+def collect_dl_scores(study_dir: Path, arms: list[str] | None = None, nets: list[str] | None = None) -> pd.DataFrame:
+    """All ``dl/<arm>/<net>/scores.parquet`` in one long table, sorted by model and patient; only the study's
+    ``arms`` x ``nets`` when given (a network of an earlier run with other settings is not mixed in)."""
+    files = sorted(f for f in (study_dir / "dl").glob("*/*/scores.parquet")
+                   if (arms is None or f.parent.parent.name in arms) and (nets is None or f.parent.name in nets))
     if not files:
         return pd.DataFrame(columns=SCORE_COLUMNS)
     df = pd.concat([read_table(f) for f in files], ignore_index=True)

@@ -101,16 +101,20 @@ def _input_digest(paths: Iterable[str | Path]) -> dict:
         return dict(zip(paths, pool.map(one, paths)))
 
 
-def stage_key(stage: Stage, upstream: dict[str, str]) -> str:
-    """Cache key of ``stage`` given the keys of the stages already resolved in this run."""
+def stage_key(stage: Stage, upstream: dict[str, str], study_dir: str | Path | None = None) -> str:
+    """Cache key of ``stage`` given the keys of the stages already resolved in this run (relative input paths are
+    files of ``study_dir``, e.g. ``dropped.csv`` written by an earlier stage)."""
     missing = [d for d in stage.deps if d not in upstream]
     if missing:
         raise ValueError(f"stage {stage.name} depends on unknown or later stages: {missing}")
+    inputs = stage.inputs() if callable(stage.inputs) else stage.inputs
+    if study_dir is not None:
+        inputs = [Path(study_dir) / p for p in inputs]  # an absolute path stays as it is
     return params_hash({
         "name": stage.name,
         "params": stage.params,
         "deps": {d: upstream[d] for d in sorted(stage.deps)},
-        "inputs": _input_digest(stage.inputs() if callable(stage.inputs) else stage.inputs),
+        "inputs": _input_digest(inputs),
     })
 
 
@@ -137,7 +141,7 @@ def run_stages(stages: Sequence[Stage], study_dir: str | Path, state: dict | Non
     results: list[StageResult] = []
     width = max(len(n) for n in names) if names else 0
     for i, stage in enumerate(stages, 1):
-        key = stage_key(stage, keys)
+        key = stage_key(stage, keys, study_dir)
         keys[stage.name] = key
         marker = read_marker(study_dir, stage.name)
         prefix = f"[{i}/{len(stages)}] {stage.name:<{width}}"

@@ -42,7 +42,8 @@ def run_statistics(study_dir: str | Path, cohort_csv: str | Path, cfg: dict) -> 
         thr = youden_threshold(tr["y"].astype(int), tr["score"])
         for sp, h in g.groupby("split", sort=True):
             yy, ss = h["y"].astype(int).to_numpy(), h["score"].to_numpy()
-            if len(np.unique(yy)) < 2:
+            if len(np.unique(yy)) < 2:  # reported, never dropped: what is defined, and NaN for the rest
+                frames.append(one_class_metrics(yy, ss, thr, model=model, split=sp, alpha=alpha))
                 continue
             frames.append(model_metrics(yy, ss, thr, model=model, split=sp, seed=seed))
             if truth is not None:
@@ -61,6 +62,39 @@ def run_statistics(study_dir: str | Path, cohort_csv: str | Path, cfg: dict) -> 
         tests.append(pairwise_delong(yy, {m: wide[m].to_numpy() for m in wide.columns}).assign(split=sp))
     if tests:
         atomic_write_table(study_dir / "delong.csv", pd.concat(tests, ignore_index=True))
-    dl = collect_dl_scores(study_dir)
+    dl = collect_dl_scores(study_dir, cfg["dl"]["arms"], cfg["dl"]["nets"])
     if len(dl):
         write_paper_selection(study_dir, dl, y, cfg["dl"]["arms"], cfg["dl"]["nets"], bool(cfg.get("paper_selection")))
+
+
+# ------------------------------------------------------------------------------ a split with one class (issue 17)
+def one_class_metrics(y: np.ndarray, score: np.ndarray, threshold: float, model: str, split: str,
+                      alpha: float = 0.05) -> pd.DataFrame:
+    """``metrics.csv`` rows of a split whose patients all have one label (e.g. a small validation cohort).
+
+    AUC, calibration and the class-conditional rate of the absent class are undefined there: NaN, never left out,
+    so the split stays in metrics.csv and Table 5 (which says why). Accuracy, the rate of the present class
+    (sensitivity or specificity, Wilson CI), PPV/NPV where defined, Brier, threshold, ``n`` and ``n_events`` are
+    computed as by :func:`p53hcc.fusion.stats.model_metrics`.
+    """
+    import logging
+
+    from statsmodels.stats.proportion import proportion_confint
+
+    logging.getLogger(__name__).info("split %s has only P53-%s patients (n=%d): AUC, calibration and %s of %s "
+                                     "are NaN", split, "positive" if y[0] else "negative", len(y),
+                                     "specificity" if y[0] else "sensitivity", model)
+    called, pos = score >= threshold, y == 1
+    nan = float("nan")
+    counts = {"accuracy": ((called == pos).sum(), len(y)), "sensitivity": ((called & pos).sum(), pos.sum()),
+              "specificity": ((~called & ~pos).sum(), (~pos).sum()), "ppv": ((called & pos).sum(), called.sum()),
+              "npv": ((~called & ~pos).sum(), (~called).sum())}
+    rows = [("auc", nan, nan, nan)]
+    for name, (k, n) in counts.items():
+        lo, hi = proportion_confint(int(k), int(n), alpha=alpha, method="wilson") if n else (nan, nan)
+        rows.append((name, k / n if n else nan, float(lo), float(hi)))
+    rows += [("brier", float(np.mean((score - y) ** 2)), nan, nan), ("calibration_slope", nan, nan, nan),
+             ("calibration_intercept", nan, nan, nan), ("threshold", float(threshold), nan, nan),
+             ("n", float(len(y)), nan, nan), ("n_events", float(y.sum()), nan, nan)]
+    out = pd.DataFrame(rows, columns=["metric", "estimate", "ci_low", "ci_high"])
+    return out.assign(model=model, split=split)[METRIC_COLUMNS]

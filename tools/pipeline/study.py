@@ -3,8 +3,11 @@
 Stages, in order, each cached and resumable through :mod:`p53hcc.tools.pipeline.stages` (a done-marker holding
 the hash of its parameters and upstream keys is written only after its outputs):
 
-    synth (no cohort given) -> validate -> datalist -> preprocess -> radiomics -> dl_<arm>_<net> ... ->
+    synth (no cohort given) -> validate -> preprocess -> radiomics -> datalist -> dl_<arm>_<net> ... ->
     fusion -> statistics -> gradcam -> figures -> report -> model
+
+A patient an image stage cannot process stops the study (``on_failure: fail``) or is left out of the folds and
+every model (``record``); either way it is named in ``dropped.csv`` and the report.
 
 Every parameter comes from :mod:`p53hcc.tools.pipeline.config`; the resolved set is written to
 ``STUDY_DIR/study.yaml``, and everything the run logs goes to ``STUDY_DIR/study.log`` too.
@@ -19,7 +22,6 @@ from typing import Any
 
 import yaml
 
-from p53hcc.tools.errors import P53hccError
 from p53hcc.tools.io import atomic_write_json, atomic_write_text
 from p53hcc.tools.lock import folder_lock
 from p53hcc.tools.logs import study_log
@@ -58,9 +60,12 @@ def _stage_validate(ctx: StageContext) -> None:
 
 
 def _stage_datalist(ctx: StageContext) -> None:
+    """Folds and datalist of the analysed patients: the cohort minus those an image stage dropped."""
+    from p53hcc.tools.cohort.dropped import dropped_patients
     from p53hcc.tools.cohort.splits import write_datalist
 
-    write_datalist(_cohort_csv(ctx), ctx.study_dir, folds=ctx.params["folds"], seed=ctx.params["seed"])
+    write_datalist(_cohort_csv(ctx), ctx.study_dir, folds=ctx.params["folds"], seed=ctx.params["seed"],
+                   exclude=dropped_patients(ctx.study_dir))
 
 
 def _stage_preprocess(ctx: StageContext) -> None:
@@ -68,7 +73,7 @@ def _stage_preprocess(ctx: StageContext) -> None:
 
     run = ctx.state["config"]["preprocess"]
     preprocess_cohort(_cohort_csv(ctx), ctx.study_dir, workers=run.get("workers"), scheduler=run.get("scheduler"),
-                      params=ctx.params["params"])
+                      params=ctx.params["params"], on_failure=ctx.params["on_failure"])
 
 
 def _stage_radiomics(ctx: StageContext) -> None:
@@ -76,7 +81,7 @@ def _stage_radiomics(ctx: StageContext) -> None:
 
     run = ctx.state["config"]["radiomics"]
     extract_cohort(_cohort_csv(ctx), ctx.study_dir, params=ctx.params["params"], workers=run.get("workers"),
-                   scheduler=ctx.state["config"]["preprocess"].get("scheduler"))
+                   scheduler=ctx.state["config"]["preprocess"].get("scheduler"), on_failure=ctx.params["on_failure"])
 
 
 def _dl_stage(arm: str, net: str) -> Callable[[StageContext], None]:
@@ -116,9 +121,11 @@ def _stage_figures(ctx: StageContext) -> None:
 
 def _stage_report(ctx: StageContext) -> None:
     from p53hcc.fusion.report import write_report
+    from p53hcc.tools.cohort.dropped import dropped_patients
     from p53hcc.tools.cohort.manifest import read_cohort
 
-    write_report(ctx.study_dir, read_cohort(_cohort_csv(ctx)))
+    cohort = read_cohort(_cohort_csv(ctx))
+    write_report(ctx.study_dir, cohort[~cohort["patient_id"].isin(dropped_patients(ctx.study_dir))])
 
 
 def _stage_model(ctx: StageContext) -> None:
@@ -138,6 +145,7 @@ def build_stages(cfg: dict, cohort_given: bool, cohort_csv: str | Path | None = 
     """
     from dataclasses import asdict
 
+    from p53hcc.tools.cohort.dropped import DROPPED, check_on_failure
     from p53hcc.tools.cohort.manifest import cohort_files
     from p53hcc.tools.pipeline.checks import study_requirements
 
@@ -148,17 +156,18 @@ def build_stages(cfg: dict, cohort_given: bool, cohort_csv: str | Path | None = 
     if not cohort_given:
         stages.append(Stage("synth", _stage_synth, params=dict(cfg["synth"])))
         first = ["synth"]
-    on_failure = cfg.get("on_failure", "fail")
+    on_failure = check_on_failure(cfg.get("on_failure"))
     stages += [
         Stage("validate", _stage_validate, deps=first, inputs=content, outputs=["validation.json"],
               params={"requirements": asdict(study_requirements(cfg)), "folds": cfg["folds"]}),
-        Stage("datalist", _stage_datalist, params={"folds": cfg["folds"], "seed": cfg["seed"]}, deps=first,
-              inputs=table, outputs=["splits.json", "datalist.json"]),
         Stage("preprocess", _stage_preprocess, params={"params": cfg["preprocess"]["params"],
                                                        "on_failure": on_failure}, deps=first, inputs=content),
         Stage("radiomics", _stage_radiomics, params={"params": cfg["radiomics"]["params"],
                                                      "on_failure": on_failure},
               deps=["preprocess"], inputs=content, outputs=["radiomics.parquet"]),
+        # after the image stages: the folds are made from the patients they did not drop (dropped.csv)
+        Stage("datalist", _stage_datalist, params={"folds": cfg["folds"], "seed": cfg["seed"]}, deps=first,
+              inputs=[*table, DROPPED], outputs=["splits.json", "datalist.json"]),
     ]
     dl_names = []
     dl = cfg["dl"]

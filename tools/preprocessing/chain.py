@@ -7,11 +7,10 @@ checks that the two agree).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pathlib import Path
-
 from monai.data import ITKReader
 from monai.transforms import Compose, LoadImaged, NormalizeIntensityd, Orientationd, Spacingd, Transform
 from monai.utils import ensure_tuple

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from p53hcc.tools.cohort.dropped import apply_policy, check_on_failure
 from p53hcc.tools.cohort.manifest import read_cohort
 from p53hcc.tools.errors import P53hccError
 from p53hcc.tools.io import atomic_path, atomic_write_json, atomic_write_table, file_sha256, params_hash
@@ -201,14 +202,17 @@ def _items(cohort: pd.DataFrame, phases: Iterable[str]) -> list[dict]:
     return items
 
 
+def _reason(f: dict) -> str:
+    return (f"file {f['path']}: " if f.get("path") else "") + f["error"]
+
+
 def _format_failure(f: dict) -> str:
-    where = f" file {f['path']}" if f.get("path") else ""
-    return f"patient {f['patient_id']} phase {f['phase']}{where}: {f['error']}"
+    return f"patient {f['patient_id']} phase {f['phase']}: {_reason(f)}"
 
 
 def preprocess_cohort(cohort_csv: str | os.PathLike, out: str | os.PathLike, workers: int | None = None,
                       scheduler: Any = None, params: Mapping[str, Any] | str | None = None,
-                      progress: bool = True) -> pd.DataFrame:
+                      progress: bool = True, on_failure: str = "fail") -> pd.DataFrame:
     """Run the preprocessing chain for every patient and phase of a cohort, with caching.
 
     Args:
@@ -221,15 +225,18 @@ def preprocess_cohort(cohort_csv: str | os.PathLike, out: str | os.PathLike, wor
             :data:`~p53hcc.tools.preprocessing.params.CHAIN_DEFAULTS`; ``n4`` merged key by key); None: the
             default preset (``paper``, as ``p53hcc study`` on a user's cohort).
         progress: show progress bars.
+        on_failure: a patient-phase that cannot be preprocessed is named in ``out/dropped.csv``
+            (:mod:`p53hcc.tools.cohort.dropped`), then ``fail`` raises, ``record`` leaves it out with a warning.
 
     Returns:
         One row per successful patient-phase: the index columns plus ``cached`` (nothing recomputed),
         ``n4_cached``, ``seconds_n4`` and ``seconds`` (wall time of the task).
 
     Raises:
-        P53hccError: after every other patient-phase has finished (and been written and indexed), listing each
-            failed one with patient, file and reason.
+        P53hccError: with ``on_failure="fail"``, after every other patient-phase has finished (and been written
+            and indexed), listing each failed one with patient, file and reason.
     """
+    check_on_failure(on_failure)
     p = resolve_params(params)
     cohort, phases = read_cohort(cohort_csv), PHASES
     root = Path(out) / "preprocessed"
@@ -262,10 +269,8 @@ def preprocess_cohort(cohort_csv: str | os.PathLike, out: str | os.PathLike, wor
     df = df.reset_index(drop=True)
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_table(root / "index.csv", df[INDEX_COLUMNS])
-    if failures:
-        lines = "\n  ".join(_format_failure(f) for f in failures)
-        raise P53hccError(f"preprocessing failed for {len(failures)} of {len(items)} patient-phase(s) (the others "
-                          f"are written and cached):\n  {lines}")
+    apply_policy(out, "preprocess", [{"patient_id": f["patient_id"], "phase": f["phase"], "reason": _reason(f)}
+                                     for f in failures], len(items), on_failure, "patient-phase(s)")
     return df
 
 

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from p53hcc.tools.cohort.dropped import apply_policy, check_on_failure
 from p53hcc.tools.cohort.manifest import read_cohort
 from p53hcc.tools.errors import P53hccError
 from p53hcc.tools.io import atomic_path, atomic_write_table, file_sha256, params_hash, read_table
@@ -149,12 +150,12 @@ def run_tasks(tasks: list[dict], workers: int | None = None, scheduler: Any = No
 # ---------------------------------------------------------------------------------------------- cohort
 
 
-def _preprocessed_index(cohort_csv, out: Path, workers, scheduler) -> pd.DataFrame:
+def _preprocessed_index(cohort_csv, out: Path, workers, scheduler, on_failure: str = "fail") -> pd.DataFrame:
     index = out / "preprocessed" / "index.csv"
     if not index.is_file():
         from p53hcc.tools.preprocessing.run import preprocess_cohort
 
-        preprocess_cohort(cohort_csv, out, workers=workers, scheduler=scheduler)
+        preprocess_cohort(cohort_csv, out, workers=workers, scheduler=scheduler, on_failure=on_failure)
     df = pd.read_csv(index, dtype={"patient_id": str})
     for col in ("image", "mask"):
         df[col] = [_resolve(p, out) for p in df[col]]
@@ -242,7 +243,8 @@ def _provenance(results: list[dict], params_name: str) -> pd.DataFrame:
 
 
 def extract_cohort(cohort_csv: str | os.PathLike, out: str | os.PathLike, params: str | dict | None = None,
-                   workers: int | None = None, scheduler: Any = None, progress: bool = True) -> pd.DataFrame:
+                   workers: int | None = None, scheduler: Any = None, progress: bool = True,
+                   on_failure: str = "fail") -> pd.DataFrame:
     """Extract radiomics for every patient x phase of a cohort (and second-reader masks when present).
 
     Args:
@@ -254,35 +256,47 @@ def extract_cohort(cohort_csv: str | os.PathLike, out: str | os.PathLike, params
         workers: local worker processes (default: all cores; 1 runs inline).
         scheduler: Dask scheduler address (``tcp://host:port``) or ``distributed.Client``: run the tasks there.
         progress: show progress bars.
+        on_failure: a patient without features (a failed extraction, or a phase missing from the preprocessed
+            index, e.g. after a partly failed preprocessing) is named in ``out/dropped.csv``; then ``fail``
+            raises (after writing the tables of the others), ``record`` leaves it out with a warning.
 
     Returns:
         The ``radiomics.parquet`` table (patients with all three phases extracted).
 
     Raises:
-        P53hccError: no task succeeded (the first failures are named).
+        P53hccError: no task succeeded, or (``on_failure="fail"``) some patient has no features; every failure is
+            named with patient, phase and reason.
     """
+    check_on_failure(on_failure)
     out = Path(out)
     params_name = "dict" if isinstance(params, dict) else str(params or DEFAULT_PARAMS)
     settings = load_params(params)
     phash = params_hash(settings)
     cohort = read_cohort(cohort_csv)
-    index = _preprocessed_index(cohort_csv, out, workers, scheduler)
+    index = _preprocessed_index(cohort_csv, out, workers, scheduler, on_failure)
     index = index[index["patient_id"].isin(cohort["patient_id"])]
+    indexed = set(zip(index["patient_id"], index["phase"]))
+    absent = [{"patient_id": pid, "phase": phase, "reason": "no preprocessed volume in preprocessed/index.csv "
+               "(its preprocessing failed or has not run: see dropped.csv, rerun `p53hcc preprocess`)"}
+              for pid in cohort["patient_id"] for phase in PHASES if (pid, phase) not in indexed]
     tasks, unreadable = _build_tasks(cohort, index, settings, phash, out, progress)
     cached = {t["cache"]: c for t in tasks if (c := _load_cached(t)) is not None}
     todo = [t for t in tasks if t["cache"] not in cached]
     results = list(cached.values()) + unreadable + (run_tasks(todo, workers, scheduler, progress) if todo else [])
     failed = [r for r in results if r["status"] != "ok"]
-    for r in failed:
-        msg = f"radiomics failed for patient {r['patient_id']}, phase {r['phase']} ({r['reader']}): {r['error']}"
-        log.warning(msg)
-    if len(failed) == len(results):
+    for r in (r for r in failed if r["reader"] != "r1"):  # r1 failures are named with the policy below
+        log.warning("radiomics failed for patient %s, phase %s (second reader: left out of the ICC): %s",
+                    r["patient_id"], r["phase"], r["error"])
+    if results and len(failed) == len(results):
         raise P53hccError("radiomics failed for every task; first: "
                           + "; ".join(f"{r['patient_id']}/{r['phase']}: {r['error']}" for r in failed[:3]))
     table = _wide(results, "r1")
     atomic_write_table(out / "radiomics.parquet", table)
     atomic_write_table(out / "radiomics_provenance.parquet", _provenance(results, params_name))
     _write_icc(results, table, out, cohort)
+    lost = absent + [{"patient_id": r["patient_id"], "phase": r["phase"], "reason": f"extraction failed: {r['error']}"}
+                     for r in sorted(failed, key=lambda r: (r["patient_id"], r["phase"])) if r["reader"] == "r1"]
+    apply_policy(out, "radiomics", lost, len(cohort) * len(PHASES), on_failure, "patient-phase(s)")
     return table
 
 
