@@ -46,7 +46,7 @@ def test_study_resumed_after_interruptions_in_every_stage_is_identical(tmp_path,
     from p53hcc.tools.dl import crossfit
     from p53hcc.tools.pipeline import study
 
-    csv = make_tiny_cohort(tmp_path / "cohort", n=16)
+    csv = make_tiny_cohort(tmp_path / "cohort", n=28)  # 5 per class in each fold's training part (radiomics LASSO)
     study.run_study(csv, out=tmp_path / "clean", **STUDY, **{"preprocess.workers": 2, "radiomics.workers": 2})
     clean = _results(tmp_path / "clean")
 

@@ -18,6 +18,10 @@ from tests.conftest import make_tiny_cohort
 
 
 def _study_validate(capsys, csv: Path, *flags: str) -> tuple[int, str]:
+    """``p53hcc validate CSV --study FLAGS``; a 2-fold LASSO penalty search unless FLAGS say otherwise (a
+    12-patient cohort has too few of each class in a training fold for the default 5)."""
+    if "--lasso_cv_folds" not in flags:
+        flags = (*flags, "--lasso_cv_folds", "2")
     code = main(["validate", str(csv), "--study", *flags])
     out = capsys.readouterr()
     return code, out.out + out.err
@@ -53,8 +57,10 @@ def test_missing_clinical_columns_and_values_all_named(cohort, capsys):
 
 
 def test_class_balance_per_split(cohort, capsys):
-    code, printed = _study_validate(capsys, cohort, "--folds", "5")   # 4 negatives, 5 positives in training
+    code, printed = _study_validate(capsys, cohort, "--folds", "5")   # 5 negatives, 4 positives in training
     assert code == 1 and "5 stratified folds need at least 5 patients of each class" in printed, printed
+    code, printed = _study_validate(capsys, cohort, "--folds", "2", "--lasso_cv_folds", "5")  # ~2 per class in
+    assert code == 1 and "the radiomics LASSO's 5-fold penalty search" in printed, printed   # a training fold
     _edit(cohort, lambda df: df.__setitem__("p53", ["1" if s == "validation" else v
                                                      for s, v in zip(df["split"], df["p53"])]))
     code, printed = _study_validate(capsys, cohort, "--folds", "2")

@@ -132,7 +132,8 @@ def train(cohort: str, out: str, arm: str = "mc", net: str | None = None, epochs
         epochs: training epochs (default: the bundle's).
         device: "cpu" or "cuda" (default: cuda when available).
         engine: "fast" (in-process, cached crops) or "bundle" (the bundle's own MONAI workflow per fold).
-        overrides: further training values, e.g. --spatial_size 64 --n4 false.
+        overrides: further training values, e.g. --spatial_size 64 --n4 false --cpu_threads 8 (torch threads on a
+            CPU: fixed, 1 by default, so the networks do not depend on the machine; in the resume keys).
     """
     from p53hcc.tools.dl.crossfit import train_arm
     from p53hcc.tools.lock import folder_lock

@@ -19,7 +19,8 @@ from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 
 _LOCK = threading.Lock()
-_STATE: dict = {"depth": 0, "saved": None}
+_STACK: list[int] = []  # thread counts of the blocks now inside fixed_threads (innermost last)
+_SAVED: dict = {}
 
 
 def _set_threads(n: int) -> tuple[int, int]:
@@ -38,23 +39,28 @@ def _set_threads(n: int) -> tuple[int, int]:
 def fixed_threads(n: int = 1) -> Iterator[None]:
     """Run the block with ITK (SimpleITK) and torch using ``n`` threads, restoring the previous counts after.
 
-    Reference-counted: concurrent blocks in threads (a threaded Dask worker) all run under the count set by the
-    first one, and the last one to leave restores the previous counts.
+    Nested blocks set their own count and give the enclosing one's back when they end; concurrent blocks in
+    threads (a threaded Dask worker, DL units trained in threads) share the count, so they must ask for the same
+    one (the study's do); the counts the process had before are restored when the last block ends.
     """
     with _LOCK:
-        if _STATE["depth"] == 0:
-            _STATE["saved"] = _set_threads(n)
-        _STATE["depth"] += 1
+        if not _STACK:
+            _SAVED["counts"] = _set_threads(n)
+        else:
+            _set_threads(n)
+        _STACK.append(int(n))
     try:
         yield
     finally:
         with _LOCK:
-            _STATE["depth"] -= 1
-            if _STATE["depth"] == 0:
+            _STACK.remove(int(n))
+            if _STACK:
+                _set_threads(_STACK[-1])
+            else:
                 import SimpleITK as sitk
                 import torch
 
-                itk_threads, torch_threads = _STATE["saved"]
+                itk_threads, torch_threads = _SAVED.pop("counts")
                 sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(itk_threads)
                 if torch.get_num_threads() != torch_threads:
                     torch.set_num_threads(torch_threads)

@@ -26,6 +26,7 @@ from p53hcc.tools.dl.engine import fit, items_digest, resolve_device, source_ite
 from p53hcc.tools.dl.nets import check_net_name
 from p53hcc.tools.errors import P53hccError
 from p53hcc.tools.io import atomic_path, atomic_write_json, atomic_write_table, params_hash
+from p53hcc.tools.parallel import fixed_threads
 
 log = logging.getLogger(__name__)
 ENGINES = ("fast", "bundle")
@@ -113,6 +114,12 @@ def train_arm(cohort_csv: str | os.PathLike, out: str | os.PathLike, arm: str = 
     if not (out / "datalist.json").is_file() or not (out / "splits.json").is_file():
         write_datalist(cohort_csv, out)
     splits = load_splits(out)
+    with fixed_threads(params["cpu_threads"]):  # CPU convolutions give other bits with another thread count
+        return _train_units(spec, out, params, splits, net, engine, folds, device, workers, head_kwargs)
+
+
+def _train_units(spec: Arm, out: Path, params: dict, splits: dict, net: str, engine: str,
+                 folds: Sequence[int] | None, device, workers: int, head_kwargs: dict | None) -> Path:
     items = source_items(select_items(out / "datalist.json", "all"), out, params)
     # a unit is done for these parameters, folds, patients, labels and image contents (a replaced image retrains)
     tag = params_hash({**params, "engine": engine, "splits": splits, "head": head_kwargs or {},

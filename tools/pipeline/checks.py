@@ -57,8 +57,13 @@ def clinical_problems(df: pd.DataFrame) -> list[Problem]:
     return out
 
 
-def class_problems(df: pd.DataFrame, folds: int, purpose: str = "study") -> list[Problem]:
-    """Classes per split: errors where the study cannot run, warnings where a statistic will be NaN."""
+def class_problems(df: pd.DataFrame, folds: int, purpose: str = "study", seed: int = 0,
+                   inner_cv: int = 5) -> list[Problem]:
+    """Classes per split: errors where the study cannot run, warnings where a statistic will be NaN.
+
+    Besides ``folds`` patients of each class in training, the radiomics LASSO chooses its penalty by an
+    ``inner_cv``-fold stratified CV inside each fold's training part, which needs that many of each class there.
+    """
     labels = pd.to_numeric(df["p53"], errors="coerce")
     out = []
     if purpose == "evaluate":
@@ -75,6 +80,8 @@ def class_problems(df: pd.DataFrame, folds: int, purpose: str = "study") -> list
             if min((y == 0).sum(), (y == 1).sum()) < folds:
                 out.append(Problem(None, "p53", None, f"split train has {_counts(y)}: {folds} stratified folds "
                                    f"need at least {folds} patients of each class"))
+            else:
+                out.extend(_inner_cv_problems(df, folds, seed, inner_cv))
         elif split == "validation" and y.empty:
             out.append(Problem(None, "split", None, "no validation patients: the study will report no "
                                "internal validation", "warning"))
@@ -84,18 +91,40 @@ def class_problems(df: pd.DataFrame, folds: int, purpose: str = "study") -> list
     return out
 
 
+def _inner_cv_problems(df: pd.DataFrame, folds: int, seed: int, inner_cv: int) -> list[Problem]:
+    """The folds the study will make (same function, same seed): enough of each class in each training part?"""
+    from p53hcc.tools.cohort.splits import make_splits
+
+    labels = pd.to_numeric(df.set_index("patient_id")["p53"], errors="coerce")
+    fewest = min(int(labels[f["train"]].value_counts().reindex([0, 1], fill_value=0).min())
+                 for f in make_splits(df, folds, seed)["folds"])
+    if fewest >= inner_cv:
+        return []
+    return [Problem(None, "p53", None, f"a training fold has only {fewest} patient(s) of one class: the radiomics "
+                    f"LASSO's {inner_cv}-fold penalty search inside each of the {folds} folds needs {inner_cv}; "
+                    "add training patients or use fewer folds")]
+
+
 def _counts(y: pd.Series) -> str:
     return f"{int((y == 0).sum())} P53-negative and {int((y == 1).sum())} P53-positive patient(s)"
 
 
 def cohort_problems(cohort_csv: str | Path, requirements: ImageRequirements, folds: int = 5,
-                    purpose: str = "study", progress: bool = True) -> list[Problem]:
+                    purpose: str = "study", progress: bool = True, seed: int = 0, inner_cv: int = 5) -> list[Problem]:
     """Every problem of the cohort's files and values plus what ``purpose`` needs (clinical, classes, ROIs)."""
     if purpose not in PURPOSES:
         raise P53hccError(f"unknown purpose {purpose!r}; choose one of {', '.join(PURPOSES)}")
     df = read_cohort(cohort_csv)
     problems = validate_cohort(cohort_csv, progress=progress, requirements=requirements)
-    return problems + clinical_problems(df) + class_problems(df, int(folds), purpose)
+    return problems + clinical_problems(df) + class_problems(df, int(folds), purpose, int(seed), int(inner_cv))
+
+
+def study_check_params(cfg: dict) -> dict:
+    """The settings of a resolved study configuration that the checks depend on (the validate stage's key)."""
+    from dataclasses import asdict
+
+    return {"requirements": asdict(study_requirements(cfg)), "folds": int(cfg["folds"]), "seed": int(cfg["seed"]),
+            "inner_cv": int(cfg["fusion"].get("lasso_cv_folds") or 5)}
 
 
 def raise_on_errors(cohort_csv: str | Path, problems: list[Problem], shown: int = 5) -> None:
@@ -113,7 +142,8 @@ def validate_study_command(cohort: str | Path, config: str | Path | None = None,
     from p53hcc.tools.pipeline.config import resolve_config
 
     cfg = resolve_config(config, profile=profile, **overrides)
-    problems = cohort_problems(cohort, study_requirements(cfg), cfg["folds"], purpose)
+    checks = study_check_params(cfg)
+    problems = cohort_problems(cohort, ImageRequirements(**checks.pop("requirements")), purpose=purpose, **checks)
     for p in problems:
         print(f"{p.severity.upper()}: {p}")
     n_patients = len(read_cohort(cohort))

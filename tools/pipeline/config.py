@@ -67,7 +67,7 @@ def as_list(value: Any) -> list[str]:
 def _fill_stage_defaults(cfg: dict) -> None:
     """Replace nulls (and absent DL training values) by the defaults of the stages that own them."""
     from p53hcc.tools.cohort.splits import DEFAULT_FOLDS
-    from p53hcc.tools.dl.bundle import training_defaults
+    from p53hcc.tools.dl.bundle import ENGINE_DEFAULTS, training_defaults
     from p53hcc.tools.preprocessing.params import DEFAULT_PRESET
     from p53hcc.tools.radiomics.features import DEFAULT_PARAMS
 
@@ -77,7 +77,7 @@ def _fill_stage_defaults(cfg: dict) -> None:
         cfg["preprocess"]["params"] = DEFAULT_PRESET
     if cfg["radiomics"].get("params") is None:
         cfg["radiomics"]["params"] = DEFAULT_PARAMS
-    for key, value in training_defaults("mc").items():
+    for key, value in {**training_defaults("mc"), "cpu_threads": ENGINE_DEFAULTS["cpu_threads"]}.items():
         if key not in STUDY_OWNED_DL_KEYS and cfg["dl"].get(key) is None:
             cfg["dl"][key] = value
 
@@ -117,8 +117,10 @@ def resolve_config(config: str | Path | None = None, nets: Any = None, paper_sel
 
 
 def dl_training_values(cfg: dict) -> dict[str, Any]:
-    """The bundle training values the study sets (``dl`` section minus arms/nets/device, plus the master seed)."""
+    """The bundle training values the study sets (``dl`` section minus arms/nets/device, plus the master seed and
+    the CPU thread count)."""
     from p53hcc.tools.dl.bundle import TRAINING_KEYS
 
-    values = {k: v for k, v in cfg["dl"].items() if k in TRAINING_KEYS and k not in STUDY_OWNED_DL_KEYS}
+    keys = (*TRAINING_KEYS, "cpu_threads")
+    values = {k: v for k, v in cfg["dl"].items() if k in keys and k not in STUDY_OWNED_DL_KEYS}
     return {**values, "seed": cfg["seed"]}

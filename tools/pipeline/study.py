@@ -50,7 +50,8 @@ def _stage_validate(ctx: StageContext) -> None:
     from p53hcc.tools.pipeline.checks import cohort_problems, raise_on_errors
 
     csv = _cohort_csv(ctx)
-    problems = cohort_problems(csv, ImageRequirements(**ctx.params["requirements"]), ctx.params["folds"])
+    checks = dict(ctx.params)
+    problems = cohort_problems(csv, ImageRequirements(**checks.pop("requirements")), **checks)
     atomic_write_json(ctx.study_dir / "validation.json", {
         "cohort": str(csv), "problems": [{"severity": p.severity, "message": str(p)} for p in problems]})
     for p in problems:
@@ -143,11 +144,9 @@ def build_stages(cfg: dict, cohort_given: bool, cohort_csv: str | Path | None = 
     images have the cohort's files as inputs: their content (every image and mask, hashed) is in their keys, so a
     replaced image reruns them (and the inner caches redo only the patients whose files changed).
     """
-    from dataclasses import asdict
-
     from p53hcc.tools.cohort.dropped import DROPPED, check_on_failure
     from p53hcc.tools.cohort.manifest import cohort_files
-    from p53hcc.tools.pipeline.checks import study_requirements
+    from p53hcc.tools.pipeline.checks import study_check_params
 
     stages: list[Stage] = []
     first: list[str] = []
@@ -159,7 +158,7 @@ def build_stages(cfg: dict, cohort_given: bool, cohort_csv: str | Path | None = 
     on_failure = check_on_failure(cfg.get("on_failure"))
     stages += [
         Stage("validate", _stage_validate, deps=first, inputs=content, outputs=["validation.json"],
-              params={"requirements": asdict(study_requirements(cfg)), "folds": cfg["folds"]}),
+              params=study_check_params(cfg)),
         Stage("preprocess", _stage_preprocess, params={"params": cfg["preprocess"]["params"],
                                                        "on_failure": on_failure}, deps=first, inputs=content),
         Stage("radiomics", _stage_radiomics, params={"params": cfg["radiomics"]["params"],
