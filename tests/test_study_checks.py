@@ -47,13 +47,14 @@ def test_missing_clinical_columns_and_values_all_named(cohort, capsys):
         df.loc[3, "afp"] = "n/a"
         df.loc[5, "sex"] = ""
     _edit(cohort, edit)
-    assert main(["validate", str(cohort)]) == 0  # files and present values are fine
-    capsys.readouterr()
-    code, printed = _study_validate(capsys, cohort, "--folds", "2")
-    assert code == 1 and "Traceback" not in printed
-    for text in ("column ltd_mm, capsule: 2 clinical column(s) missing",
-                 "patient P003, column afp: no value", "patient P005, column sex: no value"):
-        assert text in printed, printed
+    for flags in ((), ("--study", "--folds", "2", "--lasso_cv_folds", "2")):  # plain validate checks them too
+        code = main(["validate", str(cohort), *flags])
+        out = capsys.readouterr()
+        printed = out.out + out.err
+        assert code == 1 and "Traceback" not in printed
+        for text in ("column ltd_mm, capsule: 2 clinical column(s) missing",
+                     "patient P003, column afp: no value", "patient P005, column sex: no value"):
+            assert text in printed, printed
 
 
 def test_class_balance_per_split(cohort, capsys):

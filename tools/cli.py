@@ -45,22 +45,24 @@ def synth(n: int = 320, out: str = "synthetic", seed: int = 0, size: str = "demo
 def validate(cohort: str, study: bool = False, config: str | None = None, profile: str = "paper", **overrides):
     """Check every file and value of a cohort manifest and list all problems at once (exit 1 if any).
 
+    Always: files readable 3-D volumes, masks binary, non-empty and on their image's grid, no NaN voxels, ids,
+    splits, labels and clinical values plausible, every clinical column the clinical model needs present and
+    filled, each ROI large enough for radiomics (paper parameter set) and the DL crop, and the phases' enhancement
+    order (a warning: swapped phase columns?).
+
     Args:
         cohort: path to cohort.csv.
-        study: also check what `p53hcc study` will need, before hours of work: the clinical columns and values of
-            the clinical model, both classes in each split (folds per class in training), ROI size for radiomics
-            and the DL crop, and the phases' enhancement order (a warning: swapped phase columns?).
-        config: study YAML (implies --study): the checks follow its folds and radiomics parameter set.
+        study: also check the classes of each split against the study's folds (training needs `folds` patients of
+            each class, and enough per fold for the radiomics LASSO; a one-class validation split warns), with
+            the ROI rules of the study's radiomics parameter set.
+        config: study YAML (implies --study).
         profile: "paper" (default) or "demo", as for `p53hcc study`.
         overrides: study parameters as for `p53hcc study`, e.g. --folds 10 (implies --study).
     """
-    if as_bool(study, "study") or config or overrides:
-        from p53hcc.tools.pipeline.checks import validate_study_command
+    from p53hcc.tools.pipeline.checks import validate_study_command
 
-        return validate_study_command(cohort, config=config, profile=profile, **overrides)
-    from p53hcc.tools.cohort.manifest import validate_command
-
-    return validate_command(cohort)
+    purpose = "study" if as_bool(study, "study") or config or overrides else "cohort"
+    return validate_study_command(cohort, config=config, profile=profile, purpose=purpose, **overrides)
 
 
 def datalist(cohort: str, out: str, folds: int | None = None, seed: int = 0):

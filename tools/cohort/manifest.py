@@ -296,15 +296,3 @@ def _check_mask_voxels(pid, col, path, out) -> np.ndarray | None:
         out.append(Problem(pid, col, path, "empty mask (no foreground voxel)"))
         return None
     return arr
-
-
-def validate_command(cohort: str | Path) -> str:
-    """CLI body of ``p53hcc validate``: print every problem; raise (exit 1) if any is an error."""
-    problems = validate_cohort(cohort)
-    n_patients = len(read_cohort(cohort))
-    errors = [p for p in problems if p.severity == "error"]
-    for p in problems:
-        print(f"{p.severity.upper()}: {p}")
-    if errors:
-        raise P53hccError(f"{cohort}: {len(errors)} problem(s) in {n_patients} patients (listed above)")
-    return f"{cohort}: {n_patients} patients, no problems found"

@@ -1,4 +1,4 @@
-"""What the study needs from a cohort, checked before any heavy stage: ``p53hcc validate --study``, the study's
+"""What the study needs from a cohort, checked before any heavy stage: ``p53hcc validate [--study]``, the study's
 ``validate`` stage, and ``predict`` / ``evaluate`` before they preprocess anything.
 
 On top of :func:`p53hcc.tools.cohort.manifest.validate_cohort` (every file and value) it checks
@@ -23,8 +23,9 @@ from p53hcc.tools.cohort.manifest import Problem, present, read_cohort, validate
 from p53hcc.tools.errors import P53hccError
 from p53hcc.tools.radiomics.features import load_params
 
-#: What the cohort is used for: a whole study, scoring new patients, or evaluating a frozen model on them.
-PURPOSES = ("study", "predict", "evaluate")
+#: What the cohort is checked for: any use (``p53hcc validate``, ``predict``), a whole study (classes per split and
+#: fold), or evaluating a frozen model (both classes).
+PURPOSES = ("cohort", "study", "evaluate")
 _FALSE = ("false", "no", "off", "0")
 
 
@@ -138,7 +139,7 @@ def raise_on_errors(cohort_csv: str | Path, problems: list[Problem], shown: int 
 
 def validate_study_command(cohort: str | Path, config: str | Path | None = None, profile: str = "paper",
                            purpose: str = "study", **overrides) -> str:
-    """CLI body of ``p53hcc validate --study``: print every problem; raise (exit 1) if any is an error."""
+    """CLI body of ``p53hcc validate [--study]``: print every problem; raise (exit 1) if any is an error."""
     from p53hcc.tools.pipeline.config import resolve_config
 
     cfg = resolve_config(config, profile=profile, **overrides)
@@ -150,4 +151,5 @@ def validate_study_command(cohort: str | Path, config: str | Path | None = None,
     n_errors = sum(p.severity == "error" for p in problems)
     if n_errors:
         raise P53hccError(f"{cohort}: {n_errors} problem(s) in {n_patients} patients (listed above)")
-    return f"{cohort}: {n_patients} patients, ready for the study ({len(problems)} warning(s))"
+    what = "ready for the study" if purpose == "study" else "no problems found"
+    return f"{cohort}: {n_patients} patients, {what} ({len(problems)} warning(s))"

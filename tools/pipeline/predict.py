@@ -82,7 +82,7 @@ def default_dl_scorer(model_dir: Path, cohort_csv: Path, work: Path, manifest: d
 
 
 def predict_cohort(model_dir: str | Path, cohort_csv: str | Path, out: str | Path,
-                   dl_scorer: DlScorer = default_dl_scorer, gradcam: bool = True, purpose: str = "predict") -> Path:
+                   dl_scorer: DlScorer = default_dl_scorer, gradcam: bool = True, purpose: str = "cohort") -> Path:
     """Frozen model -> ``out/predictions.csv`` for new patients (and Grad-CAM images under ``out/gradcam/``).
 
     The new cohort is validated (files, values, every clinical column the frozen clinical model needs, ROIs
