@@ -26,9 +26,9 @@ from p53hcc.tools.schema import NET_LABELS, SPLIT_LABELS
 
 #: Section headings, in order (tests check that each one is present).
 SECTIONS = (
-    "Methods actually run", "Patients left out", "Final DL model choice", "Table 1", "Table 2", "Table 3", "Table 4", "Table 5",
-    "Pairwise DeLong tests", "ROC curves", "Calibration", "Decision curves", "Nomogram", "Confusion matrices",
-    "Grad-CAM gallery", "LASSO-selected radiomics features", "Files and provenance",
+    "Methods actually run", "Patients left out", "Final DL model choice", "Table 1", "Table 2", "Table 3",
+    "Table 4", "Table 5", "Pairwise DeLong tests", "ROC curves", "Calibration", "Decision curves", "Nomogram",
+    "Confusion matrices", "Grad-CAM gallery", "LASSO-selected radiomics features", "Files and provenance",
 )
 CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0;color:#1d2329;background:#f6f7f9}
@@ -121,8 +121,9 @@ def metric_rows(metrics: pd.DataFrame, models: list[str], labels: dict[str, str]
             if (model, sp, "auc") not in m.index:
                 continue
             auc, n, events = m.loc[(model, sp, "auc")], get(model, sp, "n"), get(model, sp, "n_events")
-            auc_text = (f"{auc['estimate']:.3f} ({auc['ci_low']:.3f}–{auc['ci_high']:.3f})" if np.isfinite(auc["estimate"])
-                        else f"not computable: one class ({events:.0f} of {n:.0f} P53-positive)")  # kept, never dropped
+            auc_text = (f"{auc['estimate']:.3f} ({auc['ci_low']:.3f}–{auc['ci_high']:.3f})"
+                        if np.isfinite(auc["estimate"]) else  # a cohort with one class: kept, never dropped
+                        f"not computable: one class ({events:.0f} of {n:.0f} P53-positive)")
             row = {"Model name": (labels or {}).get(model, model_label(model)), "Cohort": SPLIT_LABELS.get(sp, sp),
                    "Accuracy": get(model, sp, "accuracy"), "AUC (95% CI)": auc_text,
                    "Sensitivity": get(model, sp, "sensitivity"), "Specificity": get(model, sp, "specificity")}

@@ -76,7 +76,8 @@ def test_roi_the_study_cannot_use_is_an_error(cohort, capsys, kind, expected):
         mask[12, 12, 3] = 1
     else:
         mask[:] = 1
-    nib.save(nib.Nifti1Image(mask, np.diag([1.5, 1.5, 4.0, 1.0])), str(cohort.parent / "masks" / "P002_pvp_mask.nii.gz"))
+    path = cohort.parent / "masks" / "P002_pvp_mask.nii.gz"
+    nib.save(nib.Nifti1Image(mask, np.diag([1.5, 1.5, 4.0, 1.0])), str(path))
     code, printed = _study_validate(capsys, cohort, "--folds", "2")
     assert code == 1 and "patient P002, column pvp_mask" in printed and expected in printed, printed
 
@@ -117,7 +118,8 @@ def test_study_stops_before_any_heavy_stage(cohort, tmp_path, monkeypatch):
     """A 2-D image and a missing clinical value end the study at its first stage: nothing is preprocessed."""
     calls = []
     monkeypatch.setattr("p53hcc.tools.preprocessing.run.preprocess_cohort", lambda *a, **k: calls.append("pp"))
-    nib.save(nib.Nifti1Image(np.ones((24, 24), np.float32), np.eye(4)), str(cohort.parent / "images" / "P001_ap.nii.gz"))
+    flat = nib.Nifti1Image(np.ones((24, 24), np.float32), np.eye(4))
+    nib.save(flat, str(cohort.parent / "images" / "P001_ap.nii.gz"))
     _edit(cohort, lambda df: df.__setitem__("age", [""] + list(df["age"][1:])))
     from p53hcc.tools.pipeline.study import run_study
 

@@ -30,8 +30,8 @@ from p53hcc.tools.preprocessing.chain import SeriesSpacingReader
 from p53hcc.tools.preprocessing.n4 import N4BiasFieldCorrectiond
 
 __all__ = ["AugmentingPrepareBatch", "BatchRandCropFlip", "N4BiasFieldCorrectiond", "PatientTableWriter",
-           "RenameKeysd", "SeriesSpacingReader", "build_net", "class_weights", "feature_extractor", "n4_transforms", "roi_transforms",
-           "select_items", "train_augmentation", "warm_cache"]
+           "RenameKeysd", "SeriesSpacingReader", "build_net", "class_weights", "feature_extractor", "n4_transforms",
+           "roi_transforms", "select_items", "train_augmentation", "warm_cache"]
 
 
 def class_weights(items: list[dict], num_classes: int = 2) -> torch.Tensor:

@@ -86,7 +86,8 @@ def cached_crops(items: list[dict], out: str | Path, params: dict, arm: str, are
     items = [{**d, "content": item_content(d)} for d in items]
     ids = [d["patient_id"] for d in items]
     root = Path(out) / area
-    stacked = root / "slices" / f"{prefix}_{tag}_{params_hash([[d['patient_id'], d['content']] for d in items])}.pt"
+    content = params_hash([[d["patient_id"], d["content"]] for d in items])
+    stacked = root / "slices" / f"{prefix}_{tag}_{content}.pt"
     if stacked.is_file():
         return torch.load(stacked, weights_only=True)["x"]
     parser = bundle_parser(arm, overrides={**keys, "dataset_dir": str(out)})

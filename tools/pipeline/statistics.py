@@ -67,7 +67,7 @@ def run_statistics(study_dir: str | Path, cohort_csv: str | Path, cfg: dict) -> 
         write_paper_selection(study_dir, dl, y, cfg["dl"]["arms"], cfg["dl"]["nets"], bool(cfg.get("paper_selection")))
 
 
-# ------------------------------------------------------------------------------ a split with one class (issue 17)
+# ----------------------------------------------------------------------------------- a split with one class
 def one_class_metrics(y: np.ndarray, score: np.ndarray, threshold: float, model: str, split: str,
                       alpha: float = 0.05) -> pd.DataFrame:
     """``metrics.csv`` rows of a split whose patients all have one label (e.g. a small validation cohort).
