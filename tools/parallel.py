@@ -79,12 +79,14 @@ def worker_init() -> None:
 
 def stop_pool(pool: ProcessPoolExecutor) -> None:
     """Stop a pool now: cancel queued tasks and terminate the running workers."""
-    pool.shutdown(wait=False, cancel_futures=True)
     terminate = getattr(pool, "terminate_workers", None)  # Python >= 3.14
     if terminate is not None:
         terminate()
         return
-    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+    # before 3.14 there is no public way; shutdown() forgets the processes, so take them first
+    workers = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in workers:
         proc.terminate()
 
 
