@@ -116,11 +116,12 @@ def train(cohort: str, out: str, arm: str = "mc", net: str | None = None, epochs
         epochs: training epochs (default: the bundle's).
         device: "cpu" or "cuda" (default: cuda when available).
         engine: "fast" (in-process, cached crops) or "bundle" (the bundle's own MONAI workflow per fold).
-        overrides: further training values, e.g. --spatial_size 64 --n4 false.
+        overrides: further training values, e.g. --spatial_size 64 --n4 false; --inner true also trains the
+            pair-of-folds networks nested cross-fitting needs (what `p53hcc study` does by default).
     """
     from p53hcc.tools.dl.crossfit import train_arm
 
-    for key in ("n4", "amp", "compile"):
+    for key in ("n4", "amp", "compile", "inner"):
         if key in overrides:
             overrides[key] = as_bool(overrides[key], key)
     return str(train_arm(cohort, out, arm=arm, net=net, epochs=epochs, device=device, engine=engine, **overrides))
