@@ -15,7 +15,7 @@ from tests.conftest import Killed, make_tiny_cohort
 pytestmark = pytest.mark.slow  # a real study twice (~3 min on 2 cores)
 
 STUDY = dict(profile="demo", nets="resnet18", folds=2, epochs=1, spatial_size=32, batch_size=4,
-             **{"dl.arms": "mc", "gradcam.n": 2})
+             **{"dl.arms": "mc", "gradcam.n": 2, "fusion.nesting": "apparent"})  # 2 folds: no pair networks
 COMPARED = ("metrics.csv", "scores.parquet", "selection.json", "radiomics.parquet", "dl/mc/resnet18/scores.parquet")
 
 

@@ -10,8 +10,9 @@ import pytest
 import yaml
 
 from p53hcc.tools.errors import P53hccError
+from p53hcc.tools.io import atomic_write_json
 from p53hcc.tools.pipeline.config import resolve_config
-from p53hcc.tools.pipeline.selection import choose_dl_model, write_paper_selection, write_selection
+from p53hcc.tools.pipeline.selection import choose_dl_model, select_dl_model, write_paper_selection
 from p53hcc.tools.pipeline.stages import Stage, read_marker, run_stages
 from p53hcc.tools.pipeline.study import build_stages
 from tests.conftest import Killed
@@ -162,7 +163,8 @@ def test_write_selection_from_scores(tmp_path):
     noise = rng.normal(0, 1, 60)
     scores = pd.concat([pd.DataFrame({"patient_id": ids, "model": m, "fold": 0, "split": split, "score": s})
                         for m, s in (("mc_resnet18", noise), ("ff_resnet18", good))])
-    sel = write_selection(tmp_path, scores, y, ["mc", "ff"], ["resnet18"])
+    sel = select_dl_model(scores, y, ["mc", "ff"], ["resnet18"])
+    atomic_write_json(tmp_path / "selection.json", sel)
     assert sel["chosen"]["model"] == "ff_resnet18"
     assert "validation cohort is not used" in json.loads((tmp_path / "selection.json").read_text(encoding="utf-8"))["rule"]
     write_paper_selection(tmp_path, scores, y, ["mc", "ff"], ["resnet18"], enabled=True)
@@ -221,7 +223,7 @@ def fused_study(tmp_path_factory):
 def test_fusion_outputs(fused_study):
     root, _, _ = fused_study
     s = pd.read_parquet(root / "scores.parquet")
-    assert set(s["model"]) == {"clinical", "radiomics", "mc_resnet18", "ff_resnet18", "combined"}
+    assert set(s["model"]) == {"clinical", "radiomics", "mc_resnet18", "ff_resnet18", "dl", "combined"}
     tr = s[s.split == "train"]
     assert (tr["fold"] >= 0).all() and (s[s.split == "validation"]["fold"] == -1).all()
     assert s.groupby("model").size().nunique() == 1          # every model scored every patient
@@ -258,7 +260,7 @@ def test_frozen_model_reproduces_study_scores(fused_study):
 def test_evaluation_metrics(fused_study, tmp_path):
     from sklearn.metrics import roc_auc_score
 
-    from p53hcc.fusion.report import write_evaluation_report
+    from p53hcc.fusion.evaluation_report import write_evaluation_report
     from p53hcc.tools.pipeline.freeze import load_model
     from p53hcc.tools.pipeline.predict import evaluation_metrics, score_patients
 
@@ -276,6 +278,115 @@ def test_evaluation_metrics(fused_study, tmp_path):
     study_metrics = pd.read_csv(root / "model" / "study_metrics.csv")
     page = write_evaluation_report(tmp_path / "report.html", m, study_metrics, "ff_resnet18", root / "model").read_text(encoding="utf-8")
     assert "AUC validation" in page and "AUC external" in page
+
+
+def _restudy(fused_study, tmp_path, stages=("fusion", "statistics"), edit=None, **settings):
+    """A copy of the fused study refitted with other study settings (and an optional edit of its files)."""
+    import shutil
+
+    from p53hcc.tools.pipeline.fit import run_fusion
+    from p53hcc.tools.pipeline.statistics import run_statistics
+
+    root = tmp_path / "restudy"
+    shutil.copytree(fused_study[0], root)
+    csv = root / "cohort" / "cohort.csv"
+    cfg = resolve_config(nets="resnet18", folds=3, **settings)
+    if edit:
+        edit(root)
+    if "fusion" in stages:
+        run_fusion(root, csv, cfg)
+    if "statistics" in stages:
+        run_statistics(root, csv, cfg)
+    return root
+
+
+def test_configured_statistics_settings_are_honoured(fused_study, tmp_path):
+    """ci_level sets every CI of metrics.csv and delong.csv; dca_thresholds sets the decision-curve grid."""
+    from scipy.stats import norm
+
+    base = fused_study[0]
+    root = _restudy(fused_study, tmp_path, stages=("statistics",), **{"statistics.ci_level": 0.90,
+                                                                      "statistics.dca_thresholds": [0.1, 0.5, 0.1]})
+    ratio = norm.ppf(0.95) / norm.ppf(0.975)
+    key = ["model", "split", "metric"]
+    m95, m90 = (pd.read_csv(r / "metrics.csv").set_index(key) for r in (base, root))
+    auc95, auc90 = m95.loc[("combined", "validation", "auc")], m90.loc[("combined", "validation", "auc")]
+    assert auc90.estimate == auc95.estimate
+    assert (auc90.ci_high - auc90.estimate) / (auc95.ci_high - auc95.estimate) == pytest.approx(ratio, rel=1e-6)
+    d95, d90 = (pd.read_csv(r / "delong.csv").set_index(["split", "model_a", "model_b"]) for r in (base, root))
+    width = lambda d: d["diff_ci_high"] - d["diff_ci_low"]
+    np.testing.assert_allclose((width(d90) / width(d95)).dropna(), ratio, rtol=1e-6)
+    nb = pd.read_csv(root / "net_benefit.csv")
+    assert sorted(nb["threshold"].unique()) == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5])
+    assert set(nb["model"]) == {"all", "none", "clinical", "radiomics", "dl", "combined"}
+    assert sorted(pd.read_csv(base / "net_benefit.csv")["threshold"].unique()) == pytest.approx(
+        np.arange(1, 100) / 100)
+
+
+def test_configured_fusion_settings_are_honoured(fused_study, tmp_path):
+    import joblib
+
+    root = _restudy(fused_study, tmp_path, **{"fusion.spearman_threshold": 0.5, "fusion.lasso_cv_folds": 3,
+                                              "fusion.stack_weights": "free", "fusion.nesting": "apparent"})
+    rad = joblib.load(root / "fusion" / "radiomics.joblib")
+    assert rad.named_steps["spearman"].threshold == 0.5 and rad.named_steps["lasso"].cv == 3
+    assert joblib.load(root / "fusion" / "combined.joblib").nonnegative is False
+    sel = json.loads((root / "selection.json").read_text(encoding="utf-8"))
+    assert (sel["nesting"], sel["stack_weights"]) == ("apparent", "free")
+    m = pd.read_csv(root / "metrics.csv")
+    train_rows = m[(m.split == "train") & m.model.isin(["dl", "combined"]) & (m.metric != "reference_auc")]
+    assert train_rows["note"].str.startswith("apparent").all()  # labelled wherever it is used
+    assert not m[(m.split == "train") & (m.model == "radiomics")]["note"].fillna("").str.contains("apparent").any()
+
+
+@pytest.mark.parametrize("setting,value,match", [
+    ("statistics.threshold", "youden_validation", "statistics.threshold"),
+    ("fusion.nesting", "sometimes", "fusion.nesting"),
+    ("fusion.stack_weights", "positive", "fusion.stack_weights"),
+    ("statistics.ci_level", 95, "ci_level"),
+    ("statistics.dca_thresholds", [0.5, 0.1, 0.1], "dca_thresholds"),
+    ("folds", 2, "at least 3 folds"),
+])
+def test_unknown_or_impossible_settings_are_errors(setting, value, match):
+    with pytest.raises(P53hccError, match=match):
+        resolve_config(**{setting: value})
+
+
+def test_constant_model_is_excluded_from_choice_and_stacking(fused_study, tmp_path):
+    """The better DL candidate made constant on one fold (its LASSO kept nothing): it is named in selection.json,
+    never chosen or stacked, and its metrics are NaN with the reason."""
+    def flatten_ff(root):
+        path = root / "dl" / "ff" / "resnet18" / "scores.parquet"
+        s = pd.read_parquet(path)
+        s.loc[s["fold"] == 1, "score"] = 0.37
+        s.to_parquet(path)
+
+    root = _restudy(fused_study, tmp_path, edit=flatten_ff)
+    sel = json.loads((root / "selection.json").read_text(encoding="utf-8"))
+    assert "ff_resnet18" in sel["excluded"] and "constant on fold(s) 1" in sel["excluded"]["ff_resnet18"]
+    assert sel["chosen"]["model"] == "mc_resnet18" and set(sel["fold_choices"].values()) == {"mc_resnet18"}
+    m = pd.read_csv(root / "metrics.csv")
+    ff = m[(m.model == "ff_resnet18") & (m.metric == "auc")]
+    assert ff["estimate"].isna().all() and ff["note"].str.contains("constant on fold").all()
+    assert m[(m.model == "combined") & (m.metric == "auc")]["estimate"].notna().all()
+
+
+def test_nesting_records_where_dl_inner_scores_came_from(fused_study, tmp_path):
+    sel = json.loads((fused_study[0] / "selection.json").read_text(encoding="utf-8"))
+    assert sel["nesting"] == "nested" and all("stand-in" in v for v in sel["dl_inner_scores"].values())
+
+    def pair_scores(root):  # what train_arm(inner=True) leaves (values made up here; only the source is checked)
+        from p53hcc.fusion.nested import inner_from_oof
+
+        splits = json.loads((root / "splits.json").read_text(encoding="utf-8"))
+        for arm in ("mc", "ff"):
+            s = pd.read_parquet(root / "dl" / arm / "resnet18" / "scores.parquet")
+            inner_from_oof(s[s.split == "train"], splits).to_parquet(root / "dl" / arm / "resnet18" /
+                                                                     "inner_scores.parquet")
+
+    root = _restudy(fused_study, tmp_path, stages=("fusion",), edit=pair_scores)
+    sel = json.loads((root / "selection.json").read_text(encoding="utf-8"))
+    assert sel["dl_inner_scores"] == {"mc_resnet18": "pair networks", "ff_resnet18": "pair networks"}
 
 
 # ------------------------------------------------------------------ run_study end to end with fake image stages
@@ -404,9 +515,13 @@ def test_a_one_class_validation_split_is_reported_not_dropped(tmp_path, fake_ima
     m = pd.read_csv(tmp_path / "study" / "metrics.csv")
     val = m[m["split"] == "validation"].set_index(["model", "metric"])["estimate"]
     n_val = int((df["split"] == "validation").sum())
-    for model in ("clinical", "radiomics", "combined", "mc_resnet18"):
+    excluded = json.loads((tmp_path / "study" / "selection.json").read_text(encoding="utf-8"))["excluded"]
+    models = [m for m in ("clinical", "radiomics", "combined", "mc_resnet18") if m not in excluded]
+    assert "combined" in models and "mc_resnet18" in models  # degenerate ones are NaN throughout, tested elsewhere
+    for model in models:
         assert np.isnan(val[(model, "auc")]) and np.isnan(val[(model, "specificity")])
-        assert val[(model, "n")] == n_val == val[(model, "n_events")] and 0 <= val[(model, "sensitivity")] <= 1
+        assert val[(model, "n")] == n_val == val[(model, "n_events")] and 0 <= val[(model, "sensitivity")] <= 1, (
+            model, m[(m.model == model) & (m.split == "validation")].to_dict("records")[:2])
     assert f"not computable: one class ({n_val} of {n_val} P53-positive)" in page
     table5 = pd.read_csv(tmp_path / "study" / "tables" / "table5.csv")
     assert set(table5["Cohort"]) == {"TC", "VC"}

@@ -19,9 +19,11 @@ from tests.conftest import make_tiny_cohort
 
 def _study_validate(capsys, csv: Path, *flags: str) -> tuple[int, str]:
     """``p53hcc validate CSV --study FLAGS``; a 2-fold LASSO penalty search unless FLAGS say otherwise (a
-    12-patient cohort has too few of each class in a training fold for the default 5)."""
+    12-patient cohort has too few of each class in a training fold for the default 5), and apparent nesting (2
+    folds leave nested cross-fitting no patient to fit on; that check has its own test in test_study.py)."""
     if "--lasso_cv_folds" not in flags:
         flags = (*flags, "--lasso_cv_folds", "2")
+    flags = (*flags, "--nesting", "apparent")
     code = main(["validate", str(csv), "--study", *flags])
     out = capsys.readouterr()
     return code, out.out + out.err
@@ -47,7 +49,7 @@ def test_missing_clinical_columns_and_values_all_named(cohort, capsys):
         df.loc[3, "afp"] = "n/a"
         df.loc[5, "sex"] = ""
     _edit(cohort, edit)
-    for flags in ((), ("--study", "--folds", "2", "--lasso_cv_folds", "2")):  # plain validate checks them too
+    for flags in ((), ("--study", "--folds", "2", "--lasso_cv_folds", "2", "--nesting", "apparent")):  # plain too
         code = main(["validate", str(cohort), *flags])
         out = capsys.readouterr()
         printed = out.out + out.err
@@ -124,7 +126,7 @@ def test_study_stops_before_any_heavy_stage(cohort, tmp_path, monkeypatch):
     from p53hcc.tools.pipeline.study import run_study
 
     with pytest.raises(P53hccError) as err:
-        run_study(cohort, out=tmp_path / "study", nets="resnet18", folds=2, profile="demo")
+        run_study(cohort, out=tmp_path / "study", nets="resnet18", folds=2, nesting="apparent", profile="demo")
     assert calls == []
     assert "patient P001, column ap" in str(err.value) and "2-D image" in str(err.value)
     assert "patient P000, column age: no value" in str(err.value)

@@ -135,12 +135,14 @@ def train(cohort: str, out: str, arm: str = "mc", net: str | None = None, epochs
         device: "cpu" or "cuda" (default: cuda when available).
         engine: "fast" (in-process, cached crops) or "bundle" (the bundle's own MONAI workflow per fold).
         overrides: further training values, e.g. --spatial_size 64 --n4 false --cpu_threads 8 (torch threads on a
-            CPU: fixed, 1 by default, so the networks do not depend on the machine; in the resume keys).
+            CPU: fixed, 1 by default, so the networks do not depend on the machine; in the resume keys);
+            --inner true also trains the pair-of-folds networks nested cross-fitting needs (what `p53hcc study`
+            does by default).
     """
     from p53hcc.tools.dl.crossfit import train_arm
     from p53hcc.tools.lock import folder_lock
 
-    for key in ("n4", "amp", "compile"):
+    for key in ("n4", "amp", "compile", "inner"):
         if key in overrides:
             overrides[key] = as_bool(overrides[key], key)
     with folder_lock(out):

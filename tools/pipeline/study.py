@@ -110,6 +110,9 @@ def _stage_gradcam(ctx: StageContext) -> None:
     from p53hcc.tools.dl.gradcam import gradcam_command
 
     chosen = json.loads((ctx.study_dir / "selection.json").read_text())["chosen"]
+    if not chosen:
+        log.warning("gradcam: no DL model was chosen (every candidate degenerate); no heat maps")
+        return
     gradcam_command(str(ctx.study_dir), arm=chosen["arm"], net=chosen["net"], n=ctx.params["n"])
 
 
@@ -170,7 +173,8 @@ def build_stages(cfg: dict, cohort_given: bool, cohort_csv: str | Path | None = 
     ]
     dl_names = []
     dl = cfg["dl"]
-    training = {**dl_training_values(cfg), "source": "preprocessed"}
+    # nested cross-fitting needs the DL arms' pair-of-folds networks (their inner scores)
+    training = {**dl_training_values(cfg), "source": "preprocessed", "inner": cfg["fusion"]["nesting"] == "nested"}
     for arm in dl["arms"]:
         for net in dl["nets"]:
             name = f"dl_{arm}_{net}"
