@@ -21,7 +21,7 @@ Resumable: finished cells (strength x harmonisation) are kept in the output JSON
 cache every stage. A strength's work folder is deleted when both of its cells are done (``--keep`` keeps it).
 Run it niced on a shared machine::
 
-    nice -n 10 python benchmarks/centre_shift.py --work /tmp/centre_shift
+    nice -n 10 python benchmarks/centre_shift.py --work /tmp/centre_shift   # about 1.5 h on 2 shared cores
 """
 from __future__ import annotations
 
@@ -39,6 +39,8 @@ import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
+# run as a script, this folder is sys.path[0] and its radiomics.py would shadow PyRadiomics (`import radiomics`)
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 RESULTS = ROOT / "benchmarks" / "results"
 ARMS = ("clinical", "radiomics", "mc", "ff", "combined")
 HARMONISE = ("none", "combat")
@@ -52,9 +54,9 @@ def _auc(y, s) -> dict:
     y, s = np.asarray(y, int), np.asarray(s, float)
     if len(np.unique(y)) < 2:
         return {"auc": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "se": float("nan"),
-                "n": int(len(y)), "note": "one class only: AUC undefined"}
+                "n": len(y), "note": "one class only: AUC undefined"}
     r = auc_ci(y, s)
-    return {"auc": r.auc, "ci_low": r.ci_low, "ci_high": r.ci_high, "se": r.se, "n": int(len(y)),
+    return {"auc": r.auc, "ci_low": r.ci_low, "ci_high": r.ci_high, "se": r.se, "n": len(y),
             "n_events": int(y.sum())}
 
 

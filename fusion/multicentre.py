@@ -44,7 +44,7 @@ def scanner_auc_table(scores: pd.DataFrame, labels: pd.Series, splits: dict, alp
             yy = y.reindex(g["patient_id"]).to_numpy()
             known = ~np.isnan(yy)
             yy, s = yy[known].astype(int), g["score"].to_numpy(float)[known]
-            row = {"scanner": f.get("group", str(f["fold"])), "model": model, "n": int(len(yy)),
+            row = {"scanner": f.get("group", str(f["fold"])), "model": model, "n": len(yy),
                    "n_events": int(yy.sum()), "auc": np.nan, "ci_low": np.nan, "ci_high": np.nan, "note": ""}
             if len(np.unique(yy)) < 2:
                 row["note"] = "one class only at this scanner: AUC undefined"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -116,7 +117,7 @@ def test_the_label_never_enters_the_fit():
 class _Recorder(ComBatHarmoniser):
     """Keeps every fitted instance (cross-fitting clones the estimators it is given)."""
 
-    fitted: list = []
+    fitted: ClassVar[list] = []
 
     def fit(self, X, y=None):
         super().fit(X, y)
@@ -132,11 +133,11 @@ def _harmoniser_params(h) -> dict:
 
 def _same(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
-    for k in a:
-        if isinstance(a[k], dict):
-            assert a[k] == b[k], k
+    for k, v in a.items():
+        if isinstance(v, dict):
+            assert v == b[k], k
         else:
-            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+            np.testing.assert_array_equal(v, b[k], err_msg=k)
 
 
 def test_leakage_fit_on_training_patients_only():

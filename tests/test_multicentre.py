@@ -137,7 +137,7 @@ def test_leave_one_scanner_out_table(multicentre_study):
     splits = json.loads((root / "splits.json").read_text())
     y = cohort.set_index("patient_id")["p53"]
     row = table[(table["scanner"] == "B") & (table["model"] == "radiomics")].iloc[0]
-    fold = [f for f in splits["folds"] if f["group"] == "B"][0]
+    fold = next(f for f in splits["folds"] if f["group"] == "B")
     held = scores[(scores["model"] == "radiomics") & scores["patient_id"].isin(fold["val"])]
     assert (held["fold"] == fold["fold"]).all() and row["n"] == len(fold["val"])
     ref = auc_ci(y.loc[held["patient_id"]].to_numpy(), held["score"].to_numpy())
