@@ -52,6 +52,9 @@ def _auc(y, s) -> dict:
     from p53hcc.fusion.stats import auc_ci
 
     y, s = np.asarray(y, int), np.asarray(s, float)
+    if len(np.unique(y)) >= 2 and np.ptp(s) == 0:
+        return {"auc": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "se": float("nan"),
+                "n": len(y), "note": "constant model: every patient gets the same score"}
     if len(np.unique(y)) < 2:
         return {"auc": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "se": float("nan"),
                 "n": len(y), "note": "one class only: AUC undefined"}
@@ -100,22 +103,34 @@ def run_internal(internal: Path, study: Path, harmonise: str, args) -> None:
         "radiomics.workers": args.workers})
 
 
-def external_scores(study: Path, external: Path, out: Path, args) -> pd.DataFrame:
-    """External patients scored by the frozen study: evaluate (clinical, radiomics, chosen DL, combined) plus the
+def snapshot(study: Path, dest: Path, net: str) -> Path:
+    """Keep what scoring new patients needs from one run (the frozen ``model/`` and both arms' full-cohort networks),
+    so the next run may refit the heads and the internal preprocessed volumes may be deleted (disk)."""
+    if not (dest / "done").is_file():
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(study / "model", dest / "model")
+        for arm in ("mc", "ff"):
+            shutil.copytree(study / "dl" / arm / net / "full", dest / "arms" / arm)
+        shutil.copy2(study / "radiomics.parquet", dest / "radiomics.parquet")
+        (dest / "done").write_text("ok")
+    return dest
+
+
+def external_scores(frozen: Path, external: Path, out: Path, args) -> pd.DataFrame:
+    """External patients scored by a frozen study: evaluate (clinical, radiomics, chosen DL, combined) plus the
     frozen full-cohort MC and FF networks; one row per patient."""
     from p53hcc.tools.dl.frozen import predict_frozen
     from p53hcc.tools.io import read_table
     from p53hcc.tools.pipeline.freeze import load_model
     from p53hcc.tools.pipeline.predict import evaluate_cohort
 
-    evaluate_cohort(study / "model", external, out)
+    evaluate_cohort(frozen / "model", external, out)
     pred = read_table(out / "predictions.csv").astype({"patient_id": str}).set_index("patient_id")
-    column = (load_model(study / "model")["manifest"].get("harmonisation") or {}).get("batch_column")
+    column = (load_model(frozen / "model")["manifest"].get("harmonisation") or {}).get("batch_column")
     table = pd.DataFrame({"clinical": pred["clinical"], "radiomics": pred["radiomics"],
                           "combined": pred["probability"]})
     for arm in ("mc", "ff"):
-        s = predict_frozen(study / "dl" / arm / args.net / "full", external, out / "work", arm=arm, device="cpu",
-                           batch_column=column)
+        s = predict_frozen(frozen / "arms" / arm, external, out / "work", arm=arm, device="cpu", batch_column=column)
         s.index = s.index.astype(str)
         table[arm] = s.reindex(table.index)
     return table
@@ -132,41 +147,97 @@ def internal_validation(study: Path, args) -> pd.DataFrame:
     return pd.DataFrame({arm: s[s["model"] == m].set_index("patient_id")["score"] for arm, m in names.items()})
 
 
-def cell(strength: float, harmonise: str, internal: Path, external: Path, study: Path, work: Path, args) -> dict:
-    """Every number of one strength x harmonisation."""
+def _truth(csv: Path) -> pd.DataFrame:
     from p53hcc.tools.io import read_table
+
+    return read_table(csv.parent / "truth.csv").astype({"patient_id": str}).set_index("patient_id")
+
+
+def _reference_column(arm: str) -> str:
     from p53hcc.tools.pipeline.statistics import reference_for
 
+    return reference_for({"mc": "mc_x", "ff": "ff_x"}.get(arm, arm))[0]
+
+
+def _side(scores: pd.DataFrame, truth: pd.DataFrame) -> dict:
+    """Per arm: AUC, calibration and the matched population reference of one cohort's scores."""
+    out = {}
+    for arm in ARMS:
+        y = truth.loc[scores.index, "p53"].to_numpy(int)
+        out[arm] = {"auc": _auc(y, scores[arm].to_numpy(float)),
+                    "calibration": _calibration(y, scores[arm].to_numpy(float)),
+                    "reference": _auc(y, truth.loc[scores.index, _reference_column(arm)].to_numpy(float))}
+    return out
+
+
+def scanner_share(X: pd.DataFrame, batch: pd.Series) -> float:
+    """Median over features of the share of variance between scanners (eta squared of a one-way layout)."""
+    X = X.loc[:, X.std() > 0]
+    grand = X.mean()
+    between = X.groupby(batch.loc[X.index].to_numpy()).apply(lambda g: len(g) * (g.mean() - grand) ** 2).sum()
+    return float(np.median(between / ((X - grand) ** 2).sum()))
+
+
+def scanner_shares(frozen: Path, internal: Path, external: Path, ext_radiomics: Path) -> dict:
+    """How much of the radiomics features' variance is scanner after the image-level chain (N4, 1 mm, z-score),
+    and after ComBat fitted on the internal training patients (new scanners: the label-free rule)."""
+    from p53hcc.fusion.harmonise import BATCH, ComBatHarmoniser
+    from p53hcc.tools.io import read_table
+
+    feats = json.loads((frozen / "model" / "radiomics_features.json").read_text())
+    rows = {}
+    for name, csv, path in (("internal", internal, frozen / "radiomics.parquet"), ("external", external, ext_radiomics)):
+        X = read_table(path).astype({"patient_id": str}).set_index("patient_id")[feats]
+        rows[name] = (X, _truth(csv).loc[X.index, "scanner"], _truth(csv).loc[X.index, "split"])
+    Xi, bi, si = rows["internal"]
+    combat = ComBatHarmoniser().fit(Xi[si == "train"].assign(**{BATCH: bi[si == "train"]}))
+    out = {}
+    for name, (X, b, _) in rows.items():
+        out[name] = {"image_level_only": scanner_share(X, b),
+                     "image_level_and_combat": scanner_share(combat.transform(X.assign(**{BATCH: b})), b)}
+    return out
+
+
+def internal_part(strength: float, harmonise: str, internal: Path, study: Path, work: Path, args) -> dict:
+    """Run the study with one harmonisation, keep its frozen model, and measure the internal validation cohort."""
     t0 = time.perf_counter()
     run_internal(internal, study, harmonise, args)
-    t_study = time.perf_counter() - t0
-    ext = external_scores(study, external, work / "evaluate", args)
-    t_ext = time.perf_counter() - t0 - t_study
-    val = internal_validation(study, args)
-    truth = {k: read_table(p.parent / "truth.csv").astype({"patient_id": str}).set_index("patient_id")
-             for k, p in (("internal", internal), ("external", external))}
+    snapshot(study, work / f"frozen_{harmonise}", args.net)
     chosen = json.loads((study / "selection.json").read_text()).get("chosen") or {}
-    out = {"strength": strength, "harmonise": harmonise, "chosen_dl": chosen.get("model"), "arms": {},
-           "seconds": {"study": round(t_study, 1), "external": round(t_ext, 1)}}
+    harm = study / "fusion" / "harmonisation.json"
+    return {"strength": strength, "harmonise": harmonise, "chosen_dl": chosen.get("model"), "internal_csv": str(internal),
+            "internal": _side(internal_validation(study, args), _truth(internal)),
+            "harmonisation": json.loads(harm.read_text()) if harm.is_file() else None,
+            "seconds": {"study": round(time.perf_counter() - t0, 1)}}
+
+
+def external_part(part: dict, external: Path, work: Path, args) -> dict:
+    """Score the external cohort with the kept frozen model; drops, excess drops and per-scanner AUCs."""
+    t0 = time.perf_counter()
+    ext = external_scores(work / f"frozen_{part['harmonise']}", external, work / "evaluate", args)
+    truth = _truth(external)
+    side = _side(ext, truth)
+    out = {**part, "arms": {}}
+    out["seconds"] = {**part["seconds"], "external": round(time.perf_counter() - t0, 1)}
+    if part["harmonise"] == "none":
+        out["scanner_variance_share"] = scanner_shares(work / "frozen_none", Path(part["internal_csv"]), external,
+                                                       work / "evaluate" / "work" / "radiomics.parquet")
+    scanners = truth.loc[ext.index, "scanner"]
     for arm in ARMS:
-        ref_col = reference_for({"mc": "mc_x", "ff": "ff_x"}.get(arm, arm))[0]
-        row = {}
-        for where, scores in (("internal", val), ("external", ext)):
-            y = truth[where].loc[scores.index, "p53"].to_numpy(int)
-            row[where] = _auc(y, scores[arm].to_numpy(float))
-            row[f"{where}_calibration"] = _calibration(y, scores[arm].to_numpy(float))
-            row[f"{where}_reference"] = _auc(y, truth[where].loc[scores.index, ref_col].to_numpy(float))
+        i, e = part["internal"][arm], side[arm]
+        row = {"internal": i["auc"], "external": e["auc"], "internal_reference": i["reference"],
+               "external_reference": e["reference"], "internal_calibration": i["calibration"],
+               "external_calibration": e["calibration"]}
         row["drop"] = drop(row["internal"], row["external"])
         row["reference_drop"] = drop(row["internal_reference"], row["external_reference"])
         row["excess_drop"] = row["drop"]["drop"] - row["reference_drop"]["drop"]
-        scanners = truth["external"].loc[ext.index, "scanner"]
+        ref = _reference_column(arm)
         row["external_by_scanner"] = {
-            sc: {"model": _auc(truth["external"].loc[ids, "p53"], ext.loc[ids, arm]),
-                 "reference": _auc(truth["external"].loc[ids, "p53"], truth["external"].loc[ids, ref_col])}
+            sc: {"model": _auc(truth.loc[ids, "p53"], ext.loc[ids, arm]),
+                 "reference": _auc(truth.loc[ids, "p53"], truth.loc[ids, ref])}
             for sc, ids in scanners.groupby(scanners).groups.items()}
         out["arms"][arm] = row
-    harm = study / "fusion" / "harmonisation.json"
-    out["harmonisation"] = json.loads(harm.read_text()) if harm.is_file() else None
+    del out["internal"]
     return out
 
 
@@ -209,8 +280,8 @@ def figure(results: dict, path: Path) -> None:
         top.set_xticks(x, ARMS)
         top.set_ylim(0.3, 1.0)
         top.axhline(0.5, color="k", lw=0.5, ls=":")
-        top.set_title(f"scanner-effect strength {s:g}: AUC (green/red lines: population reference, "
-                      "internal/external)", fontsize=9)
+        top.set_title(f"scanner-effect strength {s:g}: AUC\n(lines: population reference, green internal "
+                      "validation, red external)", fontsize=9)
         top.set_ylabel("AUC (95 % DeLong CI)")
         bottom.axhline(0, color="k", lw=0.7)
         bottom.set_xticks(x, ARMS)
@@ -231,11 +302,11 @@ def main(argv=None) -> int:
     p.add_argument("--work", default="/tmp/centre_shift", help="scratch folder (cohorts, studies; deleted when done)")
     p.add_argument("--out", default=str(RESULTS / "centre_shift.json"))
     p.add_argument("--strengths", default="1,2", help="scanner-effect strengths (comma list)")
-    p.add_argument("--n-internal", type=int, default=240)
-    p.add_argument("--n-external", type=int, default=150)
+    p.add_argument("--n-internal", type=int, default=200)
+    p.add_argument("--n-external", type=int, default=120)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--net", default="resnet18")
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--spatial-size", type=int, default=32)
     p.add_argument("--folds", type=int, default=3)
     p.add_argument("--workers", type=int, default=2)
@@ -263,19 +334,26 @@ def main(argv=None) -> int:
                            for s in (float(v) for v in args.strengths.split(","))}
     from p53hcc.tools.io import atomic_write_json
 
+    results.setdefault("partial", {})
     for strength in (float(v) for v in args.strengths.split(",")):
         work = Path(args.work) / f"s{strength:g}"
-        keys = [f"s{strength:g}_{h}" for h in HARMONISE]
-        if all(k in results["cells"] for k in keys):
+        keys = {h: f"s{strength:g}_{h}" for h in HARMONISE}
+        if all(k in results["cells"] for k in keys.values()):
             continue
         work.mkdir(parents=True, exist_ok=True)
         internal, external = make_cohorts(work, strength, args)
-        for h, key in zip(HARMONISE, keys):
-            if key in results["cells"]:
-                continue
-            log.info("cell %s", key)
-            results["cells"][key] = cell(strength, h, internal, external, work / "study", work, args)
-            atomic_write_json(out, results)
+        for h, key in keys.items():  # both studies first: they share the internal preprocessing and networks
+            if key not in results["cells"] and key not in results["partial"]:
+                log.info("internal study %s", key)
+                results["partial"][key] = internal_part(strength, h, internal, work / "study", work, args)
+                atomic_write_json(out, results)
+        if not args.keep:  # the internal study's volumes and networks are no longer needed (disk)
+            shutil.rmtree(work / "study", ignore_errors=True)
+        for h, key in keys.items():
+            if key not in results["cells"]:
+                log.info("external cohort %s", key)
+                results["cells"][key] = external_part(results["partial"].pop(key), external, work, args)
+                atomic_write_json(out, results)
         if not args.keep:
             shutil.rmtree(work)
     figure(results, out.with_suffix(".png"))
