@@ -144,6 +144,9 @@ def test_leave_one_scanner_out_table(multicentre_study):
     assert row["auc"] == pytest.approx(ref.auc) and row["ci_low"] == pytest.approx(ref.ci_low)
     page = (root / "report.html").read_text(encoding="utf-8")
     assert "Leave-one-scanner-out" in page and "Scanner harmonisation" in page
+    section = page.split("<h2>Leave-one-scanner-out</h2>")[1].split("</section>")[0]  # the table itself, per scanner
+    assert f"{ref.auc:.3f} ({ref.ci_low:.3f}-{ref.ci_high:.3f})" in section
+    assert all(f"<td>{s}</td>" in section for s in SCANNERS)
     assert "the training folds are the scanners" in page
 
 
