@@ -188,7 +188,8 @@ def scanner_shares(frozen: Path, internal: Path, external: Path, ext_radiomics: 
     rows = {}
     for name, csv, path in (("internal", internal, frozen / "radiomics.parquet"), ("external", external, ext_radiomics)):
         X = read_table(path).astype({"patient_id": str}).set_index("patient_id")[feats]
-        rows[name] = (X, _truth(csv).loc[X.index, "scanner"], _truth(csv).loc[X.index, "split"])
+        split = read_table(csv).astype({"patient_id": str}).set_index("patient_id")["split"]  # cohort.csv's
+        rows[name] = (X, _truth(csv).loc[X.index, "scanner"], split.loc[X.index])
     Xi, bi, si = rows["internal"]
     combat = ComBatHarmoniser().fit(Xi[si == "train"].assign(**{BATCH: bi[si == "train"]}))
     out = {}
@@ -297,6 +298,26 @@ def figure(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def markdown(results: dict) -> str:
+    """The per-arm table of every cell (for docs/harmonisation.md): AUCs, the drop, the reference drop, the excess."""
+    def f(v):
+        return "NaN" if v is None or not np.isfinite(v) else f"{v:.3f}"
+
+    lines = ["| strength | harmonise | arm | internal AUC (95 % CI) | external AUC (95 % CI) | drop (95 % CI) | "
+             "reference int. / ext. | reference drop | excess drop |", "|---|---|---|---|---|---|---|---|---|"]
+    for key in sorted(results["cells"]):
+        c = results["cells"][key]
+        for arm in ARMS:
+            a = c["arms"][arm]
+            i, e, d = a["internal"], a["external"], a["drop"]
+            lines.append(f"| {c['strength']:g} | {c['harmonise']} | {arm} | {f(i['auc'])} ({f(i['ci_low'])}-"
+                         f"{f(i['ci_high'])}) | {f(e['auc'])} ({f(e['ci_low'])}-{f(e['ci_high'])}) | {f(d['drop'])} "
+                         f"({f(d['ci_low'])} to {f(d['ci_high'])}) | {f(a['internal_reference']['auc'])} / "
+                         f"{f(a['external_reference']['auc'])} | {f(a['reference_drop']['drop'])} | "
+                         f"{f(a['excess_drop'])} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work", default="/tmp/centre_shift", help="scratch folder (cohorts, studies; deleted when done)")
@@ -312,7 +333,11 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--keep", action="store_true", help="keep the work folders")
     p.add_argument("--force", action="store_true", help="recompute finished cells")
+    p.add_argument("--summary", action="store_true", help="only print the markdown table of --out's results")
     args = p.parse_args(argv)
+    if args.summary:
+        print(markdown(json.loads(Path(args.out).read_text())))
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.is_file() and not args.force else {}
