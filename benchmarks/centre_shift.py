@@ -17,11 +17,17 @@ Per arm (clinical, radiomics, MC, FF, combined): internal validation AUC and ext
 posterior of that arm's inputs on the same patients (``truth.csv``), whose own drop is pure sampling. The
 *excess drop* (model drop minus reference drop) is what the scanner change costs. Also per external scanner.
 
-Resumable: finished cells (strength x harmonisation) are kept in the output JSON and skipped; the study folders
-cache every stage. A strength's work folder is deleted when both of its cells are done (``--keep`` keeps it).
-Run it niced on a shared machine::
+Also: the scanners' share of the radiomics features' variance (image-level chain alone vs + ComBat), and, per
+strength and arm, ComBat vs none on the same external patients (paired DeLong; per-patient scores are kept).
 
-    nice -n 10 python benchmarks/centre_shift.py --work /tmp/centre_shift   # about 1.5 h on 2 shared cores
+Resumable: finished cells (strength x harmonisation) are kept in the output JSON and skipped; the study folders
+cache every stage. A strength's work folder is deleted when both of its cells are done (``--keep`` keeps it; it
+takes ~3 GB at the size below). The committed results were made niced on a shared 2-core machine (load 9-15 from
+other users: wall-clock times are inflated) with::
+
+    nice -n 10 python benchmarks/centre_shift.py --work /tmp/centre_shift --n-internal 120 --n-external 80 --epochs 6
+    # about 25 min per strength there (the internal images and networks ~15 min, the external cohort ~7 min)
+    python benchmarks/centre_shift.py --summary   # the markdown table of docs/harmonisation.md
 """
 from __future__ import annotations
 
@@ -239,6 +245,36 @@ def external_part(part: dict, external: Path, work: Path, args) -> dict:
             for sc, ids in scanners.groupby(scanners).groups.items()}
         out["arms"][arm] = row
     del out["internal"]
+    # per patient, so that the two harmonisations can be compared on the same external patients (paired DeLong)
+    out["external_scores"] = {"p53": truth.loc[ext.index, "p53"].astype(int).to_dict(),
+                              **{arm: ext[arm].astype(float).round(8).to_dict() for arm in ARMS}}
+    return out
+
+
+def paired(results: dict) -> dict:
+    """Per strength and arm: ComBat vs none on the same external patients (paired DeLong, 95 % CI of the
+    difference); NaN with a reason where a cell lacks per-patient scores or a score is constant."""
+    import dataclasses
+
+    from p53hcc.fusion.stats import delong_test
+
+    out = {}
+    for s in sorted({c["strength"] for c in results["cells"].values()}):
+        cells = [results["cells"].get(f"s{s:g}_{h}") for h in ("combat", "none")]
+        if any(c is None or "external_scores" not in c for c in cells):
+            out[f"{s:g}"] = {"note": "per-patient external scores not stored for this strength (cells computed "
+                                     "before they were kept): no paired comparison"}
+            continue
+        ids = list(cells[0]["external_scores"]["p53"])
+        y = np.array([cells[0]["external_scores"]["p53"][i] for i in ids], int)
+        row = {}
+        for arm in ARMS:
+            a, b = (np.array([c["external_scores"][arm][i] for i in ids], float) for c in cells)
+            if np.ptp(a) == 0 or np.ptp(b) == 0:
+                row[arm] = {"note": "a constant model: no paired test"}
+                continue
+            row[arm] = {k: float(v) for k, v in dataclasses.asdict(delong_test(y, a, b)).items()}
+        out[f"{s:g}"] = {"a": "combat", "b": "none", "n": len(ids), "arms": row}
     return out
 
 
@@ -286,7 +322,7 @@ def figure(results: dict, path: Path) -> None:
         top.set_ylabel("AUC (95 % DeLong CI)")
         bottom.axhline(0, color="k", lw=0.7)
         bottom.set_xticks(x, ARMS)
-        bottom.set_ylabel("excess drop: (internal - external AUC) - reference drop")
+        bottom.set_ylabel("excess drop\n(AUC drop - reference drop)")
         bottom.set_title("what the scanner change costs, beyond sampling (± 95 % CI of the drop)", fontsize=9)
         if j == 0:
             top.legend(fontsize=7, loc="lower left", ncol=2)
@@ -315,6 +351,14 @@ def markdown(results: dict) -> str:
                          f"({f(d['ci_low'])} to {f(d['ci_high'])}) | {f(a['internal_reference']['auc'])} / "
                          f"{f(a['external_reference']['auc'])} | {f(a['reference_drop']['drop'])} | "
                          f"{f(a['excess_drop'])} |")
+    lines += ["", "| strength | arm | external AUC combat - none (95 % CI) | paired DeLong p |", "|---|---|---|---|"]
+    for s, p in (results.get("paired_external_combat_vs_none") or {}).items():
+        for arm, t in (p.get("arms") or {a: {"note": p.get("note", "")} for a in ARMS}).items():
+            if "p_value" in t:
+                lines.append(f"| {s} | {arm} | {f(t['auc_a'] - t['auc_b'])} ({f(t['diff_ci_low'])} to "
+                             f"{f(t['diff_ci_high'])}) | {f(t['p_value'])} |")
+            else:
+                lines.append(f"| {s} | {arm} | NaN: {t.get('note', '')} | NaN |")
     return "\n".join(lines)
 
 
@@ -381,6 +425,7 @@ def main(argv=None) -> int:
                 atomic_write_json(out, results)
         if not args.keep:
             shutil.rmtree(work)
+    results["paired_external_combat_vs_none"] = paired(results)
     figure(results, out.with_suffix(".png"))
     atomic_write_json(out, results)
     print(json.dumps({k: {a: round(c["arms"][a]["excess_drop"], 3) for a in ARMS}
