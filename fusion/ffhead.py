@@ -23,6 +23,7 @@ from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 
+from p53hcc.fusion.harmonise import MIN_BATCH, ComBatHarmoniser, check_harmonise, with_batch
 from p53hcc.tools.schema import PHASES
 
 
@@ -79,8 +80,13 @@ class FFHead(ClassifierMixin, BaseEstimator):
         phases: phase prefixes of the wide input columns.
         random_state: seed of the inner CV split, the PCA solver and liblinear's coordinate order (without it
             liblinear draws from numpy's global RNG, and a refit or a resumed run would give other scores).
+        harmonise: ``combat``: ComBat on the deep features per scanner before the per-phase PCA
+            (:class:`~p53hcc.fusion.harmonise.ComBatHarmoniser`, fitted in ``fit`` only; the input then needs the
+            ``batch`` column, which is consumed); ``none``: no harmonisation.
+        min_batch: fewest patients of a scanner ComBat estimates a correction from.
 
     Attributes:
+        harmoniser_: the fitted ComBat step (None without harmonisation).
         pcas_: fitted ``(StandardScaler, PCA)`` per phase.
         n_components_: components actually kept per phase.
         lasso_C_: the chosen inverse LASSO penalty.
@@ -91,7 +97,8 @@ class FFHead(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, n_components: int = 8, cv: int = 5, Cs: Sequence[float] | int | None = None, lasso_C: float | None = None,
-                 final_C: float = np.inf, phases: Sequence[str] = PHASES, random_state: int = 0):
+                 final_C: float = np.inf, phases: Sequence[str] = PHASES, random_state: int = 0,
+                 harmonise: str = "none", min_batch: int = MIN_BATCH):
         self.n_components = n_components
         self.cv = cv
         self.Cs = Cs
@@ -99,6 +106,12 @@ class FFHead(ClassifierMixin, BaseEstimator):
         self.final_C = final_C
         self.phases = phases
         self.random_state = random_state
+        self.harmonise = harmonise
+        self.min_batch = min_batch
+
+    def _harmonised(self, X: pd.DataFrame) -> pd.DataFrame:
+        harmoniser = getattr(self, "harmoniser_", None)  # heads saved before harmonisation existed have none
+        return X if harmoniser is None else harmoniser.transform(X)
 
     def _phase_block(self, X: pd.DataFrame, phase: str) -> np.ndarray:
         cols = [c for c in X.columns if str(c).startswith(f"{phase}_f")]
@@ -107,6 +120,7 @@ class FFHead(ClassifierMixin, BaseEstimator):
         return X[sorted(cols, key=lambda c: int(str(c).split("_f")[-1]))].to_numpy(dtype=float)
 
     def _pca_features(self, X: pd.DataFrame) -> np.ndarray:
+        X = self._harmonised(X)
         blocks = []
         for phase, (scaler, pca) in zip(self.phases, self.pcas_):
             blocks.append(pca.transform(scaler.transform(self._phase_block(X, phase))))
@@ -118,6 +132,10 @@ class FFHead(ClassifierMixin, BaseEstimator):
         self.classes_ = np.unique(y)
         if len(self.classes_) != 2:
             raise ValueError(f"FF head needs both classes in training, got {self.classes_.tolist()}")
+        self.harmoniser_ = None
+        if check_harmonise(self.harmonise) == "combat":
+            self.harmoniser_ = ComBatHarmoniser(min_batch=self.min_batch).fit(X)
+            X = self.harmoniser_.transform(X)
         self.pcas_, self.n_components_, blocks, names = [], [], [], []
         for phase in self.phases:
             block = self._phase_block(X, phase)
@@ -182,8 +200,8 @@ def make_ff_head(n_components: int = 8, cv: int = 5, random_state: int = 0, **kw
 
 def crossfit_ff_head(features: pd.DataFrame, labels: pd.Series, fold_of: dict[str, int],
                      score_ids: Sequence[str] = (), folds: Sequence[int] | None = None,
-                     phases: Sequence[str] = PHASES, head_factory=make_ff_head, **head_kwargs
-                     ) -> tuple[pd.DataFrame, dict[str, int]]:
+                     phases: Sequence[str] = PHASES, head_factory=make_ff_head, batches: pd.Series | None = None,
+                     **head_kwargs) -> tuple[pd.DataFrame, dict[str, int]]:
     """Out-of-fold FF scores: per fold k, fit the head on fold k's model features of the *other* folds' patients.
 
     Args:
@@ -196,6 +214,8 @@ def crossfit_ff_head(features: pd.DataFrame, labels: pd.Series, fold_of: dict[st
             training patient outside its fold.
         phases: phases fused.
         head_factory: builds a fresh head per fit.
+        batches: scanner per patient (index ``patient_id``), added as the ``batch`` column a harmonising head
+            consumes (``harmonise="combat"``); None: no batch column.
         head_kwargs: passed to ``head_factory``.
 
     Returns:
@@ -209,6 +229,8 @@ def crossfit_ff_head(features: pd.DataFrame, labels: pd.Series, fold_of: dict[st
     folds = sorted(set(fold_of.values())) if folds is None else [int(k) for k in folds]
     for k in [*folds, -1]:
         wide = wide_features(features[features["fold"] == k], phases)
+        if batches is not None:
+            wide = with_batch(wide, batches)
         train_ids = [p for p, f in fold_of.items() if f != k]
         test_ids = [p for p, f in fold_of.items() if f == k] if k >= 0 else [str(p) for p in score_ids]
         head = head_factory(phases=tuple(phases), **head_kwargs).fit(wide.loc[train_ids], labels.loc[train_ids].to_numpy())

@@ -21,6 +21,7 @@ import yaml
 
 from p53hcc.fusion import tables as ft
 from p53hcc.fusion.labels import model_label
+from p53hcc.fusion.multicentre import methods_note, report_sections
 from p53hcc.tools.io import atomic_write_table, atomic_write_text, read_table
 from p53hcc.tools.schema import NET_LABELS, SPLIT_LABELS
 
@@ -176,8 +177,7 @@ class _Report:
     """Collects sections; each builder returns HTML and may write a CSV under tables/."""
 
     def __init__(self, study_dir: Path, cohort: pd.DataFrame | None):
-        self.dir = study_dir
-        self.cohort = cohort
+        self.dir, self.cohort = study_dir, cohort
         self.cfg, self.cfg_err = _load(study_dir / "study.yaml", lambda p: yaml.safe_load(p.read_text()))
         self.cfg = self.cfg or {}
         self.metrics, self.metrics_err = _load(study_dir / "metrics.csv", read_table)
@@ -226,7 +226,7 @@ class _Report:
              "operating threshold by Youden index on training out-of-fold scores, applied unchanged to other "
              "cohorts; paired DeLong tests; calibration (smoothed curve with bootstrap band, binned points), "
              "decision curves."),
-        ]
+        ] + [note for note in [methods_note(c)] if note]  # leave-one-scanner-out, harmonisation
         full = html.escape(yaml.safe_dump(c, sort_keys=False))
         return ("<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
                 f"<details><summary>All parameters (study.yaml)</summary><pre>{full}</pre></details>")
@@ -398,7 +398,6 @@ def write_report(study_dir: str | Path, cohort: pd.DataFrame | None = None) -> P
     """
     study_dir = Path(study_dir)
     r = _Report(study_dir, cohort)
-    lasso_counts = _ff_lasso_counts(study_dir)
     bayes = ("Population reference (synthetic cohort): AUC, on the same patients, of the true posterior of exactly "
              "the inputs the model has (clinical model: the clinical table; radiomics and DL: what the images "
              "carry; combined: everything known before surgery): the best that model can do in the population "
@@ -411,7 +410,7 @@ def write_report(study_dir: str | Path, cohort: pd.DataFrame | None = None) -> P
 
     def t4() -> str:
         return r.metric_table("table4", r.models("ff"), f"FF arm (per-phase CNN features → PCA → LASSO → LR). "
-                              f"{common} {bayes}", extra=lasso_counts)
+                              f"{common} {bayes}", extra=_ff_lasso_counts(study_dir))
 
     def t5() -> str:
         models, labels = r.table5_models()
@@ -429,20 +428,22 @@ def write_report(study_dir: str | Path, cohort: pd.DataFrame | None = None) -> P
         "Grad-CAM gallery": r.gradcam, "LASSO-selected radiomics features": r.lasso,
         "Files and provenance": r.provenance,
     }
-    subtitles = {"Table 1": "Baseline characteristics by cohort and P53 status",
-                 "Table 2": "Univariable and multivariable logistic regression (training cohort)",
+    subtitles = {"Table 1": "Baseline characteristics by cohort and P53 status", "Table 2": "Univariable and "
+                 "multivariable logistic regression (training cohort)",
                  "Table 3": "MC deep-learning arm: networks × cohorts",
                  "Table 4": "FF deep-learning arm: networks × cohorts, with LASSO-retained feature counts",
                  "Table 5": "Clinical, radiomics, DL and combined models"}
-    parts = []
-    for i, name in enumerate(SECTIONS):
+    extra = dict(report_sections(study_dir, cohort))  # multi-centre sections, only where they apply
+    builders.update({name: (lambda body=body: body) for name, body in extra.items()})
+    parts, names = [], [*SECTIONS, *extra]
+    for i, name in enumerate(names):
         try:
             body = builders[name]()
         except Exception as err:  # noqa: BLE001 - one broken section must not hide the others
             body = _na(f"{type(err).__name__}: {err}")
         sub = f" — {subtitles[name]}" if name in subtitles else ""
         parts.append(f'<section id="s{i}"><h2>{html.escape(name)}{html.escape(sub)}</h2>{body}</section>')
-    nav = "".join(f'<a href="#s{i}">{html.escape(n)}</a>' for i, n in enumerate(SECTIONS))
+    nav = "".join(f'<a href="#s{i}">{html.escape(n)}</a>' for i, n in enumerate(names))
     body = (f'<p class="sub">Study folder <code>{html.escape(study_dir.name)}</code>. Clinical, radiomics and '
             "deep-learning arms fused by logistic regression; every number below comes from this run.</p>"
             f"<nav>{nav}</nav>{''.join(parts)}")

@@ -19,6 +19,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from p53hcc.fusion.harmonise import MIN_BATCH, ComBatHarmoniser, check_harmonise
+
 __all__ = [
     "LassoSelector",
     "SpearmanFilter",
@@ -139,7 +141,7 @@ class LassoSelector(SelectorMixin, BaseEstimator):
 
 
 def make_radiomics_model(spearman: float = 0.9, cv: int = 5, random_state: int = 0, Cs=None,
-                         final_C: float = 10.0) -> Pipeline:
+                         final_C: float = 10.0, harmonise: str = "none", min_batch: int = MIN_BATCH) -> Pipeline:
     """The paper's radiomics model as one Pipeline: fit it on training patients only.
 
     Steps: drop constant features -> z-score (training mean/SD) -> Spearman redundancy filter -> LASSO
@@ -153,8 +155,14 @@ def make_radiomics_model(spearman: float = 0.9, cv: int = 5, random_state: int =
         random_state: seed of those folds.
         Cs: LASSO inverse penalties to try (default ``logspace(-2.5, 1, 15)``).
         final_C: inverse L2 strength of the final LR.
+        harmonise: ``combat`` puts :class:`~p53hcc.fusion.harmonise.ComBatHarmoniser` first (its input then needs
+            the ``batch`` column, which it consumes); ``none``: no harmonisation step.
+        min_batch: fewest patients of a scanner ComBat estimates a correction from.
     """
+    first = ([("harmonise", ComBatHarmoniser(min_batch=min_batch))] if check_harmonise(harmonise) == "combat"
+             else [])
     return Pipeline([
+        *first,
         ("variance", VarianceThreshold(0.0)),
         ("scale", StandardScaler()),
         ("spearman", SpearmanFilter(spearman)),

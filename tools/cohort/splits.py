@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.model_selection import LeaveOneGroupOut, StratifiedGroupKFold
 
+from p53hcc.tools.cohort.batches import batch_of
 from p53hcc.tools.cohort.manifest import read_cohort
 from p53hcc.tools.errors import P53hccError
 from p53hcc.tools.io import atomic_write_json
@@ -26,15 +27,21 @@ PARTS = ("train", "val", "all")
 DEFAULT_FOLDS = 5
 
 
-def make_splits(df: pd.DataFrame, n_folds: int | None = None, seed: int = 0) -> dict:
+def make_splits(df: pd.DataFrame, n_folds: int | None = None, seed: int = 0, group_column: str | None = None
+                ) -> dict:
     """Stratified K folds of the training cohort, grouped by patient (no patient on both sides), seeded.
 
-    ``n_folds`` None means :data:`DEFAULT_FOLDS`.
+    ``n_folds`` None means :data:`DEFAULT_FOLDS`. With ``group_column`` (leave-one-scanner-out validation) there is
+    one fold per value of that column instead (``n_folds`` is ignored): fold k holds out every training patient of
+    scanner k, so each scanner's patients get scores from models fitted without that scanner; each fold records
+    its ``group``.
     """
-    n_folds = int(n_folds or DEFAULT_FOLDS)
     train = df[df["split"] == "train"].sort_values("patient_id")
     if train.empty:
         raise P53hccError("the cohort has no 'train' patients to cross-validate")
+    if group_column is not None:
+        return _group_splits(train, group_column, seed)
+    n_folds = int(n_folds or DEFAULT_FOLDS)
     y = train["p53"].astype(float).astype(int).to_numpy()
     counts = np.bincount(y, minlength=2)
     if counts.min() < n_folds:
@@ -46,6 +53,23 @@ def make_splits(df: pd.DataFrame, n_folds: int | None = None, seed: int = 0) -> 
         folds.append({"fold": k, "train": sorted(set(ids[tr])), "val": sorted(set(ids[va]))})
         fold_of.update({pid: k for pid in ids[va]})
     return {"n_folds": n_folds, "seed": seed, "folds": folds, "fold_of": dict(sorted(fold_of.items()))}
+
+
+def _group_splits(train: pd.DataFrame, group_column: str, seed: int) -> dict:
+    """Leave-one-group-out folds of the training patients (fold order: the groups' sorted names)."""
+    groups = batch_of(train, group_column).to_numpy()
+    names = sorted(set(groups))
+    if len(names) < 2:
+        raise P53hccError(f"leave-one-scanner-out needs training patients from at least 2 values of "
+                          f"'{group_column}'; the training cohort has {names}")
+    ids = train["patient_id"].to_numpy()
+    folds, fold_of = [], {}
+    # scikit-learn's LeaveOneGroupOut visits the groups in sorted order: fold k holds out names[k]
+    for k, (tr, va) in enumerate(LeaveOneGroupOut().split(ids, groups=groups)):
+        folds.append({"fold": k, "group": names[k], "train": sorted(ids[tr]), "val": sorted(ids[va])})
+        fold_of.update({pid: k for pid in ids[va]})
+    return {"n_folds": len(folds), "seed": seed, "validation": "leave_one_scanner_out", "group_column": group_column,
+            "folds": folds, "fold_of": dict(sorted(fold_of.items()))}
 
 
 def load_splits(out: str | Path) -> dict:
@@ -71,15 +95,16 @@ def cohort_items(cohort_csv: str | os.PathLike) -> list[dict]:
 
 
 def write_datalist(cohort: str | Path, out: str | Path, folds: int | None = None, seed: int = 0,
-                   exclude: Collection[str] = ()) -> Path:
+                   exclude: Collection[str] = (), group_column: str | None = None) -> Path:
     """Write the MONAI ``datalist.json`` (one list per split) and ``splits.json`` into the study folder.
 
     ``exclude``: patients left out of the analysis (``dropped.csv``): in no fold and no datalist section, so every
-    model of the study is built and compared on the same patients.
+    model of the study is built and compared on the same patients. ``group_column``: one fold per value of that
+    column (leave-one-scanner-out, :func:`make_splits`).
     """
     df = read_cohort(cohort).sort_values("patient_id")
     df = df[~df["patient_id"].isin({str(p) for p in exclude})]
-    splits = make_splits(df, folds, seed)
+    splits = make_splits(df, folds, seed, group_column=group_column)
     datalist: dict[str, list] = {section: [] for section in DATALIST_SECTIONS.values()}
     for r in df.to_dict("records"):
         datalist[DATALIST_SECTIONS.get(r["split"], "predict")].append(_item(r, splits["fold_of"]))

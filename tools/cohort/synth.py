@@ -244,7 +244,7 @@ TABULAR_COLUMNS = ["scanner", *CLINICAL_COLUMNS]
 
 
 def make_cohort(n: int, out: str | os.PathLike, seed: int = 0, size: str = "demo", second_reader: bool = True,
-                profile: str = "internal") -> Path:
+                profile: str = "internal", scanner_effect: float = 1.0) -> Path:
     """Write a synthetic cohort: ``cohort.csv``, ``truth.csv``, ``images/`` and ``masks/`` under ``out``.
 
     Args:
@@ -254,6 +254,9 @@ def make_cohort(n: int, out: str | os.PathLike, seed: int = 0, size: str = "demo
         size: "demo" (liver-centred 128x128x96 mm crop, ~0.1-1.3 M voxels) or "paper" (whole abdomen).
         second_reader: also write second-reader masks for 30 random patients (all if n < 30).
         profile: "internal" (7 scanners, train/validation) or "external" (3 other scanners, split external).
+        scanner_effect: strength of the scanner effects (1: the tabulated profiles; 0: every scanner acquires like
+            a neutral reference; 2: departures doubled), see :func:`~p53hcc.tools.cohort.synth_images.scanner_profiles`.
+            The patients, labels and scanner assignment do not depend on it; only the acquisition does.
 
     Returns:
         Path of ``cohort.csv``.
@@ -265,7 +268,7 @@ def make_cohort(n: int, out: str | os.PathLike, seed: int = 0, size: str = "demo
     out = Path(out)
     cohort, truth = sample_patients(n, seed=seed, profile=profile)
     rng = np.random.default_rng([seed, PROFILES[profile][1], 1])
-    scanners = si.scanner_profiles(profile)
+    scanners = si.scanner_profiles(profile, effect=float(scanner_effect))
     names = list(scanners)
     weights = np.array([scanners[s]["weight"] for s in names], float)
     cohort["scanner"] = np.array(names)[rng.choice(len(names), size=n, p=weights / weights.sum())]

@@ -213,13 +213,16 @@ class FFArm(Arm):
         run_workflow([configs / "inference.json", configs / "export.json"], "infer",
                      {**over, "ckpt_path": str(u.dir / "model.pt"), "features_path": str(u.dir / "features.parquet")})
 
-    def collect(self, study, arm_dir, net, splits, items, head_kwargs: dict | None = None, **options):
-        return fit_ff_head(arm_dir, net, splits, items, head_kwargs)
+    def collect(self, study, arm_dir, net, splits, items, head_kwargs: dict | None = None,
+                batches: pd.Series | None = None, **options):
+        return fit_ff_head(arm_dir, net, splits, items, head_kwargs, batches=batches)
 
-    def collect_inner(self, arm_dir, splits, items, head_kwargs: dict | None = None, **options):
+    def collect_inner(self, arm_dir, splits, items, head_kwargs: dict | None = None,
+                      batches: pd.Series | None = None, **options):
         """For each fold pair, the FF head fitted on the pair networks' features of the training patients outside
         both folds scores the two folds' patients (as :func:`fit_ff_head` does for one fold)."""
         from p53hcc.fusion.ffhead import make_ff_head, wide_features
+        from p53hcc.fusion.harmonise import with_batch
 
         labels = pd.Series({str(d["patient_id"]): int(d["label"]) for d in items if d.get("split") == "train"})
         fold_of = {str(p): int(k) for p, k in splits["fold_of"].items()}
@@ -228,6 +231,7 @@ class FFArm(Arm):
             feats = pd.concat([read_table(self.unit_dir(arm_dir, PAIR, p, pair) / "features.parquet")
                                for p in PHASES], ignore_index=True)
             wide = wide_features(feats.assign(patient_id=feats["patient_id"].astype(str)), PHASES)
+            wide = wide if batches is None else with_batch(wide, batches)
             fit_ids = [p for p in labels.index if fold_of[p] not in pair]
             held = [p for p in labels.index if fold_of[p] in pair]
             head = make_ff_head(phases=tuple(PHASES), **(head_kwargs or {})).fit(
@@ -255,9 +259,12 @@ def save_full_head(head, path: Path, wide: pd.DataFrame | None = None, expected:
 
 
 def fit_ff_head(arm_dir: Path, net: str, splits: dict, items: list[dict], head_kwargs: dict | None = None,
-                phases: Sequence[str] = PHASES) -> pd.DataFrame:
-    """Collect every phase model's features, cross-fit the FF head, write features/scores/lasso tables."""
+                phases: Sequence[str] = PHASES, batches: pd.Series | None = None) -> pd.DataFrame:
+    """Collect every phase model's features, cross-fit the FF head, write features/scores/lasso tables.
+
+    ``batches`` (scanner per patient) feeds a harmonising head (``head_kwargs={"harmonise": "combat"}``)."""
     from p53hcc.fusion.ffhead import crossfit_ff_head, feature_columns, make_ff_head, wide_features
+    from p53hcc.fusion.harmonise import with_batch
 
     folds = [int(f["fold"]) for f in splits["folds"]]
     features = pd.concat([read_table(fold_dir(arm_dir, k) / p / "features.parquet")
@@ -275,11 +282,12 @@ def fit_ff_head(arm_dir: Path, net: str, splits: dict, items: list[dict], head_k
         return heads[-1]
 
     scores, n_selected = crossfit_ff_head(features, labels, fold_of, score_ids=others, folds=folds,
-                                          phases=tuple(phases), head_factory=recording_factory,
+                                          phases=tuple(phases), head_factory=recording_factory, batches=batches,
                                           **(head_kwargs or {}))
     full_scores = scores[scores["fold"] == -1]
-    save_full_head(heads[-1], fold_dir(arm_dir, -1) / "head.joblib",
-                   wide_features(features[features["fold"] == -1], phases).loc[full_scores["patient_id"]],
+    full_wide = wide_features(features[features["fold"] == -1], phases)
+    full_wide = full_wide if batches is None else with_batch(full_wide, batches)
+    save_full_head(heads[-1], fold_dir(arm_dir, -1) / "head.joblib", full_wide.loc[full_scores["patient_id"]],
                    full_scores["score"].to_numpy())
     scores["model"] = f"ff_{net}"
     scores["split"] = scores["patient_id"].map(split_of)

@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from p53hcc.tools.cohort.batches import batch_of
 from p53hcc.tools.cohort.splits import load_splits, select_items, write_datalist
 from p53hcc.tools.dl.arms import PAIR, Arm, Unit, fold_dir, fold_pairs, get_arm, score_sections
 from p53hcc.tools.dl.bundle import training_params
@@ -102,7 +103,7 @@ def _train_unit(arm: Arm, u: Unit, x: torch.Tensor, items: list[dict], net: str,
 def train_arm(cohort_csv: str | os.PathLike, out: str | os.PathLike, arm: str = "mc", net: str | None = None,
               epochs: int | None = None, device: str | None = None, folds: Sequence[int] | None = None,
               engine: str = "fast", workers: int = 1, head_kwargs: dict | None = None, inner: bool = False,
-              **overrides) -> Path:
+              batch_column: str | None = None, **overrides) -> Path:
     """Cross-fit one DL arm for one network and write its scores (and, for FF, features and head).
 
     Args:
@@ -122,6 +123,8 @@ def train_arm(cohort_csv: str | os.PathLike, out: str | os.PathLike, arm: str = 
         inner: also train the pair units (one per pair of folds, K (K - 1) / 2 more networks per unit) and write
             ``inner_scores.parquet``, which nested cross-fitting (:mod:`p53hcc.fusion.nested`) needs; pair units
             run when ``folds`` is None (fast engine only).
+        batch_column: the cohort column with each patient's scanner (default ``scanner``), read when the FF head
+            harmonises (``head_kwargs={"harmonise": "combat"}``).
         overrides: training parameters (``spatial_size``, ``batch_size``, ``learning_rate``, ``n4``, ``amp``,
             ``seed``, ``source``, ``compile``...); defaults come from the bundle's ``train.json``.
 
@@ -144,15 +147,25 @@ def train_arm(cohort_csv: str | os.PathLike, out: str | os.PathLike, arm: str = 
     if inner and len(splits["folds"]) < 3:
         raise P53hccError(f"nested cross-fitting (inner=True) needs at least 3 folds; splits.json has "
                           f"{len(splits['folds'])}: a pair of 2 folds leaves no patient to train on")
+    batches = None
+    if spec.name == "ff" and (head_kwargs or {}).get("harmonise", "none") != "none":
+        batches = batch_of(cohort_csv, batch_column)
     with fixed_threads(params["cpu_threads"]):  # CPU convolutions give other bits with another thread count
-        return _train_units(spec, out, params, splits, net, engine, folds, device, workers, head_kwargs, inner)
+        return _train_units(spec, out, params, splits, net, engine, folds, device, workers, head_kwargs, inner,
+                            batches)
+
+
+#: FF head options that change only the head (refitted from the saved features on every run), not the networks.
+HEAD_ONLY = ("harmonise", "min_batch")
 
 
 def _train_units(spec: Arm, out: Path, params: dict, splits: dict, net: str, engine: str,
-                 folds: Sequence[int] | None, device, workers: int, head_kwargs: dict | None, inner: bool) -> Path:
+                 folds: Sequence[int] | None, device, workers: int, head_kwargs: dict | None, inner: bool,
+                 batches=None) -> Path:
     items = source_items(select_items(out / "datalist.json", "all"), out, params)
     # a unit is done for these parameters, folds, patients, labels and image contents (a replaced image retrains)
-    tag = params_hash({**params, "engine": engine, "splits": splits, "head": head_kwargs or {},
+    network_head = {k: v for k, v in (head_kwargs or {}).items() if k not in HEAD_ONLY}
+    tag = params_hash({**params, "engine": engine, "splits": splits, "head": network_head,
                        "data": items_digest(items)})
     arm_dir = out / "dl" / spec.name / net
     plan = [Unit(k, unit, spec.unit_dir(arm_dir, k, unit))
@@ -197,11 +210,11 @@ def _train_units(spec: Arm, out: Path, params: dict, splits: dict, net: str, eng
     bar.close()
     if not all(_is_done(u.dir, tag) for u in plan + pairs):
         return arm_dir
-    scores = spec.collect(out, arm_dir, net, splits, items, head_kwargs=head_kwargs)
+    scores = spec.collect(out, arm_dir, net, splits, items, head_kwargs=head_kwargs, batches=batches)
     check_oof(scores, splits)
     inner_path = arm_dir / "inner_scores.parquet"
     if inner:
-        inner_scores = spec.collect_inner(arm_dir, splits, items, head_kwargs=head_kwargs)
+        inner_scores = spec.collect_inner(arm_dir, splits, items, head_kwargs=head_kwargs, batches=batches)
         check_inner(inner_scores, splits)
         atomic_write_table(inner_path, inner_scores)
     else:

@@ -33,12 +33,15 @@ def frozen_crops(weights: Path, cohort_csv: str | os.PathLike, work: str | os.Pa
 
 
 def predict_frozen(weights: str | os.PathLike, cohort_csv: str | os.PathLike, work: str | os.PathLike,
-                   arm: str = "mc", net: str | None = None, device: str | None = None) -> pd.Series:
+                   arm: str = "mc", net: str | None = None, device: str | None = None,
+                   batch_column: str | None = None) -> pd.Series:
     """P(P53 mutated) of every patient of ``cohort_csv`` from a frozen full-cohort model folder.
 
     MC: the three-channel network's probability. FF: each phase's crops through its network to the penultimate
     features, then the saved head (per-phase PCA -> LASSO -> LR), the computation that gave validation patients
-    their FF score in the study.
+    their FF score in the study. A harmonising FF head reads each patient's scanner from ``batch_column`` of
+    ``cohort_csv`` (default ``scanner``); scanners it was not fitted on follow its documented new-batch rule
+    (:mod:`p53hcc.fusion.harmonise`).
 
     Returns:
         Series ``score`` indexed by ``patient_id``.
@@ -46,10 +49,11 @@ def predict_frozen(weights: str | os.PathLike, cohort_csv: str | os.PathLike, wo
     weights = Path(weights)
     # the thread count the networks were trained and scored with in the study: the same bits for its patients
     with fixed_threads(int(read_config(weights).get("cpu_threads", 1))):
-        return _predict_frozen(weights, cohort_csv, work, arm, net, device)
+        return _predict_frozen(weights, cohort_csv, work, arm, net, device, batch_column)
 
 
-def _predict_frozen(weights: Path, cohort_csv, work, arm: str, net: str | None, device) -> pd.Series:
+def _predict_frozen(weights: Path, cohort_csv, work, arm: str, net: str | None, device, batch_column=None
+                    ) -> pd.Series:
     spec = get_arm(arm)
     net = net or read_config(weights)["net"]
     if spec.name == "mc":
@@ -70,4 +74,9 @@ def _predict_frozen(weights: Path, cohort_csv, work, arm: str, net: str | None, 
         feats = penultimate_features(load_unit_network(weights, phase, net), x, device, amp=bool(params["amp"]))
         parts.append(features_frame(ids, phase, -1, feats))
     wide = wide_features(pd.concat(parts, ignore_index=True), head.phases).loc[ids]
+    if getattr(head, "harmoniser_", None) is not None:
+        from p53hcc.fusion.harmonise import with_batch
+        from p53hcc.tools.cohort.batches import batch_of
+
+        wide = with_batch(wide, batch_of(cohort_csv, batch_column))
     return pd.Series(head.predict_proba(wide)[:, 1], index=pd.Index(ids, name="patient_id"), name="score")

@@ -59,11 +59,12 @@ def clinical_problems(df: pd.DataFrame) -> list[Problem]:
 
 
 def class_problems(df: pd.DataFrame, folds: int, purpose: str = "study", seed: int = 0,
-                   inner_cv: int = 5) -> list[Problem]:
+                   inner_cv: int = 5, group_column: str | None = None) -> list[Problem]:
     """Classes per split: errors where the study cannot run, warnings where a statistic will be NaN.
 
     Besides ``folds`` patients of each class in training, the radiomics LASSO chooses its penalty by an
     ``inner_cv``-fold stratified CV inside each fold's training part, which needs that many of each class there.
+    With ``group_column`` (leave-one-scanner-out) the folds are the scanners of that column instead.
     """
     labels = pd.to_numeric(df["p53"], errors="coerce")
     out = []
@@ -77,7 +78,9 @@ def class_problems(df: pd.DataFrame, folds: int, purpose: str = "study", seed: i
         return out
     for split in ("train", "validation", "external"):
         y = labels[df["split"] == split].dropna()
-        if split == "train":
+        if split == "train" and group_column is not None:
+            out.extend(_scanner_fold_problems(df, seed, inner_cv, group_column))
+        elif split == "train":
             if min((y == 0).sum(), (y == 1).sum()) < folds:
                 out.append(Problem(None, "p53", None, f"split train has {_counts(y)}: {folds} stratified folds "
                                    f"need at least {folds} patients of each class"))
@@ -92,13 +95,38 @@ def class_problems(df: pd.DataFrame, folds: int, purpose: str = "study", seed: i
     return out
 
 
-def _inner_cv_problems(df: pd.DataFrame, folds: int, seed: int, inner_cv: int) -> list[Problem]:
+def _scanner_fold_problems(df: pd.DataFrame, seed: int, inner_cv: int, group_column: str) -> list[Problem]:
+    """Leave-one-scanner-out: a batch value for every training patient, at least 2 scanners, enough of each class
+    in each training part; a held-out scanner with one class gets a NaN AUC in its row (warning)."""
+    from p53hcc.tools.cohort.batches import batch_of
+    from p53hcc.tools.cohort.splits import make_splits
+    from p53hcc.tools.errors import InputError
+
+    train = df[df["split"] == "train"]
+    try:
+        batch_of(train, group_column)
+        splits = make_splits(df, seed=seed, group_column=group_column)
+    except (InputError, P53hccError) as err:
+        return [Problem(None, group_column, None, f"leave-one-scanner-out: {err}")]
+    labels = pd.to_numeric(df.set_index("patient_id")["p53"], errors="coerce")
+    out = _inner_cv_problems(df, None, seed, inner_cv, splits)
+    for f in splits["folds"]:
+        if labels[f["val"]].nunique() < 2:
+            out.append(Problem(None, group_column, None, f"scanner {f['group']} has training patients of one class "
+                               "only: its leave-one-scanner-out AUC is NaN", "warning"))
+    return out
+
+
+def _inner_cv_problems(df: pd.DataFrame, folds: int | None, seed: int, inner_cv: int, splits: dict | None = None
+                       ) -> list[Problem]:
     """The folds the study will make (same function, same seed): enough of each class in each training part?"""
     from p53hcc.tools.cohort.splits import make_splits
 
     labels = pd.to_numeric(df.set_index("patient_id")["p53"], errors="coerce")
+    splits = splits or make_splits(df, folds, seed)
+    folds = len(splits["folds"])
     fewest = min(int(labels[f["train"]].value_counts().reindex([0, 1], fill_value=0).min())
-                 for f in make_splits(df, folds, seed)["folds"])
+                 for f in splits["folds"])
     if fewest >= inner_cv:
         return []
     return [Problem(None, "p53", None, f"a training fold has only {fewest} patient(s) of one class: the radiomics "
@@ -111,21 +139,26 @@ def _counts(y: pd.Series) -> str:
 
 
 def cohort_problems(cohort_csv: str | Path, requirements: ImageRequirements, folds: int = 5,
-                    purpose: str = "study", progress: bool = True, seed: int = 0, inner_cv: int = 5) -> list[Problem]:
+                    purpose: str = "study", progress: bool = True, seed: int = 0, inner_cv: int = 5,
+                    group_column: str | None = None) -> list[Problem]:
     """Every problem of the cohort's files and values plus what ``purpose`` needs (clinical, classes, ROIs)."""
     if purpose not in PURPOSES:
         raise P53hccError(f"unknown purpose {purpose!r}; choose one of {', '.join(PURPOSES)}")
     df = read_cohort(cohort_csv)
     problems = validate_cohort(cohort_csv, progress=progress, requirements=requirements)
-    return problems + clinical_problems(df) + class_problems(df, int(folds), purpose, int(seed), int(inner_cv))
+    return problems + clinical_problems(df) + class_problems(df, int(folds), purpose, int(seed), int(inner_cv),
+                                                             group_column)
 
 
 def study_check_params(cfg: dict) -> dict:
     """The settings of a resolved study configuration that the checks depend on (the validate stage's key)."""
     from dataclasses import asdict
 
+    from p53hcc.tools.pipeline.config import fold_groups
+
+    group = fold_groups(cfg)
     return {"requirements": asdict(study_requirements(cfg)), "folds": int(cfg["folds"]), "seed": int(cfg["seed"]),
-            "inner_cv": int(cfg["fusion"].get("lasso_cv_folds") or 5)}
+            "inner_cv": int(cfg["fusion"].get("lasso_cv_folds") or 5), **({"group_column": group} if group else {})}
 
 
 def raise_on_errors(cohort_csv: str | Path, problems: list[Problem], shown: int = 5) -> None:

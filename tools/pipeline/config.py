@@ -119,7 +119,17 @@ def resolve_config(config: str | Path | None = None, nets: Any = None, paper_sel
 
 #: Settings that take one of a few named values (each one implemented; anything else is an error, not ignored).
 CHOICES = {("fusion", "selection_rule"): ("train_oof_auc",), ("fusion", "nesting"): ("nested", "apparent"),
-           ("fusion", "stack_weights"): ("nonnegative", "free"), ("statistics", "threshold"): ("youden_train",)}
+           ("fusion", "stack_weights"): ("nonnegative", "free"), ("statistics", "threshold"): ("youden_train",),
+           ("fusion", "harmonise"): ("none", "combat")}
+#: ``validation``: stratified folds, or one fold per scanner (``batch_column``); see docs/harmonisation.md.
+VALIDATIONS = ("kfold", "leave_one_scanner_out")
+
+
+def fold_groups(cfg: dict) -> str | None:
+    """The cohort column whose values are the folds (leave-one-scanner-out), or None for stratified K folds."""
+    if cfg.get("validation") != "leave_one_scanner_out":
+        return None
+    return cfg.get("batch_column") or "scanner"
 
 
 def _check_choices(cfg: dict) -> None:
@@ -127,7 +137,9 @@ def _check_choices(cfg: dict) -> None:
         value = cfg.get(section, {}).get(key)
         if value not in allowed:
             raise P53hccError(f"study parameter {section}.{key}: {value!r} is not one of {', '.join(allowed)}")
-    if cfg["fusion"]["nesting"] == "nested" and int(cfg["folds"]) < 3:
+    if cfg.get("validation", "kfold") not in VALIDATIONS:
+        raise P53hccError(f"study parameter validation: {cfg['validation']!r} is not one of {', '.join(VALIDATIONS)}")
+    if cfg["fusion"]["nesting"] == "nested" and int(cfg["folds"]) < 3 and not fold_groups(cfg):
         raise P53hccError(f"study parameter folds: nested cross-fitting needs at least 3 folds, got {cfg['folds']} "
                           "(or set fusion.nesting: apparent)")
     level = float(cfg["statistics"]["ci_level"])

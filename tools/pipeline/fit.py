@@ -17,10 +17,12 @@ from typing import Any
 import pandas as pd
 
 from p53hcc.fusion.crossfit import crossfit_predict, crossfit_scores, fit_full, scores_wide
+from p53hcc.fusion.harmonise import harmonisation_record, with_batch
 from p53hcc.fusion.metrics import degenerate_reason
 from p53hcc.fusion.models import make_clinical_model, make_combined_model, make_radiomics_model
 from p53hcc.fusion.nested import inner_from_oof, inner_scores, nested_choice_and_stack
 from p53hcc.fusion.selection import selected_features_table
+from p53hcc.tools.cohort.batches import batch_of
 from p53hcc.tools.cohort.dropped import dropped_patients
 from p53hcc.tools.cohort.manifest import read_cohort
 from p53hcc.tools.cohort.splits import load_splits
@@ -107,10 +109,15 @@ def run_fusion(study_dir: str | Path, cohort_csv: str | Path, cfg: dict) -> None
     splits = load_splits(study_dir)
     train = split[split == "train"].index
     fcfg, nested = cfg["fusion"], cfg["fusion"]["nesting"] == "nested"
+    harmonise = fcfg.get("harmonise", "none")
     factories = {"clinical": make_clinical_model,
                  "radiomics": partial(make_radiomics_model, spearman=float(fcfg["spearman_threshold"]),
-                                      cv=int(fcfg["lasso_cv_folds"]), random_state=int(cfg["seed"]))}
+                                      cv=int(fcfg["lasso_cv_folds"]), random_state=int(cfg["seed"]),
+                                      harmonise=harmonise)}
     Xr = _radiomics_matrix(study_dir, cfg["radiomics"].get("icc_threshold"))
+    features = list(Xr.columns)
+    if harmonise != "none":  # the scanner rides along as the column the harmoniser consumes, never a feature
+        Xr = with_batch(Xr, batch_of(df, cfg.get("batch_column")))
     inputs = {"clinical": _clinical_inputs(df), "radiomics": Xr}
     frames, inner = [], {}
     for name, factory in factories.items():
@@ -120,8 +127,10 @@ def run_fusion(study_dir: str | Path, cohort_csv: str | Path, cfg: dict) -> None
         full = fit_full(factory, X_train, y)
         _save_model(study_dir, name, full)
         if name == "radiomics":
-            atomic_write_table(study_dir / "fusion" / "radiomics_lasso.csv", selected_features_table(full, Xr.columns))
-            atomic_write_json(study_dir / "fusion" / "radiomics_features.json", list(Xr.columns))
+            atomic_write_table(study_dir / "fusion" / "radiomics_lasso.csv", selected_features_table(full, features))
+            atomic_write_json(study_dir / "fusion" / "radiomics_features.json", features)
+            atomic_write_json(study_dir / "fusion" / "harmonisation.json",
+                              harmonisation_record(full, harmonise, cfg.get("batch_column")))
         if nested:
             inner[name] = inner_scores(factory, inputs[name], y, splits)
     dl = collect_dl_scores(study_dir, cfg["dl"]["arms"], cfg["dl"]["nets"])

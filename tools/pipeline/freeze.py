@@ -45,6 +45,12 @@ def _nomogram_spec(study_dir: Path, combined) -> dict | None:
             "scale": nomo.scale, "refs": nomo.refs, "predictor_scale": "logit of the component probability"}
 
 
+def _harmonisation(study_dir: Path) -> dict:
+    """The fusion stage's record of the scanner harmonisation (``{"method": "none"}`` for studies without one)."""
+    path = study_dir / "fusion" / "harmonisation.json"
+    return json.loads(path.read_text()) if path.is_file() else {"method": "none", "batch_column": None}
+
+
 def freeze_model(study_dir: str | Path) -> Path:
     """Write ``study_dir/model/`` (atomically: built beside it, then renamed into place); returns its path."""
     import joblib
@@ -84,6 +90,7 @@ def freeze_model(study_dir: str | Path) -> Path:
                    "selection_rule": selection.get("rule")} if chosen else None,
             "fusion": {"clinical": "clinical.joblib", "radiomics": "radiomics.joblib", "combined": "combined.joblib",
                        "combined_inputs": list(combined.feature_names_)},
+            "harmonisation": _harmonisation(study_dir),
             "threshold": _threshold(study_dir, "combined"),
             "component_thresholds": {m: _threshold(study_dir, m) for m in ("clinical", "radiomics", "dl")
                                      if m == "dl" and chosen or m != "dl"},

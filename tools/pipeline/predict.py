@@ -15,10 +15,12 @@ import numpy as np
 import pandas as pd
 
 from p53hcc.fusion.evaluation_report import write_evaluation_report
+from p53hcc.fusion.harmonise import with_batch
 from p53hcc.fusion.metrics import model_metrics
 from p53hcc.fusion.models import logit
 from p53hcc.fusion.nomogram import Nomogram
 from p53hcc.fusion.stats import net_benefit
+from p53hcc.tools.cohort.batches import batch_of
 from p53hcc.tools.cohort.manifest import read_cohort
 from p53hcc.tools.dl.frozen import predict_frozen
 from p53hcc.tools.dl.gradcam import gradcam_frozen
@@ -62,8 +64,12 @@ def score_patients(bundle: dict, cohort: pd.DataFrame, radiomics: pd.DataFrame, 
     if absent:
         raise P53hccError(f"radiomics table lacks {len(absent)} feature(s) of the frozen model, e.g. {absent[0]}")
     clinical = cohort.reset_index(drop=True)[["patient_id", *[c for c in CLINICAL_COLUMNS if c in cohort]]]
+    Xr = rad.loc[ids, feats]
+    harmonisation = bundle["manifest"].get("harmonisation") or {}
+    if harmonisation.get("method", "none") != "none":  # new scanners: the frozen harmoniser's documented rule
+        Xr = with_batch(Xr, batch_of(cohort, harmonisation.get("batch_column")))
     X = pd.DataFrame({"clinical": bundle["clinical"].predict_proba(clinical)[:, 1],
-                      "radiomics": bundle["radiomics"].predict_proba(rad.loc[ids, feats])[:, 1]}, index=ids)
+                      "radiomics": bundle["radiomics"].predict_proba(Xr)[:, 1]}, index=ids)
     if bundle["manifest"].get("dl"):
         if dl_scores is None:
             raise P53hccError("the frozen model has a DL component but no DL scores were given")
@@ -93,7 +99,8 @@ def score_patients(bundle: dict, cohort: pd.DataFrame, radiomics: pd.DataFrame, 
 def default_dl_scorer(model_dir: Path, cohort_csv: Path, work: Path, manifest: dict) -> pd.Series:
     """DL scores of new patients from the frozen network (:func:`p53hcc.tools.dl.frozen.predict_frozen`)."""
     dl = manifest["dl"]
-    return predict_frozen(model_dir / dl["weights"], cohort_csv, work, arm=dl["arm"], net=dl["net"])
+    return predict_frozen(model_dir / dl["weights"], cohort_csv, work, arm=dl["arm"], net=dl["net"],
+                          batch_column=(manifest.get("harmonisation") or {}).get("batch_column"))
 
 
 def predict_cohort(model_dir: str | Path, cohort_csv: str | Path, out: str | Path,
@@ -114,6 +121,9 @@ def _predict(model_dir: Path, cohort_csv: Path, out: Path, dl_scorer: DlScorer, 
     requirements = image_requirements(model_dir / "radiomics_params.yaml")
     problems = cohort_problems(cohort_csv, requirements, purpose=purpose, progress=False)
     raise_on_errors(cohort_csv, problems)
+    harmonisation = bundle["manifest"].get("harmonisation") or {}
+    if harmonisation.get("method", "none") != "none":  # every patient's scanner, named before any heavy step
+        batch_of(cohort_csv, harmonisation.get("batch_column"))
     (out / "predictions.csv").unlink(missing_ok=True)  # never leave an earlier cohort's predictions beside a failure
     work = out / "work"
     preprocess_cohort(cohort_csv, work, params=bundle["manifest"]["preprocessing"]["config"].get("params"))

@@ -25,7 +25,7 @@ import yaml
 from p53hcc.tools.io import atomic_write_json, atomic_write_text
 from p53hcc.tools.lock import folder_lock
 from p53hcc.tools.logs import study_log
-from p53hcc.tools.pipeline.config import dl_training_values, resolve_config
+from p53hcc.tools.pipeline.config import dl_training_values, fold_groups, resolve_config
 from p53hcc.tools.pipeline.stages import Stage, StageContext, run_stages
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def _stage_datalist(ctx: StageContext) -> None:
     from p53hcc.tools.cohort.splits import write_datalist
 
     write_datalist(_cohort_csv(ctx), ctx.study_dir, folds=ctx.params["folds"], seed=ctx.params["seed"],
-                   exclude=dropped_patients(ctx.study_dir))
+                   exclude=dropped_patients(ctx.study_dir), group_column=ctx.params.get("group_column"))
 
 
 def _stage_preprocess(ctx: StageContext) -> None:
@@ -168,21 +168,28 @@ def build_stages(cfg: dict, cohort_given: bool, cohort_csv: str | Path | None = 
                                                      "on_failure": on_failure},
               deps=["preprocess"], inputs=content, outputs=["radiomics.parquet"]),
         # after the image stages: the folds are made from the patients they did not drop (dropped.csv)
-        Stage("datalist", _stage_datalist, params={"folds": cfg["folds"], "seed": cfg["seed"]}, deps=first,
-              inputs=[*table, DROPPED], outputs=["splits.json", "datalist.json"]),
+        # leave-one-scanner-out: one fold per scanner (the key changes only then, kfold studies keep theirs)
+        Stage("datalist", _stage_datalist, params={"folds": cfg["folds"], "seed": cfg["seed"],
+                                                   **({"group_column": fold_groups(cfg)} if fold_groups(cfg) else {})},
+              deps=first, inputs=[*table, DROPPED], outputs=["splits.json", "datalist.json"]),
     ]
     dl_names = []
     dl = cfg["dl"]
     # nested cross-fitting needs the DL arms' pair-of-folds networks (their inner scores)
     training = {**dl_training_values(cfg), "source": "preprocessed", "inner": cfg["fusion"]["nesting"] == "nested"}
+    harmonise = cfg["fusion"].get("harmonise", "none")
     for arm in dl["arms"]:
+        # a harmonising FF head: only then does the stage key change (refits the head, the networks are kept)
+        head = ({"head_kwargs": {"harmonise": harmonise}, "batch_column": cfg.get("batch_column")}
+                if arm == "ff" and harmonise != "none" else {})
         for net in dl["nets"]:
             name = f"dl_{arm}_{net}"
             dl_names.append(name)
-            stages.append(Stage(name, _dl_stage(arm, net), params=dict(training), deps=["datalist", "preprocess"],
+            stages.append(Stage(name, _dl_stage(arm, net), params={**training, **head}, deps=["datalist", "preprocess"],
                                 outputs=[f"dl/{arm}/{net}/scores.parquet"]))
     fusion_params = {"fusion": cfg["fusion"], "icc_threshold": cfg["radiomics"]["icc_threshold"],
-                     "seed": cfg["seed"], "nets": dl["nets"], "arms": dl["arms"]}
+                     "seed": cfg["seed"], "nets": dl["nets"], "arms": dl["arms"],
+                     **({"batch_column": cfg.get("batch_column")} if harmonise != "none" else {})}
     stats_params = {"statistics": cfg["statistics"], "paper_selection": bool(cfg.get("paper_selection"))}
     stages += [
         Stage("fusion", _stage_fusion, params=fusion_params, deps=["datalist", "radiomics", *dl_names],
