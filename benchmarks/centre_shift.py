@@ -339,8 +339,9 @@ def markdown(results: dict) -> str:
     def f(v):
         return "NaN" if v is None or not np.isfinite(v) else f"{v:.3f}"
 
-    lines = ["| strength | harmonise | arm | internal AUC (95 % CI) | external AUC (95 % CI) | drop (95 % CI) | "
-             "reference int. / ext. | reference drop | excess drop |", "|---|---|---|---|---|---|---|---|---|"]
+    header = ("| strength | harmonise | arm | internal AUC (95 % CI) | external AUC (95 % CI) | drop (95 % CI) | "
+              "reference int. / ext. | reference drop | excess drop |")
+    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
     for key in sorted(results["cells"]):
         c = results["cells"][key]
         for arm in ARMS:
