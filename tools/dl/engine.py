@@ -23,6 +23,7 @@ import torch
 from p53hcc.tools.dl.bundle import CROP_KEYS, bundle_parser
 from p53hcc.tools.dl.components import BatchRandCropFlip, class_weights
 from p53hcc.tools.dl.nets import build_net, feature_extractor
+from p53hcc.tools.errors import P53hccError
 from p53hcc.tools.io import atomic_path, params_hash
 
 log = logging.getLogger(__name__)
@@ -44,33 +45,48 @@ def source_items(items: list[dict], study_dir: str | os.PathLike, params: dict) 
 
 
 def cached_crops(items: list[dict], out: str | Path, params: dict, arm: str, area: str, prefix: str,
-                 desc: str) -> torch.Tensor:
+                 desc: str, masks: bool = False) -> torch.Tensor:
     """Stacked deterministic 2D crops ``[N, C, S, S]`` of ``items``, each patient computed once and cached.
 
     Runs the ``deterministic_transforms`` of ``arm``'s bundle (the same config the bundle's own trainer uses)
     through a ``PersistentDataset`` in ``out/<area>/cache/<hash>`` and keeps the stacked tensor in
     ``out/<area>/slices/<prefix>_<hash>_<patients hash>.pt``; the hash covers the crop parameters, the arm and
     the image source (raw or preprocessed).
+
+    ``masks=True`` returns instead each crop's tumour mask (``[N, C, S, S]`` in [0, 1], one channel per phase
+    like the images), cut and resized exactly like its image: the bundle's chain with its ``roi_transforms``
+    keeping the masks (for displays; cached apart, so the networks' crops never change).
     """
     from monai.data import PersistentDataset
     from monai.transforms import Compose
     from tqdm.auto import tqdm
 
     keys = {k: params[k] for k in CROP_KEYS}
-    tag = params_hash({**keys, "bundle": f"p53_{arm}", "source": params.get("source", "raw")})
+    tag = params_hash({**keys, "bundle": f"p53_{arm}", "source": params.get("source", "raw"),
+                       **({"masks": True} if masks else {})})
     ids = [d["patient_id"] for d in items]
     root = Path(out) / area
-    stacked = root / "slices" / f"{prefix}_{tag}_{params_hash(ids)}.pt"
+    stacked = root / "slices" / f"{prefix}{'_mask' if masks else ''}_{tag}_{params_hash(ids)}.pt"
     if stacked.is_file():
         return torch.load(stacked, weights_only=True)["x"]
     parser = bundle_parser(arm, overrides={**keys, "dataset_dir": str(out)})
+    if masks:
+        parser["roi_transforms"] = _keeping_masks(parser["roi_transforms"])
     ds = PersistentDataset(items, Compose(parser.get_parsed_content("deterministic_transforms")),
                            cache_dir=root / "cache" / tag)
-    x = torch.stack([torch.as_tensor(ds[i]["image"], dtype=torch.float32).clone()
+    key = "mask" if masks else "image"
+    x = torch.stack([torch.as_tensor(ds[i][key], dtype=torch.float32).clone()
                      for i in tqdm(range(len(ds)), desc=desc, leave=False)])
     with atomic_path(stacked) as tmp:
         torch.save({"x": x, "ids": ids}, tmp)
     return x
+
+
+def _keeping_masks(expression: str) -> str:
+    """The bundle's ``roi_transforms`` expression (a call of ``roi_transforms``) with ``keep_masks=True`` added."""
+    if not (isinstance(expression, str) and expression.startswith("$") and expression.rstrip().endswith(")")):
+        raise P53hccError(f"cannot add keep_masks to the bundle's roi_transforms {expression!r}")
+    return expression.rstrip()[:-1] + ", keep_masks=True)"
 
 
 def _batches(n: int, batch_size: int, perm: torch.Tensor) -> tuple[torch.Tensor, ...]:
