@@ -2,7 +2,7 @@
 
 Reads only the study folder's tidy outputs (``study.yaml``, ``scores.parquet``, ``metrics.csv``, ``delong.csv``,
 ``selection.json``, ``fusion/radiomics_lasso.csv``, ``dl/ff/<net>/lasso.json``, ``figures/*.png``,
-``gradcam/**.png``, the cohort's ``truth.csv``) and shows every table and figure of the paper. A piece that is
+``gradcam/**`` figures, notes, the cohort's ``truth.csv``) and shows every table and figure of the paper. A piece that is
 missing (stage not run, module not available) becomes a visible "not available: reason" box, never a crash.
 Tables are also written as CSV under ``tables/``.
 """
@@ -20,6 +20,7 @@ import pandas as pd
 import yaml
 
 from p53hcc.fusion import tables as ft
+from p53hcc.fusion.gradcam_notes import gradcam_note
 from p53hcc.fusion.labels import model_label
 from p53hcc.tools.io import atomic_write_table, atomic_write_text, read_table
 from p53hcc.tools.schema import NET_LABELS, SPLIT_LABELS
@@ -300,9 +301,14 @@ class _Report:
         files = sorted([*self.dir.glob("figures/gradcam/**/*.png"), *self.dir.glob("gradcam/**/*.png")])[:24]
         if not files:
             return _na("no Grad-CAM images under figures/gradcam/ (gradcam stage not run)")
-        imgs = "".join(_img(f, f.relative_to(f.parents[1]).as_posix()) for f in files)
-        return (f'<div class="gallery">{imgs}</div><p class="note">Grad-CAM of the chosen network\'s full-training-'
-                "cohort model on validation patients (target class: P53 mutated).</p>")
+        out = []
+        for folder in dict.fromkeys(f.parent for f in files):
+            note, warning = gradcam_note(folder)
+            out.append((f'<p class="note">{note}</p>' if note else "") + (
+                f'<div class="warn">{warning}</div>' if warning else "") + '<div class="gallery">' + "".join(
+                _img(f, f.relative_to(f.parents[1]).as_posix()) for f in files if f.parent == folder) + "</div>")
+        return "".join(out) + ('<p class="note">Grad-CAM of the chosen network\'s full-training-cohort model on '
+                               "validation patients (target class: P53 mutated).</p>")
 
     def lasso(self) -> str:
         df, err = _load(self.dir / "fusion" / "radiomics_lasso.csv", read_table)

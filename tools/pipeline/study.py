@@ -99,7 +99,8 @@ def _stage_gradcam(ctx: StageContext) -> None:
     from p53hcc.tools.dl.gradcam import gradcam_command
 
     chosen = json.loads((ctx.study_dir / "selection.json").read_text())["chosen"]
-    gradcam_command(str(ctx.study_dir), arm=chosen["arm"], net=chosen["net"], n=ctx.params["n"])
+    gradcam_command(str(ctx.study_dir), arm=chosen["arm"], net=chosen["net"], n=ctx.params["n"],
+                    layer=ctx.params.get("layer"))
 
 
 def _stage_figures(ctx: StageContext) -> None:
