@@ -156,18 +156,31 @@ def test_randomisation_changes_every_weight_and_the_maps(net_and_images):
             assert not torch.equal(a, b), name
     maps = gradcam_maps(net, x)
     report = sanity_check(net, x, ["A", "B"], maps=maps)
-    assert list(report.columns) == ["patient_id", "spearman_rho", "differs"]
+    assert list(report.columns) == ["patient_id", "spearman_rho", "differs", "reason"]
     assert (report["spearman_rho"] < 0.99).all()  # the same maps would give rho = 1
     assert spearman(maps[0], maps[0]) == pytest.approx(1.0)
     assert spearman(maps[0], 2 * maps[0] + 1) == pytest.approx(1.0)  # rank-based
     assert np.isnan(spearman(np.zeros(4), np.arange(4)))
 
 
+def test_an_undefined_rho_says_which_map_was_constant(net_and_images, monkeypatch):
+    net, x = net_and_images
+    structured = gradcam_maps(net, x)
+    empty = np.zeros_like(structured)
+    monkeypatch.setattr("p53hcc.tools.dl.gradcam.gradcam_maps", lambda *a, **k: empty)  # the randomised maps
+    report = sanity_check(net, x, ["A", "B"], maps=structured, layer="layer2")
+    assert report["spearman_rho"].isna().all() and report["differs"].all()  # structure only with learned weights
+    assert (report["reason"] == "randomised map constant").all()
+    monkeypatch.setattr("p53hcc.tools.dl.gradcam.gradcam_maps", lambda *a, **k: structured)
+    report = sanity_check(net, x, ["A", "B"], maps=empty, layer="layer2")
+    assert not report["differs"].any() and (report["reason"] == "trained map constant").all()
+
+
 # ----------------------------------------------------------------------------------------- the figure
-def test_heat_is_transparent_where_the_map_is_zero():
-    rgba = heat_rgba(np.array([[0.0, 0.5, 1.0]]))
-    assert rgba[0, 0, 3] == 0 and 0 < rgba[0, 1, 3] < rgba[0, 2, 3]
-    assert rgba[0, 2, 0] > rgba[0, 2, 2]  # the top of the scale is red, not blue
+def test_heat_is_transparent_where_the_map_is_low():
+    rgba = heat_rgba(np.array([[0.0, 0.1, 0.2, 0.6, 1.0]]))
+    assert (rgba[0, :3, 3] == 0).all() and 0 < rgba[0, 3, 3] < rgba[0, 4, 3]
+    assert rgba[0, 4, 0] > rgba[0, 4, 2]  # the top of the scale is red, not blue
 
 
 def test_crops_are_shown_in_radiological_view():
@@ -190,8 +203,10 @@ def test_overlay_png_colours_only_where_the_map_is_high(tmp_path):
     mask = np.zeros((3, 32, 32))
     mask[:, 10:22, 10:22] = 1.0
     caption = figure_caption("ff", "resnet18", TargetLayer("layer1", (8, 8), (32, 32), "auto").describe(),
-                             [0.1, 0.2, float("nan")], [True, True, False], ["ap", "pvp", "dp"])
-    assert "layer layer1 (8x8 cells) at 32x32 px input" in caption and "AP 0.10, PVP 0.20, DP n/a" in caption
+                             [0.1, 0.2, float("nan")], [True, True, False], ["", "", "trained map constant"],
+                             ["ap", "pvp", "dp"])
+    assert "layer layer1 (8x8 cells) at 32x32 px input" in caption
+    assert "AP 0.10, PVP 0.20, DP n/a (trained map constant)" in caption
     assert "may show image structure" in caption  # DP's constant map does not pass the sanity check
     png = save_overlay(tmp_path / "a.png", x, cam, mask, title="t", caption=caption,
                        panel_notes=["P(mutated) 0.50"] * 3)

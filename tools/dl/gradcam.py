@@ -147,15 +147,21 @@ def sanity_check(net: nn.Module, x: torch.Tensor, ids: list[str], seed: int = 0,
     """Spearman rho between trained-model and randomised-model Grad-CAM maps (same layer) per patient.
 
     Returns:
-        ``patient_id, spearman_rho, differs`` (``differs`` = rho below ``threshold``, i.e. the map depends on
-        the learned weights; a constant map, whose rho is NaN, counts as not depending on them).
+        ``patient_id, spearman_rho, differs, reason``: ``differs`` = rho below ``threshold``, i.e. the map
+        depends on the learned weights. Rho is NaN when a map is constant (``reason`` says which): a constant
+        trained map shows nothing (``differs`` False); a constant randomised map (Grad-CAM's ReLU often leaves
+        nothing of a random network's map) beside a structured trained one means the structure comes from the
+        learned weights (``differs`` True).
     """
     layer = layer or choose_layer(net, tuple(x.shape[1:])).name
     trained = gradcam_maps(net, x, layer=layer) if maps is None else maps
     rand = gradcam_maps(randomised_copy(net, seed), x, layer=layer)
     rho = [spearman(a, b) for a, b in zip(trained, rand)]
-    return pd.DataFrame({"patient_id": ids, "spearman_rho": rho,
-                         "differs": [bool(np.isfinite(r) and r < threshold) for r in rho]})
+    reason = ["trained map constant" if np.ptp(a) == 0 else "randomised map constant" if np.ptp(b) == 0 else ""
+              for a, b in zip(trained, rand)]
+    differs = [bool(r < threshold) if np.isfinite(r) else why == "randomised map constant"
+               for r, why in zip(rho, reason)]
+    return pd.DataFrame({"patient_id": ids, "spearman_rho": rho, "differs": differs, "reason": reason})
 
 
 def _choose(items: list[dict], patients: str | list | None, n: int) -> list[dict]:
@@ -200,14 +206,14 @@ def gradcam_model(weights: Path, items: list[dict], crop_root: Path, dest: Path,
         targets.append(target)
     images, masks = np.concatenate(images, axis=1), np.concatenate(masks, axis=1)
     per_patient, probs = np.stack(maps, axis=1), np.stack(probs, axis=1)  # [N, units, H, W], [N, units]
-    rho = np.stack([s["spearman_rho"].to_numpy() for s in sanity], axis=1)
-    differs = np.stack([s["differs"].to_numpy() for s in sanity], axis=1)
+    rho, differs, reason = (np.stack([s[c].to_numpy() for s in sanity], axis=1)
+                            for c in ("spearman_rho", "differs", "reason"))
     captions = {}
     for i, pid in enumerate(ids):
         scaled = scale_maps(per_patient[i])
         with atomic_path(dest / f"{pid}.npy") as tmp:
             np.save(tmp, scaled[0] if len(spec.units) == 1 else scaled)
-        caption = figure_caption(spec.name, net, targets[0].describe(), rho[i], differs[i], spec.units,
+        caption = figure_caption(spec.name, net, targets[0].describe(), rho[i], differs[i], reason[i], spec.units,
                                  zero=not scaled.any())
         warning = targets[0].warning()
         captions[f"{pid}.png"] = caption + (f" WARNING: {warning}." if warning else "")

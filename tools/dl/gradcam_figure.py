@@ -2,10 +2,10 @@
 
 One figure per patient: the phases side by side (AP, PVP, DP), each crop in grey at its own window (1st-99th
 percentile of that crop), the map on top in one colour scale for all panels with its opacity growing with the
-value (transparent where the map is ~0, so the anatomy stays visible), the tumour contour (the ROI mask cut and
-resized like the crop, drawn at 0.5), a colour bar and a caption naming the layer, its feature-map size, the
-input resolution and the sanity check's Spearman rho. Crops are shown in radiological convention (the crops are
-RAS arrays: patient's right on the viewer's left, anterior at the top).
+value (transparent below a fifth of the patient's maximum, so the anatomy stays visible), the tumour contour (the
+ROI mask cut and resized like the crop, drawn at 0.5), a colour bar and a caption naming the layer, its
+feature-map size, the input resolution and the sanity check's Spearman rho. Crops are shown in radiological
+convention (the crops are RAS arrays: patient's right on the viewer's left, anterior at the top).
 
 Why not ``monai.visualize.utils.blend_images``: it blends a label at one fixed opacity (optionally transparent
 where the label is exactly 0), which is the uniform wash this module avoids; matplotlib draws a per-pixel
@@ -24,8 +24,9 @@ from p53hcc.tools.io import atomic_path
 from p53hcc.tools.schema import NET_LABELS, PHASE_LABELS, PHASES
 
 CMAP = "jet"
-#: Opacity of the map at its maximum (opacity = MAX_ALPHA x value, so 0 where the map is 0).
-MAX_ALPHA = 0.65
+#: Opacity of the map at its maximum; it falls linearly to 0 at ALPHA_FLOOR (a fraction of the patient's maximum),
+#: so a diffuse low map does not wash over the anatomy and nothing is coloured where the map is ~0.
+MAX_ALPHA, ALPHA_FLOOR = 0.7, 0.2
 #: Crops are upsampled (bilinear) to at least this many pixels a side for display.
 DISPLAY_PX = 256
 WINDOW_PERCENTILES = (1.0, 99.0)
@@ -48,40 +49,40 @@ def window(img: np.ndarray, percentiles: tuple[float, float] = WINDOW_PERCENTILE
     return (float(lo), float(hi)) if hi > lo else (float(lo), float(lo) + 1.0)
 
 
-def heat_rgba(cam: np.ndarray, cmap: str = CMAP, max_alpha: float = MAX_ALPHA) -> np.ndarray:
-    """RGBA image of a map in [0, 1]: colour from ``cmap``, opacity ``max_alpha * value`` (none where ~0)."""
+def opacity(v: np.ndarray, max_alpha: float = MAX_ALPHA, floor: float = ALPHA_FLOOR) -> np.ndarray:
+    """Opacity of map values in [0, 1]: 0 up to ``floor``, then rising linearly to ``max_alpha`` at 1."""
+    return max_alpha * np.clip((np.asarray(v) - floor) / (1.0 - floor), 0.0, 1.0)
+
+
+def heat_rgba(cam: np.ndarray, cmap: str = CMAP) -> np.ndarray:
+    """RGBA image of a map in [0, 1]: colour from ``cmap``, :func:`opacity` from the value (none where ~0)."""
     import matplotlib
 
     v = np.clip(cam, 0.0, 1.0)
     rgba = matplotlib.colormaps[cmap](v)
-    rgba[..., 3] = max_alpha * v
+    rgba[..., 3] = opacity(v)
     return rgba
 
 
 def figure_caption(arm: str, net: str, layer: str, rho: Sequence[float], differs: Sequence[bool],
-                   units: Sequence[str | None], zero: bool = False) -> str:
+                   reason: Sequence[str], units: Sequence[str | None], zero: bool = False) -> str:
     """The caption: class, ``layer`` (its name, feature-map size and input resolution), the sanity check (Spearman
-    rho per map, and whether every map ``differs`` from the randomised network's)."""
+    rho per map, whether every map ``differs`` from the randomised network's, and why a rho is undefined)."""
     label = NET_LABELS.get(net, net)
     what = (f"{label} MC (one map from the three-channel network)" if arm == "mc"
-            else f"{label} FF (one map per phase network)")
-    if len(rho) == 1:
-        rhos = _rho(rho[0])
-    else:
-        rhos = ", ".join(f"{PHASE_LABELS.get(u, u)} {_rho(r)}" for u, r in zip(units, rho))
+            else f"{label} FF (one map per phase network; P(mutated) of each phase network alone)")
+    values = [f"{r:.2f}" if np.isfinite(r) else f"n/a ({why or 'constant map'})" for r, why in zip(rho, reason)]
+    rhos = values[0] if len(values) == 1 else ", ".join(
+        f"{PHASE_LABELS.get(u, u)} {v}" for u, v in zip(units, values))
     parts = [f"Grad-CAM of 'P53 mutated', {what}; {layer}, upsampled bilinearly.",
              f"Sanity check (weights re-initialised): Spearman rho {rhos} "
              + ("(the map depends on the learned weights)." if all(differs)
                 else "(high or undefined: the map may show image structure, not what the model learned)."),
-             ("Colour: fraction of this patient's maximum, one scale for all panels, transparent where ~0; "
-              "white line: tumour contour; radiological view.")]
+             (f"Colour: fraction of this patient's maximum, one scale for all panels, transparent below "
+              f"{ALPHA_FLOOR:g}; white line: tumour contour; radiological view.")]
     if zero:
         parts.append("The map is 0 everywhere: nothing in these crops raises the 'P53 mutated' score at this layer.")
     return " ".join(parts)
-
-
-def _rho(r: float) -> str:
-    return f"{r:.2f}" if np.isfinite(r) else "n/a (constant map)"
 
 
 def save_overlay(dest: str | os.PathLike, image: np.ndarray, cam: np.ndarray, mask: np.ndarray | None = None,
@@ -104,7 +105,7 @@ def save_overlay(dest: str | os.PathLike, image: np.ndarray, cam: np.ndarray, ma
     import matplotlib.pyplot as plt
     from matplotlib import patheffects
     from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
+    from matplotlib.colors import ListedColormap, Normalize
 
     image = np.asarray(image)
     n = image.shape[0]
@@ -126,7 +127,8 @@ def save_overlay(dest: str | os.PathLike, image: np.ndarray, cam: np.ndarray, ma
         ax.set_title(f"{name} · {notes[i]}" if len(cams) == n and len(notes) == n else name, fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
-    bar = fig.colorbar(ScalarMappable(Normalize(0, 1), cmap=CMAP), cax=axes[0][n])
+    ramp = np.linspace(0.0, 1.0, 256)  # the bar shows each value as it is drawn: its colour at its opacity
+    bar = fig.colorbar(ScalarMappable(Normalize(0, 1), cmap=ListedColormap(heat_rgba(ramp))), cax=axes[0][n])
     bar.set_label("Grad-CAM (fraction of max)", fontsize=8)
     bar.ax.tick_params(labelsize=7)
     head = title + (f" · {notes[0]}" if len(cams) == 1 and notes else "")
@@ -135,8 +137,8 @@ def save_overlay(dest: str | os.PathLike, image: np.ndarray, cam: np.ndarray, ma
     if caption or warning:
         import textwrap
 
-        lines = textwrap.wrap(caption, 150 if n > 1 else 60)
-        fig.text(0.01, 0.01, "\n".join(lines), fontsize=7, va="bottom", ha="left", color="#333333")
+        lines = textwrap.wrap(caption, 140 if n > 1 else 55)
+        fig.text(0.01, 0.01, "\n".join(lines), fontsize=8, va="bottom", ha="left", color="#333333")
         if warning:
             fig.text(0.01, 0.03 + 0.035 * len(lines), f"WARNING: {warning}", fontsize=8, va="bottom", ha="left",
                      color="#b00020", fontweight="bold")
@@ -144,6 +146,6 @@ def save_overlay(dest: str | os.PathLike, image: np.ndarray, cam: np.ndarray, ma
     fig.tight_layout(rect=(0, 0.04 + 0.035 * len(lines), 1, 0.95))
     dest = Path(dest)
     with atomic_path(dest) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     return dest
