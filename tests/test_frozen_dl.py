@@ -127,6 +127,8 @@ def test_mask_crops_outline_the_tumour_inside_each_crop(trained, arm):
         border = torch.cat([m[..., 0, :], m[..., -1, :], m[..., :, 0], m[..., :, -1]], dim=-1)
         assert float(border.max()) < 0.5  # bbox + 10 px: the tumour never touches the crop's edge
         assert torch.equal(x, spec.crops(trained["out"], items, params, unit))  # the networks' crops unchanged
+        again = spec.mask_crops(trained["out"], items, params, unit)  # from the stacked cache this time
+        assert type(again) is torch.Tensor and torch.equal(again, m)
 
 
 def test_gradcam_of_a_frozen_ff_model_gives_one_map_per_phase(trained):

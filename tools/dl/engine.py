@@ -59,6 +59,7 @@ def cached_crops(items: list[dict], out: str | Path, params: dict, arm: str, are
     """
     from monai.data import PersistentDataset
     from monai.transforms import Compose
+    from monai.utils import convert_to_tensor
     from tqdm.auto import tqdm
 
     keys = {k: params[k] for k in CROP_KEYS}
@@ -74,8 +75,8 @@ def cached_crops(items: list[dict], out: str | Path, params: dict, arm: str, are
         parser["roi_transforms"] = _keeping_masks(parser["roi_transforms"])
     ds = PersistentDataset(items, Compose(parser.get_parsed_content("deterministic_transforms")),
                            cache_dir=root / "cache" / tag)
-    key = "mask" if masks else "image"
-    x = torch.stack([torch.as_tensor(ds[i][key], dtype=torch.float32).clone()
+    key = "mask" if masks else "image"  # plain tensors (a MetaTensor's meta would not load with weights_only)
+    x = torch.stack([convert_to_tensor(ds[i][key], dtype=torch.float32, track_meta=False).clone()
                      for i in tqdm(range(len(ds)), desc=desc, leave=False)])
     with atomic_path(stacked) as tmp:
         torch.save({"x": x, "ids": ids}, tmp)
