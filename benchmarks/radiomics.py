@@ -31,7 +31,7 @@ import pandas as pd
 import SimpleITK as sitk
 
 from p53hcc.tools.io import atomic_write_json, file_sha256, params_hash
-from p53hcc.tools.preprocessing.run import limit_threads, preprocess_cohort
+from p53hcc.tools.preprocessing.run import preprocess_cohort
 from p53hcc.tools.radiomics.extract import run_tasks
 from p53hcc.tools.radiomics.features import load_params, versions
 
@@ -112,8 +112,7 @@ def main(argv=None) -> dict:
     res: dict = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                              "python": sys.version.split()[0], **versions()},
                  "args": vars(args)}
-    limit_threads()  # as in a preprocessing worker: one ITK and one torch thread, parallelism across patients
-    try:
+    try:  # every task runs with one ITK and one torch thread (p53hcc.tools.parallel), inline or in a worker
         # first-call costs (imports, MONAI/ITK set-up) stay out of the figures
         _preprocess(_cohort_csv(1, "demo", root), root / "warm", "demo")
         for size, n in (("demo", args.n_demo), ("paper", args.n_paper)):

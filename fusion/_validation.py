@@ -1,10 +1,49 @@
-"""Input checks shared by :mod:`p53hcc.fusion.stats`, :mod:`p53hcc.fusion.calibration` and :mod:`p53hcc.fusion.decision`.
+"""Input checks shared by the statistics, calibration, decision-curve, clinical and cross-fitting modules.
 
 They turn silent garbage (NaN scores, one-class cohorts, misaligned arrays) into one clear ``ValueError``.
+
+One alignment rule for per-patient inputs everywhere in :mod:`p53hcc.fusion`: a pandas Series indexed by patient ids
+(strings, as the cohort contract has them) is matched **by its index**, and every patient asked for must be in it;
+anything else (numpy arrays, lists, and a Series with an integer index, i.e. a DataFrame column with row numbers) is
+matched by position and must have the same length.
 """
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
+
+
+def _by_id(values) -> bool:
+    """A Series whose index holds patient ids (not integer row numbers)."""
+    return isinstance(values, pd.Series) and not pd.api.types.is_integer_dtype(values.index)
+
+
+def align(values, index: pd.Index, name: str = "values") -> pd.Series:
+    """``values`` as a Series on ``index``: by patient id for a Series, by position otherwise.
+
+    Raises:
+        ValueError: a labelled input lacks some of the patients, or an unlabelled one has the wrong length.
+    """
+    index = pd.Index(index).astype(str)
+    if _by_id(values):
+        keyed = values.set_axis(values.index.astype(str))
+        if keyed.index.duplicated().any():
+            raise ValueError(f"{name}: duplicate patient id {keyed.index[keyed.index.duplicated()][0]!r}")
+        missing = index.difference(keyed.index)
+        if len(missing):
+            raise ValueError(f"{name}: no value for patient {missing[0]!r} ({len(missing)} missing)")
+        return keyed.reindex(index)
+    arr = np.asarray(values)
+    if arr.ndim != 1 or len(arr) != len(index):
+        raise ValueError(f"{name} has {arr.size} values for {len(index)} patients")
+    return pd.Series(arr, index=index)
+
+
+def _aligned(y_true, scores) -> tuple:
+    """Labelled scores re-ordered onto labelled ``y_true`` (the module's alignment rule)."""
+    if not _by_id(y_true):
+        return y_true, scores
+    return y_true, tuple(align(s, y_true.index, f"score {i}").to_numpy() for i, s in enumerate(scores))
 
 
 def as_labels(y_true, name: str = "y_true") -> np.ndarray:
@@ -42,7 +81,8 @@ def as_scores(score, n: int, name: str = "y_score") -> np.ndarray:
 
 
 def check_binary(y_true, *scores, names: tuple[str, ...] | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Validate labels and any number of aligned score vectors; returns (labels, [scores...])."""
+    """Validate labels and any number of score vectors (aligned by the module's rule); returns (labels, [scores])."""
+    y_true, scores = _aligned(y_true, scores)
     y = as_labels(y_true)
     names = names or tuple("y_score" if len(scores) == 1 else f"score_{i}" for i in range(len(scores)))
     return y, [as_scores(s, y.size, nm) for s, nm in zip(scores, names)]

@@ -66,7 +66,13 @@ def calibration_curve(y_true, y_prob, n_bins: int = 10, strategy: str = "quantil
         DataFrame with bin (1-based), mean_predicted, observed, n, n_events, ci_low, ci_high.
     """
     y, p = check_probability(y_true, y_prob)
-    if strategy == "quantile":
+    if strategy == "quantile" and n_bins < 3:  # too few for deciles-of-risk breaks: equal-count groups
+        if n_bins < 1:
+            raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+        g = np.empty(p.size, int)
+        for k, part in enumerate(np.array_split(np.argsort(p, kind="stable"), n_bins)):
+            g[part] = k
+    elif strategy == "quantile":
         g = risk_groups(p, n_bins)
     elif strategy == "uniform":
         if n_bins < 1:
@@ -147,3 +153,41 @@ def calibration_slope_intercept(y_true, y_prob, alpha: float = 0.05) -> dict:
         out[f"{key}_ci_low"] = est - z * se if ok else float("nan")
         out[f"{key}_ci_high"] = est + z * se if ok else float("nan")
     return out
+
+
+def adaptive_bins(n: int, max_bins: int = 10, per_bin: int = 10) -> int:
+    """Number of risk groups for binned calibration points: about ``per_bin`` patients each, at most ``max_bins``
+    (10 quantile bins on 7 patients would draw noise)."""
+    return int(max(1, min(max_bins, n // per_bin)))
+
+
+def smooth_calibration(y_true, y_prob, frac: float = 2 / 3, n_boot: int = 200, alpha: float = 0.05,
+                       seed: int = 0, n_grid: int = 50) -> pd.DataFrame:
+    """Smoothed calibration curve (observed rate vs predicted probability) with a bootstrap confidence band.
+
+    The curve is LOWESS of the 0/1 outcomes on the predicted probabilities (statsmodels' ``lowess``, no
+    robustifying iterations, span ``frac``), as R's ``rms::val.prob`` draws its nonparametric calibration curve;
+    the band is the pointwise percentile interval of the curve over ``n_boot`` resamples of the patients
+    (stratified by outcome, seeded). Evaluated on a grid spanning the observed predictions (no extrapolation).
+
+    Returns:
+        DataFrame with predicted, observed, ci_low, ci_high.
+    """
+    from statsmodels.nonparametric.smoothers_lowess import lowess
+
+    y, p = check_probability(y_true, y_prob)
+    grid = np.linspace(p.min(), p.max(), n_grid)
+
+    def curve(yy: np.ndarray, pp: np.ndarray) -> np.ndarray:
+        return np.clip(lowess(yy, pp, frac=frac, it=0, xvals=grid), 0.0, 1.0)
+
+    observed = curve(y, p)
+    rng = np.random.default_rng(seed)
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    boots = []
+    for _ in range(n_boot):
+        idx = np.r_[rng.choice(pos, pos.size), rng.choice(neg, neg.size)]
+        with np.errstate(all="ignore"):
+            boots.append(curve(y[idx], p[idx]))
+    lo, hi = np.nanquantile(np.vstack(boots), [alpha / 2, 1 - alpha / 2], axis=0)
+    return pd.DataFrame({"predicted": grid, "observed": observed, "ci_low": lo, "ci_high": hi})

@@ -15,10 +15,12 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 import statsmodels.api as sm
+from scipy import stats as sps
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 from statsmodels.tools.sm_exceptions import PerfectSeparationError
 
+from p53hcc.fusion._validation import align
 from p53hcc.tools.errors import InputError
 
 #: Model variables derived from cohort.csv, in table order.
@@ -31,6 +33,7 @@ PATHOLOGY_VARIABLES: tuple[str, ...] = ("grade_high", "mvi")
 RAW_COLUMNS: tuple[str, ...] = ("age", "sex", "afp", "cea", "ca199", "ltd_mm", "rim_aphe", "washout",
                                 "delayed_central", "capsule")
 RAW_PATHOLOGY: tuple[str, ...] = ("grade", "mvi")
+OUTCOME = "p53"
 WASHOUT_LEVELS: tuple[str, ...] = ("none", "nonperipheral", "peripheral")
 AFP_CUTS: tuple[float, float] = (20.0, 400.0)  # ng/mL: <20, 20-400, >=400
 CEA_CUT = 5.0  # ng/mL
@@ -127,16 +130,18 @@ def encode_clinical(df: pd.DataFrame, preoperative_only: bool = True) -> pd.Data
 
 
 def _as_target(y: pd.Series | np.ndarray | Sequence, index: pd.Index) -> np.ndarray:
-    """Binary outcome aligned to ``index`` (by label when y is a Series with matching index)."""
-    if isinstance(y, pd.Series) and set(index).issubset(set(y.index.astype(str))):
-        y = y.set_axis(y.index.astype(str)).reindex(index)
-    arr = np.asarray(y, dtype=float)
-    if arr.shape[0] != len(index) or not np.isin(arr, (0.0, 1.0)).all():
+    """Binary outcome on ``index`` (the package's alignment rule: Series by patient id, arrays by position)."""
+    try:
+        arr = align(y, index, "outcome").to_numpy(dtype=float)
+    except ValueError as err:
+        raise InputError(None, str(err), column="p53") from err
+    if not np.isin(arr, (0.0, 1.0)).all():
         raise InputError(None, "outcome must be 0/1 for every training patient", column="p53")
     return arr.astype(int)
 
 
-_OR_COLUMNS = ["variable", "analysis", "coef", "odds_ratio", "ci_low", "ci_high", "p_value", "n"]
+_OR_COLUMNS = ["variable", "analysis", "coef", "odds_ratio", "ci_low", "ci_high", "p_value", "n", "note"]
+SEPARATION = "not estimable: separation"
 
 
 def _fit_logit(X: pd.DataFrame, y: np.ndarray):
@@ -166,9 +171,44 @@ def _or_rows_inner(res, variables: Sequence[str], analysis: str) -> pd.DataFrame
     ci = res.conf_int(alpha=0.05)
     rows = [{"variable": v, "analysis": analysis, "coef": float(res.params[v]),
              "odds_ratio": float(np.exp(res.params[v])), "ci_low": float(np.exp(ci.loc[v, 0])),
-             "ci_high": float(np.exp(ci.loc[v, 1])), "p_value": float(res.pvalues[v]), "n": int(res.nobs)}
+             "ci_high": float(np.exp(ci.loc[v, 1])), "p_value": float(res.pvalues[v]), "n": int(res.nobs),
+             "note": ""}
             for v in variables]
     return pd.DataFrame(rows)
+
+
+def _unestimable_row(var: str, analysis: str, n: int, p_value: float, note: str) -> pd.DataFrame:
+    """A row whose odds ratio cannot be estimated: NaN estimates, the p-value that can be, and why."""
+    return pd.DataFrame([{"variable": var, "analysis": analysis, "coef": np.nan, "odds_ratio": np.nan,
+                          "ci_low": np.nan, "ci_high": np.nan, "p_value": p_value, "n": n, "note": note}])
+
+
+def separation_p(x: np.ndarray, y: np.ndarray) -> tuple[float, str]:
+    """p-value of a single predictor whose logistic fit does not exist (complete or quasi-complete separation).
+
+    The odds ratio is infinite, but the association can still be tested: a two-level predictor by Fisher's exact
+    test on its 2 x 2 table; any other by the likelihood-ratio test against the intercept-only model, at the
+    supremum of the likelihood (approached by a logistic fit with a vanishing penalty). A constant predictor
+    has no p-value (NaN).
+    """
+    x, y = np.asarray(x, float), np.asarray(y, int)
+    levels = np.unique(x)
+    if len(levels) < 2:
+        return float("nan"), "constant variable: no test"
+    if len(levels) == 2:
+        hi = x == levels[1]
+        table = [[int(np.sum(hi & (y == 1))), int(np.sum(hi & (y == 0)))],
+                 [int(np.sum(~hi & (y == 1))), int(np.sum(~hi & (y == 0)))]]
+        return float(sps.fisher_exact(table).pvalue), f"{SEPARATION}; p from Fisher's exact test"
+    from sklearn.linear_model import LogisticRegression
+
+    z = ((x - x.mean()) / x.std()).reshape(-1, 1)
+    fit = LogisticRegression(C=1e12, max_iter=100000, tol=1e-12).fit(z, y)
+    p1 = np.clip(fit.predict_proba(z)[:, 1], 1e-300, 1 - 1e-16)
+    llf = float(np.sum(y * np.log(p1) + (1 - y) * np.log1p(-p1)))
+    prev = y.mean()
+    llf0 = float(np.sum(y * np.log(prev) + (1 - y) * np.log1p(-prev)))
+    return float(sps.chi2.sf(2 * (llf - llf0), 1)), f"{SEPARATION}; p from the likelihood-ratio test"
 
 
 
@@ -176,17 +216,17 @@ def univariable_table(X: pd.DataFrame, y) -> pd.DataFrame:
     """One unpenalised Logit per variable: OR, Wald 95% CI and p.
 
     Returns:
-        Tidy frame (variable, analysis="univariable", coef, odds_ratio, ci_low, ci_high, p_value, n); a variable
-        that cannot be fitted alone (constant, separated) gets NaN estimates and p = 1.
+        Tidy frame (variable, analysis="univariable", coef, odds_ratio, ci_low, ci_high, p_value, n, note); a
+        variable that separates the classes gets NaN estimates, the p-value of :func:`separation_p` and a note
+        saying so; a constant one NaN throughout.
     """
     y = _as_target(y, X.index)
     frames = []
     for var in X.columns:
         res = _fit_logit(X[[var]], y) if X[var].nunique() > 1 else None
         if res is None:
-            frames.append(pd.DataFrame([{"variable": var, "analysis": "univariable", "coef": np.nan,
-                                         "odds_ratio": np.nan, "ci_low": np.nan, "ci_high": np.nan,
-                                         "p_value": 1.0, "n": len(y)}]))
+            p_value, note = separation_p(X[var].to_numpy(float), y)
+            frames.append(_unestimable_row(var, "univariable", len(y), p_value, note))
         else:
             frames.append(_or_rows(res, [var], "univariable"))
     return pd.concat(frames, ignore_index=True)[_OR_COLUMNS]
@@ -203,9 +243,10 @@ def multivariable_table(X: pd.DataFrame, y, p_enter: float = 0.05) -> pd.DataFra
     if not entered:
         return pd.DataFrame(columns=_OR_COLUMNS)
     res = _fit_logit(X[entered], _as_target(y, X.index))
-    if res is None:
-        raise InputError(None, f"multivariable logistic model could not be fitted on {entered} "
-                               "(perfect separation or collinearity)")
+    if res is None:  # separation or collinearity: the joint odds ratios do not exist; say so on each row
+        note = f"not estimable: the joint fit of {len(entered)} variables does not converge (separation or collinearity)"
+        return pd.concat([_unestimable_row(v, "multivariable", len(X), np.nan, note) for v in entered],
+                         ignore_index=True)[_OR_COLUMNS]
     return _or_rows(res, entered, "multivariable")[_OR_COLUMNS]
 
 
@@ -280,7 +321,10 @@ class ClinicalModel(BaseEstimator, ClassifierMixin):
         return enc[list(self.candidates)] if self.candidates is not None else enc
 
     def fit(self, X: pd.DataFrame, y) -> ClinicalModel:
-        """Select variables and fit the LR on training patients only."""
+        """Select variables and fit the LR on training patients only (``X`` must not hold the outcome)."""
+        if OUTCOME in X.columns:  # a model handed its own label could learn it; refuse rather than trust
+            raise InputError(None, "the clinical model's inputs contain the outcome column; pass the clinical "
+                                   "variables only", column=OUTCOME)
         enc = self._encode(X)
         target = _as_target(y, enc.index)
         self.classes_ = np.array([0, 1])

@@ -1,7 +1,7 @@
 """The combined model of the paper: a logistic regression on the clinical, radiomics and DL scores.
 
-An unpenalised logistic regression on the logits of the three out-of-fold training scores, standardised inside a
-Pipeline so the scaler is also learned on training patients only. It carries what its nomogram needs.
+An unpenalised logistic regression on the logits of the out-of-fold training scores (standardised on the
+training patients it is fit on), by default with non-negative weights. It carries what its nomogram needs.
 """
 from __future__ import annotations
 
@@ -9,16 +9,40 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from scipy import optimize
+from scipy.special import expit
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.utils.validation import check_is_fitted
 
 from p53hcc.tools.errors import InputError
 
 COMBINED_INPUTS: tuple[str, ...] = ("clinical", "radiomics", "dl")
 LOGIT_EPS = 1e-6
+
+
+def _max_likelihood(Z: np.ndarray, y: np.ndarray, nonnegative: bool) -> np.ndarray:
+    """Maximum-likelihood logistic coefficients ``[intercept, w...]`` of standardised inputs, optionally w >= 0.
+
+    Unconstrained: scikit-learn's unpenalised LogisticRegression. Constrained: the same log-likelihood maximised
+    by L-BFGS-B with bounds w >= 0 (scipy), started from the intercept-only fit.
+    """
+    if not nonnegative:
+        lr = LogisticRegression(C=np.inf, l1_ratio=0.0, tol=1e-10, max_iter=10000).fit(Z, y)
+        return np.r_[lr.intercept_[0], lr.coef_[0]]
+    X1 = np.column_stack([np.ones(len(y)), Z])
+
+    def nll(beta: np.ndarray) -> tuple[float, np.ndarray]:
+        eta = X1 @ beta
+        loss = float(np.sum(np.logaddexp(0.0, eta) - y * eta))
+        return loss, X1.T @ (expit(eta) - y)
+
+    prev = np.clip(y.mean(), 1e-6, 1 - 1e-6)
+    start = np.r_[np.log(prev / (1 - prev)), np.zeros(Z.shape[1])]
+    res = optimize.minimize(nll, start, jac=True, method="L-BFGS-B",
+                            bounds=[(None, None)] + [(0.0, None)] * Z.shape[1],
+                            options={"maxiter": 10000, "ftol": 1e-14, "gtol": 1e-10})
+    return res.x
 
 
 def logit(p: np.ndarray, eps: float = LOGIT_EPS) -> np.ndarray:
@@ -31,18 +55,28 @@ class CombinedModel(BaseEstimator, ClassifierMixin):
     """Unpenalised LR on logit-transformed component scores (clinical, radiomics, DL).
 
     X is a DataFrame with one column per input score (probabilities), e.g. from
-    :func:`p53hcc.fusion.crossfit.scores_wide`. After fit: ``feature_names_``, ``pipeline_``, ``coef_`` / ``intercept_``
-    (per logit unit of each input, i.e. back on the unstandardised scale) and ``coefficients_`` (dict) - the
-    numbers a nomogram needs.
+    :func:`p53hcc.fusion.crossfit.scores_wide`. The inputs are standardised (on the training patients passed to
+    ``fit``) and the maximum-likelihood weights found; with ``nonnegative=True`` every weight is kept >= 0.
+
+    Why non-negative weights: each input is a probability of P53 mutation from a model trained for exactly that,
+    so a negative weight says "the component predicts the opposite of what it learned". On out-of-fold scores
+    that is overfitting, not biology: under shuffled labels the free fit flips signs to exploit the slightly
+    below-chance ranking of cross-fitted scores (docs/validation.md). A component the data do not support gets
+    weight 0 (and a flat nomogram axis that says so) instead of a sign flip.
+
+    After fit: ``feature_names_``, ``coef_`` / ``intercept_`` (per logit unit of each input, i.e. back on the
+    unstandardised scale), ``coefficients_`` (dict) - the numbers a nomogram needs.
 
     Args:
         inputs: input score columns, in order.
         eps: clipping of probabilities before the logit.
+        nonnegative: constrain the input weights to be >= 0.
     """
 
-    def __init__(self, inputs: Sequence[str] = COMBINED_INPUTS, eps: float = LOGIT_EPS):
+    def __init__(self, inputs: Sequence[str] = COMBINED_INPUTS, eps: float = LOGIT_EPS, nonnegative: bool = True):
         self.inputs = inputs
         self.eps = eps
+        self.nonnegative = nonnegative
 
     def _design(self, X: pd.DataFrame) -> np.ndarray:
         cols = list(self.inputs)
@@ -56,29 +90,27 @@ class CombinedModel(BaseEstimator, ClassifierMixin):
         return vals
 
     def fit(self, X: pd.DataFrame, y) -> CombinedModel:
-        """Fit scaler + LR on training patients' out-of-fold scores."""
+        """Fit the weights on training patients' out-of-fold scores."""
         self.feature_names_ = list(self.inputs)
-        self.pipeline_ = Pipeline([
-            ("logit", FunctionTransformer(logit, kw_args={"eps": self.eps})),
-            ("scale", StandardScaler()),
-            ("lr", LogisticRegression(C=np.inf, l1_ratio=0.0, tol=1e-10, max_iter=10000)),
-        ]).fit(self._design(X), np.asarray(y).astype(int))
-        self.classes_ = self.pipeline_.classes_
-        scale = self.pipeline_.named_steps["scale"]
-        lr = self.pipeline_.named_steps["lr"]
-        self.coef_ = lr.coef_[0] / scale.scale_
-        self.intercept_ = float(lr.intercept_[0] - np.sum(lr.coef_[0] * scale.mean_ / scale.scale_))
+        z = logit(self._design(X), self.eps)
+        mean, scale = z.mean(axis=0), z.std(axis=0)
+        scale = np.where(scale > 0, scale, 1.0)  # a constant input keeps weight 0
+        y = np.asarray(y).astype(int)
+        self.classes_ = np.array([0, 1])
+        beta = _max_likelihood((z - mean) / scale, y, nonnegative=bool(self.nonnegative))
+        self.coef_ = beta[1:] / scale
+        self.intercept_ = float(beta[0] - np.sum(beta[1:] * mean / scale))
         self.coefficients_ = dict(zip(self.feature_names_, map(float, self.coef_)))
         return self
 
     def decision_function(self, X: pd.DataFrame) -> np.ndarray:
         """Linear predictor (log-odds)."""
-        check_is_fitted(self, "pipeline_")
-        return self.pipeline_.decision_function(self._design(X))
+        check_is_fitted(self, "coef_")
+        return self.intercept_ + logit(self._design(X), self.eps) @ self.coef_
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
-        check_is_fitted(self, "pipeline_")
-        return self.pipeline_.predict_proba(self._design(X))
+        p1 = expit(self.decision_function(X))
+        return np.column_stack([1.0 - p1, p1])
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
         return (self.predict_proba(X)[:, 1] >= 0.5).astype(int)

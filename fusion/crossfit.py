@@ -18,6 +18,7 @@ import pandas as pd
 from sklearn.base import clone
 from tqdm.auto import tqdm
 
+from p53hcc.fusion._validation import align
 from p53hcc.tools.errors import InputError
 
 SCORE_COLUMNS = ["patient_id", "model", "fold", "split", "score"]
@@ -43,15 +44,11 @@ def _indexed(X: pd.DataFrame) -> pd.DataFrame:
 
 
 def _labels(y, index: pd.Index) -> pd.Series:
-    """Per-patient values aligned to ``index``: by patient_id when a Series carries the ids, else by position."""
-    if isinstance(y, pd.Series):
-        keyed = y.set_axis(y.index.astype(str))
-        if set(index).issubset(set(keyed.index)):
-            return keyed
-    values = np.asarray(y)
-    if len(values) != len(index):
-        raise InputError(None, f"{len(values)} labels/splits for {len(index)} patients")
-    return pd.Series(values, index=index)
+    """Per-patient values on ``index`` (the package's alignment rule: Series by patient id, arrays by position)."""
+    try:
+        return align(y, index, "labels/splits")
+    except ValueError as err:
+        raise InputError(None, str(err)) from err
 
 
 def _proba(est, X: pd.DataFrame) -> np.ndarray:

@@ -18,6 +18,12 @@ COLUMNS = ["model", "threshold", "net_benefit", "tp_rate", "fp_rate", "test_pos_
 DEFAULT_THRESHOLDS = np.arange(0.01, 1.0, 0.01)  # 1% .. 99%, as R dcurves' default grid
 
 
+def threshold_grid(start: float, stop: float, step: float) -> np.ndarray:
+    """Threshold probabilities ``start, start + step, ..., stop`` (inclusive; the study's
+    ``statistics.dca_thresholds``), rounded to 10 decimals so the grid is exact (0.01..0.99 = R's ``1:99/100``)."""
+    return np.round(np.arange(start, stop + step / 2, step), 10)
+
+
 def _positive(risk: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     """(n_thresholds, n) positive calls: risk >= t, with risk 0 never and risk 1 always positive."""
     pos = risk[None, :] >= thresholds[:, None]

@@ -12,19 +12,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import yaml
 
 from p53hcc.fusion import plots
+from p53hcc.fusion.decision import threshold_grid
 from p53hcc.fusion.labels import model_label
 from p53hcc.fusion.nomogram import nomogram_figure
 from p53hcc.tools.io import atomic_path, atomic_write_json, read_table
 from p53hcc.tools.schema import SPLIT_LABELS
 
-
-def _final_models(models: set[str], selection: dict | None) -> list[str]:
-    dl = (selection or {}).get("chosen", {}).get("model")
-    return [m for m in ("clinical", "radiomics", dl, "combined") if m and m in models]
+FINAL_MODELS = ("clinical", "radiomics", "dl", "combined")
 
 
 def make_figures(study_dir: str | Path, labels: pd.Series, dpi: int = 110) -> Path:
@@ -45,12 +44,17 @@ def make_figures(study_dir: str | Path, labels: pd.Series, dpi: int = 110) -> Pa
     metrics = read_table(study_dir / "metrics.csv")
     sel_path = study_dir / "selection.json"
     selection = json.loads(sel_path.read_text()) if sel_path.exists() else None
+    chosen = ((selection or {}).get("chosen") or {}).get("model")
     thresholds = metrics[metrics["metric"] == "threshold"].groupby("model")["estimate"].first().to_dict()
     names = {m: model_label(m) for m in scores["model"].unique()}
+    if chosen:
+        names["dl"] = f"DL model ({model_label(chosen)})"
     present = set(scores["model"])
-    final = _final_models(present, selection)
+    final = [m for m in FINAL_MODELS if m in present]
     nets = list(cfg.get("dl", {}).get("nets") or [])
     arm_models = {arm: [f"{arm}_{n}" for n in nets if f"{arm}_{n}" in present] for arm in ("mc", "ff")}
+    start, stop, step = (float(v) for v in cfg.get("statistics", {}).get("dca_thresholds", (0.01, 0.99, 0.01)))
+    dca_thresholds = threshold_grid(start, stop, step)
     missing: dict[str, str] = {}
     captions: dict[str, str] = {}
 
@@ -77,10 +81,12 @@ def make_figures(study_dir: str | Path, labels: pd.Series, dpi: int = 110) -> Pa
                  plots.calibration_figure, scores, sp, labels, models=final, names=names,
                  n_bins=int(cfg.get("statistics", {}).get("calibration_bins", 10)))
             save("dca", f"dca_{sp}.png", f"Decision curves, {cohort}",
-                 plots.decision_curve_figure, scores, sp, labels, models=final, names=names)
+                 plots.decision_curve_figure, scores, sp, labels, models=final, names=names,
+                 thresholds=dca_thresholds)
+            usable = [m for m in final if np.isfinite(thresholds.get(m, np.nan))]  # degenerate: no threshold
             save("confusion", f"confusion_{sp}.png", f"Confusion matrices at the training Youden threshold, {cohort}",
-                 plots.confusion_figure, scores, sp, {m: thresholds[m] for m in final}, labels,
-                 models=final, names=names)
+                 plots.confusion_figure, scores, sp, {m: thresholds[m] for m in usable}, labels,
+                 models=usable, names=names)
 
     def nomogram():
         import joblib
@@ -88,10 +94,9 @@ def make_figures(study_dir: str | Path, labels: pd.Series, dpi: int = 110) -> Pa
         model = joblib.load(study_dir / "fusion" / "combined.joblib")
         X = read_table(study_dir / "fusion" / "combined_inputs.parquet").set_index("patient_id")
         train = scores[(scores["model"] == "combined") & (scores["split"] == "train")]["patient_id"].astype(str)
-        dl = (selection or {}).get("chosen", {}).get("model", "dl")
         nomo = model.nomogram(X.loc[X.index.intersection(train)],
                               labels={"clinical": "Clinical model", "radiomics": "Radiomics model",
-                                      "dl": f"DL model ({model_label(dl)})"})
+                                      "dl": names.get("dl", "DL model")})
         return nomogram_figure(nomo)
 
     save("nomogram", "nomogram.png", "Nomogram of the combined model (axes in component probabilities)", nomogram)

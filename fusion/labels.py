@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from p53hcc.tools.schema import NET_LABELS
 
-BASE_LABELS = {"clinical": "Clinical model", "radiomics": "Radiomics model", "combined": "Combined model"}
+BASE_LABELS = {"clinical": "Clinical model", "radiomics": "Radiomics model", "dl": "DL model",
+               "combined": "Combined model"}
 
 
 def model_label(model: str) -> str:

@@ -17,9 +17,9 @@ def make_clinical_model(**kw) -> ClinicalModel:
     return ClinicalModel(**kw)
 
 
-def make_combined_model(inputs: Sequence[str] = COMBINED_INPUTS) -> CombinedModel:
-    """The combined model of the paper (clinical + radiomics + DL scores)."""
-    return CombinedModel(inputs=inputs)
+def make_combined_model(inputs: Sequence[str] = COMBINED_INPUTS, nonnegative: bool = True) -> CombinedModel:
+    """The combined model of the paper (clinical + radiomics + DL scores); see :class:`CombinedModel`."""
+    return CombinedModel(inputs=inputs, nonnegative=nonnegative)
 
 
 __all__ = ["COMBINED_INPUTS", "ClinicalModel", "CombinedModel", "logit", "make_clinical_model",

@@ -173,9 +173,15 @@ def nomogram_figure(nomogram: Nomogram, outcome: str = "Probability of P53 mutat
     _axis(ax, y, pts, [str(p) for p in pts], "Points", upc)
     for name in names:
         y -= 1
+        title = nomogram.labels.get(name, name)
+        if nomogram.coefs[name] == 0:  # a degenerate axis: say why instead of stacking every tick at 0 points
+            ax.text(-4, y, title, ha="right", va="center", fontsize=10)
+            ax.text(0, y, "weight 0: this input does not change the combined model's prediction", ha="left",
+                    va="center", fontsize=TICK_FONTSIZE, color="grey", style="italic")
+            continue
         ticks = nomogram.axis_ticks(name)
         pos = [float(nomogram.predictor_points(name, v)) for v, _ in ticks]
-        _axis(ax, y, pos, [lab for _, lab in ticks], nomogram.labels.get(name, name), upc)
+        _axis(ax, y, pos, [lab for _, lab in ticks], title, upc)
     y -= 1
     step = MaxNLocator(nbins=10, steps=[1, 2, 2.5, 5, 10]).tick_values(0, total_max)
     tot = [t for t in step if 0 <= t <= total_max + 1e-9]

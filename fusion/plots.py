@@ -49,19 +49,28 @@ def _title(split: str) -> str:
 def roc_figure(scores_long: pd.DataFrame, split: str, labels: pd.Series | None = None,
                models: Sequence[str] | None = None, names: Mapping[str, str] | None = None,
                figsize: tuple[float, float] = REPORT_SIZE) -> Figure:
-    """ROC curves of several models on one cohort; the legend gives "name: AUC (95% CI)" (DeLong)."""
+    """ROC curves of several models on one cohort.
+
+    Validation-type cohorts: the legend gives "name: AUC (95% CI)" (DeLong). The training cohort's scores are
+    cross-fitted: the curve is that of the pooled out-of-fold scores and its legend gives their AUC without a CI
+    (DeLong's would ignore the variability of the fitted models; the tables give the honest estimate).
+    """
     data = _scores_by_model(scores_long, split, labels, models)
     names = dict(names or {})
+    pooled = split == "train"
     fig = Figure(figsize=figsize)
     ax = fig.add_subplot(1, 1, 1)
     for m, (y, s) in data.items():
         fpr, tpr, _ = roc_curve(y, s)
         a = stats.auc_ci(y, s)
-        ax.plot(fpr, tpr, lw=1.6, label=f"{names.get(m, m)}: {a.auc:.3f} ({a.ci_low:.3f}\u2013{a.ci_high:.3f})")
+        ci = "" if pooled or not np.isfinite(a.ci_low) else f" ({a.ci_low:.3f}\u2013{a.ci_high:.3f})"
+        ax.plot(fpr, tpr, lw=1.6, label=f"{names.get(m, m)}: {a.auc:.3f}{ci}")
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8)
-    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="1 \u2212 Specificity", ylabel="Sensitivity", title=_title(split))
+    title = f"{_title(split)} (pooled out-of-fold)" if pooled else _title(split)
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="1 \u2212 Specificity", ylabel="Sensitivity", title=title)
     ax.set_aspect("equal")
-    ax.legend(title="AUC (95% CI)", loc="lower right", fontsize=8, title_fontsize=8, frameon=False)
+    ax.legend(title="AUC" if pooled else "AUC (95% CI)", loc="lower right", fontsize=8, title_fontsize=8,
+              frameon=False)
     fig.tight_layout()
     return fig
 
@@ -69,21 +78,30 @@ def roc_figure(scores_long: pd.DataFrame, split: str, labels: pd.Series | None =
 def calibration_figure(scores_long: pd.DataFrame, split: str, labels: pd.Series | None = None,
                        models: Sequence[str] | None = None, names: Mapping[str, str] | None = None,
                        n_bins: int = 10, figsize: tuple[float, float] = REPORT_SIZE) -> Figure:
-    """Observed vs predicted P53 rate per risk decile (Wilson 95% CI), with the ideal diagonal."""
+    """Calibration per model: LOWESS curve with its bootstrap 95% band, and binned observed rates (Wilson CIs) as
+    points without connecting lines; the number of bins adapts to the cohort (about 10 patients per bin, at most
+    ``n_bins``), so a small validation cohort does not draw a zig-zag of noise."""
     data = _scores_by_model(scores_long, split, labels, models)
     names = dict(names or {})
     fig = Figure(figsize=figsize)
     ax = fig.add_subplot(1, 1, 1)
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8, label="Ideal")
-    for m, (y, s) in data.items():
-        c = stats.calibration_curve(y, s, n_bins=n_bins)
-        err = np.vstack([c["observed"] - c["ci_low"], c["ci_high"] - c["observed"]])
-        ax.errorbar(c["mean_predicted"], c["observed"], yerr=err, marker="o", ms=4, lw=1.2, capsize=2,
-                    label=names.get(m, m))
+    for i, (m, (y, s)) in enumerate(data.items()):
+        color = f"C{i}"
+        if np.ptp(s) > 0:
+            c = stats.smooth_calibration(y, s)
+            ax.plot(c["predicted"], c["observed"], color=color, lw=1.6, label=names.get(m, m))
+            ax.fill_between(c["predicted"], c["ci_low"], c["ci_high"], color=color, alpha=0.15, lw=0)
+        b = stats.calibration_curve(y, s, n_bins=stats.adaptive_bins(len(y), n_bins))
+        err = np.vstack([b["observed"] - b["ci_low"], b["ci_high"] - b["observed"]])
+        ax.errorbar(b["mean_predicted"], b["observed"], yerr=err, fmt="o", ms=4, color=color, capsize=2,
+                    label=None if np.ptp(s) > 0 else f"{names.get(m, m)} (constant)")
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="Predicted probability of P53 mutation",
            ylabel="Observed proportion of P53 mutation", title=_title(split))
     ax.set_aspect("equal")
     ax.legend(loc="upper left", fontsize=8, frameon=False)
+    ax.text(0.98, 0.02, "lines: LOWESS with bootstrap 95% band; points: risk groups", transform=ax.transAxes,
+            ha="right", va="bottom", fontsize=7, color="grey")
     fig.tight_layout()
     return fig
 

@@ -1,10 +1,10 @@
 """The study report: ONE self-contained ``report.html`` (inline CSS, figures as base64 PNG, no external assets).
 
 Reads only the study folder's tidy outputs (``study.yaml``, ``scores.parquet``, ``metrics.csv``, ``delong.csv``,
-``selection.json``, ``fusion/radiomics_lasso.csv``, ``dl/ff/<net>/lasso.json``, ``figures/*.png``,
-``gradcam/**`` figures, notes, the cohort's ``truth.csv``) and shows every table and figure of the paper. A piece that is
-missing (stage not run, module not available) becomes a visible "not available: reason" box, never a crash.
-Tables are also written as CSV under ``tables/``.
+``selection.json``, ``fusion/radiomics_lasso.csv``, ``dl/ff/<net>/lasso.json``, ``figures/*.png``, Grad-CAM
+folders (:mod:`p53hcc.fusion.gradcam_gallery`), the cohort's ``truth.csv``) and shows every table and figure of the
+paper. A piece that is missing (stage not run, module not available) becomes a visible "not available: reason" box,
+never a crash. Tables are also written as CSV under ``tables/``.
 """
 from __future__ import annotations
 
@@ -20,16 +20,16 @@ import pandas as pd
 import yaml
 
 from p53hcc.fusion import tables as ft
-from p53hcc.fusion.gradcam_notes import gradcam_note
+from p53hcc.fusion.gradcam_gallery import gallery_html, gradcam_files
 from p53hcc.fusion.labels import model_label
 from p53hcc.tools.io import atomic_write_table, atomic_write_text, read_table
 from p53hcc.tools.schema import NET_LABELS, SPLIT_LABELS
 
 #: Section headings, in order (tests check that each one is present).
 SECTIONS = (
-    "Methods actually run", "Final DL model choice", "Table 1", "Table 2", "Table 3", "Table 4", "Table 5",
-    "Pairwise DeLong tests", "ROC curves", "Calibration", "Decision curves", "Nomogram", "Confusion matrices",
-    "Grad-CAM gallery", "LASSO-selected radiomics features", "Files and provenance",
+    "Methods actually run", "Patients left out", "Final DL model choice", "Table 1", "Table 2", "Table 3",
+    "Table 4", "Table 5", "Pairwise DeLong tests", "ROC curves", "Calibration", "Decision curves", "Nomogram",
+    "Confusion matrices", "Grad-CAM gallery", "LASSO-selected radiomics features", "Files and provenance",
 )
 CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0;color:#1d2329;background:#f6f7f9}
@@ -99,21 +99,33 @@ def _fmt(v: Any) -> str:
 
 
 # ------------------------------------------------------------------------------------------ metric tables
+def _ci(row) -> str:
+    return f"{row['estimate']:.3f} ({row['ci_low']:.3f}–{row['ci_high']:.3f})" if np.isfinite(row["ci_low"]) else (
+        f"{row['estimate']:.3f} (CI not estimable)")
+
+
 def metric_rows(metrics: pd.DataFrame, models: list[str], labels: dict[str, str] | None = None,
-                extra: dict[str, dict[str, Any]] | None = None) -> pd.DataFrame:
+                extra: dict[str, dict[str, Any]] | None = None, level: float = 0.95) -> pd.DataFrame:
     """Paper-style metric table (Tables 3-5): one row per model x cohort with accuracy, AUC (95% CI),
-    sensitivity, specificity, and the Bayes AUC of the same patients when the cohort is synthetic.
+    sensitivity, specificity, and on a synthetic cohort the population reference of the same patients.
+
+    A metric that could not be computed is blank with its reason in the "Note" column (a constant model, a
+    one-class cohort); training rows of an apparent (not nested) choice or stacking are marked in the note.
 
     Args:
-        metrics: tidy ``model, split, metric, estimate, ci_low, ci_high``.
+        metrics: tidy ``model, split, metric, estimate, ci_low, ci_high, note``.
         models: models in display order.
         labels: display name per model (default: paper-style names).
         extra: additional columns per model (e.g. LASSO-retained feature counts), shown on every row.
+        level: the confidence level of the CIs in ``metrics`` (``statistics.ci_level``), for the headers.
     """
+    ci = f"{100 * level:g}% CI"
+    metrics = metrics.assign(note=metrics["note"].fillna("") if "note" in metrics else "")
     m = metrics.set_index(["model", "split", "metric"])
-    has_bayes = (metrics["metric"] == "bayes_auc").any()
+    has_ref = (metrics["metric"] == "reference_auc").any()
     splits = [s for s in ("train", "validation", "external") if s in set(metrics["split"])]
     rows = []
+
     def get(model: str, sp: str, metric: str) -> float:
         return float(m.loc[(model, sp, metric), "estimate"]) if (model, sp, metric) in m.index else np.nan
 
@@ -121,16 +133,18 @@ def metric_rows(metrics: pd.DataFrame, models: list[str], labels: dict[str, str]
         for sp in splits:
             if (model, sp, "auc") not in m.index:
                 continue
-            auc = m.loc[(model, sp, "auc")]
+            auc, n, events = m.loc[(model, sp, "auc")], get(model, sp, "n"), get(model, sp, "n_events")
+            one_class = np.isfinite(n) and events in (0, n)
+            auc_text = (_ci(auc) if np.isfinite(auc["estimate"]) else  # a cohort with one class: kept, never dropped
+                        f"not computable: one class ({events:.0f} of {n:.0f} P53-positive)" if one_class else "")
             row = {"Model name": (labels or {}).get(model, model_label(model)), "Cohort": SPLIT_LABELS.get(sp, sp),
-                   "Accuracy": get(model, sp, "accuracy"),
-                   "AUC (95% CI)": f"{auc['estimate']:.3f} ({auc['ci_low']:.3f}–{auc['ci_high']:.3f})",
+                   "Accuracy": get(model, sp, "accuracy"), f"AUC ({ci})": auc_text,
                    "Sensitivity": get(model, sp, "sensitivity"), "Specificity": get(model, sp, "specificity")}
-            if has_bayes:
-                b = m.loc[(model, sp, "bayes_auc")] if (model, sp, "bayes_auc") in m.index else None
-                row["Bayes AUC (95% CI)"] = ("" if b is None else
-                                             f"{b['estimate']:.3f} ({b['ci_low']:.3f}–{b['ci_high']:.3f})")
+            if has_ref:
+                ref = m.loc[(model, sp, "reference_auc")] if (model, sp, "reference_auc") in m.index else None
+                row[f"Population reference AUC ({ci})"] = "" if ref is None else _ci(ref)
             row.update((extra or {}).get(model, {}))
+            row["Note"] = auc["note"]
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -205,10 +219,14 @@ class _Report:
              f"{dl.get('epochs')} epochs, batch size {dl.get('batch_size')}, seed {c.get('seed')}. FF arm: per-phase "
              "CNN features → PCA → LASSO → LR (fitted inside the folds)."),
             ("Clinical model: univariable screen → stepwise AIC → unpenalised logistic regression (preoperative "
-             "variables). Combined model: logistic regression on the out-of-fold clinical, radiomics and DL scores."),
-            (f"Statistics: AUC with DeLong {int(100 * float(st.get('ci_level', 0.95)))}% CI; operating threshold by "
-             f"Youden index on training out-of-fold scores, applied unchanged to other cohorts; paired DeLong tests; "
-             f"calibration ({st.get('calibration_bins')} bins), decision curves."),
+             "variables). Combined model: logistic regression on the out-of-fold clinical, radiomics and DL scores "
+             f"({c.get('fusion', {}).get('stack_weights')} weights), fitted and the DL model chosen "
+             f"{'inside each training fold (nested)' if c.get('fusion', {}).get('nesting') == 'nested' else 'on the reported out-of-fold scores (apparent, optimistic)'}."),
+            (f"Statistics ({100 * float(st.get('ci_level', 0.95)):g}% CIs): validation AUC with DeLong CI; training "
+             "AUC of cross-fitted scores as the mean of the per-fold AUCs with the Nadeau-Bengio corrected CI; "
+             "operating threshold by Youden index on training out-of-fold scores, applied unchanged to other "
+             "cohorts; paired DeLong tests; calibration (smoothed curve with bootstrap band, binned points), "
+             "decision curves."),
         ]
         full = html.escape(yaml.safe_dump(c, sort_keys=False))
         return ("<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
@@ -220,10 +238,23 @@ class _Report:
         s = self.selection
         rows = [{"Arm": a.upper(), "Best network": NET_LABELS.get(v["net"], v["net"]), "Training OOF AUC": v["auc"]}
                 for a, v in s.get("best_per_arm", {}).items()]
-        ch = s["chosen"]
+        ch = s.get("chosen")
+        if not ch:
+            return _na("no DL model could be chosen (no arm trained, or every network degenerate)") + self._excluded()
+        folds = s.get("fold_choices", {})
+        nested = s.get("nesting") == "nested"
+        per_fold = ", ".join(f"fold {k}: {model_label(v) if v else 'none'}" for k, v in sorted(folds.items()))
+        how = (f"Nested: within each training fold the choice was made again on the other folds only ({per_fold}), "
+               "so every training patient's DL and combined scores come from a choice and a stacking that never "
+               "saw the patient." if nested else
+               "Apparent: the choice and the combined model's weights were learned on the same out-of-fold scores "
+               "they are reported with, so their training-cohort numbers are optimistic.")
         out = (f'<div class="ok"><b>Chosen DL model: {html.escape(model_label(ch["model"]))}</b> '
-               f'(training out-of-fold AUC {ch["auc"]:.3f}).<br>Rule: {html.escape(s.get("rule", ""))}.</div>'
-               + _df_html(pd.DataFrame(rows)))
+               f'(training out-of-fold AUC {ch["auc"]:.3f}), used for the validation cohort and the frozen model.'
+               f'<br>Rule: {html.escape(s.get("rule", ""))}.<br>{html.escape(how)}<br>Combined model inputs: '
+               f'{html.escape(", ".join(s.get("combined_inputs", [])))}; weights: '
+               f'{html.escape(str(s.get("stack_weights", "")))}.</div>' + _df_html(pd.DataFrame(rows)))
+        out += self._excluded()
         paper = _load(self.dir / "selection_paper.json", lambda p: json.loads(p.read_text()))[0]
         if paper:
             pc = paper["chosen"]
@@ -232,6 +263,22 @@ class _Report:
                     "validation cohort for model choice, so its validation metrics are biased upwards; it is "
                     "shown for comparison only.</div>")
         return out
+
+    def dropped(self) -> str:
+        """Every patient a stage could not process (``dropped.csv``), with the stage and the reason."""
+        if not (self.dir / "dropped.csv").exists():
+            return '<div class="ok">Every patient of the cohort was analysed: no stage dropped anybody.</div>'
+        df = read_table(self.dir / "dropped.csv").fillna("")
+        return (f'<div class="warn">{df["patient_id"].nunique()} patient(s) left out of every model and table '
+                "(<code>on_failure: record</code>).</div>" + _df_html(df, group_col="patient_id"))
+
+    def _excluded(self) -> str:
+        excluded = (self.selection or {}).get("excluded") or {}
+        if not excluded:
+            return ""
+        items = "".join(f"<li>{html.escape(model_label(m))}: {html.escape(r)}</li>" for m, r in sorted(excluded.items()))
+        return (f'<div class="warn"><b>Degenerate models, left out of the choice and the stacking:</b>'
+                f"<ul>{items}</ul></div>")
 
     def table1(self) -> str:
         return self._clinical_table("table1")
@@ -263,14 +310,15 @@ class _Report:
             return _na(self.metrics_err)
         if not models:
             return _na(f"no models for {name} in metrics.csv (stage not run)")
-        table = metric_rows(self.metrics, models, labels=labels, extra=extra)
+        level = float(self.cfg.get("statistics", {}).get("ci_level", 0.95))
+        table = metric_rows(self.metrics, models, labels=labels, extra=extra, level=level)
         self.table_csv(name, table)
         return _df_html(table, group_col="Model name") + f'<p class="note">{note}</p>'
 
     def table5_models(self) -> tuple[list[str], dict[str, str]]:
         dl = self.chosen_dl()
-        models = [m for m in ("clinical", "radiomics", dl, "combined") if m and m in set(self.metrics["model"])]
-        return models, ({dl: f"DL model ({model_label(dl)})"} if dl else {})
+        models = [m for m in ("clinical", "radiomics", "dl", "combined") if m in set(self.metrics["model"])]
+        return models, ({"dl": f"DL model ({model_label(dl)})"} if dl else {})
 
     def delong(self) -> str:
         df, err = _load(self.dir / "delong.csv", read_table)
@@ -298,17 +346,10 @@ class _Report:
         return "".join(_img(f, caps.get(f.name, f.stem.replace("_", " "))) for f in files)
 
     def gradcam(self) -> str:
-        files = sorted([*self.dir.glob("figures/gradcam/**/*.png"), *self.dir.glob("gradcam/**/*.png")])[:24]
+        files = gradcam_files(self.dir)
         if not files:
             return _na("no Grad-CAM images under figures/gradcam/ (gradcam stage not run)")
-        out = []
-        for folder in dict.fromkeys(f.parent for f in files):
-            note, warning = gradcam_note(folder)
-            out.append((f'<p class="note">{note}</p>' if note else "") + (
-                f'<div class="warn">{warning}</div>' if warning else "") + '<div class="gallery">' + "".join(
-                _img(f, f.relative_to(f.parents[1]).as_posix()) for f in files if f.parent == folder) + "</div>")
-        return "".join(out) + ('<p class="note">Grad-CAM of the chosen network\'s full-training-cohort model on '
-                               "validation patients (target class: P53 mutated).</p>")
+        return gallery_html(files, _img)
 
     def lasso(self) -> str:
         df, err = _load(self.dir / "fusion" / "radiomics_lasso.csv", read_table)
@@ -357,9 +398,12 @@ def write_report(study_dir: str | Path, cohort: pd.DataFrame | None = None) -> P
     study_dir = Path(study_dir)
     r = _Report(study_dir, cohort)
     lasso_counts = _ff_lasso_counts(study_dir)
-    bayes = ("Bayes AUC: AUC of the true generating probability (truth.csv) on the same patients — the ceiling "
-             "any model can reach on this synthetic cohort.")
-    common = "Threshold: Youden index on training out-of-fold scores. TC: training cohort (out-of-fold); VC: validation."
+    bayes = ("Population reference (synthetic cohort): AUC, on the same patients, of the true posterior of exactly "
+             "the inputs the model has (clinical model: the clinical table; radiomics and DL: what the images "
+             "carry; combined: everything known before surgery): the best that model can do in the population "
+             "(on a finite cohort it can be exceeded by chance, within the CIs).")
+    common = ("Threshold: Youden index on training out-of-fold scores. TC: training cohort, cross-fitted (mean of "
+              "the per-fold AUCs, Nadeau-Bengio corrected CI); VC: validation (DeLong CI).")
 
     def t3() -> str:
         return r.metric_table("table3", r.models("mc"), f"MC arm (AP|PVP|DP stacked as channels). {common} {bayes}")
@@ -373,7 +417,8 @@ def write_report(study_dir: str | Path, cohort: pd.DataFrame | None = None) -> P
         return r.metric_table("table5", models, f"{common} {bayes}", labels=labels)
 
     builders: dict[str, Callable[[], str]] = {
-        "Methods actually run": r.methods, "Final DL model choice": r.choice, "Table 1": r.table1,
+        "Methods actually run": r.methods, "Patients left out": r.dropped, "Final DL model choice": r.choice,
+        "Table 1": r.table1,
         "Table 2": r.table2, "Table 3": t3, "Table 4": t4, "Table 5": t5, "Pairwise DeLong tests": r.delong,
         "ROC curves": lambda: r.figures_like("roc*.png", "roc"),
         "Calibration": lambda: r.figures_like("calibration*.png", "calibration"),
@@ -401,45 +446,3 @@ def write_report(study_dir: str | Path, cohort: pd.DataFrame | None = None) -> P
             "deep-learning arms fused by logistic regression; every number below comes from this run.</p>"
             f"<nav>{nav}</nav>{''.join(parts)}")
     return atomic_write_text(study_dir / "report.html", _page("P53-mutated HCC from DCE-MRI: study report", body))
-
-
-def write_evaluation_report(dest: str | Path, metrics: pd.DataFrame, study_metrics: pd.DataFrame | None,
-                            dl_model: str, model_dir: str | Path) -> Path:
-    """External evaluation page: external vs the study's own training/validation AUC with CIs, the AUC drop,
-    calibration and Brier score, per component and for the combined model.
-
-    Args:
-        dest: the HTML file to write.
-        metrics: tidy metrics of the external cohort (``model`` in combined, clinical, radiomics, dl).
-        study_metrics: the study's own ``metrics.csv`` (None: internal columns left out).
-        dl_model: the study's name of the frozen DL model (e.g. ``ff_resnet18``).
-        model_dir: the frozen model folder (named on the page).
-    """
-    rows = []
-    for comp, study_name in (("combined", "combined"), ("clinical", "clinical"), ("radiomics", "radiomics"),
-                             ("dl", dl_model)):
-        ext = metrics[(metrics["model"] == comp) & (metrics["metric"] == "auc")]
-        row, internal = {"Model": model_label(study_name) if comp == "dl" else model_label(comp)}, {}
-        if study_metrics is not None:
-            for sp in ("train", "validation"):
-                s = study_metrics[(study_metrics["model"] == study_name) & (study_metrics["split"] == sp)
-                                  & (study_metrics["metric"] == "auc")]
-                if len(s):
-                    r = s.iloc[0]
-                    internal[sp] = float(r.estimate)
-                    row[f"AUC {sp}"] = f"{r.estimate:.3f} ({r.ci_low:.3f}–{r.ci_high:.3f})"
-        if len(ext):
-            r = ext.iloc[0]
-            row["AUC external"] = f"{r.estimate:.3f} ({r.ci_low:.3f}–{r.ci_high:.3f})"
-            if "validation" in internal:
-                row["AUC drop (validation − external)"] = f"{internal['validation'] - r.estimate:+.3f}"
-        for key in ("calibration_intercept", "calibration_slope", "brier"):
-            v = metrics[(metrics["model"] == comp) & (metrics["metric"] == key)]
-            row[key.replace("_", " ")] = f"{v['estimate'].iloc[0]:.3f}" if len(v) else ""
-        rows.append(row)
-    body = (f'<p class="sub">Frozen model <code>{html.escape(str(model_dir))}</code>. AUC with DeLong 95% CI; '
-            "calibration-in-the-large (0 ideal) and slope (1 ideal) by logistic recalibration; net benefit in "
-            "net_benefit.csv. AUC train is the study's out-of-fold estimate, AUC validation its internal validation "
-            "cohort; the drop is internal validation minus external AUC (positive: worse on the external cohort; "
-            "compare it with the width of the CIs).</p>" + _df_html(pd.DataFrame(rows)))
-    return atomic_write_text(dest, _page("External evaluation of the frozen model", body))

@@ -21,22 +21,38 @@ import pandas as pd
 import statsmodels.api as sm
 from scipy import optimize, special
 from scipy import stats as sps
-from statsmodels.stats.proportion import proportion_confint
 
-from p53hcc.fusion._validation import as_labels, check_binary, check_probability
+from p53hcc.fusion._validation import as_labels, check_binary
 from p53hcc.fusion.calibration import (
     HosmerLemeshow,
+    adaptive_bins,
     brier_score,
     calibration_curve,
     calibration_slope_intercept,
     hosmer_lemeshow,
+    smooth_calibration,
 )
 from p53hcc.fusion.decision import net_benefit
 
 __all__ = [
-    "AUCResult", "DeLongTest", "HosmerLemeshow", "auc_ci", "brier_score", "calibration_curve",
-    "calibration_slope_intercept", "confusion_frame", "delong_roc_variance", "delong_test", "hosmer_lemeshow",
-    "model_metrics", "net_benefit", "odds_ratio_table", "pairwise_delong", "profile_ci", "threshold_metrics",
+    "AUCResult",
+    "DeLongTest",
+    "HosmerLemeshow",
+    "adaptive_bins",
+    "auc_ci",
+    "brier_score",
+    "calibration_curve",
+    "calibration_slope_intercept",
+    "confusion_frame",
+    "delong_roc_variance",
+    "delong_test",
+    "hosmer_lemeshow",
+    "net_benefit",
+    "odds_ratio_table",
+    "pairwise_delong",
+    "profile_ci",
+    "smooth_calibration",
+    "threshold_metrics",
     "youden_threshold",
 ]
 
@@ -56,7 +72,7 @@ class AUCResult:
 class DeLongTest:
     """Paired DeLong test of AUC_a == AUC_b on the same patients (two-sided), as pROC ``roc.test``.
 
-    ``diff_ci_low``/``diff_ci_high`` are the 95% CI of AUC_a - AUC_b.
+    ``diff_ci_low``/``diff_ci_high`` are the (1 - alpha) CI of AUC_a - AUC_b.
     """
 
     auc_a: float
@@ -96,6 +112,9 @@ def _delong_components(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, n
 def _delong_cov(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """AUCs (k,) and their DeLong covariance matrix (k, k) for k score vectors on the same patients."""
     auc, v_case, v_ctrl = _delong_components(y, scores)
+    k = scores.shape[0]
+    if min(v_case.shape[1], v_ctrl.shape[1]) < 2:  # a sample covariance needs 2 cases and 2 controls
+        return auc, np.full((k, k), np.nan)
     s_case = np.atleast_2d(np.cov(v_case))
     s_ctrl = np.atleast_2d(np.cov(v_ctrl))
     return auc, s_case / v_case.shape[1] + s_ctrl / v_ctrl.shape[1]
@@ -109,7 +128,7 @@ def delong_roc_variance(y_true, y_score) -> tuple[float, float]:
         y_score: scores, higher = more likely 1.
 
     Returns:
-        (auc, variance).
+        (auc, variance); the variance is NaN with fewer than 2 cases or 2 controls.
     """
     y, (s,) = check_binary(y_true, y_score)
     auc, cov = _delong_cov(y, s[None, :])
@@ -139,6 +158,10 @@ def auc_ci(y_true, y_score, alpha: float = 0.05, method: str = "delong", n_boot:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     auc, var = delong_roc_variance(y, s)
     if method == "delong":
+        if not np.isfinite(var):  # fewer than 2 cases or 2 controls: no DeLong variance
+            warnings.warn(f"AUC CI undefined: DeLong's variance needs at least 2 cases and 2 controls "
+                          f"(have {int(y.sum())} and {int((1 - y).sum())})", RuntimeWarning, stacklevel=2)
+            return AUCResult(auc, float("nan"), float("nan"), float("nan"), "delong")
         se = float(np.sqrt(var))
         half = sps.norm.ppf(1 - alpha / 2) * se
         return AUCResult(auc, float(max(0.0, auc - half)), float(min(1.0, auc + half)), se, "delong")
@@ -151,25 +174,33 @@ def auc_ci(y_true, y_score, alpha: float = 0.05, method: str = "delong", n_boot:
     raise ValueError(f"method must be 'delong' or 'bootstrap', got {method!r}")
 
 
-def delong_test(y_true, score_a, score_b) -> DeLongTest:
+def delong_test(y_true, score_a, score_b, alpha: float = 0.05) -> DeLongTest:
     """Paired two-sided DeLong test of two ROC AUCs on the same patients (pROC ``roc.test``, paired).
 
-    z = (AUC_a - AUC_b) / sqrt(var_a + var_b - 2 cov_ab). Identical scores give z = 0, p = 1.
+    z = (AUC_a - AUC_b) / sqrt(var_a + var_b - 2 cov_ab), with a (1 - alpha) CI of the difference. When the
+    variance of the difference is 0: equal AUCs (identical rankings) give z = 0, p = 1; different AUCs (a model
+    that separates the classes perfectly against a constant one, say) leave the test undefined: z, p and the CI
+    are NaN, with a warning, rather than a certainty the data cannot give.
     """
     y, (a, b) = check_binary(y_true, score_a, score_b)
     auc, cov = _delong_cov(y, np.vstack([a, b]))
     diff = auc[0] - auc[1]
     var = cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]
-    if var <= 1e-15:  # identical rankings: no difference to test
-        return DeLongTest(float(auc[0]), float(auc[1]), 0.0, 1.0, float(diff), float(diff))
+    if not np.isfinite(var) or var <= 1e-15:
+        if np.isfinite(var) and abs(diff) <= 1e-12:  # identical rankings: no difference to test
+            return DeLongTest(float(auc[0]), float(auc[1]), 0.0, 1.0, float(diff), float(diff))
+        warnings.warn(f"DeLong test undefined: the variance of AUC {auc[0]:.3f} - AUC {auc[1]:.3f} is 0 (perfect "
+                      "separation or constant scores, or too few cases/controls)", RuntimeWarning, stacklevel=2)
+        nan = float("nan")
+        return DeLongTest(float(auc[0]), float(auc[1]), nan, nan, nan, nan)
     sd = np.sqrt(var)
     z = diff / sd
-    half = sps.norm.ppf(0.975) * sd
+    half = sps.norm.ppf(1 - alpha / 2) * sd
     return DeLongTest(float(auc[0]), float(auc[1]), float(z), float(2 * sps.norm.sf(abs(z))),
                       float(diff - half), float(diff + half))
 
 
-def pairwise_delong(y_true, scores: dict[str, np.ndarray]) -> pd.DataFrame:
+def pairwise_delong(y_true, scores: dict[str, np.ndarray], alpha: float = 0.05) -> pd.DataFrame:
     """Paired DeLong tests for every pair of models (in dict order), one tidy row per pair.
 
     Returns:
@@ -180,7 +211,7 @@ def pairwise_delong(y_true, scores: dict[str, np.ndarray]) -> pd.DataFrame:
         raise ValueError(f"pairwise_delong needs at least 2 models, got {list(scores)}")
     rows = []
     for name_a, name_b in combinations(scores, 2):
-        res = delong_test(y_true, scores[name_a], scores[name_b])
+        res = delong_test(y_true, scores[name_a], scores[name_b], alpha=alpha)
         rows.append({"model_a": name_a, "model_b": name_b, **asdict(res)})
     return pd.DataFrame(rows)
 
@@ -347,55 +378,3 @@ def as_labels_aligned(y, n: int) -> np.ndarray:
     if yv.size != n:
         raise ValueError(f"y has {yv.size} values but X has {n} rows")
     return yv
-
-
-# ---------------------------------------------------------------- metrics.csv rows
-METRIC_COLUMNS = ["model", "split", "metric", "estimate", "ci_low", "ci_high"]
-
-
-def model_metrics(y_true, y_score, threshold: float, model: str, split: str, ci_method: str = "delong",
-                  n_boot: int = 2000, seed: int = 0, alpha: float = 0.05) -> pd.DataFrame:
-    """All per-model statistics of one cohort split as tidy long rows (the ``metrics.csv`` contract).
-
-    Metrics: ``auc`` (DeLong or bootstrap CI), ``accuracy``, ``sensitivity``, ``specificity``, ``ppv``,
-    ``npv`` (Wilson CIs) at the given cut-off (positive when score >= threshold; pass the Youden
-    cut-off fitted on the training cohort for every split), ``brier``, ``calibration_slope``,
-    ``calibration_intercept`` (Wald CIs), ``hl_statistic`` and ``hl_p`` (Hosmer-Lemeshow, 10 groups),
-    and for provenance ``threshold``, ``n`` and ``n_events``. CIs are NaN where none is defined.
-
-    Args:
-        y_true: 0/1 outcomes of the patients of this split.
-        y_score: predicted probabilities in [0, 1].
-        threshold: classification cut-off, fixed beforehand (not re-optimised on this split).
-        model: model name written into the ``model`` column.
-        split: split name (``train``/``validation``/``external``) written into ``split``.
-        ci_method: ``"delong"`` or ``"bootstrap"`` for the AUC CI.
-        n_boot, seed: bootstrap resamples and seed (``ci_method="bootstrap"`` only).
-        alpha: 1 - confidence level of every CI (0.05 -> 95%).
-    """
-    y, p = check_probability(y_true, y_score, name="y_score")
-    nan = float("nan")
-    auc = auc_ci(y, p, alpha=alpha, method=ci_method, n_boot=n_boot, seed=seed)
-    rows = [("auc", auc.auc, auc.ci_low, auc.ci_high)]
-    tm = threshold_metrics(y, p, threshold)
-    counts = {"accuracy": (tm["tp"] + tm["tn"], y.size), "sensitivity": (tm["tp"], tm["tp"] + tm["fn"]),
-              "specificity": (tm["tn"], tm["tn"] + tm["fp"]), "ppv": (tm["tp"], tm["tp"] + tm["fp"]),
-              "npv": (tm["tn"], tm["tn"] + tm["fn"])}
-    for name, (k, n) in counts.items():
-        lo, hi = proportion_confint(k, n, alpha=alpha, method="wilson") if n else (nan, nan)
-        rows.append((name, tm[name], float(lo), float(hi)))
-    rows.append(("brier", brier_score(y, p), nan, nan))
-    cal = calibration_slope_intercept(y, p, alpha=alpha)
-    for key in ("slope", "intercept"):
-        rows.append((f"calibration_{key}", cal[key], cal[f"{key}_ci_low"], cal[f"{key}_ci_high"]))
-    try:
-        hl = hosmer_lemeshow(y, p)
-        rows += [("hl_statistic", hl.statistic, nan, nan), ("hl_p", hl.p_value, nan, nan)]
-    except ValueError:  # fewer than 3 distinct risk groups (e.g. a 0/1 score)
-        rows += [("hl_statistic", nan, nan, nan), ("hl_p", nan, nan, nan)]
-    rows += [("threshold", float(threshold), nan, nan), ("n", float(y.size), nan, nan),
-             ("n_events", float(y.sum()), nan, nan)]
-    out = pd.DataFrame(rows, columns=["metric", "estimate", "ci_low", "ci_high"])
-    out.insert(0, "split", split)
-    out.insert(0, "model", model)
-    return out[METRIC_COLUMNS]

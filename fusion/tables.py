@@ -274,7 +274,7 @@ def table2(df: pd.DataFrame, y=None, preoperative_only: bool = False, p_enter: f
 
     Returns:
         Tidy frame (variable, analysis in {univariable, multivariable, stepwise}, coef, odds_ratio, ci_low,
-        ci_high, p_value, n) with Wald 95% CIs from unpenalised statsmodels Logit fits.
+        ci_high, p_value, n, note) with Wald 95% CIs from unpenalised statsmodels Logit fits.
     """
     X = encode_clinical(df, preoperative_only=preoperative_only)
     target = _as_target(df["p53"].to_numpy() if y is None else y, X.index)
@@ -295,17 +295,25 @@ VARIABLE_LABELS = {"age": "Age", "sex_male": "Gender (male)", "afp_band": "AFP (
 
 
 def render_table2(tidy: pd.DataFrame, multivariable: str = "multivariable") -> pd.DataFrame:
-    """Paper layout: Characteristics | Univariable OR, 95% CI, P | Multivariable OR, 95% CI, P."""
+    """Paper layout: Characteristics | Univariable OR, 95% CI, P | Multivariable OR, 95% CI, P.
+
+    An odds ratio that cannot be estimated is replaced by the reason (e.g. "not estimable: separation"); its
+    p-value is shown when one exists (Fisher's exact or likelihood-ratio test).
+    """
     out = []
     for var in tidy.loc[tidy.analysis == "univariable", "variable"]:
         row = {"Characteristics": VARIABLE_LABELS.get(var, var)}
         for analysis, tag in (("univariable", "Univariable"), (multivariable, "Multivariable")):
             r = tidy[(tidy.variable == var) & (tidy.analysis == analysis)]
-            if len(r) and np.isfinite(r["odds_ratio"].iloc[0]):
-                r = r.iloc[0]
+            if not len(r):
+                continue
+            r = r.iloc[0]
+            if np.isfinite(r.odds_ratio):
                 row[f"{tag} OR"] = f"{r.odds_ratio:.3f}"
                 row[f"{tag} 95% CI"] = f"{r.ci_low:.3f}\u2013{r.ci_high:.3f}"
-                row[f"{tag} P value"] = format_p(r.p_value)
+            elif isinstance(r.get("note"), str) and r.get("note"):  # a blank cell says why it is blank
+                row[f"{tag} OR"] = r["note"].split(";")[0]
+            row[f"{tag} P value"] = format_p(r.p_value)
         out.append(row)
     cols = ["Characteristics"] + [f"{t} {c}" for t in ("Univariable", "Multivariable") for c in ("OR", "95% CI", "P value")]
     return pd.DataFrame(out, columns=cols).fillna("")

@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny, valid cohort written from scratch (fast; no synthetic generator needed)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -48,6 +49,92 @@ def make_tiny_cohort(root: Path, n: int = 8, shape=(24, 24, 6), seed: int = 0) -
 def tiny_cohort(tmp_path: Path) -> Path:
     """Path of a valid 8-patient cohort.csv of 24x24x6 volumes (6 train, 2 validation)."""
     return make_tiny_cohort(tmp_path / "cohort")
+
+
+class Killed(Exception):
+    """Stands for a run killed inside a stage."""
+
+
+@pytest.fixture
+def fake_image_stages(monkeypatch):
+    """Replace the image-heavy stage functions (synth images, preprocess, radiomics, CNN training, Grad-CAM) by
+    fast deterministic fakes, so the real orchestration, fusion, statistics, figures, report and freezing run."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    import p53hcc.tools.cohort.manifest
+    import p53hcc.tools.cohort.synth
+    import p53hcc.tools.dl.crossfit
+    import p53hcc.tools.radiomics.extract
+    from p53hcc.tools.cohort.synth import sample_patients
+
+    state = {"kill": None, "calls": [], "drop": None}
+
+    def make_cohort(n, out, seed=0, size="demo", second_reader=True, profile="internal"):
+        cohort, truth = sample_patients(n, seed=seed, profile=profile)
+        for col in ("ap", "pvp", "dp", "ap_mask", "pvp_mask", "dp_mask"):
+            cohort[col] = "x.nii.gz"
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        cohort.to_csv(out / "cohort.csv", index=False)
+        truth.to_csv(out / "truth.csv", index=False)
+        return out
+
+    def truth_of(cohort_csv):
+        return pd.read_csv(Path(cohort_csv).parent / "truth.csv", dtype={"patient_id": str})
+
+    def preprocess_cohort(cohort_csv, out, workers=None, scheduler=None, params=None, on_failure="fail"):
+        state["calls"].append("preprocess")
+
+    def extract_cohort(cohort_csv, out, params="demo", workers=None, scheduler=None, on_failure="fail"):
+        from p53hcc.tools.cohort.dropped import apply_policy
+
+        state["calls"].append("radiomics")
+        t = truth_of(cohort_csv)
+        rng = np.random.default_rng(1)
+        rad = pd.DataFrame(rng.normal(size=(len(t), 8)), columns=[f"ap_original_firstorder_F{i}" for i in range(8)])
+        rad.iloc[:, 0] += t["bayes_logit"]
+        rad.insert(0, "patient_id", t["patient_id"])
+        rad = rad[rad["patient_id"] != state["drop"]]  # state["drop"]: a patient whose extraction "fails"
+        rad.to_parquet(Path(out) / "radiomics.parquet", index=False)
+        failed = [{"patient_id": state["drop"], "phase": "dp", "reason": "extraction failed: ValueError: mask only "
+                   "contains 1 segmented voxel!"}] if state["drop"] else []
+        apply_policy(out, "radiomics", failed, 3 * len(t), on_failure, "patient-phase(s)")
+
+    def train_arm(cohort_csv, out, arm="mc", net="resnet18", epochs=None, device=None, **kw):
+        assert kw["source"] == "preprocessed" and kw["seed"] == 0  # the study's training values reach the arm
+        state["calls"].append(f"{arm}_{net}")
+        if state["kill"] == f"{arm}_{net}":
+            raise Killed(f"killed while training {arm}_{net}")
+        datalist = json.loads((Path(out) / "datalist.json").read_text(encoding="utf-8"))
+        t = truth_of(cohort_csv)  # the datalist's patients, as the real arms
+        t = t[t["patient_id"].isin({d["patient_id"] for section in datalist.values() for d in section})]
+        splits = json.loads((Path(out) / "splits.json").read_text(encoding="utf-8"))
+        rng = np.random.default_rng([ord(arm[0]), len(net), int(epochs)])
+        s = 1 / (1 + np.exp(-(t["bayes_logit"] + rng.normal(0, 1.5, len(t)))))
+        d = Path(out) / "dl" / arm / net
+        (d / "full").mkdir(parents=True, exist_ok=True)
+        (d / "full" / "model.pt").write_bytes(b"w")
+        pd.DataFrame({"patient_id": t["patient_id"], "model": f"{arm}_{net}",
+                      "fold": [splits["fold_of"].get(p, -1) for p in t["patient_id"]], "split": t["split"],
+                      "score": s}).to_parquet(d / "scores.parquet", index=False)
+
+    def gradcam_command(out, arm="mc", net="resnet18", patients=None, n=4, layer=None):
+        fig, ax = plt.subplots(figsize=(1, 1), dpi=30)
+        ax.imshow(np.eye(4))
+        (Path(out) / "gradcam").mkdir(exist_ok=True)
+        fig.savefig(Path(out) / "gradcam" / f"{arm}_{net}.png")
+        plt.close(fig)
+
+    monkeypatch.setattr(p53hcc.tools.cohort.synth, "make_cohort", make_cohort)
+    monkeypatch.setattr(p53hcc.tools.cohort.manifest, "validate_cohort", lambda path, **kw: [])
+    monkeypatch.setattr("p53hcc.tools.pipeline.checks.validate_cohort", lambda path, **kw: [])
+    monkeypatch.setattr(p53hcc.tools.radiomics.extract, "extract_cohort", extract_cohort)
+    monkeypatch.setattr(p53hcc.tools.dl.crossfit, "train_arm", train_arm)
+    monkeypatch.setattr("p53hcc.tools.preprocessing.run.preprocess_cohort", preprocess_cohort)
+    monkeypatch.setattr("p53hcc.tools.dl.gradcam.gradcam_command", gradcam_command)
+    return state
 
 
 #: Reference data vendored with the tests (source and licence of each set in tests/data/README.md).

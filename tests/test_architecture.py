@@ -13,7 +13,8 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGES = {"p53hcc.tools": REPO / "tools", "p53hcc.fusion": REPO / "fusion"}
 #: The only modules of p53hcc.tools that p53hcc.fusion may import (small leaves with no project imports).
 FUSION_MAY_IMPORT = {"p53hcc.tools.errors", "p53hcc.tools.io", "p53hcc.tools.schema"}
-LEAVES = {"p53hcc.tools.errors", "p53hcc.tools.io", "p53hcc.tools.schema", "p53hcc.tools.logs"}
+LEAVES = {"p53hcc.tools.errors", "p53hcc.tools.io", "p53hcc.tools.schema", "p53hcc.tools.logs",
+          "p53hcc.tools.parallel"}
 #: Stage packages in data-flow order: a package may import only packages before it (and leaves).
 STAGE_ORDER = ["cohort", "preprocessing", "radiomics", "dl", "pipeline", "cli"]
 MAX_LINES = 450

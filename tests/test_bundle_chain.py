@@ -73,7 +73,7 @@ def test_raw_bundle_crops_equal_the_study_crops(cohort, arm):
         if arm == "mc":
             a, b = _chain("mc", True)(dict(r))["image"], _chain("mc", False)(dict(p))["image"]
         else:
-            one = lambda d, ph: {"patient_id": d["patient_id"], "image": d[ph], "mask": d[f"{ph}_mask"]}  # noqa: E731
+            one = lambda d, ph: {"patient_id": d["patient_id"], "image": d[ph], "mask": d[f"{ph}_mask"]}
             a = torch.cat([_chain("ff", True)(one(r, ph))["image"] for ph in PHASES])
             b = torch.cat([_chain("ff", False)(one(p, ph))["image"] for ph in PHASES])
         assert a.shape == (3, 32, 32)

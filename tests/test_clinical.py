@@ -91,7 +91,8 @@ def test_univariable_matches_single_logit_and_handles_constant():
     ref = sm.Logit(df.p53.to_numpy(), sm.add_constant(X[["ltd_mm"]])).fit(disp=0)
     assert uni.loc["ltd_mm", "odds_ratio"] == pytest.approx(np.exp(ref.params["ltd_mm"]), rel=1e-8)
     assert uni.loc["ltd_mm", "p_value"] == pytest.approx(ref.pvalues["ltd_mm"], rel=1e-6)
-    assert np.isnan(uni.loc["const_col", "odds_ratio"]) and uni.loc["const_col", "p_value"] == 1.0
+    assert np.isnan(uni.loc["const_col", "odds_ratio"]) and np.isnan(uni.loc["const_col", "p_value"])
+    assert "constant" in uni.loc["const_col", "note"]  # no invented p = 1
 
 
 def test_stepwise_recovers_true_signal_and_is_deterministic():
@@ -112,7 +113,7 @@ def test_stepwise_recovers_true_signal_and_is_deterministic():
 
 def test_clinical_model_estimator():
     df = raw_cohort(400, seed=2)
-    model = ClinicalModel().fit(df, df.p53)
+    model = ClinicalModel().fit(df.drop(columns='p53'), df.p53)
     assert model.selected_ == ["ltd_mm", "rim_aphe"]
     assert set(model.selected_) <= set(model.screened_)
     # predict_proba equals a direct statsmodels fit on the selected variables
@@ -120,7 +121,7 @@ def test_clinical_model_estimator():
     ref = sm.Logit(df.p53.to_numpy(), sm.add_constant(X)).fit(disp=0)
     np.testing.assert_allclose(model.predict_proba(df)[:, 1], ref.predict(sm.add_constant(X)), atol=1e-8)
     assert not hasattr(clone(model), "selected_")
-    full = ClinicalModel(preoperative_only=False).fit(df, df.p53)
+    full = ClinicalModel(preoperative_only=False).fit(df.drop(columns='p53'), df.p53)
     assert "mvi" in full.univariable_["variable"].tolist()
     assert "mvi" not in model.univariable_["variable"].tolist()
 
@@ -134,16 +135,38 @@ def test_synthetic_cohort_multivariable_like_paper():
     assert tab.loc["ltd_mm", "p_value"] < 0.05 and tab.loc["rim_aphe", "p_value"] < 0.05
     assert 1.0 < tab.loc["ltd_mm", "odds_ratio"] < 1.1  # paper: 1.021 per mm
     assert tab.loc["rim_aphe", "odds_ratio"] > 1.5  # paper: 3.844
-    model = ClinicalModel().fit(train, train.p53)
+    model = ClinicalModel().fit(train.drop(columns='p53'), train.p53)
     assert {"ltd_mm", "rim_aphe"} <= set(model.selected_)
 
 
 def test_no_signal_gives_intercept_only_model():
     df = raw_cohort(150, seed=11, beta_ltd=0.0, beta_rim=0.0)
     df["p53"] = np.random.default_rng(0).binomial(1, 0.4, len(df))
-    model = ClinicalModel(p_enter=1e-6).fit(df, df.p53)
+    model = ClinicalModel(p_enter=1e-6).fit(df.drop(columns='p53'), df.p53)
     assert model.selected_ == [] and model.coef_table_.empty
     np.testing.assert_allclose(model.predict_proba(df)[:, 1], df.p53.mean(), atol=1e-8)
+
+
+def test_separating_predictor_keeps_an_exact_p_value():
+    """A predictor that separates the classes has no finite odds ratio, but its association is still tested."""
+    from scipy.stats import chi2
+
+    from p53hcc.fusion.clinical import multivariable_table
+
+    binary = pd.DataFrame({"x": [1, 1, 1, 0, 0, 0]}, index=[f"P{i}" for i in range(6)])
+    uni = univariable_table(binary, [1, 1, 1, 0, 0, 0]).set_index("variable")
+    assert np.isnan(uni.loc["x", "odds_ratio"]) and "separation" in uni.loc["x", "note"]
+    assert uni.loc["x", "p_value"] == pytest.approx(0.1)  # R: fisher.test(matrix(c(3, 0, 0, 3), 2))$p.value
+    cont = pd.DataFrame({"x": np.arange(8.0)}, index=[f"P{i}" for i in range(8)])
+    y = [0, 0, 0, 0, 1, 1, 1, 1]
+    uni = univariable_table(cont, y).set_index("variable")
+    null_deviance = -2 * 8 * np.log(0.5)  # complete separation: the supremum log-likelihood is 0
+    assert uni.loc["x", "p_value"] == pytest.approx(chi2.sf(null_deviance, 1), rel=1e-3)
+    # it passes the p < 0.05 screen (it used to get p = 1 and vanish), and the joint fit says why it is blank
+    X = pd.DataFrame({"x": np.r_[np.zeros(10), np.ones(10)], "z": np.tile([0.0, 1.0], 10)},
+                     index=[f"P{i}" for i in range(20)])
+    multi = multivariable_table(X, np.r_[np.zeros(10), np.ones(10)].astype(int))
+    assert list(multi["variable"]) == ["x"] and multi["note"].str.startswith("not estimable").all()
 
 
 def test_separated_variable_is_never_selected():

@@ -80,27 +80,31 @@ def test_scores_format_and_full_model_for_validation():
         calls.append(1)
         return make_clinical_model()
 
-    scores = crossfit_scores("clinical", factory, df, df.p53, df.split, splits)
+    X = df.drop(columns=["p53", "split"])  # the clinical model never sees the outcome
+    scores = crossfit_scores("clinical", factory, X, df.p53, df.split, splits)
     assert list(scores.columns) == ["patient_id", "model", "fold", "split", "score"]
     assert len(calls) == 6  # one fresh model per fold + the full-cohort model
     tr = scores[scores.split == "train"].set_index("patient_id")
     assert (tr["fold"].to_numpy() == pd.Series(splits["fold_of"]).loc[tr.index].to_numpy()).all()
     va = scores[scores.split == "validation"].set_index("patient_id")
     assert (va["fold"] == -1).all()
-    full = fit_full(make_clinical_model, df[df.split == "train"], df.p53[df.split == "train"])
-    np.testing.assert_allclose(va["score"], full.predict_proba(df.loc[va.index])[:, 1])
+    full = fit_full(make_clinical_model, X[df.split == "train"], df.p53[df.split == "train"])
+    np.testing.assert_allclose(va["score"], full.predict_proba(X.loc[va.index])[:, 1])
+    with pytest.raises(InputError, match="outcome"):
+        make_clinical_model().fit(df, df.p53)
     assert scores["score"].between(0, 1).all()
 
 
 def test_splits_must_match_training_patients():
     df = cohort_with_split(100)
     bad = make_splits(df.index[df.split == "train"][:-1])
+    X = df.drop(columns=["p53", "split"])
     with pytest.raises(InputError, match="differ"):
-        crossfit_scores("m", make_clinical_model, df, df.p53, df.split, bad)
+        crossfit_scores("m", make_clinical_model, X, df.p53, df.split, bad)
     overlap = make_splits(df.index[df.split == "train"])
     overlap["folds"][0]["train"].append(overlap["folds"][0]["val"][0])
     with pytest.raises(InputError, match="both train and val"):
-        crossfit_predict(make_clinical_model, df, df.p53, overlap)
+        crossfit_predict(make_clinical_model, X, df.p53, overlap)
 
 
 def test_combined_model_is_unpenalised_lr_on_logits():
@@ -110,7 +114,7 @@ def test_combined_model_is_unpenalised_lr_on_logits():
     W = pd.DataFrame({name: 1 / (1 + np.exp(-(s * (y - 0.5) + r.normal(0, 1, n))))
                       for name, s in (("clinical", 1.5), ("radiomics", 0.5), ("dl", 2.0))},
                      index=[f"P{i}" for i in range(n)])
-    model = make_combined_model().fit(W, y)
+    model = make_combined_model(nonnegative=False).fit(W, y)
     ref = sm.Logit(y, sm.add_constant(pd.DataFrame(logit(W.to_numpy()), columns=W.columns))).fit(disp=0)
     np.testing.assert_allclose(model.coef_, ref.params[["clinical", "radiomics", "dl"]], rtol=1e-4)
     assert model.intercept_ == pytest.approx(ref.params["const"], abs=1e-4)
@@ -124,11 +128,35 @@ def test_combined_model_is_unpenalised_lr_on_logits():
         model.predict_proba(W.drop(columns="dl"))
 
 
+def test_nonnegative_combined_model_zeroes_what_the_data_do_not_support():
+    """With a component ranked the wrong way, the non-negative fit sets its weight to 0 and the others equal the
+    unpenalised fit without it (the KKT solution); with every weight positive both fits agree."""
+    r = np.random.default_rng(4)
+    n = 400
+    y = r.binomial(1, 0.5, n)
+    W = pd.DataFrame({name: 1 / (1 + np.exp(-(s * (y - 0.5) + r.normal(0, 1, n))))
+                      for name, s in (("clinical", 1.5), ("radiomics", -1.0), ("dl", 2.0))},
+                     index=[f"P{i}" for i in range(n)])
+    free = make_combined_model(nonnegative=False).fit(W, y)
+    assert free.coefficients_["radiomics"] < 0
+    model = make_combined_model().fit(W, y)
+    assert model.coefficients_["radiomics"] == pytest.approx(0.0, abs=1e-6)
+    ref = sm.Logit(y, sm.add_constant(pd.DataFrame(logit(W[["clinical", "dl"]].to_numpy()),
+                                                   columns=["clinical", "dl"]))).fit(disp=0)
+    np.testing.assert_allclose([model.coefficients_["clinical"], model.coefficients_["dl"]],
+                               ref.params[["clinical", "dl"]], rtol=1e-4)
+    assert model.intercept_ == pytest.approx(ref.params["const"], abs=1e-4)
+    positive = W.assign(radiomics=1 - W["radiomics"])
+    np.testing.assert_allclose(make_combined_model().fit(positive, y).coef_,
+                               make_combined_model(nonnegative=False).fit(positive, y).coef_, rtol=1e-4)
+
+
 def test_plain_cohort_frame_with_positional_labels():
     """A cohort table as read from cohort.csv (RangeIndex, patient_id column) works without re-indexing."""
     df = cohort_with_split(120, seed=6).reset_index(drop=True)
     splits = make_splits(df.loc[df.split == "train", "patient_id"])
-    scores = crossfit_scores("clinical", make_clinical_model, df, df["p53"], df["split"], splits)
+    X = df.drop(columns=["p53", "split"])
+    scores = crossfit_scores("clinical", make_clinical_model, X, df["p53"], df["split"], splits)
     assert sorted(scores.patient_id) == sorted(df.patient_id)
     with pytest.raises(InputError, match="labels/splits"):
-        crossfit_predict(make_clinical_model, df, df["p53"].iloc[:-1].to_numpy(), splits)
+        crossfit_predict(make_clinical_model, X, df["p53"].iloc[:-1].to_numpy(), splits)

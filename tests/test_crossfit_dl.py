@@ -122,6 +122,63 @@ def test_resume_retrains_only_unfinished_networks(arm, study, fake):
     assert len(fake) == (3 if arm == "mc" else 9)
 
 
+def test_a_replaced_image_retrains_every_network(study, fake):
+    """done.json was keyed by parameters and splits only: a fixed image kept networks trained on the old one."""
+    cohort, out = study
+    crossfit.train_arm(cohort, out, arm="mc", **PARAMS)
+    fake.clear()
+    image = cohort.parent / "images" / "P003_ap.nii.gz"
+    image.write_bytes((cohort.parent / "images" / "P004_ap.nii.gz").read_bytes())
+    crossfit.train_arm(cohort, out, arm="mc", **PARAMS)
+    assert len(fake) == 3  # both folds and the full-cohort network saw P003 (in training or in scoring)
+    fake.clear()
+    crossfit.train_arm(cohort, out, arm="mc", **PARAMS)
+    assert fake == []
+
+
+@pytest.mark.parametrize("arm", ["mc", "ff"])
+def test_pair_units_train_outside_both_folds_and_give_inner_scores(arm, tmp_path, fake):
+    """inner=True adds one network per pair of folds, fitted without either fold; a study that already has its
+    fold networks trains only the pairs; the inner scores of outer fold k never come from fold k's patients."""
+    cohort = make_tiny_cohort(tmp_path / "cohort", n=24)
+    out = tmp_path / "study"
+    write_datalist(cohort, out, folds=3)
+    crossfit.train_arm(cohort, out, arm=arm, head_kwargs=HEAD, **PARAMS)
+    arm_dir = out / "dl" / arm / "resnet18"
+    assert not (arm_dir / "inner_scores.parquet").exists()
+    fake.clear()
+    crossfit.train_arm(cohort, out, arm=arm, head_kwargs=HEAD, inner=True, **PARAMS)
+    splits = json.loads((out / "splits.json").read_text(encoding="utf-8"))
+    index, folds = _index(out), {f["fold"]: set(f["val"]) for f in splits["folds"]}
+    units = 1 if arm == "mc" else 3
+    assert len(fake) == units * 3  # pairs {0,1}, {0,2}, {1,2} only: the fold networks were done
+    for k, m in ((0, 1), (0, 2), (1, 2)):
+        mine = [f for f in fake if f["desc"].endswith(f"folds {k}+{m}")]
+        assert len(mine) == units
+        for f in mine:
+            assert f["train"] == {index[p] for j, ids in folds.items() if j not in (k, m) for p in ids}
+            assert f["held"] == {index[p] for p in folds[k] | folds[m]}
+    assert not list(arm_dir.glob("pair*/**/model.pt")) and list(arm_dir.glob("pair0-1/**/done.json"))
+    inner = pd.read_parquet(arm_dir / "inner_scores.parquet")
+    assert list(inner.columns) == ["outer", "patient_id", "score"] and inner["score"].between(0, 1).all()
+    crossfit.check_inner(inner, splits)
+    for k, ids in folds.items():
+        assert set(inner.loc[inner["outer"] == k, "patient_id"]) == set(splits["fold_of"]) - ids
+    leaked = inner.copy()
+    leaked.loc[leaked.index[0], "outer"] = splits["fold_of"][leaked.loc[leaked.index[0], "patient_id"]]
+    with pytest.raises(P53hccError, match="own patients"):
+        crossfit.check_inner(leaked, splits)
+    fake.clear()
+    crossfit.train_arm(cohort, out, arm=arm, head_kwargs=HEAD, **PARAMS)  # nesting switched off: file removed
+    assert fake == [] and not (arm_dir / "inner_scores.parquet").exists()
+
+
+def test_pair_units_need_three_folds(study):
+    cohort, out = study
+    with pytest.raises(P53hccError, match="at least 3 folds"):
+        crossfit.train_arm(cohort, out, arm="mc", inner=True, **PARAMS)
+
+
 def test_partial_folds_defer_the_scores(study, fake):
     cohort, out = study
     arm_dir = crossfit.train_arm(cohort, out, arm="ff", folds=[0], head_kwargs=HEAD, **PARAMS)

@@ -10,9 +10,10 @@ import pytest
 # Every stage runs for real, which takes ~10 min on the shared 2-core CI machine (over the 120 s budget): slow.
 pytestmark = pytest.mark.slow
 
-# the cheapest real configuration: every stage runs for real (synthetic images, N4, radiomics, both CNN arms,
-# fusion, statistics, report, freezing), on 40 patients, 2 folds, one 1-epoch ResNet18 per arm at 32 px
-STUDY = dict(nets="resnet18", folds=2, epochs=1, spatial_size=32, batch_size=8, **{"synth.n": 40})
+# the cheapest real configuration of the default pipeline: every stage runs for real (synthetic images, N4,
+# radiomics, both CNN arms with their pair-of-folds networks, nested fusion, statistics, report, freezing), on 40
+# patients, the demo's 3 folds, one 1-epoch ResNet18 per arm at 32 px
+STUDY = dict(nets="resnet18", epochs=1, spatial_size=32, batch_size=8, **{"synth.n": 40})
 
 
 @pytest.fixture(scope="module")

@@ -79,6 +79,27 @@ def test_frozen_model_reproduces_the_study_scores_of_new_patients(trained, arm):
     assert got.nunique() > 1  # not a constant model, so the comparison means something
 
 
+def test_predicting_into_a_used_folder_scores_the_new_images(trained, tmp_path):
+    """Crops were keyed by patient ids: predicting again after fixing an image returned the old image's score."""
+    cohort = tmp_path / "cohort"
+    shutil.copytree(trained["cohort"].parent, cohort)
+    new = cohort / "new.csv"
+    pid = pd.read_csv(new, dtype={"patient_id": str})["patient_id"].iloc[0]
+
+    def predict(work):
+        preprocess_cohort(new, work, params="demo", workers=1, progress=False)
+        return predict_frozen(trained["frozen"]["mc"], new, work, arm="mc", device="cpu")
+
+    before = predict(tmp_path / "work")
+    images = cohort / "images"
+    for phase in PHASES:  # another patient's images under this patient's names
+        shutil.copy(images / f"P000_{phase}.nii.gz", images / f"{pid}_{phase}.nii.gz")
+    again, fresh = predict(tmp_path / "work"), predict(tmp_path / "fresh")
+    pd.testing.assert_series_equal(again, fresh)
+    assert again[pid] != before[pid]
+    pd.testing.assert_series_equal(again.drop(pid), before.drop(pid))
+
+
 def test_frozen_ff_without_its_head_is_a_clear_error(trained, tmp_path):
     broken = tmp_path / "full"
     shutil.copytree(trained["frozen"]["ff"], broken)

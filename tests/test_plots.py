@@ -82,7 +82,7 @@ def test_other_figures_render(scores_long, tmp_path):
 
 def test_nomogram_points_reproduce_clinical_lr():
     df = raw_cohort(300, seed=2)
-    model = ClinicalModel().fit(df, df.p53)
+    model = ClinicalModel().fit(df.drop(columns='p53'), df.p53)
     X = encode_clinical(df)[model.selected_]
     coefs = model.params_.drop("intercept").to_dict()
     ranges = {k: (X[k].min(), X[k].max()) for k in coefs}

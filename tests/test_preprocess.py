@@ -110,7 +110,7 @@ def test_dask_cluster_gives_identical_outputs(done, tmp_path):
 def test_missing_file_and_bad_params(tmp_path):
     csv = make_tiny_cohort(tmp_path / "c", n=1, shape=(12, 12, 4))
     (tmp_path / "c" / "masks" / "P000_dp_mask.nii.gz").unlink()
-    with pytest.raises(P53hccError, match=r"P000 phase dp file .*P000_dp_mask.nii.gz: cannot read mask"):
+    with pytest.raises(P53hccError, match=r"P000 phase dp: file .*P000_dp_mask.nii.gz: cannot read mask"):
         pp.preprocess_cohort(csv, tmp_path / "s", workers=1, params=FAST, progress=False)
     with pytest.raises(P53hccError, match="unknown"):
         pp.preprocess_cohort(csv, tmp_path / "s", params={"voxel": 1}, progress=False)

@@ -145,8 +145,10 @@ def test_texture_varies_with_chosen_discretisation_not_with_binwidth_25(tmp_path
 def test_extract_cohort_tables_cache_failures_and_icc(tmp_path, monkeypatch):
     cohort, study = _tiny_study(tmp_path, n=4)
     (study / "preprocessed" / "P3" / "pvp_mask.nii.gz").write_bytes(b"not an image")  # one broken patient
-    df = extract_cohort(cohort, study, params="demo", workers=2, progress=False)
+    df = extract_cohort(cohort, study, params="demo", workers=2, progress=False, on_failure="record")
     assert df["patient_id"].tolist() == ["P0", "P1", "P2"]  # P3 dropped, the others kept
+    dropped = pd.read_csv(study / "dropped.csv")
+    assert dropped[["patient_id", "stage", "phase"]].values.tolist() == [["P3", "radiomics", "pvp"]]
     assert {"ap_original_firstorder_Mean", "pvp_original_glcm_Idm", "dp_original_shape_VoxelVolume"} <= set(df)
     assert df.shape[1] == 1 + 3 * 105
     prov = pd.read_parquet(study / "radiomics_provenance.parquet")
@@ -165,7 +167,8 @@ def test_extract_cohort_tables_cache_failures_and_icc(tmp_path, monkeypatch):
         raise AssertionError(f"re-run extracted {task['patient_id']} again")
     monkeypatch.setattr(rad, "_run_task", no_work)
     (study / "preprocessed" / "P3" / "pvp_mask.nii.gz").unlink()  # now missing: reported, not fatal
-    again = extract_cohort(cohort, study, params="demo", workers=2, progress=False)  # no_work: nothing recomputed
+    again = extract_cohort(cohort, study, params="demo", workers=2, progress=False,  # no_work: nothing recomputed
+                           on_failure="record")
     pd.testing.assert_frame_equal(again, df)
     prov = pd.read_parquet(study / "radiomics_provenance.parquet")
     assert "cannot read input" in prov.set_index(["patient_id", "phase", "reader"]).loc[("P3", "pvp", "r1"), "error"]
@@ -173,7 +176,38 @@ def test_extract_cohort_tables_cache_failures_and_icc(tmp_path, monkeypatch):
     monkeypatch.undo()
     changed = load_params("demo")
     changed["setting"] = {**changed["setting"], "binCount": 16}
-    assert not extract_cohort(cohort, study, params=changed, workers=1, progress=False).equals(df)
+    assert not extract_cohort(cohort, study, params=changed, workers=1, progress=False,
+                              on_failure="record").equals(df)
+
+
+@pytest.mark.parametrize("broken", ["one_voxel_mask", "not_preprocessed"])
+def test_a_patient_without_features_is_named_never_silently_dropped(tmp_path, broken, capsys):
+    """Radiomics used to log one line and drop the patient (or skip one missing from a partly failed
+    preprocessing); the study then failed later with an unrelated message."""
+    from p53hcc.tools.cli import main
+    from p53hcc.tools.errors import P53hccError
+
+    cohort, study = _tiny_study(tmp_path, n=4)
+    if broken == "one_voxel_mask":
+        mask = np.zeros((16, 24, 24), np.uint8)
+        mask[8, 12, 12] = 1
+        _write(mask, study / "preprocessed" / "P2" / "dp_mask.nii.gz")
+        reason = "single voxel"
+    else:
+        index = pd.read_csv(study / "preprocessed" / "index.csv")
+        index[~((index.patient_id == "P2") & (index.phase == "dp"))].to_csv(study / "preprocessed" / "index.csv",
+                                                                            index=False)
+        reason = "no preprocessed volume"
+    with pytest.raises(P53hccError, match=rf"radiomics failed for 1 of 12 .*\n  patient P2 phase dp: .*{reason}"):
+        extract_cohort(cohort, study, params="demo", workers=1, progress=False)
+    dropped = pd.read_csv(study / "dropped.csv")
+    assert dropped[["patient_id", "stage", "phase"]].values.tolist() == [["P2", "radiomics", "dp"]]
+    assert reason in dropped["reason"].iloc[0]
+    assert main(["radiomics", str(cohort), "--out", str(study), "--params", "demo", "--workers", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "patient P2 phase dp" in err and "Traceback" not in err
+    df = extract_cohort(cohort, study, params="demo", workers=1, progress=False, on_failure="record")
+    assert df["patient_id"].tolist() == ["P0", "P1", "P3"]
 
 
 def test_same_results_through_dask(tmp_path):

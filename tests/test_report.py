@@ -20,8 +20,9 @@ from p53hcc.fusion.crossfit import scores_wide
 from p53hcc.fusion.figures import make_figures
 from p53hcc.fusion.models import make_combined_model
 from p53hcc.fusion.report import SECTIONS, write_report
+from p53hcc.tools.io import atomic_write_json
 from p53hcc.tools.pipeline.config import resolve_config
-from p53hcc.tools.pipeline.selection import write_paper_selection, write_selection
+from p53hcc.tools.pipeline.selection import select_dl_model, write_paper_selection
 from p53hcc.tools.pipeline.statistics import run_statistics
 
 MODELS = ("clinical", "radiomics", "mc_resnet18", "ff_resnet18", "combined")
@@ -63,13 +64,14 @@ def fake_study(tmp_path_factory):
                                   "split": cohort.set_index("patient_id").loc[logit.index, "split"].to_numpy(),
                                   "score": s}))
     scores = pd.concat(rows, ignore_index=True)
-    scores.to_parquet(root / "scores.parquet", index=False)
-    run_statistics(root, cdir / "cohort.csv", cfg)
     y = cohort.set_index("patient_id")["p53"]
     dl = scores[scores.model.str.contains("_")]
-    write_selection(root, dl, y, ["mc", "ff"], ["resnet18"])
+    sel = select_dl_model(dl, y, ["mc", "ff"], ["resnet18"])
+    atomic_write_json(root / "selection.json", sel)
+    scores = pd.concat([scores, scores[scores.model == sel["chosen"]["model"]].assign(model="dl")], ignore_index=True)
+    scores.to_parquet(root / "scores.parquet", index=False)
+    run_statistics(root, cdir / "cohort.csv", cfg)
     write_paper_selection(root, dl, y, ["mc", "ff"], ["resnet18"], enabled=True)
-    sel = json.loads((root / "selection.json").read_text(encoding="utf-8"))
     Xc = scores_wide(scores, {"clinical": "clinical", "radiomics": "radiomics", "dl": sel["chosen"]["model"]})
     (root / "fusion").mkdir()
     Xc.reset_index().to_parquet(root / "fusion" / "combined_inputs.parquet")
@@ -92,14 +94,19 @@ def test_statistics_match_sklearn_and_truth(fake_study):
     auc = m[(m.model == "combined") & (m.split == "validation") & (m.metric == "auc")].iloc[0]
     assert auc.estimate == pytest.approx(roc_auc_score(y.loc[g.patient_id], g.score))
     assert auc.ci_low < auc.estimate < auc.ci_high
-    bayes = m[(m.model == "combined") & (m.split == "validation") & (m.metric == "bayes_auc")].iloc[0]
+    ref = m[(m.model == "combined") & (m.split == "validation") & (m.metric == "reference_auc")].iloc[0]
     t = truth.set_index("patient_id").loc[g.patient_id]
-    assert bayes.estimate == pytest.approx(roc_auc_score(t.p53, t.bayes_prob))
+    assert ref.estimate == pytest.approx(roc_auc_score(t.p53, t.preop_bayes_prob))  # what the combined model has
+    assert "before surgery" in ref.note
+    refs = m[m.metric == "reference_auc"].set_index(["model", "split"])
+    for model, column in (("clinical", "clinical_bayes_prob"), ("radiomics", "image_bayes_prob"),
+                          ("ff_resnet18", "image_bayes_prob"), ("dl", "image_bayes_prob")):
+        assert refs.loc[(model, "validation"), "estimate"] == pytest.approx(roc_auc_score(t.p53, t[column]))
     # one threshold per model (from training OOF), the same on every split
     thr = m[(m.model == "combined") & (m.metric == "threshold")]["estimate"]
     assert thr.nunique() == 1
     d = pd.read_csv(root / "delong.csv")
-    assert len(d) == 2 * 10 and d.p_value.between(0, 1).all()
+    assert len(d) == 2 * 15 and d.p_value.between(0, 1).all()  # 6 models (with "dl"), 2 cohorts
 
 
 def test_figures_all_drawn(fake_study):
@@ -124,7 +131,7 @@ def test_report_has_every_section_and_is_self_contained(fake_study):
     for name in ("table1", "table2", "table3", "table4", "table5", "delong", "radiomics_lasso"):
         assert (root / "tables" / f"{name}.csv").exists(), name
     t5 = pd.read_csv(root / "tables" / "table5.csv")
-    assert "Bayes AUC (95% CI)" in t5.columns
+    assert "Population reference AUC (95% CI)" in t5.columns
     assert t5["Model name"].str.startswith("DL model").any()
     t4 = pd.read_csv(root / "tables" / "table4.csv")
     assert (t4["LASSO-retained features"] == 7).all()

@@ -11,6 +11,7 @@ from p53hcc.fusion.selection import (
     LassoSelector,
     SpearmanFilter,
     make_radiomics_model,
+    neg_log_loss,
     rad_score,
     selected_features_table,
     univariable_auc,
@@ -60,6 +61,23 @@ def test_lasso_selector_finds_signal_and_falls_back():
     sel = LassoSelector(cv=3, Cs=[1e-6]).fit(X, y)  # penalty so strong nothing survives: top-1 fallback
     assert sel.fallback_ and sel.get_support().sum() == 1 and sel.get_support()[np.argmax(
         np.abs(univariable_auc(X, y) - 0.5))]
+
+
+def test_fast_log_loss_scorer_equals_sklearns_and_picks_the_same_penalty():
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.metrics import get_scorer
+
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(150, 12))
+    y = np.where(X[:, 0] + rng.normal(size=150) > 0, 3, 7)  # labels that are not 0/1, classes_ = [3, 7]
+    lr = LogisticRegression(C=1e4).fit(X[:, :1] * 40, y)  # near-separating: probabilities reach the clipping
+    for est, XX in ((lr, X[:, :1] * 40), (LogisticRegression().fit(X, y), X)):
+        assert neg_log_loss(est, XX, y) == pytest.approx(get_scorer("neg_log_loss")(est, XX, y), rel=1e-12)
+    folds = StratifiedKFold(5, shuffle=True, random_state=0)
+    fits = [LogisticRegressionCV(Cs=np.logspace(-2.5, 1, 15), l1_ratios=(1.0,), solver="liblinear", cv=folds,
+                                 scoring=sc, random_state=0, use_legacy_attributes=False).fit(X, y)
+            for sc in ("neg_log_loss", neg_log_loss)]
+    assert fits[0].C_ == fits[1].C_ and np.array_equal(fits[0].coef_, fits[1].coef_)
 
 
 def _noise_cohort(seed=0, n=200, p=600):

@@ -10,10 +10,12 @@ import pytest
 import yaml
 
 from p53hcc.tools.errors import P53hccError
+from p53hcc.tools.io import atomic_write_json
 from p53hcc.tools.pipeline.config import resolve_config
-from p53hcc.tools.pipeline.selection import choose_dl_model, write_paper_selection, write_selection
+from p53hcc.tools.pipeline.selection import choose_dl_model, select_dl_model, write_paper_selection
 from p53hcc.tools.pipeline.stages import Stage, read_marker, run_stages
 from p53hcc.tools.pipeline.study import build_stages
+from tests.conftest import Killed
 
 
 def _pipeline(calls: list, params_b: dict | None = None, fail_b: bool = False, sleep_mark: list | None = None):
@@ -161,7 +163,8 @@ def test_write_selection_from_scores(tmp_path):
     noise = rng.normal(0, 1, 60)
     scores = pd.concat([pd.DataFrame({"patient_id": ids, "model": m, "fold": 0, "split": split, "score": s})
                         for m, s in (("mc_resnet18", noise), ("ff_resnet18", good))])
-    sel = write_selection(tmp_path, scores, y, ["mc", "ff"], ["resnet18"])
+    sel = select_dl_model(scores, y, ["mc", "ff"], ["resnet18"])
+    atomic_write_json(tmp_path / "selection.json", sel)
     assert sel["chosen"]["model"] == "ff_resnet18"
     assert "validation cohort is not used" in json.loads((tmp_path / "selection.json").read_text(encoding="utf-8"))["rule"]
     write_paper_selection(tmp_path, scores, y, ["mc", "ff"], ["resnet18"], enabled=True)
@@ -220,7 +223,7 @@ def fused_study(tmp_path_factory):
 def test_fusion_outputs(fused_study):
     root, _, _ = fused_study
     s = pd.read_parquet(root / "scores.parquet")
-    assert set(s["model"]) == {"clinical", "radiomics", "mc_resnet18", "ff_resnet18", "combined"}
+    assert set(s["model"]) == {"clinical", "radiomics", "mc_resnet18", "ff_resnet18", "dl", "combined"}
     tr = s[s.split == "train"]
     assert (tr["fold"] >= 0).all() and (s[s.split == "validation"]["fold"] == -1).all()
     assert s.groupby("model").size().nunique() == 1          # every model scored every patient
@@ -257,7 +260,7 @@ def test_frozen_model_reproduces_study_scores(fused_study):
 def test_evaluation_metrics(fused_study, tmp_path):
     from sklearn.metrics import roc_auc_score
 
-    from p53hcc.fusion.report import write_evaluation_report
+    from p53hcc.fusion.evaluation_report import write_evaluation_report
     from p53hcc.tools.pipeline.freeze import load_model
     from p53hcc.tools.pipeline.predict import evaluation_metrics, score_patients
 
@@ -277,84 +280,116 @@ def test_evaluation_metrics(fused_study, tmp_path):
     assert "AUC validation" in page and "AUC external" in page
 
 
+def _restudy(fused_study, tmp_path, stages=("fusion", "statistics"), edit=None, **settings):
+    """A copy of the fused study refitted with other study settings (and an optional edit of its files)."""
+    import shutil
+
+    from p53hcc.tools.pipeline.fit import run_fusion
+    from p53hcc.tools.pipeline.statistics import run_statistics
+
+    root = tmp_path / "restudy"
+    shutil.copytree(fused_study[0], root)
+    csv = root / "cohort" / "cohort.csv"
+    cfg = resolve_config(nets="resnet18", folds=3, **settings)
+    if edit:
+        edit(root)
+    if "fusion" in stages:
+        run_fusion(root, csv, cfg)
+    if "statistics" in stages:
+        run_statistics(root, csv, cfg)
+    return root
+
+
+def test_configured_statistics_settings_are_honoured(fused_study, tmp_path):
+    """ci_level sets every CI of metrics.csv and delong.csv; dca_thresholds sets the decision-curve grid."""
+    from scipy.stats import norm
+
+    base = fused_study[0]
+    root = _restudy(fused_study, tmp_path, stages=("statistics",), **{"statistics.ci_level": 0.90,
+                                                                      "statistics.dca_thresholds": [0.1, 0.5, 0.1]})
+    ratio = norm.ppf(0.95) / norm.ppf(0.975)
+    key = ["model", "split", "metric"]
+    m95, m90 = (pd.read_csv(r / "metrics.csv").set_index(key) for r in (base, root))
+    auc95, auc90 = m95.loc[("combined", "validation", "auc")], m90.loc[("combined", "validation", "auc")]
+    assert auc90.estimate == auc95.estimate
+    assert (auc90.ci_high - auc90.estimate) / (auc95.ci_high - auc95.estimate) == pytest.approx(ratio, rel=1e-6)
+    d95, d90 = (pd.read_csv(r / "delong.csv").set_index(["split", "model_a", "model_b"]) for r in (base, root))
+    width = lambda d: d["diff_ci_high"] - d["diff_ci_low"]
+    np.testing.assert_allclose((width(d90) / width(d95)).dropna(), ratio, rtol=1e-6)
+    nb = pd.read_csv(root / "net_benefit.csv")
+    assert sorted(nb["threshold"].unique()) == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5])
+    assert set(nb["model"]) == {"all", "none", "clinical", "radiomics", "dl", "combined"}
+    assert sorted(pd.read_csv(base / "net_benefit.csv")["threshold"].unique()) == pytest.approx(
+        np.arange(1, 100) / 100)
+
+
+def test_configured_fusion_settings_are_honoured(fused_study, tmp_path):
+    import joblib
+
+    root = _restudy(fused_study, tmp_path, **{"fusion.spearman_threshold": 0.5, "fusion.lasso_cv_folds": 3,
+                                              "fusion.stack_weights": "free", "fusion.nesting": "apparent"})
+    rad = joblib.load(root / "fusion" / "radiomics.joblib")
+    assert rad.named_steps["spearman"].threshold == 0.5 and rad.named_steps["lasso"].cv == 3
+    assert joblib.load(root / "fusion" / "combined.joblib").nonnegative is False
+    sel = json.loads((root / "selection.json").read_text(encoding="utf-8"))
+    assert (sel["nesting"], sel["stack_weights"]) == ("apparent", "free")
+    m = pd.read_csv(root / "metrics.csv")
+    train_rows = m[(m.split == "train") & m.model.isin(["dl", "combined"]) & (m.metric != "reference_auc")]
+    assert train_rows["note"].str.startswith("apparent").all()  # labelled wherever it is used
+    assert not m[(m.split == "train") & (m.model == "radiomics")]["note"].fillna("").str.contains("apparent").any()
+
+
+@pytest.mark.parametrize("setting,value,match", [
+    ("statistics.threshold", "youden_validation", "statistics.threshold"),
+    ("fusion.nesting", "sometimes", "fusion.nesting"),
+    ("fusion.stack_weights", "positive", "fusion.stack_weights"),
+    ("statistics.ci_level", 95, "ci_level"),
+    ("statistics.dca_thresholds", [0.5, 0.1, 0.1], "dca_thresholds"),
+    ("folds", 2, "at least 3 folds"),
+])
+def test_unknown_or_impossible_settings_are_errors(setting, value, match):
+    with pytest.raises(P53hccError, match=match):
+        resolve_config(**{setting: value})
+
+
+def test_constant_model_is_excluded_from_choice_and_stacking(fused_study, tmp_path):
+    """The better DL candidate made constant on one fold (its LASSO kept nothing): it is named in selection.json,
+    never chosen or stacked, and its metrics are NaN with the reason."""
+    def flatten_ff(root):
+        path = root / "dl" / "ff" / "resnet18" / "scores.parquet"
+        s = pd.read_parquet(path)
+        s.loc[s["fold"] == 1, "score"] = 0.37
+        s.to_parquet(path)
+
+    root = _restudy(fused_study, tmp_path, edit=flatten_ff)
+    sel = json.loads((root / "selection.json").read_text(encoding="utf-8"))
+    assert "ff_resnet18" in sel["excluded"] and "constant on fold(s) 1" in sel["excluded"]["ff_resnet18"]
+    assert sel["chosen"]["model"] == "mc_resnet18" and set(sel["fold_choices"].values()) == {"mc_resnet18"}
+    m = pd.read_csv(root / "metrics.csv")
+    ff = m[(m.model == "ff_resnet18") & (m.metric == "auc")]
+    assert ff["estimate"].isna().all() and ff["note"].str.contains("constant on fold").all()
+    assert m[(m.model == "combined") & (m.metric == "auc")]["estimate"].notna().all()
+
+
+def test_nesting_records_where_dl_inner_scores_came_from(fused_study, tmp_path):
+    sel = json.loads((fused_study[0] / "selection.json").read_text(encoding="utf-8"))
+    assert sel["nesting"] == "nested" and all("stand-in" in v for v in sel["dl_inner_scores"].values())
+
+    def pair_scores(root):  # what train_arm(inner=True) leaves (values made up here; only the source is checked)
+        from p53hcc.fusion.nested import inner_from_oof
+
+        splits = json.loads((root / "splits.json").read_text(encoding="utf-8"))
+        for arm in ("mc", "ff"):
+            s = pd.read_parquet(root / "dl" / arm / "resnet18" / "scores.parquet")
+            inner_from_oof(s[s.split == "train"], splits).to_parquet(root / "dl" / arm / "resnet18" /
+                                                                     "inner_scores.parquet")
+
+    root = _restudy(fused_study, tmp_path, stages=("fusion",), edit=pair_scores)
+    sel = json.loads((root / "selection.json").read_text(encoding="utf-8"))
+    assert sel["dl_inner_scores"] == {"mc_resnet18": "pair networks", "ff_resnet18": "pair networks"}
+
+
 # ------------------------------------------------------------------ run_study end to end with fake image stages
-class _Killed(Exception):
-    pass
-
-
-@pytest.fixture
-def fake_image_stages(monkeypatch):
-    """Replace the image-heavy stage functions (synth images, preprocess, radiomics, CNN training, Grad-CAM) by
-    fast deterministic fakes, so the real orchestration, fusion, statistics, figures, report and freezing run."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    import p53hcc.tools.cohort.manifest
-    import p53hcc.tools.cohort.synth
-    import p53hcc.tools.dl.crossfit
-    import p53hcc.tools.radiomics.extract
-    from p53hcc.tools.cohort.synth import sample_patients
-
-    state = {"kill": None, "calls": []}
-
-    def make_cohort(n, out, seed=0, size="demo", second_reader=True, profile="internal"):
-        cohort, truth = sample_patients(n, seed=seed, profile=profile)
-        for col in ("ap", "pvp", "dp", "ap_mask", "pvp_mask", "dp_mask"):
-            cohort[col] = "x.nii.gz"
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        cohort.to_csv(out / "cohort.csv", index=False)
-        truth.to_csv(out / "truth.csv", index=False)
-        return out
-
-    def truth_of(cohort_csv):
-        return pd.read_csv(Path(cohort_csv).parent / "truth.csv", dtype={"patient_id": str})
-
-    def preprocess_cohort(cohort_csv, out, workers=None, scheduler=None, params=None):
-        state["calls"].append("preprocess")
-
-    def extract_cohort(cohort_csv, out, params="demo", workers=None, scheduler=None):
-        state["calls"].append("radiomics")
-        t = truth_of(cohort_csv)
-        rng = np.random.default_rng(1)
-        rad = pd.DataFrame(rng.normal(size=(len(t), 8)), columns=[f"ap_original_firstorder_F{i}" for i in range(8)])
-        rad.iloc[:, 0] += t["bayes_logit"]
-        rad.insert(0, "patient_id", t["patient_id"])
-        rad.to_parquet(Path(out) / "radiomics.parquet", index=False)
-
-    def train_arm(cohort_csv, out, arm="mc", net="resnet18", epochs=None, device=None, **kw):
-        assert kw["source"] == "preprocessed" and kw["seed"] == 0  # the study's training values reach the arm
-        state["calls"].append(f"{arm}_{net}")
-        if state["kill"] == f"{arm}_{net}":
-            raise _Killed(f"killed while training {arm}_{net}")
-        t = truth_of(cohort_csv)
-        splits = json.loads((Path(out) / "splits.json").read_text(encoding="utf-8"))
-        rng = np.random.default_rng([ord(arm[0]), len(net), int(epochs)])
-        s = 1 / (1 + np.exp(-(t["bayes_logit"] + rng.normal(0, 1.5, len(t)))))
-        d = Path(out) / "dl" / arm / net
-        (d / "full").mkdir(parents=True, exist_ok=True)
-        (d / "full" / "model.pt").write_bytes(b"w")
-        pd.DataFrame({"patient_id": t["patient_id"], "model": f"{arm}_{net}",
-                      "fold": [splits["fold_of"].get(p, -1) for p in t["patient_id"]], "split": t["split"],
-                      "score": s}).to_parquet(d / "scores.parquet", index=False)
-
-    def gradcam_command(out, arm="mc", net="resnet18", patients=None, n=4, layer=None):
-        fig, ax = plt.subplots(figsize=(1, 1), dpi=30)
-        ax.imshow(np.eye(4))
-        (Path(out) / "gradcam").mkdir(exist_ok=True)
-        fig.savefig(Path(out) / "gradcam" / f"{arm}_{net}.png")
-        plt.close(fig)
-
-    monkeypatch.setattr(p53hcc.tools.cohort.synth, "make_cohort", make_cohort)
-    monkeypatch.setattr(p53hcc.tools.cohort.manifest, "validate_cohort", lambda path, **kw: [])
-    monkeypatch.setattr(p53hcc.tools.radiomics.extract, "extract_cohort", extract_cohort)
-    monkeypatch.setattr(p53hcc.tools.dl.crossfit, "train_arm", train_arm)
-    monkeypatch.setattr("p53hcc.tools.preprocessing.run.preprocess_cohort", preprocess_cohort)
-    monkeypatch.setattr("p53hcc.tools.dl.gradcam.gradcam_command", gradcam_command)
-    return state
-
-
 def _snapshot(root) -> dict:
     """Content hashes of every output (markers hold timings, so they are compared by key only; the log is a
     record of the runs, not an output)."""
@@ -381,7 +416,7 @@ def test_run_study_kill_and_resume_gives_identical_outputs(tmp_path, fake_image_
     import shutil
     shutil.rmtree(tmp_path / "study")
     fake_image_stages["kill"] = "ff_resnet18"
-    with pytest.raises(_Killed):
+    with pytest.raises(Killed):
         run_study(**kw)
     assert not (tmp_path / "study" / ".stages" / "dl_ff_resnet18.done").exists()
     fake_image_stages["kill"] = None
@@ -412,7 +447,7 @@ def test_predict_and_evaluate_cohort_glue(fused_study, tmp_path, monkeypatch):
     new.to_csv(csv, index=False)
     s = pd.read_parquet(root / "scores.parquet")
     dl = s[s.model == "ff_resnet18"].set_index("patient_id")["score"]
-    monkeypatch.setattr(predict, "validate_cohort", lambda path, **kw: [])
+    monkeypatch.setattr(predict, "cohort_problems", lambda path, *a, **kw: [])
     monkeypatch.setattr(predict, "extract_cohort", lambda cohort_csv, out, params=None, **kw: rad)
     monkeypatch.setattr(predict, "preprocess_cohort", lambda *a, **k: None)
     pred = pd.read_csv(predict_cohort(root / "model", csv, tmp_path / "pred", dl_scorer=lambda *a: dl, gradcam=False),
@@ -425,6 +460,23 @@ def test_predict_and_evaluate_cohort_glue(fused_study, tmp_path, monkeypatch):
     assert (tmp_path / "eval" / "report.html").exists() and (tmp_path / "eval" / "net_benefit.csv").exists()
 
 
+def test_predict_names_every_missing_clinical_column_before_any_work(fused_study, tmp_path, monkeypatch):
+    """All missing clinical columns in one message, before preprocessing (not the first one after minutes)."""
+    from p53hcc.fusion.clinical import RAW_COLUMNS
+    from p53hcc.tools.pipeline import predict
+
+    root, cohort, _ = fused_study
+    csv = tmp_path / "new" / "cohort.csv"
+    csv.parent.mkdir()
+    cohort[cohort.split == "validation"].drop(columns=list(RAW_COLUMNS)).to_csv(csv, index=False)
+    monkeypatch.setattr("p53hcc.tools.pipeline.checks.validate_cohort", lambda path, **kw: [])  # no image files
+    calls = []
+    monkeypatch.setattr(predict, "preprocess_cohort", lambda *a, **k: calls.append("preprocess"))
+    with pytest.raises(P53hccError) as err:
+        predict.predict_cohort(root / "model", csv, tmp_path / "pred", dl_scorer=lambda *a: None, gradcam=False)
+    assert calls == [] and f"column {', '.join(RAW_COLUMNS)}: {len(RAW_COLUMNS)} clinical column(s)" in str(err.value)
+
+
 def test_profiles_paper_by_default_demo_for_synthetic():
     paper = resolve_config()
     assert paper["profile"] == "paper"
@@ -434,3 +486,67 @@ def test_profiles_paper_by_default_demo_for_synthetic():
     assert demo["dl"]["epochs"] == 3                      # CLI flags beat the profile
     with pytest.raises(P53hccError, match="unknown profile"):
         resolve_config(profile="fastest")
+
+
+# ------------------------------------------------------------------ nothing lost silently (issue 17)
+def _fake_cohort(root: Path, n: int = 60, seed: int = 3) -> Path:
+    """A fake-image cohort (with truth.csv) written by hand, as a user's own cohort.csv."""
+    from p53hcc.tools.cohort.synth import sample_patients
+
+    cohort, truth = sample_patients(n, seed=seed)
+    for col in ("ap", "pvp", "dp", "ap_mask", "pvp_mask", "dp_mask"):
+        cohort[col] = "x.nii.gz"
+    root.mkdir(parents=True)
+    cohort.to_csv(root / "cohort.csv", index=False)
+    truth.to_csv(root / "truth.csv", index=False)
+    return root / "cohort.csv"
+
+
+def test_a_one_class_validation_split_is_reported_not_dropped(tmp_path, fake_image_stages):
+    """statistics used to skip a split with one class: the validation cohort vanished from metrics and Table 5."""
+    from p53hcc.tools.pipeline.study import run_study
+
+    csv = _fake_cohort(tmp_path / "c")
+    df = pd.read_csv(csv, dtype={"patient_id": str})
+    df.loc[df["split"] == "validation", "p53"] = 1
+    df.to_csv(csv, index=False)
+    page = run_study(csv, out=tmp_path / "study", nets="resnet18", folds=3, epochs=1, profile="demo").read_text(
+        encoding="utf-8")
+    m = pd.read_csv(tmp_path / "study" / "metrics.csv")
+    val = m[m["split"] == "validation"].set_index(["model", "metric"])["estimate"]
+    n_val = int((df["split"] == "validation").sum())
+    excluded = json.loads((tmp_path / "study" / "selection.json").read_text(encoding="utf-8"))["excluded"]
+    models = [m for m in ("clinical", "radiomics", "combined", "mc_resnet18") if m not in excluded]
+    assert "combined" in models and "mc_resnet18" in models  # degenerate ones are NaN throughout, tested elsewhere
+    for model in models:
+        assert np.isnan(val[(model, "auc")]) and np.isnan(val[(model, "specificity")])
+        assert val[(model, "n")] == n_val == val[(model, "n_events")] and 0 <= val[(model, "sensitivity")] <= 1, (
+            model, m[(m.model == model) & (m.split == "validation")].to_dict("records")[:2])
+    assert f"not computable: one class ({n_val} of {n_val} P53-positive)" in page
+    table5 = pd.read_csv(tmp_path / "study" / "tables" / "table5.csv")
+    assert set(table5["Cohort"]) == {"TC", "VC"}
+
+
+@pytest.mark.parametrize("policy", ["fail", "record"])
+def test_a_patient_a_stage_cannot_process_is_named(tmp_path, fake_image_stages, policy):
+    """Radiomics failures were one log line; the study then failed with an unrelated message (fail) - or, now,
+    the patient is left out of the folds and every model and named in dropped.csv and the report (record)."""
+    from p53hcc.tools.pipeline.study import run_study
+
+    csv = _fake_cohort(tmp_path / "c")
+    pid = pd.read_csv(csv, dtype={"patient_id": str}).query("split == 'train'")["patient_id"].iloc[0]
+    fake_image_stages["drop"] = pid
+    kw = {"out": tmp_path / "study", "nets": "resnet18", "folds": 3, "epochs": 1, "profile": "demo",
+          "on_failure": policy}
+    if policy == "fail":
+        with pytest.raises(P53hccError, match=rf"radiomics failed for 1 of .*\n  patient {pid} phase dp: extraction"):
+            run_study(csv, **kw)
+        assert not (tmp_path / "study" / "splits.json").exists()
+    else:
+        page = run_study(csv, **kw).read_text(encoding="utf-8")
+        splits = json.loads((tmp_path / "study" / "splits.json").read_text(encoding="utf-8"))
+        assert pid not in splits["fold_of"]
+        assert pid not in set(pd.read_parquet(tmp_path / "study" / "scores.parquet")["patient_id"])
+        assert "1 patient(s) left out of every model and table" in page and pid in page
+    dropped = pd.read_csv(tmp_path / "study" / "dropped.csv", dtype={"patient_id": str})
+    assert dropped[["patient_id", "stage", "phase"]].values.tolist() == [[pid, "radiomics", "dp"]]

@@ -42,15 +42,27 @@ def synth(n: int = 320, out: str = "synthetic", seed: int = 0, size: str = "demo
                            profile=profile))
 
 
-def validate(cohort: str):
+def validate(cohort: str, study: bool = False, config: str | None = None, profile: str = "paper", **overrides):
     """Check every file and value of a cohort manifest and list all problems at once (exit 1 if any).
+
+    Always: files readable 3-D volumes, masks binary, non-empty and on their image's grid, no NaN voxels, ids,
+    splits, labels and clinical values plausible, every clinical column the clinical model needs present and
+    filled, each ROI large enough for radiomics (paper parameter set) and the DL crop, and the phases' enhancement
+    order (a warning: swapped phase columns?).
 
     Args:
         cohort: path to cohort.csv.
+        study: also check the classes of each split against the study's folds (training needs `folds` patients of
+            each class, and enough per fold for the radiomics LASSO; a one-class validation split warns), with
+            the ROI rules of the study's radiomics parameter set.
+        config: study YAML (implies --study).
+        profile: "paper" (default) or "demo", as for `p53hcc study`.
+        overrides: study parameters as for `p53hcc study`, e.g. --folds 10 (implies --study).
     """
-    from p53hcc.tools.cohort.manifest import validate_command
+    from p53hcc.tools.pipeline.checks import validate_study_command
 
-    return validate_command(cohort)
+    purpose = "study" if as_bool(study, "study") or config or overrides else "cohort"
+    return validate_study_command(cohort, config=config, profile=profile, purpose=purpose, **overrides)
 
 
 def datalist(cohort: str, out: str, folds: int | None = None, seed: int = 0):
@@ -63,8 +75,10 @@ def datalist(cohort: str, out: str, folds: int | None = None, seed: int = 0):
         seed: seed of the fold assignment.
     """
     from p53hcc.tools.cohort.splits import write_datalist
+    from p53hcc.tools.lock import folder_lock
 
-    return str(write_datalist(cohort, out, folds=folds, seed=seed))
+    with folder_lock(out):
+        return str(write_datalist(cohort, out, folds=folds, seed=seed))
 
 
 def preprocess(cohort: str, out: str, params: str | None = None, workers: int | None = None,
@@ -79,9 +93,11 @@ def preprocess(cohort: str, out: str, params: str | None = None, workers: int | 
         workers: local worker processes (default: all cores).
         scheduler: address of a Dask distributed scheduler (tcp://host:port) to run on a cluster instead.
     """
+    from p53hcc.tools.lock import folder_lock
     from p53hcc.tools.preprocessing.run import preprocess_cohort
 
-    preprocess_cohort(cohort, out, workers=workers, scheduler=scheduler, params=params)
+    with folder_lock(out):
+        preprocess_cohort(cohort, out, workers=workers, scheduler=scheduler, params=params)
 
 
 def radiomics(cohort: str, out: str, params: str | None = None, workers: int | None = None,
@@ -95,9 +111,11 @@ def radiomics(cohort: str, out: str, params: str | None = None, workers: int | N
         workers: local worker processes (default: all cores).
         scheduler: Dask distributed scheduler address, optional.
     """
+    from p53hcc.tools.lock import folder_lock
     from p53hcc.tools.radiomics.extract import extract_cohort
 
-    extract_cohort(cohort, out, params=params, workers=workers, scheduler=scheduler)
+    with folder_lock(out):
+        extract_cohort(cohort, out, params=params, workers=workers, scheduler=scheduler)
 
 
 def train(cohort: str, out: str, arm: str = "mc", net: str | None = None, epochs: int | None = None,
@@ -116,14 +134,20 @@ def train(cohort: str, out: str, arm: str = "mc", net: str | None = None, epochs
         epochs: training epochs (default: the bundle's).
         device: "cpu" or "cuda" (default: cuda when available).
         engine: "fast" (in-process, cached crops) or "bundle" (the bundle's own MONAI workflow per fold).
-        overrides: further training values, e.g. --spatial_size 64 --n4 false.
+        overrides: further training values, e.g. --spatial_size 64 --n4 false --cpu_threads 8 (torch threads on a
+            CPU: fixed, 1 by default, so the networks do not depend on the machine; in the resume keys);
+            --inner true also trains the pair-of-folds networks nested cross-fitting needs (what `p53hcc study`
+            does by default).
     """
     from p53hcc.tools.dl.crossfit import train_arm
+    from p53hcc.tools.lock import folder_lock
 
-    for key in ("n4", "amp", "compile"):
+    for key in ("n4", "amp", "compile", "inner"):
         if key in overrides:
             overrides[key] = as_bool(overrides[key], key)
-    return str(train_arm(cohort, out, arm=arm, net=net, epochs=epochs, device=device, engine=engine, **overrides))
+    with folder_lock(out):
+        return str(train_arm(cohort, out, arm=arm, net=net, epochs=epochs, device=device, engine=engine,
+                             **overrides))
 
 
 def gradcam(out: str, arm: str = "mc", net: str | None = None, patients: str | None = None, n: int = 4,
@@ -139,8 +163,10 @@ def gradcam(out: str, arm: str = "mc", net: str | None = None, patients: str | N
         layer: target layer (default: the deepest stage with at least 7x7 cells at the model's input size).
     """
     from p53hcc.tools.dl.gradcam import gradcam_command
+    from p53hcc.tools.lock import folder_lock
 
-    return gradcam_command(out, arm=arm, net=net, patients=patients, n=n, layer=layer)
+    with folder_lock(out):
+        return gradcam_command(out, arm=arm, net=net, patients=patients, n=n, layer=layer)
 
 
 def study(cohort: str | None = None, out: str = "study-demo", nets: str | None = None, config: str | None = None,
@@ -199,6 +225,7 @@ VERBOSE, QUIET = ("--verbose", "-v"), ("--quiet", "-q")
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``p53hcc`` console script; user errors become one line on stderr and exit code 1."""
+    import errno
     import logging
 
     import fire
@@ -212,8 +239,12 @@ def main(argv: list[str] | None = None) -> int:
     log = logging.getLogger("p53hcc.cli")
     try:
         fire.Fire(COMMANDS, command=argv, name="p53hcc")
-    except (P53hccError, FileNotFoundError, PermissionError) as err:
+    except (P53hccError, FileNotFoundError) as err:
         log.error("%s", err)
+        return 1
+    except OSError as err:  # a read-only or full output folder, a vanished network share...
+        hint = " (is the folder read-only?)" if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else ""
+        log.error("%s%s", err, hint)
         return 1
     except KeyboardInterrupt:
         log.error("interrupted; run the same command again to resume")

@@ -62,20 +62,51 @@ def atomic_write_table(dest: str | os.PathLike, df: pd.DataFrame) -> Path:
 
 
 def read_table(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a parquet or CSV table written by :func:`atomic_write_table`."""
+    """Read a parquet or CSV table written by :func:`atomic_write_table`.
+
+    ``patient_id`` is always read as text, so ids such as ``007`` keep their leading zeros.
+    """
     path = Path(path)
-    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    if path.suffix == ".parquet":
+        df = pd.read_parquet(path)
+        if "patient_id" in df.columns:
+            df["patient_id"] = df["patient_id"].astype(str)
+        return df
+    return pd.read_csv(path, dtype={"patient_id": str})
+
+
+#: sha256 of files already hashed by this process, keyed by their stat signature (see :func:`file_sha256`).
+_HASHES: dict[tuple, str] = {}
+
+
+def _signature(files: list[Path]) -> tuple:
+    """What changes whenever a file's content may have changed: size, modification and status-change times, inode.
+
+    The status-change time (``st_ctime_ns``) cannot be set by the user and moves on every write, rename or copy
+    over the file, so an unchanged signature means unchanged content.
+    """
+    return tuple((str(f), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) for f in files
+                 for st in [f.stat()])
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Content hash of a file, or of every file below a folder (DICOM series), in sorted order."""
-    path = Path(path)
-    h = hashlib.sha256()
+    """Content hash of a file, or of every file below a folder (DICOM series), in sorted order.
+
+    Each file is read once per process: a second call on an unchanged file (same :func:`_signature`) returns the
+    remembered hash, so the stage runner, preprocessing and the crop caches can all key on content cheaply.
+    """
+    path = Path(path).resolve()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    sig = (str(path), _signature(files))
+    if sig in _HASHES:
+        return _HASHES[sig]
+    h = hashlib.sha256()
     for f in files:
         with open(f, "rb") as fh:
             while block := fh.read(chunk):
                 h.update(block)
+    if _signature(files) == sig[1]:  # not rewritten while it was read
+        _HASHES[sig] = h.hexdigest()
     return h.hexdigest()
 
 

@@ -76,6 +76,9 @@ def study_log(path: str | os.PathLike) -> Iterator[Path]:
         handler.handle(logger.makeRecord(ROOT, logging.ERROR, __file__, 0, "%s: %s", (type(err).__name__, err),
                                          None))
         raise
+    except KeyboardInterrupt:
+        handler.handle(logger.makeRecord(ROOT, logging.ERROR, __file__, 0, "interrupted (Ctrl-C)", (), None))
+        raise
     finally:
         logger.removeHandler(handler)
         handler.close()

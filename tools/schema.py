@@ -29,7 +29,7 @@ DATALIST_SECTIONS = {"train": "training", "validation": "validation", "external"
 
 # ------------------------------------------------------------------------------------------- study tables
 SCORE_COLUMNS: list[str] = ["patient_id", "model", "fold", "split", "score"]
-METRIC_COLUMNS: list[str] = ["model", "split", "metric", "estimate", "ci_low", "ci_high"]
+METRIC_COLUMNS: list[str] = ["model", "split", "metric", "estimate", "ci_low", "ci_high", "note"]
 #: Short cohort labels of the paper's tables (TC / VC) and of an external cohort.
 SPLIT_LABELS = {"train": "TC", "validation": "VC", "external": "EC", "all": "All"}
 SPLIT_TITLES = {"train": "Training cohort", "validation": "Validation cohort", "external": "External cohort"}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -69,9 +70,15 @@ def cohort_items(cohort_csv: str | os.PathLike) -> list[dict]:
     return [_item(r, {}) for r in df.to_dict("records")]
 
 
-def write_datalist(cohort: str | Path, out: str | Path, folds: int | None = None, seed: int = 0) -> Path:
-    """Write the MONAI ``datalist.json`` (one list per split) and ``splits.json`` into the study folder."""
+def write_datalist(cohort: str | Path, out: str | Path, folds: int | None = None, seed: int = 0,
+                   exclude: Collection[str] = ()) -> Path:
+    """Write the MONAI ``datalist.json`` (one list per split) and ``splits.json`` into the study folder.
+
+    ``exclude``: patients left out of the analysis (``dropped.csv``): in no fold and no datalist section, so every
+    model of the study is built and compared on the same patients.
+    """
     df = read_cohort(cohort).sort_values("patient_id")
+    df = df[~df["patient_id"].isin({str(p) for p in exclude})]
     splits = make_splits(df, folds, seed)
     datalist: dict[str, list] = {section: [] for section in DATALIST_SECTIONS.values()}
     for r in df.to_dict("records"):

@@ -148,7 +148,10 @@ def posterior_table(df: pd.DataFrame) -> pd.DataFrame:
     ``clinical_bayes_prob``: preoperative clinical + semantic variables (what ``p53hcc.fusion.clinical`` uses by default;
     no pathology, no latent). ``clinical_pathology_bayes_prob``: all cohort.csv variables (adds grade and MVI).
     ``preop_bayes_prob``: everything known before surgery (clinical + semantic + imaging latent): the ceiling of
-    the paper's combined model. ``llr_<block>``: each block's summed log-likelihood ratio.
+    the paper's combined model. ``image_bayes_prob``: what the images carry (tumour size and enhancement findings,
+    i.e. the semantic block, plus the latent heterogeneity): the reference of image-only models (radiomics, the
+    DL arms). ``latent_bayes_prob``: the latent heterogeneity alone, the image signal the clinical table does not
+    hold. ``llr_<block>``: each block's summed log-likelihood ratio.
     """
     llr = log_likelihood_ratios(df)
     prior = np.log(PREVALENCE / (1 - PREVALENCE))
@@ -163,6 +166,8 @@ def posterior_table(df: pd.DataFrame) -> pd.DataFrame:
         "clinical_bayes_prob": special.expit(clinical),
         "clinical_pathology_bayes_prob": special.expit(clinical + blocks["pathology"]),
         "preop_bayes_prob": special.expit(clinical + blocks["latent"]),
+        "image_bayes_prob": special.expit(prior + blocks["semantic"] + blocks["latent"]),
+        "latent_bayes_prob": special.expit(prior + blocks["latent"]),
         "prior_logit": prior,
         **{f"llr_{g}": blocks[g] for g in ("demographic_lab", "pathology", "semantic", "latent")},
     }, index=df.index)

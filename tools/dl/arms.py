@@ -8,13 +8,18 @@
   CNNs that never saw fold k.
 
 An arm defines its training *units* (MC: one network per fold; FF: one per phase), its crops, what a trained unit
-leaves behind (MC: scores; FF: features) and how the units become the arm's scores. Layout under
-``STUDY/dl/<arm>/<net>/``::
+leaves behind (MC: scores; FF: features) and how the units become the arm's scores. For nested cross-fitting
+(:mod:`p53hcc.fusion.nested`) the arm also trains *pair* units: one per pair of folds {k, m}, fitted on the
+training patients outside both, which give the inner scores that the choice of network and the combined model of
+outer fold k (or m) are fitted on. Layout under ``STUDY/dl/<arm>/<net>/``::
 
     fold<k>/config.json, model.pt, history.csv, scores.parquet, done.json        (MC)
     fold<k>/config.json, <phase>/model.pt, history.csv, features.parquet, done.json   (FF)
     full/...           the full-cohort models (fold -1); FF also full/head.joblib
+    pair<k>-<m>/...    the inner models of the fold pair {k, m}: as a fold, without model.pt (only their
+                       scores or features are needed; the weights of 10 more networks per unit are not kept)
     scores.parquet     patient_id, model, fold, split, score   (out-of-fold for training patients)
+    inner_scores.parquet   outer, patient_id, score   (pair models; written when they were trained)
     features.parquet, lasso.json   (FF)
 """
 from __future__ import annotations
@@ -34,19 +39,48 @@ from p53hcc.tools.errors import P53hccError
 from p53hcc.tools.io import atomic_path, atomic_write_json, atomic_write_table, read_table
 from p53hcc.tools.schema import DATALIST_SECTIONS, PHASES, SCORE_COLUMNS
 
+#: ``Unit.fold`` of a pair unit (it belongs to no single fold).
+PAIR = -2
+INNER_COLUMNS = ["outer", "patient_id", "score"]
 
-def fold_dir(arm_dir: Path, fold: int) -> Path:
-    """``fold<k>`` for a fold model, ``full`` for the full-cohort model (fold -1)."""
+
+def fold_dir(arm_dir: Path, fold: int, pair: tuple[int, int] | None = None) -> Path:
+    """``fold<k>`` for a fold model, ``full`` for the full-cohort model (fold -1), ``pair<k>-<m>`` for a pair."""
+    if pair is not None:
+        return arm_dir / f"pair{pair[0]}-{pair[1]}"
     return arm_dir / (f"fold{fold}" if fold >= 0 else "full")
 
 
 @dataclass(frozen=True)
 class Unit:
-    """One network to train: its fold (-1 = full cohort), its phase (FF) or None (MC), and where it lives."""
+    """One network to train: its fold (-1 = full cohort, ``PAIR`` = the pair of folds ``pair``), its phase (FF)
+    or None (MC), and where it lives."""
 
     fold: int
     unit: str | None
     dir: Path
+    pair: tuple[int, int] | None = None
+
+    @property
+    def held(self) -> tuple[int, ...]:
+        """The training folds this unit never trains on (and scores): none for the full-cohort unit."""
+        return self.pair if self.pair is not None else ((self.fold,) if self.fold >= 0 else ())
+
+
+def fold_pairs(splits: dict) -> list[tuple[int, int]]:
+    """Every pair of folds {k, m}, k < m: K (K - 1) / 2 inner units per arm unit."""
+    from itertools import combinations
+
+    return list(combinations(sorted(int(f["fold"]) for f in splits["folds"]), 2))
+
+
+def inner_rows(pair: tuple[int, int], scores: pd.DataFrame, fold_of: dict[str, int]) -> pd.DataFrame:
+    """A pair model's scores (``patient_id, score`` of folds k and m) as inner scores: fold m's patients serve
+    outer fold k, fold k's patients outer fold m."""
+    k, m = pair
+    fold = scores["patient_id"].astype(str).map(fold_of)
+    return pd.DataFrame({"outer": np.where(fold == m, k, m), "patient_id": scores["patient_id"].astype(str),
+                         "score": scores["score"].to_numpy(float)})[INNER_COLUMNS]
 
 
 class Arm:
@@ -55,9 +89,10 @@ class Arm:
     name: str = ""
     units: tuple[str | None, ...] = (None,)
 
-    def unit_dir(self, arm_dir: Path, fold: int, unit: str | None) -> Path:
-        """Where the network of ``(fold, unit)`` and its outputs live."""
-        return fold_dir(arm_dir, fold) if unit is None else fold_dir(arm_dir, fold) / unit
+    def unit_dir(self, arm_dir: Path, fold: int, unit: str | None, pair: tuple[int, int] | None = None) -> Path:
+        """Where the network of ``(fold or pair, unit)`` and its outputs live."""
+        folder = fold_dir(arm_dir, fold, pair)
+        return folder if unit is None else folder / unit
 
     def crops(self, study: Path, items: list[dict], params: dict, unit: str | None) -> torch.Tensor:
         """Deterministic 2D crops ``[N, C, S, S]`` of ``items`` (multi-phase datalist items) for ``unit``."""
@@ -80,6 +115,10 @@ class Arm:
     def collect(self, study: Path, arm_dir: Path, net: str, splits: dict, items: list[dict], **options
                 ) -> pd.DataFrame:
         """The arm's tidy scores (``SCORE_COLUMNS``) from its finished units."""
+        raise NotImplementedError
+
+    def collect_inner(self, arm_dir: Path, splits: dict, items: list[dict], **options) -> pd.DataFrame:
+        """The arm's inner scores (``outer, patient_id, score``) from its finished pair units."""
         raise NotImplementedError
 
     def _bundle_overrides(self, study: Path, u: Unit, net: str, params: dict, device) -> dict:
@@ -137,6 +176,11 @@ class MCArm(Arm):
         scores["split"] = scores["patient_id"].map(_split_of(items))
         return scores[SCORE_COLUMNS]
 
+    def collect_inner(self, arm_dir, splits, items, **options):
+        fold_of = {str(p): int(k) for p, k in splits["fold_of"].items()}
+        return pd.concat([inner_rows(pair, read_table(self.unit_dir(arm_dir, PAIR, None, pair) / "scores.parquet"),
+                                     fold_of) for pair in fold_pairs(splits)], ignore_index=True)
+
 
 #: LASSO-retained FF features per network in the paper's Results (of 3 x 8 = 24 PCA features).
 PAPER_N_SELECTED = {"resnet18": 18, "resnet34": 14, "resnet50": 11, "resnet101": 12, "resnet152": 3,
@@ -183,6 +227,26 @@ class FFArm(Arm):
 
     def collect(self, study, arm_dir, net, splits, items, head_kwargs: dict | None = None, **options):
         return fit_ff_head(arm_dir, net, splits, items, head_kwargs)
+
+    def collect_inner(self, arm_dir, splits, items, head_kwargs: dict | None = None, **options):
+        """For each fold pair, the FF head fitted on the pair networks' features of the training patients outside
+        both folds scores the two folds' patients (as :func:`fit_ff_head` does for one fold)."""
+        from p53hcc.fusion.ffhead import make_ff_head, wide_features
+
+        labels = pd.Series({str(d["patient_id"]): int(d["label"]) for d in items if d.get("split") == "train"})
+        fold_of = {str(p): int(k) for p, k in splits["fold_of"].items()}
+        parts = []
+        for pair in fold_pairs(splits):
+            feats = pd.concat([read_table(self.unit_dir(arm_dir, PAIR, p, pair) / "features.parquet")
+                               for p in PHASES], ignore_index=True)
+            wide = wide_features(feats.assign(patient_id=feats["patient_id"].astype(str)), PHASES)
+            fit_ids = [p for p in labels.index if fold_of[p] not in pair]
+            held = [p for p in labels.index if fold_of[p] in pair]
+            head = make_ff_head(phases=tuple(PHASES), **(head_kwargs or {})).fit(
+                wide.loc[fit_ids], labels.loc[fit_ids].to_numpy())
+            parts.append(inner_rows(pair, pd.DataFrame({"patient_id": held,
+                                                        "score": head.predict_proba(wide.loc[held])[:, 1]}), fold_of))
+        return pd.concat(parts, ignore_index=True)
 
 
 def save_full_head(head, path: Path, wide: pd.DataFrame | None = None, expected: np.ndarray | None = None) -> Path:

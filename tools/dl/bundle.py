@@ -27,8 +27,10 @@ TRAINING_KEYS = ("net", "epochs", "batch_size", "learning_rate", "weight_decay",
 CROP_KEYS = ("spatial_size", "margin", "pixdim", "n4")
 #: Engine-only options (not in the bundle): ``source`` "raw" runs the bundle's own chain on the manifest's
 #: images, "preprocessed" reads the study's preprocessed volumes (N4 runs once per patient-phase); ``compile``
-#: wraps the network in ``torch.compile``.
-ENGINE_DEFAULTS = {"source": "raw", "compile": False}
+#: wraps the network in ``torch.compile``; ``cpu_threads`` is torch's thread count while training and scoring:
+#: fixed (and in the resume keys) because CPU convolutions give other bits with another thread count, so the
+#: networks depend on this value, never on the machine's core count (raise it on a many-core CPU for speed).
+ENGINE_DEFAULTS = {"source": "raw", "compile": False, "cpu_threads": 1}
 
 
 def check_arm(arm: str) -> str:
@@ -74,6 +76,7 @@ def training_params(arm: str, **overrides: Any) -> dict[str, Any]:
     if params["source"] == "preprocessed":
         params["n4"] = False
     params["epochs"] = int(params["epochs"])
+    params["cpu_threads"] = int(params["cpu_threads"])
     return params
 
 

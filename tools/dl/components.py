@@ -5,6 +5,7 @@ the names in ``__all__``; nothing private. ``tests/test_components.py`` checks t
 in the shipped configs resolves to a name listed here.
 
 * Data: :func:`select_items` (which patients a fold trains, monitors or scores), :func:`class_weights`.
+* Reading: :class:`SeriesSpacingReader` (ITK, with DICOM series' slice spacing as their headers state it).
 * Transforms: :class:`N4BiasFieldCorrectiond` (wired by :func:`n4_transforms`), :class:`RenameKeysd`,
   :func:`roi_transforms` (largest-ROI slice -> bbox + margin -> resize -> z-score), :func:`train_augmentation`,
   :class:`BatchRandCropFlip` (the same augmentation on whole batches, on the device).
@@ -25,11 +26,12 @@ from p53hcc.tools.cohort.splits import select_items
 from p53hcc.tools.dl.nets import build_net, feature_extractor
 from p53hcc.tools.dl.roi import BatchRandCropFlip, RenameKeysd, roi_transforms, train_augmentation
 from p53hcc.tools.io import atomic_write_table
+from p53hcc.tools.preprocessing.chain import SeriesSpacingReader
 from p53hcc.tools.preprocessing.n4 import N4BiasFieldCorrectiond
 
 __all__ = ["AugmentingPrepareBatch", "BatchRandCropFlip", "N4BiasFieldCorrectiond", "PatientTableWriter",
-           "RenameKeysd", "build_net", "class_weights", "feature_extractor", "n4_transforms", "roi_transforms",
-           "select_items", "train_augmentation", "warm_cache"]
+           "RenameKeysd", "SeriesSpacingReader", "build_net", "class_weights", "feature_extractor", "n4_transforms",
+           "roi_transforms", "select_items", "train_augmentation", "warm_cache"]
 
 
 def class_weights(items: list[dict], num_classes: int = 2) -> torch.Tensor:

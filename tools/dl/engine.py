@@ -24,7 +24,8 @@ from p53hcc.tools.dl.bundle import CROP_KEYS, bundle_parser
 from p53hcc.tools.dl.components import BatchRandCropFlip, class_weights
 from p53hcc.tools.dl.nets import build_net, feature_extractor
 from p53hcc.tools.errors import P53hccError
-from p53hcc.tools.io import atomic_path, params_hash
+from p53hcc.tools.io import atomic_path, file_sha256, params_hash
+from p53hcc.tools.parallel import single_threaded
 
 log = logging.getLogger(__name__)
 _INIT_LOCK = threading.Lock()
@@ -44,14 +45,38 @@ def source_items(items: list[dict], study_dir: str | os.PathLike, params: dict) 
     return items
 
 
+#: Item keys that name an image or mask file (multi-phase MC items and single-phase FF items).
+PATH_KEYS = ("ap", "pvp", "dp", "ap_mask", "pvp_mask", "dp_mask", "image", "mask")
+
+
+def item_content(item: dict) -> str:
+    """Content id of one datalist item's images and masks: what its crops (and the networks) are made from.
+
+    Items pointing at the study's preprocessed volumes carry it already (``content``: their preprocessing keys,
+    which hash the raw files and the preprocessing parameters); raw items are hashed here (sha256 of each file,
+    remembered per process by :func:`p53hcc.tools.io.file_sha256`).
+    """
+    if item.get("content"):
+        return str(item["content"])
+    return params_hash({k: file_sha256(item[k]) if item.get(k) else None for k in PATH_KEYS if k in item})
+
+
+def items_digest(items: list[dict]) -> str:
+    """One hash of the patients, labels, splits, folds and image contents of ``items`` (order included)."""
+    return params_hash([[d["patient_id"], d.get("label"), d.get("split"), d.get("fold"), item_content(d)]
+                        for d in items])
+
+
 def cached_crops(items: list[dict], out: str | Path, params: dict, arm: str, area: str, prefix: str,
                  desc: str, masks: bool = False) -> torch.Tensor:
     """Stacked deterministic 2D crops ``[N, C, S, S]`` of ``items``, each patient computed once and cached.
 
     Runs the ``deterministic_transforms`` of ``arm``'s bundle (the same config the bundle's own trainer uses)
     through a ``PersistentDataset`` in ``out/<area>/cache/<hash>`` and keeps the stacked tensor in
-    ``out/<area>/slices/<prefix>_<hash>_<patients hash>.pt``; the hash covers the crop parameters, the arm and
-    the image source (raw or preprocessed).
+    ``out/<area>/slices/<prefix>_<hash>_<content hash>.pt``; the hash covers the crop parameters, the arm and
+    the image source (raw or preprocessed), and the content hash each patient's id and image content
+    (:func:`item_content`, also part of each patient's ``PersistentDataset`` key), so a replaced image or a
+    changed preprocessing never returns an old crop.
 
     ``masks=True`` returns instead each crop's tumour mask (``[N, C, S, S]`` in [0, 1], one channel per phase
     like the images), cut and resized exactly like its image: the bundle's chain with its ``roi_transforms``
@@ -65,9 +90,11 @@ def cached_crops(items: list[dict], out: str | Path, params: dict, arm: str, are
     keys = {k: params[k] for k in CROP_KEYS}
     tag = params_hash({**keys, "bundle": f"p53_{arm}", "source": params.get("source", "raw"),
                        **({"masks": True} if masks else {})})
+    items = [{**d, "content": item_content(d)} for d in items]
     ids = [d["patient_id"] for d in items]
     root = Path(out) / area
-    stacked = root / "slices" / f"{prefix}{'_mask' if masks else ''}_{tag}_{params_hash(ids)}.pt"
+    content = params_hash([[d["patient_id"], d["content"]] for d in items])
+    stacked = root / "slices" / f"{prefix}{'_mask' if masks else ''}_{tag}_{content}.pt"
     if stacked.is_file():
         return torch.load(stacked, weights_only=True)["x"]
     parser = bundle_parser(arm, overrides={**keys, "dataset_dir": str(out)})
@@ -76,8 +103,9 @@ def cached_crops(items: list[dict], out: str | Path, params: dict, arm: str, are
     ds = PersistentDataset(items, Compose(parser.get_parsed_content("deterministic_transforms")),
                            cache_dir=root / "cache" / tag)
     key = "mask" if masks else "image"  # plain tensors (a MetaTensor's meta would not load with weights_only)
-    x = torch.stack([convert_to_tensor(ds[i][key], dtype=torch.float32, track_meta=False).clone()
-                     for i in tqdm(range(len(ds)), desc=desc, leave=False)])
+    with single_threaded():  # the same bits whatever the machine's core count (see single_threaded)
+        x = torch.stack([convert_to_tensor(ds[i][key], dtype=torch.float32, track_meta=False).clone()
+                         for i in tqdm(range(len(ds)), desc=desc, leave=False)])
     with atomic_path(stacked) as tmp:
         torch.save({"x": x, "ids": ids}, tmp)
     return x

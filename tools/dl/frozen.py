@@ -16,6 +16,7 @@ from p53hcc.tools.cohort.splits import cohort_items
 from p53hcc.tools.dl.arms import features_frame, get_arm, load_unit_network, read_config
 from p53hcc.tools.dl.engine import penultimate_features, predict_scores, source_items
 from p53hcc.tools.errors import P53hccError
+from p53hcc.tools.parallel import fixed_threads
 
 
 def frozen_crops(weights: Path, cohort_csv: str | os.PathLike, work: str | os.PathLike, arm: str,
@@ -42,7 +43,14 @@ def predict_frozen(weights: str | os.PathLike, cohort_csv: str | os.PathLike, wo
     Returns:
         Series ``score`` indexed by ``patient_id``.
     """
-    weights, spec = Path(weights), get_arm(arm)
+    weights = Path(weights)
+    # the thread count the networks were trained and scored with in the study: the same bits for its patients
+    with fixed_threads(int(read_config(weights).get("cpu_threads", 1))):
+        return _predict_frozen(weights, cohort_csv, work, arm, net, device)
+
+
+def _predict_frozen(weights: Path, cohort_csv, work, arm: str, net: str | None, device) -> pd.Series:
+    spec = get_arm(arm)
     net = net or read_config(weights)["net"]
     if spec.name == "mc":
         ids, x, params = frozen_crops(weights, cohort_csv, work, "mc", None)

@@ -67,7 +67,7 @@ def as_list(value: Any) -> list[str]:
 def _fill_stage_defaults(cfg: dict) -> None:
     """Replace nulls (and absent DL training values) by the defaults of the stages that own them."""
     from p53hcc.tools.cohort.splits import DEFAULT_FOLDS
-    from p53hcc.tools.dl.bundle import training_defaults
+    from p53hcc.tools.dl.bundle import ENGINE_DEFAULTS, training_defaults
     from p53hcc.tools.preprocessing.params import DEFAULT_PRESET
     from p53hcc.tools.radiomics.features import DEFAULT_PARAMS
 
@@ -77,7 +77,7 @@ def _fill_stage_defaults(cfg: dict) -> None:
         cfg["preprocess"]["params"] = DEFAULT_PRESET
     if cfg["radiomics"].get("params") is None:
         cfg["radiomics"]["params"] = DEFAULT_PARAMS
-    for key, value in training_defaults("mc").items():
+    for key, value in {**training_defaults("mc"), "cpu_threads": ENGINE_DEFAULTS["cpu_threads"]}.items():
         if key not in STUDY_OWNED_DL_KEYS and cfg["dl"].get(key) is None:
             cfg["dl"][key] = value
 
@@ -113,12 +113,37 @@ def resolve_config(config: str | Path | None = None, nets: Any = None, paper_sel
     cfg["dl"]["arms"] = as_list(cfg["dl"]["arms"])
     if paper_selection:
         cfg["paper_selection"] = True
+    _check_choices(cfg)
     return cfg
 
 
+#: Settings that take one of a few named values (each one implemented; anything else is an error, not ignored).
+CHOICES = {("fusion", "selection_rule"): ("train_oof_auc",), ("fusion", "nesting"): ("nested", "apparent"),
+           ("fusion", "stack_weights"): ("nonnegative", "free"), ("statistics", "threshold"): ("youden_train",)}
+
+
+def _check_choices(cfg: dict) -> None:
+    for (section, key), allowed in CHOICES.items():
+        value = cfg.get(section, {}).get(key)
+        if value not in allowed:
+            raise P53hccError(f"study parameter {section}.{key}: {value!r} is not one of {', '.join(allowed)}")
+    if cfg["fusion"]["nesting"] == "nested" and int(cfg["folds"]) < 3:
+        raise P53hccError(f"study parameter folds: nested cross-fitting needs at least 3 folds, got {cfg['folds']} "
+                          "(or set fusion.nesting: apparent)")
+    level = float(cfg["statistics"]["ci_level"])
+    if not 0 < level < 1:
+        raise P53hccError(f"study parameter statistics.ci_level: {level} is not between 0 and 1")
+    start, stop, step = (float(v) for v in cfg["statistics"]["dca_thresholds"])
+    if not (0 <= start < stop < 1 and 0 < step):
+        raise P53hccError("study parameter statistics.dca_thresholds: expected [start, stop, step] with "
+                          f"0 <= start < stop < 1 and step > 0, got {cfg['statistics']['dca_thresholds']}")
+
+
 def dl_training_values(cfg: dict) -> dict[str, Any]:
-    """The bundle training values the study sets (``dl`` section minus arms/nets/device, plus the master seed)."""
+    """The bundle training values the study sets (``dl`` section minus arms/nets/device, plus the master seed and
+    the CPU thread count)."""
     from p53hcc.tools.dl.bundle import TRAINING_KEYS
 
-    values = {k: v for k, v in cfg["dl"].items() if k in TRAINING_KEYS and k not in STUDY_OWNED_DL_KEYS}
+    keys = (*TRAINING_KEYS, "cpu_threads")
+    values = {k: v for k, v in cfg["dl"].items() if k in keys and k not in STUDY_OWNED_DL_KEYS}
     return {**values, "seed": cfg["seed"]}

@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from p53hcc.tools.errors import P53hccError
@@ -22,12 +23,14 @@ from p53hcc.tools.radiomics.features import load_params
 MODEL_FILES = ("clinical.joblib", "radiomics.joblib", "combined.joblib")
 
 
-def _threshold(study_dir: Path, model: str = "combined") -> float:
+def _threshold(study_dir: Path, model: str = "combined") -> float | None:
+    """The model's training Youden threshold from metrics.csv (None for a degenerate model, which has none)."""
     m = read_table(study_dir / "metrics.csv")
     row = m[(m["model"] == model) & (m["metric"] == "threshold")]
     if row.empty:
         raise P53hccError(f"{study_dir / 'metrics.csv'}: no threshold for the {model} model (run statistics)")
-    return float(row["estimate"].iloc[0])
+    value = float(row["estimate"].iloc[0])
+    return value if np.isfinite(value) else None
 
 
 def _nomogram_spec(study_dir: Path, combined) -> dict:
@@ -56,14 +59,15 @@ def freeze_model(study_dir: str | Path) -> Path:
         shutil.copy2(study_dir / "metrics.csv", tmp / "study_metrics.csv")
         atomic_write_text(tmp / "radiomics_params.yaml",
                           yaml.safe_dump(load_params(cfg["radiomics"]["params"]), sort_keys=False))
-        chosen = selection["chosen"]
-        net_src = study_dir / "dl" / chosen["arm"] / chosen["net"]
-        net_dst = tmp / "dl" / chosen["arm"] / chosen["net"]
-        if (net_src / "full").is_dir():
-            shutil.copytree(net_src / "full", net_dst / "full")
-        for extra in ("lasso.json", "head.joblib", "ff_head.joblib"):
-            if (net_src / extra).exists():
-                shutil.copy2(net_src / extra, net_dst / extra)
+        chosen = selection.get("chosen")
+        if chosen:
+            net_src = study_dir / "dl" / chosen["arm"] / chosen["net"]
+            net_dst = tmp / "dl" / chosen["arm"] / chosen["net"]
+            if (net_src / "full").is_dir():
+                shutil.copytree(net_src / "full", net_dst / "full")
+            for extra in ("lasso.json", "head.joblib"):
+                if (net_src / extra).exists():
+                    shutil.copy2(net_src / extra, net_dst / extra)
         combined = joblib.load(study_dir / "fusion" / "combined.joblib")
         manifest = {
             "format": "p53hcc-model/1",
@@ -74,11 +78,12 @@ def freeze_model(study_dir: str | Path) -> Path:
                           "icc_threshold": cfg["radiomics"].get("icc_threshold"), "features": "radiomics_features.json"},
             "dl": {"arm": chosen["arm"], "net": chosen["net"], "model": chosen["model"],
                    "weights": f"dl/{chosen['arm']}/{chosen['net']}/full", "train_params": cfg.get("dl", {}),
-                   "selection_rule": selection.get("rule")},
+                   "selection_rule": selection.get("rule")} if chosen else None,
             "fusion": {"clinical": "clinical.joblib", "radiomics": "radiomics.joblib", "combined": "combined.joblib",
                        "combined_inputs": list(combined.feature_names_)},
             "threshold": _threshold(study_dir, "combined"),
-            "component_thresholds": {m: _threshold(study_dir, m) for m in ("clinical", "radiomics", chosen["model"])},
+            "component_thresholds": {m: _threshold(study_dir, m) for m in ("clinical", "radiomics", "dl")
+                                     if m == "dl" and chosen or m != "dl"},
             "nomogram": _nomogram_spec(study_dir, combined),
         }
         manifest["files"] = {p.relative_to(tmp).as_posix(): file_sha256(p)

@@ -13,24 +13,28 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from p53hcc.fusion.evaluation_report import write_evaluation_report
+from p53hcc.fusion.metrics import model_metrics
 from p53hcc.fusion.models import logit
 from p53hcc.fusion.nomogram import Nomogram
-from p53hcc.fusion.report import write_evaluation_report
-from p53hcc.fusion.stats import model_metrics, net_benefit
-from p53hcc.tools.cohort.manifest import read_cohort, validate_cohort
+from p53hcc.fusion.stats import net_benefit
+from p53hcc.tools.cohort.manifest import read_cohort
 from p53hcc.tools.dl.frozen import predict_frozen
 from p53hcc.tools.dl.gradcam import gradcam_frozen
 from p53hcc.tools.errors import P53hccError
 from p53hcc.tools.io import atomic_write_table, atomic_write_text, read_table
+from p53hcc.tools.lock import folder_lock
+from p53hcc.tools.pipeline.checks import cohort_problems, image_requirements, raise_on_errors
 from p53hcc.tools.pipeline.freeze import load_model
 from p53hcc.tools.preprocessing.run import preprocess_cohort
 from p53hcc.tools.radiomics.extract import extract_cohort
+from p53hcc.tools.schema import CLINICAL_COLUMNS
 
 DlScorer = Callable[[Path, Path, Path, dict], pd.DataFrame]
 
 
 # ------------------------------------------------------------------------------------------------- prediction
-def score_patients(bundle: dict, cohort: pd.DataFrame, radiomics: pd.DataFrame, dl_scores: pd.Series
+def score_patients(bundle: dict, cohort: pd.DataFrame, radiomics: pd.DataFrame, dl_scores: pd.Series | None
                    ) -> pd.DataFrame:
     """Apply the frozen fusion models to patients whose radiomics features and DL score are computed.
 
@@ -38,10 +42,11 @@ def score_patients(bundle: dict, cohort: pd.DataFrame, radiomics: pd.DataFrame, 
         bundle: :func:`load_model` output.
         cohort: cohort rows (raw clinical columns, ``patient_id``).
         radiomics: one row per patient (``patient_id`` column or index), the study's feature columns.
-        dl_scores: DL probability per patient (index ``patient_id``) from the frozen network.
+        dl_scores: DL probability per patient (index ``patient_id``) from the frozen network; ``None`` when the
+            study chose no DL model (every candidate degenerate), and then there is no ``dl`` column.
 
     Returns:
-        ``patient_id, clinical, radiomics, dl, probability, predicted_class, points_<input>..., total_points``.
+        ``patient_id, clinical, radiomics, [dl,] probability, predicted_class, points_<input>..., total_points``.
     """
     cohort = cohort.assign(patient_id=cohort["patient_id"].astype(str)).sort_values("patient_id")
     ids = pd.Index(cohort["patient_id"], name="patient_id")
@@ -54,13 +59,17 @@ def score_patients(bundle: dict, cohort: pd.DataFrame, radiomics: pd.DataFrame, 
     absent = [f for f in feats if f not in rad.columns]
     if absent:
         raise P53hccError(f"radiomics table lacks {len(absent)} feature(s) of the frozen model, e.g. {absent[0]}")
-    dl = dl_scores.copy()
-    dl.index = dl.index.astype(str)
-    if not set(ids) <= set(dl.index):
-        raise P53hccError(f"patient {min(set(ids) - set(dl.index))}: no DL score")
-    X = pd.DataFrame({"clinical": bundle["clinical"].predict_proba(cohort.reset_index(drop=True))[:, 1],
-                      "radiomics": bundle["radiomics"].predict_proba(rad.loc[ids, feats])[:, 1],
-                      "dl": dl.loc[ids].to_numpy(float)}, index=ids)
+    clinical = cohort.reset_index(drop=True)[["patient_id", *[c for c in CLINICAL_COLUMNS if c in cohort]]]
+    X = pd.DataFrame({"clinical": bundle["clinical"].predict_proba(clinical)[:, 1],
+                      "radiomics": bundle["radiomics"].predict_proba(rad.loc[ids, feats])[:, 1]}, index=ids)
+    if bundle["manifest"].get("dl"):
+        if dl_scores is None:
+            raise P53hccError("the frozen model has a DL component but no DL scores were given")
+        dl = dl_scores.copy()
+        dl.index = dl.index.astype(str)
+        if not set(ids) <= set(dl.index):
+            raise P53hccError(f"patient {min(set(ids) - set(dl.index))}: no DL score")
+        X["dl"] = dl.loc[ids].to_numpy(float)
     out = X.copy()
     out["probability"] = bundle["combined"].predict_proba(X)[:, 1]
     thr = float(bundle["manifest"]["threshold"])
@@ -80,31 +89,41 @@ def default_dl_scorer(model_dir: Path, cohort_csv: Path, work: Path, manifest: d
 
 
 def predict_cohort(model_dir: str | Path, cohort_csv: str | Path, out: str | Path,
-                   dl_scorer: DlScorer = default_dl_scorer, gradcam: bool = True) -> Path:
+                   dl_scorer: DlScorer = default_dl_scorer, gradcam: bool = True, purpose: str = "cohort") -> Path:
     """Frozen model -> ``out/predictions.csv`` for new patients (and Grad-CAM images under ``out/gradcam/``).
 
-    The new cohort is validated, preprocessed and radiomics-extracted with the frozen parameters into
-    ``out/work/``; nothing is refitted.
+    The new cohort is validated (files, values, every clinical column the frozen clinical model needs, ROIs
+    against the frozen radiomics parameters; ``purpose="evaluate"`` also needs both classes), then preprocessed
+    and radiomics-extracted with the frozen parameters into ``out/work/``; nothing is refitted.
     """
     model_dir, cohort_csv, out = Path(model_dir), Path(cohort_csv).resolve(), Path(out)
+    with folder_lock(out):
+        return _predict(model_dir, cohort_csv, out, dl_scorer, gradcam, purpose)
+
+
+def _predict(model_dir: Path, cohort_csv: Path, out: Path, dl_scorer: DlScorer, gradcam: bool, purpose: str) -> Path:
     bundle = load_model(model_dir)
-    errors = [str(p) for p in validate_cohort(cohort_csv, progress=False) if p.severity == "error"]
-    if errors:
-        raise P53hccError(f"{cohort_csv}: {len(errors)} problem(s): " + "; ".join(errors[:5]))
+    requirements = image_requirements(model_dir / "radiomics_params.yaml")
+    problems = cohort_problems(cohort_csv, requirements, purpose=purpose, progress=False)
+    raise_on_errors(cohort_csv, problems)
+    (out / "predictions.csv").unlink(missing_ok=True)  # never leave an earlier cohort's predictions beside a failure
     work = out / "work"
     preprocess_cohort(cohort_csv, work, params=bundle["manifest"]["preprocessing"]["config"].get("params"))
     radiomics = extract_cohort(cohort_csv, work, params=str(model_dir / "radiomics_params.yaml"))
-    dl = dl_scorer(model_dir, cohort_csv, work, bundle["manifest"])
+    dl = dl_scorer(model_dir, cohort_csv, work, bundle["manifest"]) if bundle["manifest"].get("dl") else None
     pred = score_patients(bundle, read_cohort(cohort_csv), radiomics, dl)
     dest = atomic_write_table(out / "predictions.csv", pred)
-    if gradcam:
+    if gradcam and bundle["manifest"].get("dl"):
         _gradcam_new(model_dir, cohort_csv, out, bundle["manifest"])
     return dest
 
 
 def _gradcam_new(model_dir: Path, cohort_csv: Path, out: Path, manifest: dict) -> None:
     """Grad-CAM overlays of the frozen network for the new patients (a note instead when it cannot be made)."""
+    import shutil
+
     dl = manifest["dl"]
+    shutil.rmtree(out / "gradcam", ignore_errors=True)  # overlays of an earlier cohort predicted into this folder
     try:
         gradcam_frozen(model_dir / dl["weights"], cohort_csv, out / "gradcam", arm=dl["arm"], net=dl["net"],
                        work=out / "work")
@@ -130,11 +149,11 @@ def evaluation_metrics(pred: pd.DataFrame, y: pd.Series, threshold: float, split
         raise P53hccError("evaluate needs labelled patients of both classes (p53 0 and 1)")
     df, yv = df[keep], yy[keep].astype(int).to_numpy()
     frames = [model_metrics(yv, df["probability"].to_numpy(), threshold, model="combined", split=split)]
-    for comp in ("clinical", "radiomics", "dl"):
+    components = [c for c in ("clinical", "radiomics", "dl") if c in df.columns]
+    for comp in components:
         frames.append(model_metrics(yv, df[comp].to_numpy(), 0.5, model=comp, split=split)
                       .query("metric not in ['accuracy', 'sensitivity', 'specificity', 'ppv', 'npv', 'threshold']"))
-    nb = net_benefit(yv, {"combined": df["probability"].to_numpy(), "clinical": df["clinical"].to_numpy(),
-                          "radiomics": df["radiomics"].to_numpy(), "dl": df["dl"].to_numpy()},
+    nb = net_benefit(yv, {"combined": df["probability"].to_numpy(), **{c: df[c].to_numpy() for c in components}},
                      thresholds=thresholds)
     return pd.concat(frames, ignore_index=True), nb
 
@@ -144,7 +163,14 @@ def evaluate_cohort(model_dir: str | Path, cohort_csv: str | Path, out: str | Pa
     """Externally validate the frozen model on a labelled cohort: ``metrics.csv``, ``net_benefit.csv``,
     ``report.html`` (internal-validation vs external AUC side by side); returns the metrics path."""
     out = Path(out)
-    predict_cohort(model_dir, cohort_csv, out, dl_scorer=dl_scorer, gradcam=False)
+    with folder_lock(out):
+        return _evaluate(Path(model_dir), Path(cohort_csv), out, dl_scorer)
+
+
+def _evaluate(model_dir: Path, cohort_csv: Path, out: Path, dl_scorer: DlScorer) -> Path:
+    for name in ("metrics.csv", "net_benefit.csv", "report.html"):  # an earlier evaluation's, if any
+        (out / name).unlink(missing_ok=True)
+    predict_cohort(model_dir, cohort_csv, out, dl_scorer=dl_scorer, gradcam=False, purpose="evaluate")
     pred = read_table(out / "predictions.csv")
     cohort = read_cohort(cohort_csv)
     y = cohort.set_index("patient_id")["p53"]
@@ -154,5 +180,5 @@ def evaluate_cohort(model_dir: str | Path, cohort_csv: str | Path, out: str | Pa
     atomic_write_table(out / "net_benefit.csv", nb)
     study_metrics = Path(model_dir) / "study_metrics.csv"
     write_evaluation_report(out / "report.html", metrics, read_table(study_metrics) if study_metrics.exists() else None,
-                            dl_model=manifest["dl"]["model"], model_dir=Path(model_dir))
+                            dl_model=(manifest["dl"] or {}).get("model"), model_dir=Path(model_dir))
     return dest

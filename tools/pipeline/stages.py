@@ -16,6 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,8 @@ class Stage:
             deterministic (same inputs and params -> same outputs).
         params: JSON-serialisable parameters that determine the outputs (part of the cache key).
         deps: names of stages whose outputs this stage reads (their keys enter this stage's key).
-        inputs: files or folders whose content enters the key (e.g. the cohort CSV), hashed at run time.
+        inputs: files or folders whose content enters the key (e.g. the cohort CSV and every image it names),
+            hashed when the stage's turn comes (after the stages before it ran); or a callable returning them.
         outputs: paths (relative to the study folder) the stage must have produced; a cached stage with one of
             them missing (deleted by hand) is run again.
     """
@@ -45,7 +47,7 @@ class Stage:
     func: Callable[[StageContext], Any]
     params: dict = field(default_factory=dict)
     deps: Sequence[str] = ()
-    inputs: Sequence[str | Path] = ()
+    inputs: Sequence[str | Path] | Callable[[], Sequence[str | Path]] = ()
     outputs: Sequence[str] = ()
 
 
@@ -89,23 +91,30 @@ def read_marker(study_dir: str | Path, name: str) -> dict | None:
 
 
 def _input_digest(paths: Iterable[str | Path]) -> dict:
-    digest = {}
-    for p in paths:
-        p = Path(p)
-        digest[str(p)] = file_sha256(p) if p.exists() else None
-    return digest
+    """sha256 per input path (None when absent); threads, as hashlib releases the GIL."""
+    paths = sorted({str(p) for p in paths})
+
+    def one(p: str) -> str | None:
+        return file_sha256(p) if Path(p).exists() else None
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return dict(zip(paths, pool.map(one, paths)))
 
 
-def stage_key(stage: Stage, upstream: dict[str, str]) -> str:
-    """Cache key of ``stage`` given the keys of the stages already resolved in this run."""
+def stage_key(stage: Stage, upstream: dict[str, str], study_dir: str | Path | None = None) -> str:
+    """Cache key of ``stage`` given the keys of the stages already resolved in this run (relative input paths are
+    files of ``study_dir``, e.g. ``dropped.csv`` written by an earlier stage)."""
     missing = [d for d in stage.deps if d not in upstream]
     if missing:
         raise ValueError(f"stage {stage.name} depends on unknown or later stages: {missing}")
+    inputs = stage.inputs() if callable(stage.inputs) else stage.inputs
+    if study_dir is not None:
+        inputs = [Path(study_dir) / p for p in inputs]  # an absolute path stays as it is
     return params_hash({
         "name": stage.name,
         "params": stage.params,
         "deps": {d: upstream[d] for d in sorted(stage.deps)},
-        "inputs": _input_digest(stage.inputs),
+        "inputs": _input_digest(inputs),
     })
 
 
@@ -132,7 +141,7 @@ def run_stages(stages: Sequence[Stage], study_dir: str | Path, state: dict | Non
     results: list[StageResult] = []
     width = max(len(n) for n in names) if names else 0
     for i, stage in enumerate(stages, 1):
-        key = stage_key(stage, keys)
+        key = stage_key(stage, keys, study_dir)
         keys[stage.name] = key
         marker = read_marker(study_dir, stage.name)
         prefix = f"[{i}/{len(stages)}] {stage.name:<{width}}"

@@ -3,8 +3,11 @@
 Stages, in order, each cached and resumable through :mod:`p53hcc.tools.pipeline.stages` (a done-marker holding
 the hash of its parameters and upstream keys is written only after its outputs):
 
-    synth (no cohort given) -> validate -> datalist -> preprocess -> radiomics -> dl_<arm>_<net> ... ->
+    synth (no cohort given) -> validate -> preprocess -> radiomics -> datalist -> dl_<arm>_<net> ... ->
     fusion -> statistics -> gradcam -> figures -> report -> model
+
+A patient an image stage cannot process stops the study (``on_failure: fail``) or is left out of the folds and
+every model (``record``); either way it is named in ``dropped.csv`` and the report.
 
 Every parameter comes from :mod:`p53hcc.tools.pipeline.config`; the resolved set is written to
 ``STUDY_DIR/study.yaml``, and everything the run logs goes to ``STUDY_DIR/study.log`` too.
@@ -19,8 +22,8 @@ from typing import Any
 
 import yaml
 
-from p53hcc.tools.errors import P53hccError
 from p53hcc.tools.io import atomic_write_json, atomic_write_text
+from p53hcc.tools.lock import folder_lock
 from p53hcc.tools.logs import study_log
 from p53hcc.tools.pipeline.config import dl_training_values, resolve_config
 from p53hcc.tools.pipeline.stages import Stage, StageContext, run_stages
@@ -41,21 +44,29 @@ def _stage_synth(ctx: StageContext) -> None:
 
 
 def _stage_validate(ctx: StageContext) -> None:
-    from p53hcc.tools.cohort.manifest import validate_cohort
+    """Everything the later stages need from the cohort (files, values, clinical columns, classes, ROIs, phase
+    order), checked before any heavy stage; warnings are logged, errors stop the study naming each problem."""
+    from p53hcc.tools.cohort.imagechecks import ImageRequirements
+    from p53hcc.tools.pipeline.checks import cohort_problems, raise_on_errors
 
-    problems = validate_cohort(_cohort_csv(ctx))
-    errors = [str(p) for p in problems if p.severity == "error"]
-    atomic_write_json(ctx.study_dir / "validation.json",
-                      {"cohort": str(_cohort_csv(ctx)), "problems": [str(p) for p in problems]})
-    if errors:
-        shown = "; ".join(errors[:5]) + (f"; ... ({len(errors) - 5} more)" if len(errors) > 5 else "")
-        raise P53hccError(f"{_cohort_csv(ctx)}: {len(errors)} problem(s): {shown}")
+    csv = _cohort_csv(ctx)
+    checks = dict(ctx.params)
+    problems = cohort_problems(csv, ImageRequirements(**checks.pop("requirements")), **checks)
+    atomic_write_json(ctx.study_dir / "validation.json", {
+        "cohort": str(csv), "problems": [{"severity": p.severity, "message": str(p)} for p in problems]})
+    for p in problems:
+        if p.severity != "error":
+            log.warning("%s", p)
+    raise_on_errors(csv, problems)
 
 
 def _stage_datalist(ctx: StageContext) -> None:
+    """Folds and datalist of the analysed patients: the cohort minus those an image stage dropped."""
+    from p53hcc.tools.cohort.dropped import dropped_patients
     from p53hcc.tools.cohort.splits import write_datalist
 
-    write_datalist(_cohort_csv(ctx), ctx.study_dir, folds=ctx.params["folds"], seed=ctx.params["seed"])
+    write_datalist(_cohort_csv(ctx), ctx.study_dir, folds=ctx.params["folds"], seed=ctx.params["seed"],
+                   exclude=dropped_patients(ctx.study_dir))
 
 
 def _stage_preprocess(ctx: StageContext) -> None:
@@ -63,7 +74,7 @@ def _stage_preprocess(ctx: StageContext) -> None:
 
     run = ctx.state["config"]["preprocess"]
     preprocess_cohort(_cohort_csv(ctx), ctx.study_dir, workers=run.get("workers"), scheduler=run.get("scheduler"),
-                      params=ctx.params["params"])
+                      params=ctx.params["params"], on_failure=ctx.params["on_failure"])
 
 
 def _stage_radiomics(ctx: StageContext) -> None:
@@ -71,7 +82,7 @@ def _stage_radiomics(ctx: StageContext) -> None:
 
     run = ctx.state["config"]["radiomics"]
     extract_cohort(_cohort_csv(ctx), ctx.study_dir, params=ctx.params["params"], workers=run.get("workers"),
-                   scheduler=ctx.state["config"]["preprocess"].get("scheduler"))
+                   scheduler=ctx.state["config"]["preprocess"].get("scheduler"), on_failure=ctx.params["on_failure"])
 
 
 def _dl_stage(arm: str, net: str) -> Callable[[StageContext], None]:
@@ -99,6 +110,9 @@ def _stage_gradcam(ctx: StageContext) -> None:
     from p53hcc.tools.dl.gradcam import gradcam_command
 
     chosen = json.loads((ctx.study_dir / "selection.json").read_text())["chosen"]
+    if not chosen:
+        log.warning("gradcam: no DL model was chosen (every candidate degenerate); no heat maps")
+        return
     gradcam_command(str(ctx.study_dir), arm=chosen["arm"], net=chosen["net"], n=ctx.params["n"],
                     layer=ctx.params.get("layer"))
 
@@ -112,9 +126,11 @@ def _stage_figures(ctx: StageContext) -> None:
 
 def _stage_report(ctx: StageContext) -> None:
     from p53hcc.fusion.report import write_report
+    from p53hcc.tools.cohort.dropped import dropped_patients
     from p53hcc.tools.cohort.manifest import read_cohort
 
-    write_report(ctx.study_dir, read_cohort(_cohort_csv(ctx)))
+    cohort = read_cohort(_cohort_csv(ctx))
+    write_report(ctx.study_dir, cohort[~cohort["patient_id"].isin(dropped_patients(ctx.study_dir))])
 
 
 def _stage_model(ctx: StageContext) -> None:
@@ -124,28 +140,42 @@ def _stage_model(ctx: StageContext) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ the pipeline
-def build_stages(cfg: dict, cohort_given: bool) -> list[Stage]:
+def build_stages(cfg: dict, cohort_given: bool, cohort_csv: str | Path | None = None) -> list[Stage]:
     """The study's stages with the parameters (from ``cfg``) that determine each one's outputs.
 
     Run-time knobs that do not change results (workers, scheduler, device) are deliberately not part of any
-    stage's parameters, so changing them never invalidates finished work.
+    stage's parameters, so changing them never invalidates finished work. With ``cohort_csv`` the stages that read
+    images have the cohort's files as inputs: their content (every image and mask, hashed) is in their keys, so a
+    replaced image reruns them (and the inner caches redo only the patients whose files changed).
     """
+    from p53hcc.tools.cohort.dropped import DROPPED, check_on_failure
+    from p53hcc.tools.cohort.manifest import cohort_files
+    from p53hcc.tools.pipeline.checks import study_check_params
+
     stages: list[Stage] = []
     first: list[str] = []
+    content = (lambda: cohort_files(cohort_csv)) if cohort_csv else ()
+    table = [cohort_csv] if cohort_csv else []
     if not cohort_given:
         stages.append(Stage("synth", _stage_synth, params=dict(cfg["synth"])))
         first = ["synth"]
+    on_failure = check_on_failure(cfg.get("on_failure"))
     stages += [
-        Stage("validate", _stage_validate, deps=first, inputs=()),
-        Stage("datalist", _stage_datalist, params={"folds": cfg["folds"], "seed": cfg["seed"]}, deps=["validate"],
-              outputs=["splits.json", "datalist.json"]),
-        Stage("preprocess", _stage_preprocess, params={"params": cfg["preprocess"]["params"]}, deps=["validate"]),
-        Stage("radiomics", _stage_radiomics, params={"params": cfg["radiomics"]["params"]}, deps=["preprocess"],
-              outputs=["radiomics.parquet"]),
+        Stage("validate", _stage_validate, deps=first, inputs=content, outputs=["validation.json"],
+              params=study_check_params(cfg)),
+        Stage("preprocess", _stage_preprocess, params={"params": cfg["preprocess"]["params"],
+                                                       "on_failure": on_failure}, deps=first, inputs=content),
+        Stage("radiomics", _stage_radiomics, params={"params": cfg["radiomics"]["params"],
+                                                     "on_failure": on_failure},
+              deps=["preprocess"], inputs=content, outputs=["radiomics.parquet"]),
+        # after the image stages: the folds are made from the patients they did not drop (dropped.csv)
+        Stage("datalist", _stage_datalist, params={"folds": cfg["folds"], "seed": cfg["seed"]}, deps=first,
+              inputs=[*table, DROPPED], outputs=["splits.json", "datalist.json"]),
     ]
     dl_names = []
     dl = cfg["dl"]
-    training = {**dl_training_values(cfg), "source": "preprocessed"}
+    # nested cross-fitting needs the DL arms' pair-of-folds networks (their inner scores)
+    training = {**dl_training_values(cfg), "source": "preprocessed", "inner": cfg["fusion"]["nesting"] == "nested"}
     for arm in dl["arms"]:
         for net in dl["nets"]:
             name = f"dl_{arm}_{net}"
@@ -188,13 +218,9 @@ def run_study(cohort: str | Path | None = None, out: str | Path = "study-demo", 
     cohort_csv = Path(cohort).resolve() if cohort else out / "cohort" / "cohort.csv"
     cfg["cohort"] = str(cohort_csv)
     cfg["cohort_generated"] = cohort is None
-    out.mkdir(parents=True, exist_ok=True)
-    with study_log(out / "study.log"):
+    with folder_lock(out), study_log(out / "study.log"):
         log.info("study %s (profile %s, cohort %s)", out, profile, cohort_csv)
         atomic_write_text(out / "study.yaml", yaml.safe_dump(cfg, sort_keys=False))
-        stages = build_stages(cfg, cohort_given=cohort is not None)
-        for stage in stages:  # the cohort's content is an input of validation (a changed CSV reruns everything)
-            if stage.name == "validate":
-                stage.inputs = [cohort_csv]
+        stages = build_stages(cfg, cohort_given=cohort is not None, cohort_csv=cohort_csv)
         run_stages(stages, out, state={"config": cfg, "cohort_csv": str(cohort_csv)})
     return out / "report.html"

@@ -7,13 +7,33 @@ checks that the two agree).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from monai.data import ITKReader
 from monai.transforms import Compose, LoadImaged, NormalizeIntensityd, Orientationd, Spacingd, Transform
+from monai.utils import ensure_tuple
 
+from p53hcc.tools.cohort.imageio import dicom_files, series_spacing
 from p53hcc.tools.preprocessing.n4 import N4BiasFieldCorrectiond
 from p53hcc.tools.preprocessing.params import RAS_LABELS, chain_params
+
+
+class SeriesSpacingReader(ITKReader):
+    """MONAI's ``ITKReader`` with the slice spacing of DICOM series as the headers state it.
+
+    ITK derives a series' z spacing from float32-rounded slice positions (2.5 mm read as 2.4999999 mm, one
+    slice fewer after resampling); :func:`p53hcc.tools.cohort.imageio.series_spacing` restores the stated value,
+    so the chain and every other reader of the project see the same grid. Files are read unchanged.
+    """
+
+    def read(self, data, **kwargs):
+        images = super().read(data, **kwargs)
+        for name, image in zip(ensure_tuple(data), ensure_tuple(images)):
+            if Path(f"{name}").is_dir() and image.GetImageDimension() == 3:
+                image.SetSpacing(series_spacing(dicom_files(name), tuple(image.GetSpacing())))
+        return images
 
 
 def preprocessing_chain(params: Mapping[str, Any] | None = None, image_keys: Sequence[str] = ("image",),
@@ -21,7 +41,7 @@ def preprocessing_chain(params: Mapping[str, Any] | None = None, image_keys: Seq
                         resample: bool = True) -> Compose:
     """The paper's preprocessing for dict data: load -> RAS -> N4 -> 1 mm -> z-score (masks only load/RAS/1 mm).
 
-    * ``LoadImaged`` (ITKReader, channel first): NIfTI, NRRD, DICOM folders.
+    * ``LoadImaged`` (:class:`SeriesSpacingReader`, channel first): NIfTI, NRRD, DICOM folders.
     * ``Orientationd("RAS")``: lossless axis permutation/flip, so axis 2 is always superior-inferior and the
       "largest axial slice" of the 2D arm means the same thing for every scanner. Skipped if orientation is None.
     * :class:`~p53hcc.tools.preprocessing.n4.N4BiasFieldCorrectiond` on the native grid (images only).
@@ -41,7 +61,7 @@ def preprocessing_chain(params: Mapping[str, Any] | None = None, image_keys: Seq
     keys = image_keys + mask_keys
     steps: list[Transform] = []
     if load:
-        steps.append(LoadImaged(keys, reader="ITKReader", image_only=True, ensure_channel_first=True,
+        steps.append(LoadImaged(keys, reader=SeriesSpacingReader(), image_only=True, ensure_channel_first=True,
                                 allow_missing_keys=True))
         if p["orientation"]:
             steps.append(Orientationd(keys, axcodes=p["orientation"], labels=RAS_LABELS, allow_missing_keys=True))

@@ -13,7 +13,6 @@ Axis convention: MONAI's, i.e. spatial axes in ITK index order (x, y, z) after t
 """
 from __future__ import annotations
 
-import threading
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -25,6 +24,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 
+from p53hcc.tools.parallel import fixed_threads
 from p53hcc.tools.preprocessing.params import N4Params
 
 
@@ -61,30 +61,15 @@ def _control_points(shape, spacing, n_control_points: int, spline_distance: floa
             for e in extent]
 
 
-_THREADS_LOCK = threading.Lock()
-_THREADS_STATE = {"depth": 0, "saved": 0}
-
-
 @contextmanager
 def _itk_threads(n_threads: int | None) -> Iterator[None]:
-    """Set ITK's global thread count while N4 runs (its inner B-spline fitting filters follow the global default,
-    not the N4 filter's own setting). Reference-counted, so concurrent calls in threads (a threaded Dask worker)
-    all run under the setting and the previous value is restored when the last one leaves."""
+    """Run N4 with ``n_threads`` ITK threads (its inner B-spline fitting filters follow the global default, not the
+    N4 filter's own setting): :func:`p53hcc.tools.parallel.fixed_threads`, reference-counted across threads."""
     if not n_threads:
         yield
         return
-    with _THREADS_LOCK:
-        if _THREADS_STATE["depth"] == 0:
-            _THREADS_STATE["saved"] = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(n_threads))
-        _THREADS_STATE["depth"] += 1
-    try:
+    with fixed_threads(int(n_threads)):
         yield
-    finally:
-        with _THREADS_LOCK:
-            _THREADS_STATE["depth"] -= 1
-            if _THREADS_STATE["depth"] == 0:
-                sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(_THREADS_STATE["saved"])
 
 
 def _to_sitk(array: np.ndarray, spacing, origin=None, direction=None) -> sitk.Image:

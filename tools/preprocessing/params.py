@@ -24,7 +24,7 @@ MASK_MODES = ("otsu", "foreground", "none")
 #: Axis labels of MONAI's world space (the ITKReader converts ITK's LPS to RAS); explicit to pin the meaning.
 RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 #: Bump when the computation changes in a way that invalidates cached results.
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: every step single-threaded (thread-independent bits), DICOM slice spacing from the headers
 
 
 @dataclass(frozen=True)

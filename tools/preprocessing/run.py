@@ -21,7 +21,7 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +29,11 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from p53hcc.tools.cohort.dropped import apply_policy, check_on_failure
 from p53hcc.tools.cohort.manifest import read_cohort
 from p53hcc.tools.errors import P53hccError
 from p53hcc.tools.io import atomic_path, atomic_write_json, atomic_write_table, file_sha256, params_hash
+from p53hcc.tools.parallel import process_pool, single_threaded
 from p53hcc.tools.preprocessing.params import CACHE_VERSION, resolve_params
 from p53hcc.tools.schema import PHASES
 
@@ -95,7 +97,16 @@ def _check_grid(img: Any, mask: Any) -> None:
 
 
 def process_one(task: dict) -> dict:
-    """Preprocess one patient-phase (runs in a worker). Never raises: failures come back as ``error`` records."""
+    """Preprocess one patient-phase (runs in a worker). Never raises: failures come back as ``error`` records.
+
+    One ITK and one torch thread whether it runs in a pool worker, inline or on a Dask worker, so its output is
+    the same bits wherever and however it is resumed (:mod:`p53hcc.tools.parallel`).
+    """
+    with single_threaded():
+        return _process_one(task)
+
+
+def _process_one(task: dict) -> dict:
     from p53hcc.tools.preprocessing.chain import preprocessing_chain
 
     t0 = time.perf_counter()
@@ -128,15 +139,6 @@ def process_one(task: dict) -> dict:
                 "path": task.get("_path", task["image"])}
 
 
-def limit_threads() -> None:
-    """One thread per worker process: the parallelism is across patients."""
-    import SimpleITK as sitk
-    import torch
-
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-    torch.set_num_threads(1)
-
-
 def _run(tasks: list[dict], workers: int | None, scheduler: Any, progress: bool) -> Iterator[dict]:
     """Run ``process_one`` over tasks serially, on local processes or on a Dask cluster; yield as they finish."""
     bar = {"total": len(tasks), "desc": "preprocess", "unit": "phase", "disable": not progress or not tasks}
@@ -145,10 +147,14 @@ def _run(tasks: list[dict], workers: int | None, scheduler: Any, progress: bool)
         from distributed import as_completed as dask_completed
 
         client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
+        futures = []
         try:
             futures = [client.submit(process_one, t, pure=False) for t in tasks]
             for fut in tqdm(dask_completed(futures), **bar):
                 yield fut.result()
+        except BaseException:  # Ctrl-C: the cluster's queue goes too
+            client.cancel(futures)
+            raise
         finally:
             if client is not scheduler:
                 client.close()
@@ -158,7 +164,7 @@ def _run(tasks: list[dict], workers: int | None, scheduler: Any, progress: bool)
         for t in tqdm(tasks, **bar):
             yield process_one(t)
         return
-    with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), initializer=limit_threads) as pool:
+    with process_pool(min(workers, len(tasks))) as pool:  # stopped at once on Ctrl-C
         for fut in tqdm(as_completed([pool.submit(process_one, t) for t in tasks]), **bar):
             yield fut.result()
 
@@ -196,14 +202,17 @@ def _items(cohort: pd.DataFrame, phases: Iterable[str]) -> list[dict]:
     return items
 
 
+def _reason(f: dict) -> str:
+    return (f"file {f['path']}: " if f.get("path") else "") + f["error"]
+
+
 def _format_failure(f: dict) -> str:
-    where = f" file {f['path']}" if f.get("path") else ""
-    return f"patient {f['patient_id']} phase {f['phase']}{where}: {f['error']}"
+    return f"patient {f['patient_id']} phase {f['phase']}: {_reason(f)}"
 
 
 def preprocess_cohort(cohort_csv: str | os.PathLike, out: str | os.PathLike, workers: int | None = None,
                       scheduler: Any = None, params: Mapping[str, Any] | str | None = None,
-                      progress: bool = True) -> pd.DataFrame:
+                      progress: bool = True, on_failure: str = "fail") -> pd.DataFrame:
     """Run the preprocessing chain for every patient and phase of a cohort, with caching.
 
     Args:
@@ -216,15 +225,18 @@ def preprocess_cohort(cohort_csv: str | os.PathLike, out: str | os.PathLike, wor
             :data:`~p53hcc.tools.preprocessing.params.CHAIN_DEFAULTS`; ``n4`` merged key by key); None: the
             default preset (``paper``, as ``p53hcc study`` on a user's cohort).
         progress: show progress bars.
+        on_failure: a patient-phase that cannot be preprocessed is named in ``out/dropped.csv``
+            (:mod:`p53hcc.tools.cohort.dropped`), then ``fail`` raises, ``record`` leaves it out with a warning.
 
     Returns:
         One row per successful patient-phase: the index columns plus ``cached`` (nothing recomputed),
         ``n4_cached``, ``seconds_n4`` and ``seconds`` (wall time of the task).
 
     Raises:
-        P53hccError: after every other patient-phase has finished (and been written and indexed), listing each
-            failed one with patient, file and reason.
+        P53hccError: with ``on_failure="fail"``, after every other patient-phase has finished (and been written
+            and indexed), listing each failed one with patient, file and reason.
     """
+    check_on_failure(on_failure)
     p = resolve_params(params)
     cohort, phases = read_cohort(cohort_csv), PHASES
     root = Path(out) / "preprocessed"
@@ -257,10 +269,8 @@ def preprocess_cohort(cohort_csv: str | os.PathLike, out: str | os.PathLike, wor
     df = df.reset_index(drop=True)
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_table(root / "index.csv", df[INDEX_COLUMNS])
-    if failures:
-        lines = "\n  ".join(_format_failure(f) for f in failures)
-        raise P53hccError(f"preprocessing failed for {len(failures)} of {len(items)} patient-phase(s) (the others "
-                          f"are written and cached):\n  {lines}")
+    apply_policy(out, "preprocess", [{"patient_id": f["patient_id"], "phase": f["phase"], "reason": _reason(f)}
+                                     for f in failures], len(items), on_failure, "patient-phase(s)")
     return df
 
 
@@ -269,7 +279,8 @@ def preprocessed_items(items: list[dict], study_dir: str | os.PathLike) -> list[
 
     The DL arms read these instead of the raw images, so N4 and resampling run once per patient-phase for the
     whole study (here) rather than once per arm. Handles both MC items (``ap``, ``ap_mask``, ...) and FF phase
-    items (``image``, ``mask``, ``phase``).
+    items (``image``, ``mask``, ``phase``). Each item gets ``content``: the preprocessing keys of its volumes
+    (hashes of the raw image and mask contents and of the parameters), which the crop caches key on.
 
     Raises:
         P53hccError: the index is missing, or a patient-phase is not in it (its preprocessing failed).
@@ -279,20 +290,23 @@ def preprocessed_items(items: list[dict], study_dir: str | os.PathLike) -> list[
         raise P53hccError(f"{root / 'index.csv'} not found: run `p53hcc preprocess COHORT --out {study_dir}` first")
     index = pd.read_csv(root / "index.csv", dtype={"patient_id": str}).set_index(["patient_id", "phase"])
 
-    def paths(pid: str, phase: str) -> tuple[str, str]:
+    def paths(pid: str, phase: str) -> tuple[str, str, str]:
         if (pid, phase) not in index.index:
             raise P53hccError(f"patient {pid}, phase {phase}: no preprocessed volume in {root / 'index.csv'}")
         row = index.loc[(pid, phase)]
-        return str((root / row["image"]).resolve()), str((root / row["mask"]).resolve())
+        return str((root / row["image"]).resolve()), str((root / row["mask"]).resolve()), str(row["key"])
 
     out = []
     for item in items:
-        item, pid = dict(item), str(item["patient_id"])
+        item, pid, keys = dict(item), str(item["patient_id"]), []
         if "phase" in item and "image" in item:
-            item["image"], item["mask"] = paths(pid, item["phase"])
+            item["image"], item["mask"], key = paths(pid, item["phase"])
+            keys.append(key)
         else:
             for phase in PHASES:
                 if phase in item:
-                    item[phase], item[f"{phase}_mask"] = paths(pid, phase)
+                    item[phase], item[f"{phase}_mask"], key = paths(pid, phase)
+                    keys.append(key)
+        item["content"] = "+".join(keys)  # the volumes' preprocessing keys: raw file contents and parameters
         out.append(item)
     return out

@@ -25,7 +25,7 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
+from concurrent.futures import Executor, as_completed
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -34,9 +34,11 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from p53hcc.tools.cohort.dropped import apply_policy, check_on_failure
 from p53hcc.tools.cohort.manifest import read_cohort
 from p53hcc.tools.errors import P53hccError
 from p53hcc.tools.io import atomic_path, atomic_write_table, file_sha256, params_hash, read_table
+from p53hcc.tools.parallel import process_pool, single_threaded
 from p53hcc.tools.radiomics.features import DEFAULT_PARAMS, extract_with_diagnostics, load_params, versions
 from p53hcc.tools.radiomics.icc import icc_table
 from p53hcc.tools.schema import PHASES
@@ -82,10 +84,11 @@ def _run_task(task: dict) -> dict:
 
 
 def _run_task_unlocked(task: dict) -> dict:
-    import SimpleITK as sitk
+    with single_threaded():  # the same features whatever the worker count; parallelism is across tasks
+        return _extract_task(task)
 
-    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)  # parallelism is across tasks
+
+def _extract_task(task: dict) -> dict:
     t0 = time.perf_counter()
     rec = {k: task[k] for k in ("patient_id", "phase", "reader", "image_sha256", "mask_sha256", "params_hash")}
     try:
@@ -102,8 +105,6 @@ def _run_task_unlocked(task: dict) -> dict:
     except Exception as exc:  # noqa: BLE001 -- reported per patient; the cohort run goes on
         rec.update(status="failed", error=f"{type(exc).__name__}: {exc}".strip(), features={}, diagnostics={},
                    seconds=time.perf_counter() - t0)
-    finally:
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     return rec
 
 
@@ -123,7 +124,7 @@ def _executor(workers: int | None, scheduler: Any) -> Iterator[Executor | None]:
     if workers <= 1:
         yield None
         return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with process_pool(workers) as pool:  # stopped at once on Ctrl-C
         yield pool
 
 
@@ -149,12 +150,12 @@ def run_tasks(tasks: list[dict], workers: int | None = None, scheduler: Any = No
 # ---------------------------------------------------------------------------------------------- cohort
 
 
-def _preprocessed_index(cohort_csv, out: Path, workers, scheduler) -> pd.DataFrame:
+def _preprocessed_index(cohort_csv, out: Path, workers, scheduler, on_failure: str = "fail") -> pd.DataFrame:
     index = out / "preprocessed" / "index.csv"
     if not index.is_file():
         from p53hcc.tools.preprocessing.run import preprocess_cohort
 
-        preprocess_cohort(cohort_csv, out, workers=workers, scheduler=scheduler)
+        preprocess_cohort(cohort_csv, out, workers=workers, scheduler=scheduler, on_failure=on_failure)
     df = pd.read_csv(index, dtype={"patient_id": str})
     for col in ("image", "mask"):
         df[col] = [_resolve(p, out) for p in df[col]]
@@ -242,7 +243,8 @@ def _provenance(results: list[dict], params_name: str) -> pd.DataFrame:
 
 
 def extract_cohort(cohort_csv: str | os.PathLike, out: str | os.PathLike, params: str | dict | None = None,
-                   workers: int | None = None, scheduler: Any = None, progress: bool = True) -> pd.DataFrame:
+                   workers: int | None = None, scheduler: Any = None, progress: bool = True,
+                   on_failure: str = "fail") -> pd.DataFrame:
     """Extract radiomics for every patient x phase of a cohort (and second-reader masks when present).
 
     Args:
@@ -254,35 +256,47 @@ def extract_cohort(cohort_csv: str | os.PathLike, out: str | os.PathLike, params
         workers: local worker processes (default: all cores; 1 runs inline).
         scheduler: Dask scheduler address (``tcp://host:port``) or ``distributed.Client``: run the tasks there.
         progress: show progress bars.
+        on_failure: a patient without features (a failed extraction, or a phase missing from the preprocessed
+            index, e.g. after a partly failed preprocessing) is named in ``out/dropped.csv``; then ``fail``
+            raises (after writing the tables of the others), ``record`` leaves it out with a warning.
 
     Returns:
         The ``radiomics.parquet`` table (patients with all three phases extracted).
 
     Raises:
-        P53hccError: no task succeeded (the first failures are named).
+        P53hccError: no task succeeded, or (``on_failure="fail"``) some patient has no features; every failure is
+            named with patient, phase and reason.
     """
+    check_on_failure(on_failure)
     out = Path(out)
     params_name = "dict" if isinstance(params, dict) else str(params or DEFAULT_PARAMS)
     settings = load_params(params)
     phash = params_hash(settings)
     cohort = read_cohort(cohort_csv)
-    index = _preprocessed_index(cohort_csv, out, workers, scheduler)
+    index = _preprocessed_index(cohort_csv, out, workers, scheduler, on_failure)
     index = index[index["patient_id"].isin(cohort["patient_id"])]
+    indexed = set(zip(index["patient_id"], index["phase"]))
+    absent = [{"patient_id": pid, "phase": phase, "reason": "no preprocessed volume in preprocessed/index.csv "
+               "(its preprocessing failed or has not run: see dropped.csv, rerun `p53hcc preprocess`)"}
+              for pid in cohort["patient_id"] for phase in PHASES if (pid, phase) not in indexed]
     tasks, unreadable = _build_tasks(cohort, index, settings, phash, out, progress)
     cached = {t["cache"]: c for t in tasks if (c := _load_cached(t)) is not None}
     todo = [t for t in tasks if t["cache"] not in cached]
     results = list(cached.values()) + unreadable + (run_tasks(todo, workers, scheduler, progress) if todo else [])
     failed = [r for r in results if r["status"] != "ok"]
-    for r in failed:
-        msg = f"radiomics failed for patient {r['patient_id']}, phase {r['phase']} ({r['reader']}): {r['error']}"
-        log.warning(msg)
-    if len(failed) == len(results):
+    for r in (r for r in failed if r["reader"] != "r1"):  # r1 failures are named with the policy below
+        log.warning("radiomics failed for patient %s, phase %s (second reader: left out of the ICC): %s",
+                    r["patient_id"], r["phase"], r["error"])
+    if results and len(failed) == len(results):
         raise P53hccError("radiomics failed for every task; first: "
                           + "; ".join(f"{r['patient_id']}/{r['phase']}: {r['error']}" for r in failed[:3]))
     table = _wide(results, "r1")
     atomic_write_table(out / "radiomics.parquet", table)
     atomic_write_table(out / "radiomics_provenance.parquet", _provenance(results, params_name))
     _write_icc(results, table, out, cohort)
+    lost = absent + [{"patient_id": r["patient_id"], "phase": r["phase"], "reason": f"extraction failed: {r['error']}"}
+                     for r in sorted(failed, key=lambda r: (r["patient_id"], r["phase"])) if r["reader"] == "r1"]
+    apply_policy(out, "radiomics", lost, len(cohort) * len(PHASES), on_failure, "patient-phase(s)")
     return table
 
 

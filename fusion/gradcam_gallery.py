@@ -1,14 +1,16 @@
-"""What the report says about a folder of Grad-CAM figures: how the maps were made and their sanity check.
+"""The report's Grad-CAM gallery: the figures of each Grad-CAM folder under a note on how they were made.
 
-Reads the folder's ``gradcam.json`` (arm, network, target layer, its feature-map size and the input size, written
+The note comes from the folder's ``gradcam.json`` (arm, network, target layer, its feature-map size and the input size, written
 by ``p53hcc.tools.dl.gradcam``) and ``sanity.csv`` (Spearman rho between the maps of the trained network and of
 the same network with re-initialised weights, per patient and phase). A folder without them (figures made by an
-older version) gets no note.
+older version) gets no note. The figures themselves (drawn by ``p53hcc.tools.dl.gradcam_figure``) carry their
+caption: layer, resolution and the sanity check's rho per map.
 """
 from __future__ import annotations
 
 import html
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,9 @@ import pandas as pd
 
 from p53hcc.tools.io import read_table
 from p53hcc.tools.schema import NET_LABELS
+
+#: At most this many figures in the gallery (the report embeds them).
+MAX_FIGURES = 24
 
 
 def _cells(v) -> str:
@@ -54,3 +59,23 @@ def gradcam_note(folder: Path) -> tuple[str, str | None]:
         warning = (f"The {_cells(first['cells'])} feature map of {html.escape(str(first['name']))} at {_cells(first['input_size'])} px "
                    "shows at most which part of the crop matters; use a larger input or a shallower layer.")
     return note, warning
+
+
+def gradcam_files(study_dir: Path) -> list[Path]:
+    """The study's Grad-CAM figures (``figures/gradcam/<arm>_<net>/*.png``; ``gradcam/`` of predict), at most
+    :data:`MAX_FIGURES`."""
+    return sorted([*study_dir.glob("figures/gradcam/**/*.png"), *study_dir.glob("gradcam/**/*.png")])[:MAX_FIGURES]
+
+
+def gallery_html(files: list[Path], img: Callable[[Path, str], str]) -> str:
+    """The gallery of ``files``, folder by folder: the folder's note (and warning), then its figures drawn by
+    ``img(path, caption)`` (the report's embedding of a PNG)."""
+    out = []
+    for folder in dict.fromkeys(f.parent for f in files):
+        note, warning = gradcam_note(folder)
+        figures = "".join(img(f, f.relative_to(f.parents[1]).as_posix()) for f in files if f.parent == folder)
+        out.append((f'<p class="note">{note}</p>' if note else "")
+                   + (f'<div class="warn">{warning}</div>' if warning else "")
+                   + f'<div class="gallery">{figures}</div>')
+    return "".join(out) + ('<p class="note">Grad-CAM of the chosen network\'s full-training-cohort model on '
+                           "validation patients (target class: P53 mutated).</p>")

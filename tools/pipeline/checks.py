@@ -1,0 +1,155 @@
+"""What the study needs from a cohort, checked before any heavy stage: ``p53hcc validate [--study]``, the study's
+``validate`` stage, and ``predict`` / ``evaluate`` before they preprocess anything.
+
+On top of :func:`p53hcc.tools.cohort.manifest.validate_cohort` (every file and value) it checks
+
+* the clinical columns the clinical model encodes (:data:`p53hcc.fusion.clinical.RAW_COLUMNS`): present, with a
+  value for every patient (``n/a`` and blanks are missing); pathology (grade, MVI, used by Table 2) warns;
+* the classes of each split: the training cohort needs ``folds`` patients of each class (stratified folds), a
+  validation or external cohort with one class cannot give an AUC (warning: the statistics report it as NaN);
+* each ROI against the radiomics parameter set the study uses (``minimumROISize``, ``minimumROIDimensions``)
+  and the DL crop, masks that are not tumour outlines, and the phases' enhancement order (warning):
+  :mod:`p53hcc.tools.cohort.imagechecks`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from p53hcc.fusion.clinical import RAW_COLUMNS, RAW_PATHOLOGY
+from p53hcc.tools.cohort.imagechecks import ImageRequirements
+from p53hcc.tools.cohort.manifest import Problem, present, read_cohort, validate_cohort
+from p53hcc.tools.errors import P53hccError
+from p53hcc.tools.radiomics.features import load_params
+
+#: What the cohort is checked for: any use (``p53hcc validate``, ``predict``), a whole study (classes per split and
+#: fold), or evaluating a frozen model (both classes).
+PURPOSES = ("cohort", "study", "evaluate")
+_FALSE = ("false", "no", "off", "0")
+
+
+def image_requirements(radiomics_params, phase_order=True) -> ImageRequirements:
+    """The ROI requirements of a PyRadiomics parameter set (``demo``, ``paper``, a YAML path or a dict)."""
+    setting = load_params(radiomics_params).get("setting") or {}
+    return ImageRequirements(min_roi_mm3=float(setting.get("minimumROISize") or 0),
+                             min_roi_dims=int(setting.get("minimumROIDimensions") or 1),
+                             phase_order=str(phase_order).strip().lower() not in _FALSE)
+
+
+def study_requirements(cfg: dict) -> ImageRequirements:
+    """:func:`image_requirements` of a resolved study configuration."""
+    return image_requirements(cfg["radiomics"]["params"], cfg.get("validate", {}).get("phase_order", True))
+
+
+def clinical_problems(df: pd.DataFrame) -> list[Problem]:
+    """Clinical columns the clinical model needs: every one present, with a value for every patient."""
+    absent = [c for c in RAW_COLUMNS if c not in df.columns]
+    out = [Problem(None, ", ".join(absent), None, f"{len(absent)} clinical column(s) missing (the clinical model "
+                   "needs them)")] if absent else []
+    for col in (c for c in RAW_COLUMNS if c in df.columns):
+        for pid in df.loc[~df[col].map(present), "patient_id"]:
+            out.append(Problem(pid, col, None, "no value (the clinical model needs it for every patient)"))
+    for col in RAW_PATHOLOGY:
+        absent = col not in df.columns or not df[col].map(present).all()
+        if absent:
+            out.append(Problem(None, col, None, "pathology column missing or incomplete: Table 2 (univariable "
+                               "and multivariable regressions) will not be available", "warning"))
+    return out
+
+
+def class_problems(df: pd.DataFrame, folds: int, purpose: str = "study", seed: int = 0,
+                   inner_cv: int = 5) -> list[Problem]:
+    """Classes per split: errors where the study cannot run, warnings where a statistic will be NaN.
+
+    Besides ``folds`` patients of each class in training, the radiomics LASSO chooses its penalty by an
+    ``inner_cv``-fold stratified CV inside each fold's training part, which needs that many of each class there.
+    """
+    labels = pd.to_numeric(df["p53"], errors="coerce")
+    out = []
+    if purpose == "evaluate":
+        known = labels.dropna()
+        if known.nunique() < 2:
+            out.append(Problem(None, "p53", None, "evaluation needs labelled patients of both classes (p53 0 and "
+                               f"1); the cohort has {_counts(known)}"))
+        return out
+    if purpose != "study":
+        return out
+    for split in ("train", "validation", "external"):
+        y = labels[df["split"] == split].dropna()
+        if split == "train":
+            if min((y == 0).sum(), (y == 1).sum()) < folds:
+                out.append(Problem(None, "p53", None, f"split train has {_counts(y)}: {folds} stratified folds "
+                                   f"need at least {folds} patients of each class"))
+            else:
+                out.extend(_inner_cv_problems(df, folds, seed, inner_cv))
+        elif split == "validation" and y.empty:
+            out.append(Problem(None, "split", None, "no validation patients: the study will report no "
+                               "internal validation", "warning"))
+        elif len(y) and y.nunique() < 2:
+            out.append(Problem(None, "p53", None, f"split {split} has {_counts(y)} only: its AUC and one of "
+                               "sensitivity/specificity cannot be computed (reported as NaN)", "warning"))
+    return out
+
+
+def _inner_cv_problems(df: pd.DataFrame, folds: int, seed: int, inner_cv: int) -> list[Problem]:
+    """The folds the study will make (same function, same seed): enough of each class in each training part?"""
+    from p53hcc.tools.cohort.splits import make_splits
+
+    labels = pd.to_numeric(df.set_index("patient_id")["p53"], errors="coerce")
+    fewest = min(int(labels[f["train"]].value_counts().reindex([0, 1], fill_value=0).min())
+                 for f in make_splits(df, folds, seed)["folds"])
+    if fewest >= inner_cv:
+        return []
+    return [Problem(None, "p53", None, f"a training fold has only {fewest} patient(s) of one class: the radiomics "
+                    f"LASSO's {inner_cv}-fold penalty search inside each of the {folds} folds needs {inner_cv}; "
+                    "add training patients or use fewer folds")]
+
+
+def _counts(y: pd.Series) -> str:
+    return f"{int((y == 0).sum())} P53-negative and {int((y == 1).sum())} P53-positive patient(s)"
+
+
+def cohort_problems(cohort_csv: str | Path, requirements: ImageRequirements, folds: int = 5,
+                    purpose: str = "study", progress: bool = True, seed: int = 0, inner_cv: int = 5) -> list[Problem]:
+    """Every problem of the cohort's files and values plus what ``purpose`` needs (clinical, classes, ROIs)."""
+    if purpose not in PURPOSES:
+        raise P53hccError(f"unknown purpose {purpose!r}; choose one of {', '.join(PURPOSES)}")
+    df = read_cohort(cohort_csv)
+    problems = validate_cohort(cohort_csv, progress=progress, requirements=requirements)
+    return problems + clinical_problems(df) + class_problems(df, int(folds), purpose, int(seed), int(inner_cv))
+
+
+def study_check_params(cfg: dict) -> dict:
+    """The settings of a resolved study configuration that the checks depend on (the validate stage's key)."""
+    from dataclasses import asdict
+
+    return {"requirements": asdict(study_requirements(cfg)), "folds": int(cfg["folds"]), "seed": int(cfg["seed"]),
+            "inner_cv": int(cfg["fusion"].get("lasso_cv_folds") or 5)}
+
+
+def raise_on_errors(cohort_csv: str | Path, problems: list[Problem], shown: int = 5) -> None:
+    """One error naming the first problems (and how many more) when any problem is an error."""
+    errors = [str(p) for p in problems if p.severity == "error"]
+    if errors:
+        more = f"; ... ({len(errors) - shown} more: run `p53hcc validate {cohort_csv} --study`)" \
+            if len(errors) > shown else ""
+        raise P53hccError(f"{cohort_csv}: {len(errors)} problem(s): " + "; ".join(errors[:shown]) + more)
+
+
+def validate_study_command(cohort: str | Path, config: str | Path | None = None, profile: str = "paper",
+                           purpose: str = "study", **overrides) -> str:
+    """CLI body of ``p53hcc validate [--study]``: print every problem; raise (exit 1) if any is an error."""
+    from p53hcc.tools.pipeline.config import resolve_config
+
+    cfg = resolve_config(config, profile=profile, **overrides)
+    checks = study_check_params(cfg)
+    problems = cohort_problems(cohort, ImageRequirements(**checks.pop("requirements")), purpose=purpose, **checks)
+    for p in problems:
+        print(f"{p.severity.upper()}: {p}")
+    n_patients = len(read_cohort(cohort))
+    n_errors = sum(p.severity == "error" for p in problems)
+    if n_errors:
+        raise P53hccError(f"{cohort}: {n_errors} problem(s) in {n_patients} patients (listed above)")
+    what = "ready for the study" if purpose == "study" else "no problems found"
+    return f"{cohort}: {n_patients} patients, {what} ({len(problems)} warning(s))"
