@@ -70,7 +70,8 @@ class Nomogram:
         effects = {k: abs(float(coefs[k])) * (rng[k][1] - rng[k][0]) for k in coefs}
         max_effect = max(effects.values()) if effects else 0.0
         if not max_effect > 0:
-            raise InputError(None, "nomogram: every predictor has zero effect over its range")
+            raise InputError(None, "nomogram: every predictor has zero effect over its range (e.g. a combined "
+                                   "model that gave every input weight 0): there is no axis to draw")
         refs = {k: rng[k][0] if coefs[k] >= 0 else rng[k][1] for k in coefs}
         return cls(coefs={k: float(v) for k, v in coefs.items()}, intercept=float(intercept), ranges=rng,
                    ticks=dict(ticks or {}), labels=dict(labels or {}), scale=100.0 / max_effect, refs=refs)

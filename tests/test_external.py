@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -11,9 +12,11 @@ import pytest
 pytestmark = pytest.mark.slow
 
 # the cheapest real configuration of the default pipeline: every stage runs for real (synthetic images, N4,
-# radiomics, both CNN arms with their pair-of-folds networks, nested fusion, statistics, report, freezing), on 40
-# patients, the demo's 3 folds, one 1-epoch ResNet18 per arm at 32 px
-STUDY = dict(nets="resnet18", epochs=1, spatial_size=32, batch_size=8, **{"synth.n": 40})
+# radiomics, both CNN arms with their pair-of-folds networks, nested fusion, statistics, report, freezing), on 60
+# patients, the demo's 3 folds, one 1-epoch ResNet18 per arm at 32 px. (At 40 patients, 28 training patients in
+# 3 folds, no component carried signal on the training cohort: the non-negative combined model gave every input
+# weight 0 and was rightly reported constant, NaN, which leaves nothing external to compare.)
+STUDY = dict(nets="resnet18", epochs=1, spatial_size=32, batch_size=8, **{"synth.n": 60})
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +46,11 @@ def test_external_metrics_have_auc_with_delong_ci(evaluated):
     m = pd.read_csv(metrics_path)
     auc = m[(m["metric"] == "auc") & (m["split"] == "external")].set_index("model")
     assert {"combined", "clinical", "radiomics", "dl"} <= set(auc.index)
-    for model, r in auc.iterrows():
-        assert 0 <= r.ci_low <= r.estimate <= r.ci_high <= 1, model
+    for model, r in auc.iterrows():  # a component that kept nothing is NaN with the reason, never a made-up 0.5
+        if np.isnan(r.estimate):
+            assert isinstance(r.note, str) and r.note, model
+        else:
+            assert 0 <= r.ci_low <= r.estimate <= r.ci_high <= 1, model
     for model in ("combined", "dl"):  # a real interval on 24 patients (the clinical model may select nothing on
         assert auc.loc[model, "ci_high"] - auc.loc[model, "ci_low"] > 0.05, model  # 28 patients: AUC 0.5 flat)
     pred = pd.read_csv(root / "eval" / "predictions.csv", dtype={"patient_id": str})

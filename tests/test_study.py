@@ -550,3 +550,33 @@ def test_a_patient_a_stage_cannot_process_is_named(tmp_path, fake_image_stages, 
         assert "1 patient(s) left out of every model and table" in page and pid in page
     dropped = pd.read_csv(tmp_path / "study" / "dropped.csv", dtype={"patient_id": str})
     assert dropped[["patient_id", "stage", "phase"]].values.tolist() == [[pid, "radiomics", "dp"]]
+
+
+def test_a_constant_combined_model_freezes_and_predicts_without_inventing_numbers(fused_study, tmp_path):
+    """Every combined weight 0 (no component carried signal on the training cohort): the frozen model has no
+    nomogram and no threshold, says why, and predictions carry the constant probability with no class."""
+    import shutil
+
+    import joblib
+
+    from p53hcc.tools.pipeline.freeze import freeze_model, load_model
+    from p53hcc.tools.pipeline.predict import score_patients
+
+    root, cohort, rad = fused_study
+    copy = tmp_path / "flat"
+    shutil.copytree(root, copy)
+    combined = joblib.load(copy / "fusion" / "combined.joblib")
+    combined.coef_ = np.zeros_like(combined.coef_)
+    combined.coefficients_ = {k: 0.0 for k in combined.coefficients_}
+    joblib.dump(combined, copy / "fusion" / "combined.joblib")
+    m = pd.read_csv(copy / "metrics.csv")
+    m.loc[(m.model == "combined") & (m.metric == "threshold"), "estimate"] = np.nan
+    m.to_csv(copy / "metrics.csv", index=False)
+    manifest = load_model(freeze_model(copy))["manifest"]
+    assert manifest["nomogram"] is None and manifest["threshold"] is None
+    assert "weight 0" in manifest["nomogram_note"]
+    s = pd.read_parquet(copy / "scores.parquet")
+    val = cohort[cohort.split == "validation"]
+    pred = score_patients(load_model(copy / "model"), val, rad, s[s.model == "ff_resnet18"].set_index("patient_id")["score"])
+    assert pred["probability"].nunique() == 1 and pred["predicted_class"].isna().all()
+    assert not any(c.startswith("points_") or c == "total_points" for c in pred.columns)

@@ -33,7 +33,10 @@ def _threshold(study_dir: Path, model: str = "combined") -> float | None:
     return value if np.isfinite(value) else None
 
 
-def _nomogram_spec(study_dir: Path, combined) -> dict:
+def _nomogram_spec(study_dir: Path, combined) -> dict | None:
+    """The nomogram a new patient's points come from; None when every input has weight 0 (no axis to draw)."""
+    if not any(abs(c) > 0 for c in combined.coefficients_.values()):
+        return None
     X = read_table(study_dir / "fusion" / "combined_inputs.parquet").set_index("patient_id")
     s = read_table(study_dir / "scores.parquet")
     train = s[(s["model"] == "combined") & (s["split"] == "train")]["patient_id"].astype(str)
@@ -85,6 +88,9 @@ def freeze_model(study_dir: str | Path) -> Path:
             "component_thresholds": {m: _threshold(study_dir, m) for m in ("clinical", "radiomics", "dl")
                                      if m == "dl" and chosen or m != "dl"},
             "nomogram": _nomogram_spec(study_dir, combined),
+            "nomogram_note": None if any(abs(c) > 0 for c in combined.coefficients_.values()) else (
+                "every input of the combined model has weight 0 (no component carried signal on the training "
+                "cohort): its prediction is the same for every patient and it has no nomogram"),
         }
         manifest["files"] = {p.relative_to(tmp).as_posix(): file_sha256(p)
                              for p in sorted(tmp.rglob("*")) if p.is_file()}

@@ -7,6 +7,7 @@ validation.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from p53hcc.tools.preprocessing.run import preprocess_cohort
 from p53hcc.tools.radiomics.extract import extract_cohort
 from p53hcc.tools.schema import CLINICAL_COLUMNS
 
+log = logging.getLogger(__name__)
 DlScorer = Callable[[Path, Path, Path, dict], pd.DataFrame]
 
 
@@ -72,13 +74,19 @@ def score_patients(bundle: dict, cohort: pd.DataFrame, radiomics: pd.DataFrame, 
         X["dl"] = dl.loc[ids].to_numpy(float)
     out = X.copy()
     out["probability"] = bundle["combined"].predict_proba(X)[:, 1]
-    thr = float(bundle["manifest"]["threshold"])
-    out["predicted_class"] = (out["probability"] >= thr).astype(int)
+    thr = bundle["manifest"]["threshold"]
+    if thr is None:  # the combined model was constant on the training cohort: no operating point exists
+        log.warning("the frozen combined model has no threshold (%s): predicted_class left empty",
+                    bundle["manifest"].get("nomogram_note") or "constant on the training cohort")
+        out["predicted_class"] = pd.array([pd.NA] * len(out), dtype="Int64")
+    else:
+        out["predicted_class"] = (out["probability"] >= float(thr)).astype(int)
     spec = bundle["manifest"]["nomogram"]
-    nomo = Nomogram(coefs=spec["coefs"], intercept=spec["intercept"],
-                    ranges={k: tuple(v) for k, v in spec["ranges"].items()}, scale=spec["scale"], refs=spec["refs"])
-    pts = nomo.points(pd.DataFrame({k: logit(X[k].to_numpy()) for k in spec["coefs"]}, index=ids))
-    out = out.join(pts[[c for c in pts.columns if c.startswith("points_")] + ["total_points"]])
+    if spec:  # None when every input has weight 0 (manifest "nomogram_note" says so)
+        nomo = Nomogram(coefs=spec["coefs"], intercept=spec["intercept"], scale=spec["scale"], refs=spec["refs"],
+                        ranges={k: tuple(v) for k, v in spec["ranges"].items()})
+        pts = nomo.points(pd.DataFrame({k: logit(X[k].to_numpy()) for k in spec["coefs"]}, index=ids))
+        out = out.join(pts[[c for c in pts.columns if c.startswith("points_")] + ["total_points"]])
     return out.reset_index()
 
 
@@ -175,7 +183,8 @@ def _evaluate(model_dir: Path, cohort_csv: Path, out: Path, dl_scorer: DlScorer)
     cohort = read_cohort(cohort_csv)
     y = cohort.set_index("patient_id")["p53"]
     manifest = load_model(model_dir)["manifest"]
-    metrics, nb = evaluation_metrics(pred, y, float(manifest["threshold"]))
+    thr = manifest["threshold"]  # None: a constant combined model (its metrics are NaN with the reason)
+    metrics, nb = evaluation_metrics(pred, y, float("nan") if thr is None else float(thr))
     dest = atomic_write_table(out / "metrics.csv", metrics)
     atomic_write_table(out / "net_benefit.csv", nb)
     study_metrics = Path(model_dir) / "study_metrics.csv"
