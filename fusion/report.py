@@ -1,10 +1,10 @@
 """The study report: ONE self-contained ``report.html`` (inline CSS, figures as base64 PNG, no external assets).
 
 Reads only the study folder's tidy outputs (``study.yaml``, ``scores.parquet``, ``metrics.csv``, ``delong.csv``,
-``selection.json``, ``fusion/radiomics_lasso.csv``, ``dl/ff/<net>/lasso.json``, ``figures/*.png``,
-``gradcam/**.png``, the cohort's ``truth.csv``) and shows every table and figure of the paper. A piece that is
-missing (stage not run, module not available) becomes a visible "not available: reason" box, never a crash.
-Tables are also written as CSV under ``tables/``.
+``selection.json``, ``fusion/radiomics_lasso.csv``, ``dl/ff/<net>/lasso.json``, ``figures/*.png``, Grad-CAM
+folders (:mod:`p53hcc.fusion.gradcam_gallery`), the cohort's ``truth.csv``) and shows every table and figure of the
+paper. A piece that is missing (stage not run, module not available) becomes a visible "not available: reason" box,
+never a crash. Tables are also written as CSV under ``tables/``.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import pandas as pd
 import yaml
 
 from p53hcc.fusion import tables as ft
+from p53hcc.fusion.gradcam_gallery import gallery_html, gradcam_files
 from p53hcc.fusion.labels import model_label
 from p53hcc.fusion.multicentre import methods_note, report_sections
 from p53hcc.tools.io import atomic_write_table, atomic_write_text, read_table
@@ -345,12 +346,10 @@ class _Report:
         return "".join(_img(f, caps.get(f.name, f.stem.replace("_", " "))) for f in files)
 
     def gradcam(self) -> str:
-        files = sorted([*self.dir.glob("figures/gradcam/**/*.png"), *self.dir.glob("gradcam/**/*.png")])[:24]
+        files = gradcam_files(self.dir)
         if not files:
             return _na("no Grad-CAM images under figures/gradcam/ (gradcam stage not run)")
-        imgs = "".join(_img(f, f.relative_to(f.parents[1]).as_posix()) for f in files)
-        return (f'<div class="gallery">{imgs}</div><p class="note">Grad-CAM of the chosen network\'s full-training-'
-                "cohort model on validation patients (target class: P53 mutated).</p>")
+        return gallery_html(files, _img)
 
     def lasso(self) -> str:
         df, err = _load(self.dir / "fusion" / "radiomics_lasso.csv", read_table)

@@ -120,7 +120,7 @@ def fake_image_stages(monkeypatch):
                       "fold": [splits["fold_of"].get(p, -1) for p in t["patient_id"]], "split": t["split"],
                       "score": s}).to_parquet(d / "scores.parquet", index=False)
 
-    def gradcam_command(out, arm="mc", net="resnet18", patients=None, n=4):
+    def gradcam_command(out, arm="mc", net="resnet18", patients=None, n=4, layer=None):
         fig, ax = plt.subplots(figsize=(1, 1), dpi=30)
         ax.imshow(np.eye(4))
         (Path(out) / "gradcam").mkdir(exist_ok=True)

@@ -2,11 +2,14 @@
 the study's scores, and Grad-CAM explains each arm on its own crops."""
 from __future__ import annotations
 
+import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from p53hcc.tools.cohort.splits import cohort_items, write_datalist
 from p53hcc.tools.dl import arms
@@ -122,8 +125,31 @@ def test_gradcam_of_the_study_explains_each_arm_on_its_own_crops(trained, arm):
     if arm == "ff":
         assert set(sanity["phase"]) == set(PHASES)
         assert (trained["out"] / "dl" / "ff" / "slices").is_dir()  # the FF arm's crops, not the MC stack
+    meta = json.loads(Path(dest, "gradcam.json").read_text())
+    layer = next(iter(meta["layers"].values()))  # at the 32 px input the 1x1 layer4 is never used
+    assert (layer["name"], layer["cells"], layer["input_size"], layer["chosen_by"]) == ("layer1", [8, 8], [32, 32],
+                                                                                         "auto")
+    captions = json.loads(Path(dest, "captions.json").read_text())
+    assert set(captions) == {f"{pid}.png" for pid in pids}
+    for text in captions.values():
+        assert "layer layer1 (8x8 cells) at 32x32 px input" in text and "Spearman rho" in text
     with pytest.raises(P53hccError, match="not in datalist"):
         gradcam_command(trained["out"], arm=arm, net="resnet18", patients="NOPE")
+
+
+@pytest.mark.parametrize("arm", ["mc", "ff"])
+def test_mask_crops_outline_the_tumour_inside_each_crop(trained, arm):
+    spec, params = arms.get_arm(arm), arms.read_config(trained["out"] / "dl" / arm / "resnet18" / "full")
+    items = preprocessed_items(cohort_items(trained["cohort"])[:3], trained["out"])
+    for unit in spec.units:
+        x, m = spec.crops(trained["out"], items, params, unit), spec.mask_crops(trained["out"], items, params, unit)
+        assert m.shape == x.shape and float(m.min()) >= 0 and float(m.max()) <= 1
+        assert (m.amax(dim=(-2, -1)) > 0.99).all()  # every phase's own tumour is in its crop
+        border = torch.cat([m[..., 0, :], m[..., -1, :], m[..., :, 0], m[..., :, -1]], dim=-1)
+        assert float(border.max()) < 0.5  # bbox + 10 px: the tumour never touches the crop's edge
+        assert torch.equal(x, spec.crops(trained["out"], items, params, unit))  # the networks' crops unchanged
+        again = spec.mask_crops(trained["out"], items, params, unit)  # from the stacked cache this time
+        assert type(again) is torch.Tensor and torch.equal(again, m)
 
 
 def test_gradcam_of_a_frozen_ff_model_gives_one_map_per_phase(trained):

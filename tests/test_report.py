@@ -138,6 +138,27 @@ def test_report_has_every_section_and_is_self_contained(fake_study):
     assert "optimistic" in page and "out-of-fold" in page
 
 
+def test_gradcam_gallery_names_layer_resolution_and_sanity_check(fake_study):
+    root = fake_study[0]
+    folder = root / "figures" / "gradcam" / "mc_resnet18"
+    _png(folder / "SYN0002.png", "cam")
+    layer = {"name": "layer1", "cells": [8, 8], "input_size": [32, 32], "chosen_by": "auto"}
+    (folder / "gradcam.json").write_text(json.dumps({"arm": "mc", "net": "resnet18", "min_cells": 7,
+                                                     "layers": {"mc": layer}}))
+    pd.DataFrame({"patient_id": ["SYN0002", "SYN0003"], "spearman_rho": [0.1, 0.7],
+                  "differs": [True, False]}).to_csv(folder / "sanity.csv", index=False)
+    page = write_report(root, fake_study[2]).read_text(encoding="utf-8")
+    assert ("MC ResNet18 (one map from the three-channel network): target layer <code>layer1</code>, 8x8 cells "
+            "at 32x32 px input (chosen automatically") in page
+    assert "Spearman rho between trained and re-initialised-weight maps median 0.40; 1 of 2 maps differ" in page
+    assert "ff_resnet18/SYN0001.png" in page  # a folder without notes still shows its figures
+    assert '<div class="warn">' not in page.split("Grad-CAM gallery")[-1].split("LASSO-selected")[0]
+    (folder / "gradcam.json").write_text(json.dumps({"arm": "mc", "net": "resnet18", "layers": {
+        "mc": {**layer, "name": "layer3", "cells": [2, 2], "chosen_by": "user"}}}))
+    page = write_report(root, fake_study[2]).read_text(encoding="utf-8")
+    assert "(chosen by the user)" in page and "The 2x2 feature map of layer3 at 32x32 px shows at most" in page
+
+
 def test_report_of_empty_study_shows_not_available(tmp_path):
     page = write_report(tmp_path).read_text(encoding="utf-8")
     for heading in SECTIONS:

@@ -81,6 +81,25 @@ def test_dict_crop_and_full_chain_shapes_and_zscore():
     assert "ap_mask" not in out
 
 
+@pytest.mark.parametrize("concat", [True, False])
+def test_kept_masks_are_cut_like_their_images_which_do_not_change(concat):
+    img = _volume()
+    d = {"ap": img, "pvp": img * 2, "dp": img + 5, "patient_id": "P1"}
+    for k, z in (("ap", 3), ("pvp", 4), ("dp", 5)):
+        d[f"{k}_mask"] = _mask([(10, 20, 5, 12, z)])  # bbox + 10 px -> [0:30, 0:22] of the 40 x 30 slice
+    plain = Compose(roi_transforms(spatial_size=32, concat=concat))(dict(d))
+    kept = Compose(roi_transforms(spatial_size=32, concat=concat, keep_masks=True))(dict(d))
+    for key in (["image"] if concat else ["ap", "pvp", "dp"]):
+        assert torch.equal(plain[key], kept[key])  # the networks' crops are the same
+    masks = kept["mask"] if concat else torch.cat([kept[f"{k}_mask"] for k in ("ap", "pvp", "dp")])
+    assert masks.shape == (3, 32, 32) and float(masks.min()) >= 0 and float(masks.max()) <= 1
+    # the tumour spans x 10..20 of 30 and y 5..12 of 22 of the crop: resized to 32 px
+    inside = masks[:, round(15 * 32 / 30), round(8.5 * 32 / 22)]
+    assert torch.allclose(inside, torch.ones(3))
+    assert float(masks[:, :9].max()) < 0.5 and float(masks[:, 23:].max()) < 0.5  # x < 10 and x > 21 of 30
+    assert float(masks[:, :, :6].max()) < 0.5 and float(masks[:, :, 19:].max()) < 0.5  # y < 5 and y > 12 of 22
+
+
 def test_empty_mask_names_patient():
     d = {"ap": _volume(), "ap_mask": _mask([]), "patient_id": "P042"}
     with pytest.raises(InputError, match="P042"):

@@ -150,7 +150,8 @@ def train(cohort: str, out: str, arm: str = "mc", net: str | None = None, epochs
                              **overrides))
 
 
-def gradcam(out: str, arm: str = "mc", net: str | None = None, patients: str | None = None, n: int = 4):
+def gradcam(out: str, arm: str = "mc", net: str | None = None, patients: str | None = None, n: int = 4,
+            layer: str | None = None):
     """Grad-CAM heat maps (PNG overlays and arrays) for chosen patients, with the model-randomisation check.
 
     Args:
@@ -159,12 +160,13 @@ def gradcam(out: str, arm: str = "mc", net: str | None = None, patients: str | N
         net: network name (default: the bundle's).
         patients: comma-separated patient ids (default: n validation patients).
         n: number of patients when none are named.
+        layer: target layer (default: the deepest stage with at least 7x7 cells at the model's input size).
     """
     from p53hcc.tools.dl.gradcam import gradcam_command
     from p53hcc.tools.lock import folder_lock
 
     with folder_lock(out):
-        return gradcam_command(out, arm=arm, net=net, patients=patients, n=n)
+        return gradcam_command(out, arm=arm, net=net, patients=patients, n=n, layer=layer)
 
 
 def study(cohort: str | None = None, out: str = "study-demo", nets: str | None = None, config: str | None = None,

@@ -98,6 +98,10 @@ class Arm:
         """Deterministic 2D crops ``[N, C, S, S]`` of ``items`` (multi-phase datalist items) for ``unit``."""
         raise NotImplementedError
 
+    def mask_crops(self, study: Path, items: list[dict], params: dict, unit: str | None) -> torch.Tensor:
+        """The tumour masks ``[N, C, S, S]`` of :meth:`crops`, cut and resized like them (for displays)."""
+        raise NotImplementedError
+
     def save_outputs(self, u: Unit, net: torch.nn.Module, x: torch.Tensor, items: list[dict], score_ids: list[str],
                      params: dict, device) -> None:
         """What a trained unit leaves for :meth:`collect` (its scores or features)."""
@@ -140,6 +144,10 @@ class MCArm(Arm):
 
     def crops(self, study, items, params, unit):
         return cached_crops(items, study, params, "mc", area="dl", prefix="p53_mc", desc="2D ROI crops")
+
+    def mask_crops(self, study, items, params, unit):
+        return cached_crops(items, study, params, "mc", area="dl", prefix="p53_mc", desc="ROI mask crops",
+                            masks=True)
 
     def save_outputs(self, u, net, x, items, score_ids, params, device):
         pos = {d["patient_id"]: i for i, d in enumerate(items)}
@@ -200,6 +208,10 @@ class FFArm(Arm):
     def crops(self, study, items, params, unit):
         return cached_crops(phase_items(items, unit), study, params, "ff", area="dl/ff", prefix=unit,
                             desc=f"{unit} ROI crops")
+
+    def mask_crops(self, study, items, params, unit):
+        return cached_crops(phase_items(items, unit), study, params, "ff", area="dl/ff", prefix=unit,
+                            desc=f"{unit} ROI mask crops", masks=True)
 
     def save_outputs(self, u, net, x, items, score_ids, params, device):
         feats = penultimate_features(net, x, device, amp=bool(params["amp"]))

@@ -23,6 +23,7 @@ import torch
 from p53hcc.tools.dl.bundle import CROP_KEYS, bundle_parser
 from p53hcc.tools.dl.components import BatchRandCropFlip, class_weights
 from p53hcc.tools.dl.nets import build_net, feature_extractor
+from p53hcc.tools.errors import P53hccError
 from p53hcc.tools.io import atomic_path, file_sha256, params_hash
 from p53hcc.tools.parallel import single_threaded
 
@@ -67,7 +68,7 @@ def items_digest(items: list[dict]) -> str:
 
 
 def cached_crops(items: list[dict], out: str | Path, params: dict, arm: str, area: str, prefix: str,
-                 desc: str) -> torch.Tensor:
+                 desc: str, masks: bool = False) -> torch.Tensor:
     """Stacked deterministic 2D crops ``[N, C, S, S]`` of ``items``, each patient computed once and cached.
 
     Runs the ``deterministic_transforms`` of ``arm``'s bundle (the same config the bundle's own trainer uses)
@@ -76,29 +77,45 @@ def cached_crops(items: list[dict], out: str | Path, params: dict, arm: str, are
     the image source (raw or preprocessed), and the content hash each patient's id and image content
     (:func:`item_content`, also part of each patient's ``PersistentDataset`` key), so a replaced image or a
     changed preprocessing never returns an old crop.
+
+    ``masks=True`` returns instead each crop's tumour mask (``[N, C, S, S]`` in [0, 1], one channel per phase
+    like the images), cut and resized exactly like its image: the bundle's chain with its ``roi_transforms``
+    keeping the masks (for displays; cached apart, so the networks' crops never change).
     """
     from monai.data import PersistentDataset
     from monai.transforms import Compose
+    from monai.utils import convert_to_tensor
     from tqdm.auto import tqdm
 
     keys = {k: params[k] for k in CROP_KEYS}
-    tag = params_hash({**keys, "bundle": f"p53_{arm}", "source": params.get("source", "raw")})
+    tag = params_hash({**keys, "bundle": f"p53_{arm}", "source": params.get("source", "raw"),
+                       **({"masks": True} if masks else {})})
     items = [{**d, "content": item_content(d)} for d in items]
     ids = [d["patient_id"] for d in items]
     root = Path(out) / area
     content = params_hash([[d["patient_id"], d["content"]] for d in items])
-    stacked = root / "slices" / f"{prefix}_{tag}_{content}.pt"
+    stacked = root / "slices" / f"{prefix}{'_mask' if masks else ''}_{tag}_{content}.pt"
     if stacked.is_file():
         return torch.load(stacked, weights_only=True)["x"]
     parser = bundle_parser(arm, overrides={**keys, "dataset_dir": str(out)})
+    if masks:
+        parser["roi_transforms"] = _keeping_masks(parser["roi_transforms"])
     ds = PersistentDataset(items, Compose(parser.get_parsed_content("deterministic_transforms")),
                            cache_dir=root / "cache" / tag)
+    key = "mask" if masks else "image"  # plain tensors (a MetaTensor's meta would not load with weights_only)
     with single_threaded():  # the same bits whatever the machine's core count (see single_threaded)
-        x = torch.stack([torch.as_tensor(ds[i]["image"], dtype=torch.float32).clone()
+        x = torch.stack([convert_to_tensor(ds[i][key], dtype=torch.float32, track_meta=False).clone()
                          for i in tqdm(range(len(ds)), desc=desc, leave=False)])
     with atomic_path(stacked) as tmp:
         torch.save({"x": x, "ids": ids}, tmp)
     return x
+
+
+def _keeping_masks(expression: str) -> str:
+    """The bundle's ``roi_transforms`` expression (a call of ``roi_transforms``) with ``keep_masks=True`` added."""
+    if not (isinstance(expression, str) and expression.startswith("$") and expression.rstrip().endswith(")")):
+        raise P53hccError(f"cannot add keep_masks to the bundle's roi_transforms {expression!r}")
+    return expression.rstrip()[:-1] + ", keep_masks=True)"
 
 
 def _batches(n: int, batch_size: int, perm: torch.Tensor) -> tuple[torch.Tensor, ...]:

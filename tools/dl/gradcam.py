@@ -1,17 +1,29 @@
 """Grad-CAM heat maps of the DL arms (paper Figure S2) with the model-randomisation sanity check.
 
-Maps come from ``monai.visualize.GradCAM`` on the last convolutional stage of the network, for the class
-"P53 mutated". They are saved as ``.npy`` arrays and as PNG overlays on the three phases (AP, PVP, DP).
+Maps come from ``monai.visualize.GradCAM`` for the class "P53 mutated", upsampled bilinearly (MONAI's
+``default_upsampler``) to the network's input crop. They are kept in their own units (non-negative, the ReLU of
+the gradient-weighted activations): MONAI's default post-processing would min-max scale each map *and invert it*
+(``default_normalizer`` maps the maximum to 0; Project-MONAI/tutorials#1796), and a per-map scale would put the
+FF arm's three phase networks on different colour scales. Each patient's maps are scaled together by their
+common maximum when they are saved (``.npy``, in [0, 1]) and drawn (:mod:`p53hcc.tools.dl.gradcam_figure`).
+
+Target layer: the map has one cell per position of the layer's feature map, and each ResNet/DenseNet stage
+halves it; at the demo's 32 px input the last stage is 1x1 (one value: no location at all), at the paper's
+256 px it is 8x8. :func:`choose_layer` takes the deepest stage whose map has at least :data:`MIN_CELLS` cells a
+side at the actual input size (or the user's layer), refuses a 1x1 map and warns about a 2x2 one.
 
 Sanity check (Adebayo et al., NeurIPS 2018): a saliency method that explains the *model* must give different
 maps when the model's weights are re-initialised. For every patient the Spearman rank correlation between the
 map of the trained network and that of the same architecture with re-initialised weights is reported
-(``sanity.csv``); a high correlation means the map shows image structure (edges), not what the model learned.
+(``sanity.csv``, and in each figure's caption); a high correlation means the map shows image structure (edges),
+not what the model learned.
 """
 from __future__ import annotations
 
 import copy
+import logging
 import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,21 +34,89 @@ from torch import nn
 from p53hcc.tools.cohort.splits import cohort_items, select_items
 from p53hcc.tools.dl.arms import get_arm, load_unit_network, read_config
 from p53hcc.tools.dl.bundle import training_defaults
-from p53hcc.tools.dl.engine import source_items
-from p53hcc.tools.dl.nets import check_net_name, gradcam_layer
+from p53hcc.tools.dl.engine import predict_scores, source_items
+from p53hcc.tools.dl.nets import check_net_name, feature_map_sizes
 from p53hcc.tools.errors import P53hccError
-from p53hcc.tools.io import atomic_path, atomic_write_table
-from p53hcc.tools.schema import PHASE_LABELS, PHASES
+from p53hcc.tools.io import atomic_path, atomic_write_json, atomic_write_table
+from p53hcc.tools.schema import NET_LABELS
+
+log = logging.getLogger(__name__)
+#: Smallest feature map (cells a side) the automatic choice of the target layer accepts.
+MIN_CELLS = 7
+#: Maps this coarse (cells a side) or coarser are drawn with a warning in the log and the caption.
+COARSE_CELLS = 2
+#: A map "differs" from the randomised network's (depends on the learned weights) when their rho is below this.
+SANITY_RHO = 0.5
+
+
+@dataclass(frozen=True)
+class TargetLayer:
+    """The Grad-CAM target layer of one network at one input size, and how it was chosen."""
+
+    name: str
+    cells: tuple[int, ...]
+    input_size: tuple[int, ...]
+    chosen_by: str  # "auto" (deepest with >= MIN_CELLS cells a side) or "user"
+
+    @property
+    def coarse(self) -> bool:
+        return min(self.cells) <= COARSE_CELLS
+
+    def describe(self) -> str:
+        """E.g. ``layer layer1 (8x8 cells) at 32x32 px input``."""
+        return (f"layer {self.name} ({'x'.join(map(str, self.cells))} cells) at "
+                f"{'x'.join(map(str, self.input_size))} px input")
+
+    def warning(self) -> str | None:
+        """A one-line warning for a coarse map, else None."""
+        if not self.coarse:
+            return None
+        return (f"coarse map: {self.describe()} shows at most which part of the crop matters; use a larger "
+                f"input (spatial_size) or a shallower layer")
+
+
+def choose_layer(net: nn.Module, input_shape: tuple[int, ...], layer: str | None = None,
+                 min_cells: int = MIN_CELLS) -> TargetLayer:
+    """The target layer for inputs ``[C, H, W]``: ``layer`` if given, else the deepest candidate stage whose
+    feature map has at least ``min_cells`` cells a side (the shallowest stage when none has).
+
+    Raises:
+        P53hccError: the layer does not exist, or its map would be 1x1 (a single value, no location).
+    """
+    sizes = feature_map_sizes(net, tuple(input_shape), None if layer is None else (layer,))
+    if layer is None:
+        fine = [name for name, cells in sizes.items() if min(cells) >= min_cells]
+        name = fine[-1] if fine else next(iter(sizes))
+    else:
+        name = layer
+    target = TargetLayer(name, sizes[name], tuple(input_shape[1:]), "auto" if layer is None else "user")
+    if max(target.cells) <= 1:
+        options = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in feature_map_sizes(
+            net, tuple(input_shape)).items())
+        raise P53hccError(f"Grad-CAM: {target.describe()} is a single value, which says nothing about where; "
+                          f"choose a shallower layer (feature maps: {options}) or a larger input")
+    if target.coarse:
+        log.warning("Grad-CAM %s", target.warning())
+    return target
 
 
 def gradcam_maps(net: nn.Module, x: torch.Tensor, class_idx: int = 1, layer: str | None = None) -> np.ndarray:
-    """Grad-CAM maps ``[N, H, W]`` (each scaled to [0, 1] by MONAI) of ``class_idx`` for images ``x [N,C,H,W]``."""
+    """Grad-CAM maps ``[N, H, W]`` of ``class_idx`` for images ``x [N, C, H, W]`` at ``layer`` (default
+    :func:`choose_layer`), upsampled bilinearly to ``H x W``, unscaled (>= 0; all 0 where nothing supports the class).
+    """
     from monai.visualize import GradCAM
 
-    net = net.eval()
-    cam = GradCAM(nn_module=net, target_layers=layer or gradcam_layer(net))
+    layer = layer or choose_layer(net, tuple(x.shape[1:])).name
+    # MONAI's hooks cannot be removed: they go on a copy, so the caller's network is left as it was
+    cam = GradCAM(nn_module=copy.deepcopy(net).eval(), target_layers=layer, postprocessing=lambda m: m)
     maps = [cam(x=x[i:i + 1].float(), class_idx=class_idx).detach() for i in range(len(x))]
     return torch.cat(maps)[:, 0].cpu().numpy() if maps else np.zeros((0, *x.shape[2:]))
+
+
+def scale_maps(maps: np.ndarray) -> np.ndarray:
+    """Maps divided by their common maximum (one colour scale for all of them); all zeros stay zeros."""
+    top = float(np.max(maps)) if np.size(maps) else 0.0
+    return maps / top if top > 0 else np.zeros_like(maps)
 
 
 def randomised_copy(net: nn.Module, seed: int = 0) -> nn.Module:
@@ -62,42 +142,26 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def sanity_check(net: nn.Module, x: torch.Tensor, ids: list[str], seed: int = 0,
-                 maps: np.ndarray | None = None, threshold: float = 0.5) -> pd.DataFrame:
-    """Spearman rho between trained-model and randomised-model Grad-CAM maps per patient.
+                 maps: np.ndarray | None = None, threshold: float = SANITY_RHO, layer: str | None = None
+                 ) -> pd.DataFrame:
+    """Spearman rho between trained-model and randomised-model Grad-CAM maps (same layer) per patient.
 
     Returns:
-        ``patient_id, spearman_rho, differs`` (``differs`` = rho below ``threshold``, i.e. the map depends on
-        the learned weights).
+        ``patient_id, spearman_rho, differs, reason``: ``differs`` = rho below ``threshold``, i.e. the map
+        depends on the learned weights. Rho is NaN when a map is constant (``reason`` says which): a constant
+        trained map shows nothing (``differs`` False); a constant randomised map (Grad-CAM's ReLU often leaves
+        nothing of a random network's map) beside a structured trained one means the structure comes from the
+        learned weights (``differs`` True).
     """
-    trained = gradcam_maps(net, x) if maps is None else maps
-    rand = gradcam_maps(randomised_copy(net, seed), x)
+    layer = layer or choose_layer(net, tuple(x.shape[1:])).name
+    trained = gradcam_maps(net, x, layer=layer) if maps is None else maps
+    rand = gradcam_maps(randomised_copy(net, seed), x, layer=layer)
     rho = [spearman(a, b) for a, b in zip(trained, rand)]
-    return pd.DataFrame({"patient_id": ids, "spearman_rho": rho,
-                         "differs": [bool(r < threshold) if np.isfinite(r) else True for r in rho]})
-
-
-def save_overlay(dest: str | os.PathLike, image: np.ndarray, cam: np.ndarray | list, title: str = "") -> Path:
-    """PNG of the phases (grey) with the Grad-CAM map overlaid; ``cam`` is one map or one per phase."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = image.shape[0]
-    cams = list(cam) if np.ndim(cam) == 3 else [cam] * n
-    fig, axes = plt.subplots(1, n, figsize=(3 * n, 3.2), squeeze=False)
-    for i, ax in enumerate(axes[0]):
-        ax.imshow(image[i].T, cmap="gray", origin="lower")
-        ax.imshow(cams[i].T, cmap="jet", alpha=0.4, vmin=0, vmax=1, origin="lower")
-        ax.set_title(PHASE_LABELS[PHASES[i]] if n == 3 else f"channel {i}")
-        ax.axis("off")
-    fig.suptitle(title)
-    fig.tight_layout()
-    dest = Path(dest)
-    with atomic_path(dest) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return dest
+    reason = ["trained map constant" if np.ptp(a) == 0 else "randomised map constant" if np.ptp(b) == 0 else ""
+              for a, b in zip(trained, rand)]
+    differs = [bool(r < threshold) if np.isfinite(r) else why == "randomised map constant"
+               for r, why in zip(rho, reason)]
+    return pd.DataFrame({"patient_id": ids, "spearman_rho": rho, "differs": differs, "reason": reason})
 
 
 def _choose(items: list[dict], patients: str | list | None, n: int) -> list[dict]:
@@ -112,39 +176,60 @@ def _choose(items: list[dict], patients: str | list | None, n: int) -> list[dict
     return pool[:n]
 
 
-def gradcam_model(weights: Path, items: list[dict], crop_root: Path, dest: Path, arm: str, net: str | None = None
-                  ) -> Path:
-    """Grad-CAM PNG overlays, ``.npy`` maps and ``sanity.csv`` of a trained full-cohort folder for ``items``.
+def gradcam_model(weights: Path, items: list[dict], crop_root: Path, dest: Path, arm: str, net: str | None = None,
+                  layer: str | None = None) -> Path:
+    """Grad-CAM figures, ``.npy`` maps, ``sanity.csv``, ``captions.json`` and ``gradcam.json`` (the layer used)
+    of a trained full-cohort folder for ``items``.
 
     Each arm explains itself on its own crops: MC one map per patient from the three-channel network; FF one map
     per phase from that phase's network (``.npy`` holds ``[3, H, W]``; ``sanity.csv`` has a ``phase`` column).
+    Each patient's maps are scaled by their common maximum (``.npy`` in [0, 1]).
     """
+    from p53hcc.tools.dl.gradcam_figure import figure_caption, save_overlay
+
     spec = get_arm(arm)
     params = read_config(weights)
     net = net or params["net"]
     ids = [d["patient_id"] for d in items]
-    images, maps, sanity = [], [], []
+    images, masks, maps, probs, sanity, targets = [], [], [], [], [], []
     for unit in spec.units:
         x = spec.crops(crop_root, items, params, unit)
         model = load_unit_network(weights, unit, net)
-        m = gradcam_maps(model, x)
-        check = sanity_check(model, x, ids, maps=m)
+        target = choose_layer(model, tuple(x.shape[1:]), layer)
+        m = gradcam_maps(model, x, layer=target.name)
+        check = sanity_check(model, x, ids, maps=m, layer=target.name)
         sanity.append(check if unit is None else check.assign(phase=unit))
         images.append(x.numpy())
+        masks.append(spec.mask_crops(crop_root, items, params, unit).numpy())
         maps.append(m)
-    images = np.concatenate(images, axis=1)
-    per_patient = maps[0] if len(maps) == 1 else np.stack(maps, axis=1)
-    what = "Grad-CAM (P53 mutated)" if len(maps) == 1 else "Grad-CAM per phase (P53 mutated)"
-    for pid, img, m in zip(ids, images, per_patient):
+        probs.append(predict_scores(model, x, "cpu", amp=False))
+        targets.append(target)
+    images, masks = np.concatenate(images, axis=1), np.concatenate(masks, axis=1)
+    per_patient, probs = np.stack(maps, axis=1), np.stack(probs, axis=1)  # [N, units, H, W], [N, units]
+    rho, differs, reason = (np.stack([s[c].to_numpy() for s in sanity], axis=1)
+                            for c in ("spearman_rho", "differs", "reason"))
+    captions = {}
+    for i, pid in enumerate(ids):
+        scaled = scale_maps(per_patient[i])
         with atomic_path(dest / f"{pid}.npy") as tmp:
-            np.save(tmp, m)
-        save_overlay(dest / f"{pid}.png", img, m, title=f"{pid}  {spec.name}_{net}  {what}")
+            np.save(tmp, scaled[0] if len(spec.units) == 1 else scaled)
+        caption = figure_caption(spec.name, net, targets[0].describe(), rho[i], differs[i], reason[i], spec.units,
+                                 zero=not scaled.any())
+        warning = targets[0].warning()
+        captions[f"{pid}.png"] = caption + (f" WARNING: {warning}." if warning else "")
+        save_overlay(dest / f"{pid}.png", images[i], scaled, masks[i],
+                     title=f"{pid} · {spec.name.upper()} {NET_LABELS.get(net, net)}",
+                     panel_notes=[f"P(mutated) {p:.2f}" for p in probs[i]], caption=caption, warning=warning)
     atomic_write_table(dest / "sanity.csv", pd.concat(sanity, ignore_index=True))
+    atomic_write_json(dest / "captions.json", captions)
+    atomic_write_json(dest / "gradcam.json", {"arm": spec.name, "net": net, "min_cells": MIN_CELLS,
+                                              "layers": {str(u or spec.name): asdict(t)
+                                                         for u, t in zip(spec.units, targets)}})
     return dest
 
 
 def gradcam_command(out: str | os.PathLike, arm: str = "mc", net: str | None = None, patients=None,
-                    n: int = 4) -> str:
+                    n: int = 4, layer: str | None = None) -> str:
     """Grad-CAM of the full-cohort model of one arm for chosen patients of a study.
 
     Args:
@@ -153,6 +238,8 @@ def gradcam_command(out: str | os.PathLike, arm: str = "mc", net: str | None = N
         net: network name (default: the bundle's).
         patients: comma-separated patient ids (default: the first ``n`` validation patients).
         n: number of patients when none are named.
+        layer: target layer (default: the deepest stage with at least ``MIN_CELLS`` cells a side at the
+            study's input size; e.g. ``layer3`` for a ResNet, ``features.transition3.relu`` for DenseNet121).
 
     Returns:
         The output folder ``out/figures/gradcam/<arm>_<net>``.
@@ -163,11 +250,13 @@ def gradcam_command(out: str | os.PathLike, arm: str = "mc", net: str | None = N
     if not full.is_dir():
         raise P53hccError(f"{full} not found: run `p53hcc train --arm {spec.name} --net {net}` first")
     items = source_items(_choose(select_items(out / "datalist.json", "all"), patients, n), out, read_config(full))
-    return str(gradcam_model(full, items, out, out / "figures" / "gradcam" / f"{spec.name}_{net}", spec.name, net))
+    return str(gradcam_model(full, items, out, out / "figures" / "gradcam" / f"{spec.name}_{net}", spec.name, net,
+                             layer=layer))
 
 
 def gradcam_frozen(weights: str | os.PathLike, cohort_csv: str | os.PathLike, out: str | os.PathLike,
-                   arm: str = "mc", net: str | None = None, work: str | os.PathLike | None = None) -> Path:
+                   arm: str = "mc", net: str | None = None, work: str | os.PathLike | None = None,
+                   layer: str | None = None) -> Path:
     """Grad-CAM of a frozen full-cohort folder for the new patients of ``cohort_csv`` into ``out``.
 
     ``work`` holds the new patients' ``preprocessed/`` volumes (needed when the model was trained on preprocessed
@@ -175,4 +264,5 @@ def gradcam_frozen(weights: str | os.PathLike, cohort_csv: str | os.PathLike, ou
     """
     weights, work = Path(weights), Path(work or out)
     items = source_items(cohort_items(cohort_csv), work, read_config(weights))
-    return gradcam_model(weights, items, work, Path(out), arm, net)
+    return gradcam_model(weights, items, work, Path(out), arm, net, layer=layer)
+

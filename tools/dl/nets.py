@@ -17,8 +17,11 @@ from p53hcc.tools.schema import NETS
 
 _PENULTIMATE = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048, "resnet152": 2048,
                 "densenet121": 1024}
-# Grad-CAM target layer (last convolutional stage) per family.
-GRADCAM_LAYER = {"resnet": "layer4", "densenet": "class_layers.relu"}
+#: Grad-CAM target layers per family, shallow to deep: the output of each convolutional stage (after its ReLU).
+#: Each stage halves the feature map; at the paper's 256 px input the last one is 8x8, at the demo's 32 px 1x1.
+GRADCAM_LAYERS = {"resnet": ("layer1", "layer2", "layer3", "layer4"),
+                  "densenet": ("features.transition1.relu", "features.transition2.relu",
+                               "features.transition3.relu", "class_layers.relu")}
 
 
 def check_net_name(name: str) -> str:
@@ -88,9 +91,34 @@ def final_linear(net: nn.Module) -> nn.Linear:
     raise P53hccError(f"cannot find the classifier layer of {type(net).__name__}")
 
 
-def gradcam_layer(net: nn.Module) -> str:
-    """Name of the Grad-CAM target layer (last convolutional stage) of a network from :func:`build_net`."""
-    return GRADCAM_LAYER["densenet" if hasattr(net, "class_layers") else "resnet"]
+def gradcam_layers(net: nn.Module) -> tuple[str, ...]:
+    """The Grad-CAM candidate layers of a network from :func:`build_net`, shallow to deep."""
+    return GRADCAM_LAYERS["densenet" if hasattr(net, "class_layers") else "resnet"]
+
+
+def feature_map_sizes(net: nn.Module, input_shape: tuple[int, ...], layers: tuple[str, ...] | None = None
+                      ) -> dict[str, tuple[int, ...]]:
+    """Spatial size of the output of each of ``layers`` (default :func:`gradcam_layers`) for one input of
+    ``input_shape`` (``[C, H, W]``), measured with forward hooks on a zero image (nothing is assumed about strides).
+    """
+    modules = dict(net.named_modules())
+    layers = gradcam_layers(net) if layers is None else layers
+    unknown = [name for name in layers if name not in modules]
+    if unknown:
+        raise P53hccError(f"layer(s) {unknown} not in {type(net).__name__}; Grad-CAM candidates: "
+                          f"{', '.join(gradcam_layers(net))}")
+    sizes: dict[str, tuple[int, ...]] = {}
+    hooks = [modules[name].register_forward_hook(
+        lambda _m, _i, out, name=name: sizes.__setitem__(name, tuple(out.shape[2:]))) for name in layers]
+    training = net.training
+    try:
+        with torch.no_grad():
+            net.eval()(torch.zeros(1, *input_shape, device=next(net.parameters()).device))
+    finally:
+        net.train(training)
+        for hook in hooks:
+            hook.remove()
+    return {name: sizes[name] for name in layers}
 
 
 class FeatureExtractor(nn.Module):

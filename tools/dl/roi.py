@@ -207,7 +207,8 @@ class RenameKeysd(MapTransform):
 
 def roi_transforms(image_keys: Sequence[str] = PHASES,
                    mask_keys: Sequence[str] = MASK_COLUMNS, spatial_size: int = 256,
-                   margin: int = 10, concat: bool = True, out_key: str = "image") -> list:
+                   margin: int = 10, concat: bool = True, out_key: str = "image", keep_masks: bool = False,
+                   mask_key: str = "mask") -> list:
     """Deterministic 2D part on loaded 3D volumes: largest slice -> bbox+margin -> resize -> z-score -> concat.
 
     Args:
@@ -215,14 +216,23 @@ def roi_transforms(image_keys: Sequence[str] = PHASES,
         spatial_size: output side length (256 in the paper).
         margin: bbox expansion in pixels (10 in the paper).
         concat: stack the phases as channels into ``out_key`` (MC arm); False keeps them apart (FF arm).
+        keep_masks: also keep each mask cut and resized exactly like its image (bilinear, so a contour at 0.5 is
+            smooth), stacked into ``mask_key`` when ``concat``; for displays (the Grad-CAM tumour contour). The
+            images are the same either way.
     """
     from monai.transforms import ConcatItemsd, DeleteItemsd, NormalizeIntensityd, Resized
 
+    size = (spatial_size, spatial_size)
     t = [LargestAreaSliced(list(image_keys), list(mask_keys)),
          ROIBoundingBoxCropd(list(image_keys), list(mask_keys), margin=margin),
-         Resized(list(image_keys), spatial_size=(spatial_size, spatial_size), mode="bilinear", anti_aliasing=True),
-         NormalizeIntensityd(list(image_keys)),
-         DeleteItemsd(list(mask_keys))]
+         Resized(list(image_keys), spatial_size=size, mode="bilinear", anti_aliasing=True),
+         NormalizeIntensityd(list(image_keys))]
+    if keep_masks:
+        t.append(Resized(list(mask_keys), spatial_size=size, mode="bilinear", anti_aliasing=False))
+        if concat:
+            t.append(ConcatItemsd(list(mask_keys), name=mask_key, dim=0))
+    else:
+        t.append(DeleteItemsd(list(mask_keys)))
     if concat:
         t.append(ConcatItemsd(list(image_keys), name=out_key, dim=0))
     return t

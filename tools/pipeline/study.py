@@ -113,7 +113,8 @@ def _stage_gradcam(ctx: StageContext) -> None:
     if not chosen:
         log.warning("gradcam: no DL model was chosen (every candidate degenerate); no heat maps")
         return
-    gradcam_command(str(ctx.study_dir), arm=chosen["arm"], net=chosen["net"], n=ctx.params["n"])
+    gradcam_command(str(ctx.study_dir), arm=chosen["arm"], net=chosen["net"], n=ctx.params["n"],
+                    layer=ctx.params.get("layer"))
 
 
 def _stage_figures(ctx: StageContext) -> None:
