@@ -206,8 +206,28 @@ def evaluate(model: str, cohort: str, out: str):
     return str(evaluate_cohort(model, cohort, out))
 
 
+def export_bundle(study: str, arm: str = "mc", out: str = "bundle-export", net: str | None = None,
+                  name: str | None = None, version: str = "0.1.0", weights_url: str | None = None):
+    """Export a study's trained arm as a MONAI model-zoo bundle (folder, zip and zoo unit test) that runs without
+    p53hcc: its code in scripts/, weights (model.pt, TorchScript model.ts), metadata with pins and metrics.
+
+    Args:
+        study: the study folder.
+        arm: "mc" or "ff" (FF: the three phase networks and the fitted head as one network).
+        out: output folder (models/<name>/, ci/unit_tests/test_<name>.py, <name>_v<version>.zip).
+        net: network to export (default: the study's choice for the arm).
+        name: bundle name (default hcc_p53_<arm>_<net>_mri_classification).
+        version: bundle version (metadata.json; an earlier export's changelog is kept).
+        weights_url: public location of the weights for large_files.yml (default: a placeholder to fill in).
+    """
+    from p53hcc.tools.export.bundle import export_bundle as export
+
+    return str(export(study, arm=arm, out=out, net=net, name=name, version=str(version), weights_url=weights_url))
+
+
 COMMANDS = {f.__name__: f for f in (synth, validate, datalist, preprocess, radiomics, train, gradcam, study,
                                      predict, evaluate)}
+COMMANDS["export-bundle"] = export_bundle
 VERBOSE, QUIET = ("--verbose", "-v"), ("--quiet", "-q")
 
 

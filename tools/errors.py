@@ -11,12 +11,15 @@ class InputError(P53hccError):
 
     def __init__(self, patient_id: str | None, problem: str, column: str | None = None, path: str | None = None):
         self.patient_id, self.problem, self.column, self.path = patient_id, problem, column, path
-        parts = [f"patient {patient_id}" if patient_id is not None else "cohort"]
-        if column:
-            parts.append(f"column {column}")
-        if path:
-            parts.append(f"file {path}")
-        super().__init__(f"{', '.join(parts)}: {problem}")
+        super().__init__(patient_id, problem, column, path)  # all of them: a pickled copy (process pools) rebuilds
+
+    def __str__(self) -> str:
+        parts = [f"patient {self.patient_id}" if self.patient_id is not None else "cohort"]
+        if self.column:
+            parts.append(f"column {self.column}")
+        if self.path:
+            parts.append(f"file {self.path}")
+        return f"{', '.join(parts)}: {self.problem}"
 
 
 def check_choice(value, choices, what: str) -> str:

@@ -111,16 +111,19 @@ class PatientTableWriter:
     """Ignite handler writing one row per evaluated patient to a table (CSV or parquet), atomically at the end.
 
     ``mode="probability"``: ``pred`` holds softmax probabilities -> columns ``label`` (from the item, -1 when
-    unknown) and ``score`` = P(class 1). ``mode="features"``: ``pred`` is the penultimate feature vector (network
-    wrapped by :func:`feature_extractor`) -> columns ``f0..f{D-1}``. Constant columns (``phase``, ``fold``,
-    ``model``) come from ``extra``. Rows are keyed by ``patient_id`` (MONAI's ``SaveClassificationd`` would name
-    them after the image file).
+    unknown) and ``score`` = P(class 1), and with a ``threshold`` ``predicted_class`` (``score >= threshold``).
+    ``mode="features"``: ``pred`` is the penultimate feature vector (network wrapped by
+    :func:`feature_extractor`) -> columns ``f0..f{D-1}``. Constant columns (``phase``, ``fold``, ``model``) come
+    from ``extra``. Rows are keyed by ``patient_id`` (MONAI's ``SaveClassificationd`` would name them after the
+    image file).
     """
 
-    def __init__(self, output_path: str | os.PathLike, mode: str = "probability", extra: dict | None = None):
+    def __init__(self, output_path: str | os.PathLike, mode: str = "probability", extra: dict | None = None,
+                 threshold: float | None = None):
         if mode not in ("features", "probability"):
             raise ValueError(f"mode must be 'features' or 'probability', got {mode!r}")
         self.output_path, self.mode, self.extra = Path(output_path), mode, dict(extra or {})
+        self.threshold = None if threshold is None else float(threshold)
         self._ids: list[str] = []
         self._labels: list[int] = []
         self._rows: list[np.ndarray] = []
@@ -155,6 +158,8 @@ class PatientTableWriter:
             values = pd.DataFrame(mat, columns=[f"f{j}" for j in range(mat.shape[1])])
         else:
             values = pd.DataFrame({"label": self._labels, "score": mat[:, -1] if len(mat) else []})
+            if self.threshold is not None:
+                values["predicted_class"] = (values["score"] >= self.threshold).astype(int)
         return pd.concat([head, values], axis=1)
 
     def _write(self, engine) -> None:
