@@ -59,7 +59,7 @@ def distribution(module: str) -> str:
     dists = importlib_metadata.packages_distributions().get(module, [])
     if not dists:
         raise P53hccError(f"no installed distribution provides the module {module!r} the bundle code imports")
-    return module if module in dists else ("itk" if module == "itk" else sorted(dists)[0])
+    return module if module in dists else min(dists)
 
 
 def required_packages(sources: Iterable[str]) -> dict[str, str]:
@@ -139,8 +139,8 @@ def metadata(arm: str, net: str, version: str, changelog: dict, spatial_size: in
         "intended_use": ("Research only: reproduction and external validation of a published radiogenomics study. "
                          "Not a medical device; not for diagnosis or treatment decisions."),
         "references": [
-            "A novel deep learning and radiomics approach based on DCE-MRI for predicting the P53 mutation status "
-            "in hepatocellular carcinoma (the study p53hcc reproduces)",
+            ("A novel deep learning and radiomics approach based on DCE-MRI for predicting the P53 mutation status "
+             "in hepatocellular carcinoma (the study p53hcc reproduces)"),
             "He K. et al., Deep Residual Learning for Image Recognition, CVPR 2016",
             "Huang G. et al., Densely Connected Convolutional Networks, CVPR 2017",
             "Tustison N. J. et al., N4ITK: Improved N3 Bias Correction, IEEE TMI 2010"],

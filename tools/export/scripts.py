@@ -153,7 +153,7 @@ def _import_lines(src: _Source, bound: set[str]) -> list[str]:
 
 
 #: Lines the zoo's flake8 (pep8-naming) would flag although they follow a library's own convention.
-NOQA = {re.compile(r"^(\s*import SimpleITK as sitk)$", re.M): r"\1  # noqa: N813"}
+NOQA = {re.compile(r"^(\s*import SimpleITK as sitk)$", re.MULTILINE): r"\1  # noqa: N813"}
 
 
 def module_text(module: str, plan: _Plan, version: str, exports: Iterable[str] = ()) -> str:
