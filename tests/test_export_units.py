@@ -72,3 +72,26 @@ def test_deploy_folder_is_an_sdk_app():
     app = Path(__file__).resolve().parents[1] / "deploy"
     for name in ("app.py", "__main__.py", "app.yaml", "requirements.txt", "README.md"):
         assert (app / name).is_file(), name
+
+
+def test_metadata_names_installable_distributions():
+    """``itk`` is split over itk-core, itk-io...: the metadata must pin the meta-distribution that installs all."""
+    from p53hcc.tools.export.metadata import distribution
+
+    assert distribution("itk") == "itk"
+    assert distribution("SimpleITK").lower() == "simpleitk"
+
+
+def test_bundle_code_is_scoped(tmp_path):
+    """The app imports the bundle's ``scripts`` package only while it scores: afterwards sys.path and another
+    ``scripts`` package (the repository's own) are as before (they leaked into later tests)."""
+    from p53hcc.tools.export.deploy_run import _bundle_code
+
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "__init__.py").write_text("WHO = 'bundle'\n")
+    path, before = list(sys.path), sys.modules.get("scripts")
+    with _bundle_code(tmp_path):
+        import scripts
+
+        assert scripts.WHO == "bundle"
+    assert sys.path == path and sys.modules.get("scripts") is before

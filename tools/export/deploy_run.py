@@ -9,6 +9,7 @@ once everything is computed, atomically).
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import sys
@@ -32,15 +33,24 @@ def read_study(folder: str | Path) -> tuple[object, dict]:
     return load_volume(images, masks), inputs
 
 
-def _use_bundle_code(bundle: Path) -> None:
-    """Make ``scripts.*`` the bundle's own code (a ``scripts`` package of another bundle is forgotten)."""
-    root = str(bundle.resolve())
-    loaded = sys.modules.get("scripts")
-    if loaded is not None and not str(getattr(loaded, "__file__", "")).startswith(root):
-        for name in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
+@contextlib.contextmanager
+def _bundle_code(bundle: Path):
+    """Inside: ``scripts.*`` is the bundle's own code. Afterwards ``sys.path`` and any other ``scripts`` package
+    are as before (the parsed config keeps references to what it imported)."""
+    def own(name: str) -> bool:
+        return name == "scripts" or name.startswith("scripts.")
+
+    saved_path, saved = list(sys.path), {k: v for k, v in sys.modules.items() if own(k)}
+    for name in saved:
+        del sys.modules[name]
+    sys.path.insert(0, str(bundle.resolve()))
+    try:
+        yield
+    finally:
+        sys.path[:] = saved_path
+        for name in [k for k in sys.modules if own(k)]:
             del sys.modules[name]
-    if root not in sys.path:
-        sys.path.insert(0, root)
+        sys.modules.update(saved)
 
 
 def bundle_inference(bundle: str | Path, volume, device: str = "cpu") -> dict:
@@ -50,17 +60,17 @@ def bundle_inference(bundle: str | Path, volume, device: str = "cpu") -> dict:
     from monai.bundle import ConfigParser
 
     bundle = Path(bundle)
-    _use_bundle_code(bundle)
-    parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "deploy.json"))
-    parser.update({"bundle_root": str(bundle), "device": device})
     meta = json.loads((bundle / "configs" / "metadata.json").read_text(encoding="utf-8"))
-    x = parser.get_parsed_content("preprocessing")({"image": volume})["image"]
-    net = torch.jit.load(str(bundle / "models" / "model.ts"), map_location=device).eval()
-    with torch.no_grad():
-        pred = parser.get_parsed_content("postprocessing")({"pred": net(x[None].float().to(device))[0]})["pred"]
+    with _bundle_code(bundle):
+        parser = ConfigParser()
+        parser.read_config(str(bundle / "configs" / "deploy.json"))
+        parser.update({"bundle_root": str(bundle), "device": device})
+        x = parser.get_parsed_content("preprocessing")({"image": volume})["image"]
+        net = torch.jit.load(str(bundle / "models" / "model.ts"), map_location=device).eval()
+        with torch.no_grad():
+            pred = parser.get_parsed_content("postprocessing")({"pred": net(x[None].float().to(device))[0]})["pred"]
+        threshold = parser.get("threshold")
     p = float(pred[1])
-    threshold = parser.get("threshold")
     return {"probability": p, "threshold": threshold,
             "predicted_class": None if threshold is None else int(p >= float(threshold)),
             "model": bundle.name, "model_version": meta["version"], "model_description": meta["name"]}

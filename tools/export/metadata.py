@@ -29,6 +29,9 @@ SCHEMA_URL = ("https://github.com/Project-MONAI/MONAI-extra-test-data/releases/d
 #: (``verify_metadata``) and nibabel, which MONAI's ``Orientationd``/``Spacingd`` import for their affine maths
 #: (without it every config fails in a fresh environment: found by the zoo-CI test).
 TOOL_PACKAGES = ("pytorch-ignite", "tensorboard", "fire", "pyyaml", "jsonschema", "nibabel")
+#: Modules whose files come from several distributions, named after the one that installs them all (the ``itk``
+#: package is split over itk-core, itk-io, ...; ``pip install itk`` brings every part).
+META_DISTRIBUTIONS = ("itk",)
 #: Reported in monai_version / pytorch_version / numpy_version, not in required_packages_version.
 CORE = {"monai": "monai_version", "torch": "pytorch_version", "numpy": "numpy_version"}
 VAL_METRICS = ("auc", "accuracy", "sensitivity", "specificity", "n", "n_events")
@@ -59,7 +62,9 @@ def distribution(module: str) -> str:
     dists = importlib_metadata.packages_distributions().get(module, [])
     if not dists:
         raise P53hccError(f"no installed distribution provides the module {module!r} the bundle code imports")
-    return module if module in dists else min(dists)
+    if module in dists or module in META_DISTRIBUTIONS:  # ``itk``: the meta-distribution installs every ITK part
+        return module
+    return min(dists)
 
 
 def required_packages(sources: Iterable[str]) -> dict[str, str]:
