@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q torch==2.13.0 "numpy>=1.26" versioneer
 	$(PY) -m pip install -q --no-build-isolation pyradiomics
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,deploy]"
 	touch $@
 
 demo: env

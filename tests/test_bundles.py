@@ -50,7 +50,8 @@ def study(tmp_path_factory):
 def trained(request, study, tmp_path_factory):
     arm = request.param
     work = tmp_path_factory.mktemp(f"bundle_{arm}")
-    common = {"bundle_root": str(work), "dataset_dir": str(study), "ckpt_dir": str(work / "models"),
+    common = {"bundle_root": str(work), "work_dir": str(work), "dataset_dir": str(study),
+              "ckpt_dir": str(work / "models"),
               "output_dir": str(work / "eval"), "cache_dir": str(work / "cache"), "fold": 0, **TINY, **PHASE[arm]}
     _workflow(arm, ["train.json"], "train", epochs=1, **common)
     return arm, work, common
@@ -134,7 +135,8 @@ def test_multi_gpu_train_two_processes_on_cpu(trained, study, tmp_path):
     configs = bundle_dir(arm) / "configs"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle", "run",
            "--config_file", f"['{configs / 'train.json'}','{configs / 'multi_gpu_train.json'}']",
-           "--bundle_root", str(tmp_path), "--ckpt_dir", str(tmp_path / "models"), "--dataset_dir", str(study),
+           "--bundle_root", str(tmp_path), "--work_dir", str(tmp_path), "--ckpt_dir", str(tmp_path / "models"),
+           "--dataset_dir", str(study),
            "--epochs", "1", "--logging_file", str(configs / "logging.conf"),
            *[a for k, v in {**TINY, **PHASE[arm]}.items() if k != "device" for a in (f"--{k}", str(v))]]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

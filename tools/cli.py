@@ -9,23 +9,11 @@ from __future__ import annotations
 
 import sys
 
-BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
-
-
-def as_bool(value, name: str = "flag") -> bool:
-    """A command-line boolean: bools as they are, ``true/false``, ``yes/no``, ``on/off``, ``1/0`` (any case)."""
-    from p53hcc.tools.errors import P53hccError
-
-    if isinstance(value, bool):
-        return value
-    key = str(value).strip().lower()
-    if key not in BOOL_WORDS:
-        raise P53hccError(f"--{name} expects true or false, got {value!r}")
-    return BOOL_WORDS[key]
+from p53hcc.tools.errors import BOOL_WORDS, as_bool  # noqa: F401  (the one parser of boolean flags)
 
 
 def synth(n: int = 320, out: str = "synthetic", seed: int = 0, size: str = "demo", second_reader: bool = True,
-          profile: str = "internal"):
+          profile: str = "internal", format: str = "nifti"):
     """Write a synthetic three-phase DCE-MRI cohort with known ground truth.
 
     Args:
@@ -35,11 +23,13 @@ def synth(n: int = 320, out: str = "synthetic", seed: int = 0, size: str = "demo
         size: "demo" (small volumes, fast) or "paper" (realistic size).
         second_reader: also write second-reader masks (for ICC).
         profile: "internal" scanner profiles, or "external" (different scanners, for external validation).
+        format: "nifti", or "dicom" (the same voxels as one DICOM study per patient: an MR series per phase and a
+            DICOM SEG per mask, under dicom/<patient>/; needs p53hcc[deploy]).
     """
     from p53hcc.tools.cohort.synth import make_cohort
 
     return str(make_cohort(n=n, out=out, seed=seed, size=size, second_reader=as_bool(second_reader, "second_reader"),
-                           profile=profile))
+                           profile=profile, image_format=format))
 
 
 def validate(cohort: str, study: bool = False, config: str | None = None, profile: str = "paper", **overrides):
@@ -218,8 +208,28 @@ def evaluate(model: str, cohort: str, out: str):
     return str(evaluate_cohort(model, cohort, out))
 
 
+def export_bundle(study: str, arm: str = "mc", out: str = "bundle-export", net: str | None = None,
+                  name: str | None = None, version: str = "0.1.0", weights_url: str | None = None):
+    """Export a study's trained arm as a MONAI model-zoo bundle (folder, zip and zoo unit test) that runs without
+    p53hcc: its code in scripts/, weights (model.pt, TorchScript model.ts), metadata with pins and metrics.
+
+    Args:
+        study: the study folder.
+        arm: "mc" or "ff" (FF: the three phase networks and the fitted head as one network).
+        out: output folder (models/<name>/, ci/unit_tests/test_<name>.py, <name>_v<version>.zip).
+        net: network to export (default: the study's choice for the arm).
+        name: bundle name (default hcc_p53_<arm>_<net>_mri_classification).
+        version: bundle version (metadata.json; an earlier export's changelog is kept).
+        weights_url: public location of the weights for large_files.yml (default: a placeholder to fill in).
+    """
+    from p53hcc.tools.export.bundle import export_bundle as export
+
+    return str(export(study, arm=arm, out=out, net=net, name=name, version=str(version), weights_url=weights_url))
+
+
 COMMANDS = {f.__name__: f for f in (synth, validate, datalist, preprocess, radiomics, train, gradcam, study,
                                      predict, evaluate)}
+COMMANDS["export-bundle"] = export_bundle
 VERBOSE, QUIET = ("--verbose", "-v"), ("--quiet", "-q")
 
 

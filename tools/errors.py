@@ -11,12 +11,15 @@ class InputError(P53hccError):
 
     def __init__(self, patient_id: str | None, problem: str, column: str | None = None, path: str | None = None):
         self.patient_id, self.problem, self.column, self.path = patient_id, problem, column, path
-        parts = [f"patient {patient_id}" if patient_id is not None else "cohort"]
-        if column:
-            parts.append(f"column {column}")
-        if path:
-            parts.append(f"file {path}")
-        super().__init__(f"{', '.join(parts)}: {problem}")
+        super().__init__(patient_id, problem, column, path)  # all of them: a pickled copy (process pools) rebuilds
+
+    def __str__(self) -> str:
+        parts = [f"patient {self.patient_id}" if self.patient_id is not None else "cohort"]
+        if self.column:
+            parts.append(f"column {self.column}")
+        if self.path:
+            parts.append(f"file {self.path}")
+        return f"{', '.join(parts)}: {self.problem}"
 
 
 def check_choice(value, choices, what: str) -> str:
@@ -25,3 +28,18 @@ def check_choice(value, choices, what: str) -> str:
     if key not in choices:
         raise P53hccError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
     return key
+
+
+#: The words a boolean flag accepts (any case): python-fire passes ``--flag false`` as the string ``'false'``,
+#: which is truthy, so every command line and bundle config parses its booleans with :func:`as_bool`.
+BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+
+
+def as_bool(value, name: str = "flag") -> bool:
+    """A command-line boolean: bools as they are, ``true/false``, ``yes/no``, ``on/off``, ``1/0`` (any case)."""
+    if isinstance(value, bool):
+        return value
+    key = str(value).strip().lower()
+    if key not in BOOL_WORDS:
+        raise P53hccError(f"--{name} expects true or false, got {value!r}")
+    return BOOL_WORDS[key]

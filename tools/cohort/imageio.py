@@ -1,7 +1,8 @@
-"""The one image reader: NIfTI, NRRD, MetaImage and DICOM series folders, through SimpleITK (ITK's IO).
+"""The one image reader: NIfTI, NRRD, MetaImage and DICOM series folders, through SimpleITK (ITK's IO), and DICOM
+SEG masks (:mod:`p53hcc.tools.cohort.dicomseg`).
 
 Validation reads headers only (fast); analysis code reads voxels. MONAI's ``ITKReader`` used in the bundles reads
-the same formats through the same ITK IO, so a file accepted here loads there.
+the same formats through the same ITK IO (and the same SEG decoder), so a file accepted here loads there.
 """
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+
+from p53hcc.tools.cohort.dicomseg import is_dicom_seg, read_seg
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,8 @@ def dicom_files(folder: str | Path) -> list[str]:
 def read_geometry(path: str | Path) -> Geometry:
     """Read only the header of an image file or DICOM series folder."""
     path = Path(path)
+    if is_dicom_seg(path):
+        return geometry_of(read_seg(path))
     reader = sitk.ImageFileReader()
     reader.SetFileName(dicom_files(path)[0] if path.is_dir() else str(path))
     reader.ReadImageInformation()
@@ -105,8 +110,11 @@ def series_spacing(files: list[str], spacing: tuple[float, ...]) -> tuple[float,
 
 
 def read_image(path: str | Path) -> sitk.Image:
-    """Read an image file or a DICOM series folder (slice spacing as the headers state it) into a SimpleITK image."""
+    """Read an image file, a DICOM series folder (slice spacing as the headers state it) or a DICOM SEG mask into a
+    SimpleITK image."""
     path = Path(path)
+    if is_dicom_seg(path):
+        return read_seg(path)
     if path.is_dir():
         files = dicom_files(path)
         reader = sitk.ImageSeriesReader()

@@ -244,7 +244,8 @@ TABULAR_COLUMNS = ["scanner", *CLINICAL_COLUMNS]
 
 
 def make_cohort(n: int, out: str | os.PathLike, seed: int = 0, size: str = "demo", second_reader: bool = True,
-                profile: str = "internal", scanner_effect: float = 1.0) -> Path:
+                profile: str = "internal", scanner_effect: float = 1.0,
+                image_format: str = "nifti") -> Path:
     """Write a synthetic cohort: ``cohort.csv``, ``truth.csv``, ``images/`` and ``masks/`` under ``out``.
 
     Args:
@@ -257,6 +258,9 @@ def make_cohort(n: int, out: str | os.PathLike, seed: int = 0, size: str = "demo
         scanner_effect: strength of the scanner effects (1: the tabulated profiles; 0: every scanner acquires like
             a neutral reference; 2: departures doubled), see :func:`~p53hcc.tools.cohort.synth_images.scanner_profiles`.
             The patients, labels and scanner assignment do not depend on it; only the acquisition does.
+        image_format: "nifti" (``images/``, ``masks/``) or "dicom" (the same voxels as one DICOM study per patient
+            under ``dicom/<patient>/``: an MR series per phase and a DICOM SEG per mask,
+            :mod:`p53hcc.tools.cohort.synth_dicom`).
 
     Returns:
         Path of ``cohort.csv``.
@@ -265,6 +269,8 @@ def make_cohort(n: int, out: str | os.PathLike, seed: int = 0, size: str = "demo
 
     if size not in si.SIZES:
         raise P53hccError(f"synth: unknown size {size!r} (use demo or paper)")
+    if image_format not in ("nifti", "dicom"):
+        raise P53hccError(f"synth: unknown format {image_format!r} (use nifti or dicom)")
     out = Path(out)
     cohort, truth = sample_patients(n, seed=seed, profile=profile)
     rng = np.random.default_rng([seed, PROFILES[profile][1], 1])
@@ -277,8 +283,14 @@ def make_cohort(n: int, out: str | os.PathLike, seed: int = 0, size: str = "demo
         r2[rng.permutation(n)[:min(N_SECOND_READER, n)]] = True
     rows, extra = [], []
     for i, rec in enumerate(tqdm(cohort.to_dict("records"), desc="synth patients", unit="patient")):
-        paths, info = si.write_patient(rec, truth.loc[i, "latent_heterogeneity"], scanners[rec["scanner"]], out,
-                                       size=size, seed=(seed, PROFILES[profile][1], i), second_reader=bool(r2[i]))
+        args = (truth.loc[i, "latent_heterogeneity"], scanners[rec["scanner"]])
+        where = {"size": size, "seed": (seed, PROFILES[profile][1], i), "second_reader": bool(r2[i])}
+        if image_format == "dicom":
+            from p53hcc.tools.cohort.synth_dicom import write_patient
+
+            paths, info = write_patient(rec, *args, rec["scanner"], out, **where)
+        else:
+            paths, info = si.write_patient(rec, *args, out, **where)
         rows.append(paths)
         extra.append(info)
     paths = pd.DataFrame(rows)

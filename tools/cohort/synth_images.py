@@ -368,11 +368,15 @@ def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray, huffman_only: 
         tmp.write_bytes(comp.compress(img.to_bytes()) + comp.flush())
 
 
+def rendered(rec: dict, h: float, scanner: dict, size: str, seed: tuple, second_reader: bool):
+    """:func:`render_patient` with the patient's own random stream: the same voxels whatever the file format."""
+    return render_patient(rec, float(h), scanner, size, np.random.default_rng([*seed, 7]), second_reader)
+
+
 def write_patient(rec: dict, h: float, scanner: dict, out: Path, size: str, seed: tuple,
                   second_reader: bool) -> tuple[dict, dict]:
     """Render and write one patient; returns (cohort path columns relative to ``out``, truth details)."""
-    rng = np.random.default_rng([*seed, 7])
-    images, masks, affine, info = render_patient(rec, float(h), scanner, size, rng, second_reader)
+    images, masks, affine, info = rendered(rec, h, scanner, size, seed, second_reader)
     pid, paths = rec["patient_id"], {}
     for phase in PHASES:
         rel = f"images/{pid}_{phase}.nii.gz"

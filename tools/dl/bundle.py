@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from p53hcc.tools.errors import P53hccError, check_choice
+from p53hcc.tools.errors import P53hccError, as_bool, check_choice
 from p53hcc.tools.schema import ARMS
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,9 @@ def training_params(arm: str, **overrides: Any) -> dict[str, Any]:
     if unknown:
         raise P53hccError(f"unknown training parameter(s) {sorted(unknown)}; known: "
                           f"{', '.join((*TRAINING_KEYS, *ENGINE_DEFAULTS))}")
-    params = {**training_defaults(arm), **ENGINE_DEFAULTS, **{k: v for k, v in overrides.items() if v is not None}}
+    defaults = {**training_defaults(arm), **ENGINE_DEFAULTS}
+    params = {**defaults, **{k: as_bool(v, k) if isinstance(defaults.get(k), bool) else v  # 'false' is false
+                             for k, v in overrides.items() if v is not None}}
     if params["source"] not in ("raw", "preprocessed"):
         raise P53hccError(f"unknown source {params['source']!r}; choose raw or preprocessed")
     if params["source"] == "preprocessed":

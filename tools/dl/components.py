@@ -4,13 +4,21 @@ The bundle configs import this one module (``"$import p53hcc.tools.dl.components
 the names in ``__all__``; nothing private. ``tests/test_components.py`` checks that every ``p53hcc`` reference
 in the shipped configs resolves to a name listed here.
 
-* Data: :func:`select_items` (which patients a fold trains, monitors or scores), :func:`class_weights`.
-* Reading: :class:`SeriesSpacingReader` (ITK, with DICOM series' slice spacing as their headers state it).
+* Data: :func:`select_items` (which patients a fold trains, monitors or scores), :func:`require_items` (an empty
+  part is an error), :func:`class_weights`.
+* Config values: :func:`as_bool` (``--n4 false`` from the command line is the string ``'false'``).
+* Reading: :class:`SeriesSpacingReader` (ITK, with DICOM series' slice spacing as their headers state it, and
+  DICOM SEG masks).
 * Transforms: :class:`N4BiasFieldCorrectiond` (wired by :func:`n4_transforms`), :class:`RenameKeysd`,
+  :class:`SplitChannelsd` (the deploy configs' one in-memory input volume -> phases and masks),
   :func:`roi_transforms` (largest-ROI slice -> bbox + margin -> resize -> z-score), :func:`train_augmentation`,
   :class:`BatchRandCropFlip` (the same augmentation on whole batches, on the device).
-* Networks: :func:`build_net`, :func:`feature_extractor` (penultimate features, FF arm).
+* Networks: :func:`build_net`, :func:`feature_extractor` (penultimate features, FF arm), :class:`FFNet` (the whole
+  FF arm, head included, as one network: the exported FF bundles' model).
 * Engine helpers: :class:`AugmentingPrepareBatch`, :class:`PatientTableWriter`, :func:`warm_cache`.
+
+``p53hcc export-bundle`` copies the definitions behind these names into an exported bundle's ``scripts/``
+(:mod:`p53hcc.tools.export.scripts`), so the repository holds one copy of each.
 """
 from __future__ import annotations
 
@@ -23,15 +31,24 @@ import pandas as pd
 import torch
 
 from p53hcc.tools.cohort.splits import select_items
+from p53hcc.tools.dl.ffnet import FFNet
 from p53hcc.tools.dl.nets import build_net, feature_extractor
-from p53hcc.tools.dl.roi import BatchRandCropFlip, RenameKeysd, roi_transforms, train_augmentation
+from p53hcc.tools.dl.roi import (
+    BatchRandCropFlip,
+    RenameKeysd,
+    SplitChannelsd,
+    roi_transforms,
+    train_augmentation,
+)
+from p53hcc.tools.errors import P53hccError, as_bool
 from p53hcc.tools.io import atomic_write_table
 from p53hcc.tools.preprocessing.chain import SeriesSpacingReader
 from p53hcc.tools.preprocessing.n4 import N4BiasFieldCorrectiond
 
-__all__ = ["AugmentingPrepareBatch", "BatchRandCropFlip", "N4BiasFieldCorrectiond", "PatientTableWriter",
-           "RenameKeysd", "SeriesSpacingReader", "build_net", "class_weights", "feature_extractor", "n4_transforms",
-           "roi_transforms", "select_items", "train_augmentation", "warm_cache"]
+__all__ = ["AugmentingPrepareBatch", "BatchRandCropFlip", "FFNet", "N4BiasFieldCorrectiond", "PatientTableWriter",
+           "RenameKeysd", "SeriesSpacingReader", "SplitChannelsd", "as_bool", "build_net", "class_weights",
+           "feature_extractor", "n4_transforms", "require_items", "roi_transforms", "select_items",
+           "train_augmentation", "warm_cache"]
 
 
 def class_weights(items: list[dict], num_classes: int = 2) -> torch.Tensor:
@@ -42,12 +59,24 @@ def class_weights(items: list[dict], num_classes: int = 2) -> torch.Tensor:
     return torch.as_tensor(w, dtype=torch.float32)
 
 
-def n4_transforms(image_keys: Sequence[str], enabled: bool = True) -> list:
-    """``[N4BiasFieldCorrectiond(image_keys)]`` with the default N4 parameters when ``enabled``, else ``[]``.
+def require_items(items: list[dict], part: str) -> list[dict]:
+    """``items`` unchanged, or an error when there are none: an empty inference part is a mistake (a wrong
+    ``infer_part`` or datalist), never a silent success."""
+    if not items:
+        raise P53hccError(f"the datalist part {part!r} holds no patients: nothing to score (check infer_part "
+                          "and the datalist)")
+    return items
 
-    The config flag ``n4`` is false when the bundle reads already preprocessed volumes.
+
+def n4_transforms(image_keys: Sequence[str], enabled: bool = True, params: dict | None = None) -> list:
+    """``[N4BiasFieldCorrectiond(image_keys, **params)]`` when ``enabled``, else ``[]``.
+
+    The config flag ``n4`` is false when the bundle reads already preprocessed volumes (it may come from the
+    command line as ``'false'``, see :func:`as_bool`); ``params`` are N4 parameters
+    (:class:`p53hcc.tools.preprocessing.params.N4Params` fields; its defaults when None), e.g. the preprocessing
+    preset a study used, which an exported bundle records.
     """
-    return [N4BiasFieldCorrectiond(keys=list(image_keys))] if enabled else []
+    return [N4BiasFieldCorrectiond(keys=list(image_keys), **(params or {}))] if as_bool(enabled, "n4") else []
 
 
 def warm_cache(dataset) -> None:
@@ -82,16 +111,19 @@ class PatientTableWriter:
     """Ignite handler writing one row per evaluated patient to a table (CSV or parquet), atomically at the end.
 
     ``mode="probability"``: ``pred`` holds softmax probabilities -> columns ``label`` (from the item, -1 when
-    unknown) and ``score`` = P(class 1). ``mode="features"``: ``pred`` is the penultimate feature vector (network
-    wrapped by :func:`feature_extractor`) -> columns ``f0..f{D-1}``. Constant columns (``phase``, ``fold``,
-    ``model``) come from ``extra``. Rows are keyed by ``patient_id`` (MONAI's ``SaveClassificationd`` would name
-    them after the image file).
+    unknown) and ``score`` = P(class 1), and with a ``threshold`` ``predicted_class`` (``score >= threshold``).
+    ``mode="features"``: ``pred`` is the penultimate feature vector (network wrapped by
+    :func:`feature_extractor`) -> columns ``f0..f{D-1}``. Constant columns (``phase``, ``fold``, ``model``) come
+    from ``extra``. Rows are keyed by ``patient_id`` (MONAI's ``SaveClassificationd`` would name them after the
+    image file).
     """
 
-    def __init__(self, output_path: str | os.PathLike, mode: str = "probability", extra: dict | None = None):
+    def __init__(self, output_path: str | os.PathLike, mode: str = "probability", extra: dict | None = None,
+                 threshold: float | None = None):
         if mode not in ("features", "probability"):
             raise ValueError(f"mode must be 'features' or 'probability', got {mode!r}")
         self.output_path, self.mode, self.extra = Path(output_path), mode, dict(extra or {})
+        self.threshold = None if threshold is None else float(threshold)
         self._ids: list[str] = []
         self._labels: list[int] = []
         self._rows: list[np.ndarray] = []
@@ -99,6 +131,7 @@ class PatientTableWriter:
     def attach(self, engine) -> None:
         from ignite.engine import Events
 
+        self.output_path.unlink(missing_ok=True)  # a failed run never leaves an earlier run's table behind
         engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
@@ -125,6 +158,8 @@ class PatientTableWriter:
             values = pd.DataFrame(mat, columns=[f"f{j}" for j in range(mat.shape[1])])
         else:
             values = pd.DataFrame({"label": self._labels, "score": mat[:, -1] if len(mat) else []})
+            if self.threshold is not None:
+                values["predicted_class"] = (values["score"] >= self.threshold).astype(int)
         return pd.concat([head, values], axis=1)
 
     def _write(self, engine) -> None:

@@ -205,6 +205,30 @@ class RenameKeysd(MapTransform):
         return d
 
 
+class SplitChannelsd(MapTransform):
+    """Split a channel-first volume under ``key`` into one single-channel volume per name (meta kept), drop ``key``.
+
+    The deploy configs' in-memory input: the app (or a ``monai.bundle`` user) hands over one volume whose
+    channels are the three phases and their masks on one grid (``ap, pvp, dp, mask_ap, mask_pvp, mask_dp``);
+    each becomes its own key, so the rest of the chain is the study's, file loading aside.
+    """
+
+    def __init__(self, keys: KeysCollection, names: Sequence[str], allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.names = list(names)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d.pop(key)
+            if img.ndim < 2 or img.shape[0] != len(self.names):
+                raise InputError(d.get("patient_id"), f"the input volume has shape {tuple(img.shape)}; expected "
+                                 f"{len(self.names)} channels ({', '.join(self.names)}) first", column=str(key))
+            for i, name in enumerate(self.names):
+                d[name] = img[i:i + 1]
+        return d
+
+
 def roi_transforms(image_keys: Sequence[str] = PHASES,
                    mask_keys: Sequence[str] = MASK_COLUMNS, spatial_size: int = 256,
                    margin: int = 10, concat: bool = True, out_key: str = "image", keep_masks: bool = False,

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from p53hcc.tools.errors import P53hccError
+from p53hcc.tools.errors import P53hccError, as_bool
 
 DEFAULTS_FILE = "config/study_defaults.yaml"
 #: Bundle training values the study sweeps or sets itself (the network list, the master seed, N4: the DL arms
@@ -39,22 +39,25 @@ def merge(base: dict, extra: dict | None) -> dict:
 
 
 def _set_override(cfg: dict, key: str, value: Any) -> None:
-    """Set ``key`` (``section.name``, a top-level name, or a name unique within one section) in ``cfg``."""
+    """Set ``key`` (``section.name``, a top-level name, or a name unique within one section) in ``cfg``.
+
+    A setting whose default is a boolean parses the flag with :func:`p53hcc.tools.errors.as_bool` (python-fire
+    passes ``--amp false`` as the truthy string ``'false'``).
+    """
     if "." in key:
         node = cfg
         *parents, leaf = key.split(".")
         for p in parents:
             node = node.setdefault(p, {})
-        node[leaf] = value
-        return
-    if key in cfg:
-        cfg[key] = value
-        return
-    owners = [s for s, v in cfg.items() if isinstance(v, dict) and key in v]
-    if len(owners) != 1:
-        where = "no section" if not owners else f"sections {owners}; write section.{key}"
-        raise P53hccError(f"unknown or ambiguous study parameter --{key} ({where}); see {DEFAULTS_FILE}")
-    cfg[owners[0]][key] = value
+    elif key in cfg:
+        node, leaf = cfg, key
+    else:
+        owners = [s for s, v in cfg.items() if isinstance(v, dict) and key in v]
+        if len(owners) != 1:
+            where = "no section" if not owners else f"sections {owners}; write section.{key}"
+            raise P53hccError(f"unknown or ambiguous study parameter --{key} ({where}); see {DEFAULTS_FILE}")
+        node, leaf = cfg[owners[0]], key
+    node[leaf] = as_bool(value, key) if isinstance(node.get(leaf), bool) else value
 
 
 def as_list(value: Any) -> list[str]:

@@ -15,25 +15,43 @@ from monai.data import ITKReader
 from monai.transforms import Compose, LoadImaged, NormalizeIntensityd, Orientationd, Spacingd, Transform
 from monai.utils import ensure_tuple
 
+from p53hcc.tools.cohort.dicomseg import is_dicom_seg, read_seg
 from p53hcc.tools.cohort.imageio import dicom_files, series_spacing
 from p53hcc.tools.preprocessing.n4 import N4BiasFieldCorrectiond
 from p53hcc.tools.preprocessing.params import RAS_LABELS, chain_params
 
 
 class SeriesSpacingReader(ITKReader):
-    """MONAI's ``ITKReader`` with the slice spacing of DICOM series as the headers state it.
+    """MONAI's ``ITKReader`` with the slice spacing of DICOM series as the headers state it, and DICOM SEG masks.
 
     ITK derives a series' z spacing from float32-rounded slice positions (2.5 mm read as 2.4999999 mm, one
     slice fewer after resampling); :func:`p53hcc.tools.cohort.imageio.series_spacing` restores the stated value,
-    so the chain and every other reader of the project see the same grid. Files are read unchanged.
+    so the chain and every other reader of the project see the same grid. A DICOM SEG file (which ITK cannot
+    read) is decoded by :func:`p53hcc.tools.cohort.dicomseg.read_seg`, as the cohort reader does. Other files
+    are read unchanged.
     """
 
     def read(self, data, **kwargs):
+        names = ensure_tuple(data)
+        if len(names) == 1 and is_dicom_seg(names[0]):
+            return _itk_image(read_seg(names[0]))
         images = super().read(data, **kwargs)
-        for name, image in zip(ensure_tuple(data), ensure_tuple(images)):
+        for name, image in zip(names, ensure_tuple(images)):
             if Path(f"{name}").is_dir() and image.GetImageDimension() == 3:
                 image.SetSpacing(series_spacing(dicom_files(name), tuple(image.GetSpacing())))
         return images
+
+
+def _itk_image(image):
+    """A SimpleITK image as an ITK image (voxels and geometry), the type MONAI's ``ITKReader`` hands on."""
+    import itk
+    import SimpleITK as sitk
+
+    out = itk.image_from_array(np.ascontiguousarray(sitk.GetArrayFromImage(image)))
+    out.SetSpacing(tuple(image.GetSpacing()))
+    out.SetOrigin(tuple(image.GetOrigin()))
+    out.SetDirection(itk.matrix_from_array(np.asarray(image.GetDirection(), np.float64).reshape(3, 3)))
+    return out
 
 
 def preprocessing_chain(params: Mapping[str, Any] | None = None, image_keys: Sequence[str] = ("image",),

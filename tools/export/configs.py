@@ -1,0 +1,79 @@
+"""The configs of an exported bundle: the shipped bundles' configs with the study's values and the bundle's own code.
+
+Nothing is written twice: each exported config starts from a shipped config of ``bundles/p53_<arm>/configs`` and
+only values change. Both arms score the three-phase crop stack of ``p53_mc``'s ``inference.json`` and
+``deploy.json``; the FF arm's network is :class:`p53hcc.tools.dl.ffnet.FFNet` (three phase CNNs and the head),
+while its ``train.json`` trains one phase network as ``p53_ff``'s does. The values are the study's: the network,
+the crop settings, the training recipe, the study's N4 parameters (the bundle reads raw images, so it runs the
+study's preprocessing itself), the DL threshold, and the shipped weights under ``models/``; the module
+``p53hcc.tools.dl.components`` becomes ``scripts.components``.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+from p53hcc.tools.dl.bundle import bundle_dir
+from p53hcc.tools.export.scripts import ROOT
+
+#: Configs each exported bundle carries: (file, source arm).
+CONFIG_SOURCES = {"inference.json": "mc", "deploy.json": "mc", "train.json": None, "evaluate.json": None,
+                  "multi_gpu_train.json": None}
+#: Training values copied from the study into train.json (the recipe its networks were trained with).
+RECIPE_KEYS = ("epochs", "batch_size", "learning_rate", "weight_decay", "min_scale", "seed", "amp")
+CROP_KEYS = ("net", "spatial_size", "margin", "pixdim")
+
+
+def _shipped(arm: str, name: str) -> dict:
+    return json.loads((bundle_dir(arm) / "configs" / name).read_text(encoding="utf-8"))
+
+
+def work_dir(name: str) -> str:
+    """The default folder of a bundle's caches, logs and trained models: outside the bundle, in the user's home."""
+    return f"$os.path.join(os.path.expanduser('~'), 'p53hcc-work', '{name}')"
+
+
+def ff_network_def(net: str, n_components: list[int], n_selected: int) -> dict:
+    """``network_def`` of the FF arm as one network (the shape of its head's fitted parts)."""
+    return {"_target_": f"{ROOT}.FFNet", "net": "@net", "n_components": list(n_components),
+            "n_selected": int(n_selected), "spatial_dims": 2}
+
+
+def exported_configs(arm: str, name: str, params: dict, n4_params: dict, threshold: float | None,
+                     ff_shape: tuple[list[int], int] | None = None) -> dict[str, dict]:
+    """``{file name: config}`` of an exported bundle.
+
+    Args:
+        arm: ``mc`` or ``ff``.
+        name: the bundle's name (its default ``work_dir``).
+        params: the full-cohort networks' training parameters (``dl/<arm>/<net>/full/config.json``).
+        n4_params: the study's N4 parameters (its preprocessing preset).
+        threshold: the DL model's operating threshold (training Youden), or None when it has none.
+        ff_shape: FF only: PCA components per phase and LASSO-retained features of the fitted head.
+    """
+    values = {**{k: params[k] for k in CROP_KEYS}, "n4": True, "n4_params": dict(n4_params), "work_dir": work_dir(name)}
+    out: dict[str, dict] = {}
+    for file, source in CONFIG_SOURCES.items():
+        cfg = copy.deepcopy(_shipped(source or arm, file))
+        if "network_def" in cfg:  # a whole config, not an override of train.json
+            cfg.update(values)
+        if file == "train.json":
+            cfg.update({k: params[k] for k in RECIPE_KEYS if k in params})
+        if file in ("inference.json", "deploy.json"):
+            cfg.update(threshold=threshold, ckpt_dir="$os.path.join(@bundle_root, 'models')",
+                       ckpt_path="$os.path.join(@ckpt_dir, 'model.pt')")
+            if "amp" in cfg:
+                cfg["amp"] = bool(params["amp"])
+            if arm == "ff":
+                cfg["network_def"] = ff_network_def(params["net"], *ff_shape)
+        for handler in cfg.get("handlers", []) if file == "inference.json" else []:
+            if handler["_target_"].endswith("PatientTableWriter"):
+                handler["threshold"] = "@threshold"
+        out[file] = cfg
+    return out
+
+
+def to_bundle_module(config: dict[str, Any]) -> str:
+    """A config as JSON text naming the bundle's own ``scripts.components`` instead of the p53hcc module."""
+    return json.dumps(config, indent=4).replace(ROOT, "scripts.components") + "\n"
