@@ -175,12 +175,13 @@ def build_stages(cfg: dict, cohort_given: bool, cohort_csv: str | Path | None = 
     dl = cfg["dl"]
     # nested cross-fitting needs the DL arms' pair-of-folds networks (their inner scores)
     training = {**dl_training_values(cfg), "source": "preprocessed", "inner": cfg["fusion"]["nesting"] == "nested"}
+    weights = [training["pretrained_path"]] if training.get("pretrained_path") else []  # their content: in the key
     for arm in dl["arms"]:
         for net in dl["nets"]:
             name = f"dl_{arm}_{net}"
             dl_names.append(name)
             stages.append(Stage(name, _dl_stage(arm, net), params=dict(training), deps=["datalist", "preprocess"],
-                                outputs=[f"dl/{arm}/{net}/scores.parquet"]))
+                                outputs=[f"dl/{arm}/{net}/scores.parquet"], inputs=weights))
     fusion_params = {"fusion": cfg["fusion"], "icc_threshold": cfg["radiomics"]["icc_threshold"],
                      "seed": cfg["seed"], "nets": dl["nets"], "arms": dl["arms"]}
     stats_params = {"statistics": cfg["statistics"], "paper_selection": bool(cfg.get("paper_selection"))}
