@@ -104,3 +104,15 @@ def test_mismatched_weights_are_an_error_naming_the_tensors(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(P53hccError, match="cannot read pretrained weights"):
         load_pretrained(build_net("resnet18"), tmp_path / "junk.pth")
+
+
+def test_replaced_weights_change_the_resume_key(tmp_path):
+    from p53hcc.tools.dl.crossfit import _weights_digest
+
+    assert _weights_digest({"pretrained_path": None}, "resnet18") == {}  # from scratch: keys as before
+    _, state = torchvision_checkpoint("resnet18")
+    torch.save(state, tmp_path / "resnet18.pth")
+    first = _weights_digest({"pretrained_path": str(tmp_path)}, "resnet18")
+    state["conv1.weight"] += 1
+    torch.save(state, tmp_path / "resnet18.pth")
+    assert _weights_digest({"pretrained_path": str(tmp_path)}, "resnet18") != first
