@@ -275,6 +275,7 @@ def main(argv: list[str] | None = None) -> Path | None:
     ap.add_argument("--keep-weights", action="store_true", help="keep every network's model.pt")
     ap.add_argument("--part", default="all", choices=("all", "real", "null"),
                     help="real / null: one cohort only (two processes may run them at once), all: both + record")
+    ap.add_argument("--note", default="", help="free text stored in the record (how and where it was run)")
     ap.add_argument("--measure", action="store_true", help="only time the candidate settings (short)")
     ap.add_argument("--work", default=str(WORK), help="working folder (resumable; delete it when done)")
     ap.add_argument("--results", default=str(RESULTS), help="folder of the JSON and figure")
@@ -291,6 +292,7 @@ def main(argv: list[str] | None = None) -> Path | None:
     if args.nets:
         cfg["nets"] = [n.strip() for n in args.nets.split(",") if n.strip()]
     cfg["train"] = dict(kv.split("=", 1) for kv in args.train)
+    cfg["note"] = args.note
     for key, value in cfg["train"].items():
         if key not in TRAIN_KEYS:
             ap.error(f"--train {key}: not one of {', '.join(TRAIN_KEYS)}")
@@ -357,5 +359,7 @@ def clean(work: Path) -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(REPO))
+    # run as a script, Python puts benchmarks/ first on the path, where benchmarks/radiomics.py would shadow
+    # the pyradiomics package: the repository root instead
+    sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
     main()

@@ -146,5 +146,7 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(REPO))
+    # run as a script, Python puts benchmarks/ first on the path, where benchmarks/radiomics.py would shadow
+    # the pyradiomics package: the repository root instead
+    sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
     main()
