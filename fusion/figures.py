@@ -2,8 +2,9 @@
 
 Per cohort: ROC of the MC arm, the FF arm (paper Figs S4, S6) and the final models (S7); calibration (Fig 3B/C)
 and decision curves (Fig 3D/E) of the final models; their confusion matrices at the training Youden threshold
-(S3); and the combined model's nomogram (Fig 3A). A figure that cannot be drawn is recorded with its reason in
-``figures/missing.json`` (the report shows it) instead of failing the study.
+(S3); the combined model's nomogram (Fig 3A); and the learning curves of each arm's chosen network. A figure
+that cannot be drawn is recorded with its reason in ``figures/missing.json`` (the report shows it) instead of
+failing the study.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import yaml
 
 from p53hcc.fusion import plots
 from p53hcc.fusion.decision import threshold_grid
+from p53hcc.fusion.dl_training import learning_curve_figure
 from p53hcc.fusion.labels import model_label
 from p53hcc.fusion.nomogram import nomogram_figure
 from p53hcc.tools.io import atomic_path, atomic_write_json, read_table
@@ -100,6 +102,10 @@ def make_figures(study_dir: str | Path, labels: pd.Series, dpi: int = 110) -> Pa
         return nomogram_figure(nomo)
 
     save("nomogram", "nomogram.png", "Nomogram of the combined model (axes in component probabilities)", nomogram)
+    for arm, best in ((selection or {}).get("best_per_arm") or {}).items():  # each arm's chosen network
+        save("learning", f"learning_{arm}.png", f"Learning curves of {model_label(best['model'])}, the {arm.upper()} "
+             "arm's chosen network (held-out AUC monitored only: the last epoch is kept)",
+             learning_curve_figure, study_dir, arm, best["net"])
     atomic_write_json(out / "missing.json", missing)
     atomic_write_json(out / "captions.json", captions)
     return out

@@ -20,6 +20,7 @@ import pandas as pd
 import yaml
 
 from p53hcc.fusion import tables as ft
+from p53hcc.fusion.dl_training import assumptions_html
 from p53hcc.fusion.gradcam_gallery import gallery_html, gradcam_files
 from p53hcc.fusion.labels import model_label
 from p53hcc.fusion.multicentre import methods_note, report_sections
@@ -30,7 +31,8 @@ from p53hcc.tools.schema import NET_LABELS, SPLIT_LABELS
 SECTIONS = (
     "Methods actually run", "Patients left out", "Final DL model choice", "Table 1", "Table 2", "Table 3",
     "Table 4", "Table 5", "Pairwise DeLong tests", "ROC curves", "Calibration", "Decision curves", "Nomogram",
-    "Confusion matrices", "Grad-CAM gallery", "LASSO-selected radiomics features", "Files and provenance",
+    "Confusion matrices", "DL learning curves", "Grad-CAM gallery", "LASSO-selected radiomics features",
+    "Files and provenance",
 )
 CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0;color:#1d2329;background:#f6f7f9}
@@ -82,9 +84,7 @@ def _df_html(df: pd.DataFrame, group_col: str | None = None) -> str:
     for _, r in df.iterrows():
         cells = []
         for c in cols:
-            v = r[c]
-            if c == group_col:
-                v = "" if v == last else v
+            v = "" if c == group_col and r[c] == last else r[c]
             cells.append(f"<td>{html.escape(_fmt(v))}</td>")
         last = r[group_col] if group_col else None
         body.append("<tr>" + "".join(cells) + "</tr>")
@@ -217,7 +217,7 @@ class _Report:
             (f"Deep learning: arms {', '.join(dl.get('arms', []))} × networks {', '.join(dl.get('nets', []))}; "
              f"largest-ROI slice, bounding box + 10 px, resized to {dl.get('spatial_size')}×{dl.get('spatial_size')}; "
              f"{dl.get('epochs')} epochs, batch size {dl.get('batch_size')}, seed {c.get('seed')}. FF arm: per-phase "
-             "CNN features → PCA → LASSO → LR (fitted inside the folds)."),
+             "CNN features → PCA → LASSO → LR (fitted inside the folds)." + assumptions_html(c)),
             ("Clinical model: univariable screen → stepwise AIC → unpenalised logistic regression (preoperative "
              "variables). Combined model: logistic regression on the out-of-fold clinical, radiomics and DL scores "
              f"({c.get('fusion', {}).get('stack_weights')} weights), fitted and the DL model chosen "
@@ -424,6 +424,7 @@ def write_report(study_dir: str | Path, cohort: pd.DataFrame | None = None) -> P
         "Decision curves": lambda: r.figures_like("dca*.png", "dca"),
         "Nomogram": lambda: r.figures_like("nomogram*.png", "nomogram"),
         "Confusion matrices": lambda: r.figures_like("confusion*.png", "confusion"),
+        "DL learning curves": lambda: r.figures_like("learning_*.png", "learning"),
         "Grad-CAM gallery": r.gradcam, "LASSO-selected radiomics features": r.lasso,
         "Files and provenance": r.provenance,
     }

@@ -116,6 +116,11 @@ def fake_image_stages(monkeypatch):
         d = Path(out) / "dl" / arm / net
         (d / "full").mkdir(parents=True, exist_ok=True)
         (d / "full" / "model.pt").write_bytes(b"w")
+        for f in splits["folds"]:  # each fold network's training history, as the real engine writes it
+            for unit in [""] if arm == "mc" else ["ap", "pvp", "dp"]:
+                (d / f"fold{f['fold']}" / unit).mkdir(parents=True, exist_ok=True)
+                pd.DataFrame({"epoch": range(1, int(epochs) + 1), "train_loss": 0.7, "val_auc": 0.6}).to_csv(
+                    d / f"fold{f['fold']}" / unit / "history.csv", index=False)
         pd.DataFrame({"patient_id": t["patient_id"], "model": f"{arm}_{net}",
                       "fold": [splits["fold_of"].get(p, -1) for p in t["patient_id"]], "split": t["split"],
                       "score": s}).to_parquet(d / "scores.parquet", index=False)

@@ -77,11 +77,18 @@ def fake_study(tmp_path_factory):
     Xc.reset_index().to_parquet(root / "fusion" / "combined_inputs.parquet")
     train = cohort.loc[cohort.split == "train", "patient_id"]
     joblib.dump(make_combined_model().fit(Xc.loc[train], y.loc[train]), root / "fusion" / "combined.joblib")
+    for arm, units in (("mc", [""]), ("ff", ["ap", "pvp", "dp"])):  # the fold networks' training histories
+        for k in range(3):
+            for unit in units:
+                dest = root / "dl" / arm / "resnet18" / f"fold{k}" / unit
+                dest.mkdir(parents=True, exist_ok=True)
+                pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [0.7, 0.6, 0.5 - k / 20],
+                              "val_auc": [0.5, 0.6, 0.62 + k / 50]}).to_csv(dest / "history.csv", index=False)
     make_figures(root, cohort.set_index("patient_id")["p53"])
     _png(root / "gradcam" / "ff_resnet18" / "SYN0001.png", "cam")
     pd.DataFrame({"feature": ["ap_original_firstorder_Mean", "dp_glcm_Contrast"], "coefficient": [0.8, -0.3]}
                  ).to_csv(root / "fusion" / "radiomics_lasso.csv", index=False)
-    (root / "dl" / "ff" / "resnet18").mkdir(parents=True)
+    (root / "dl" / "ff" / "resnet18").mkdir(parents=True, exist_ok=True)
     (root / "dl" / "ff" / "resnet18" / "lasso.json").write_text(json.dumps({"n_selected": {"full": 7}}))
     return root, scores, cohort, truth
 
@@ -116,7 +123,7 @@ def test_figures_all_drawn(fake_study):
     for sp in ("train", "validation"):
         assert {f"roc_{sp}_mc.png", f"roc_{sp}_ff.png", f"roc_{sp}_final.png", f"calibration_{sp}.png",
                 f"dca_{sp}.png", f"confusion_{sp}.png"} <= names
-    assert "nomogram.png" in names
+    assert {"nomogram.png", "learning_mc.png", "learning_ff.png"} <= names
 
 
 def test_report_has_every_section_and_is_self_contained(fake_study):
@@ -124,7 +131,7 @@ def test_report_has_every_section_and_is_self_contained(fake_study):
     page = write_report(root, fake_study[2]).read_text(encoding="utf-8")
     for heading in SECTIONS:
         assert f">{heading}" in page, heading
-    assert page.count("data:image/png;base64,") >= 14
+    assert page.count("data:image/png;base64,") >= 16
     assert not re.search(r"(src|href)=\"(https?:)?//", page)
     assert "http://" not in page and "https://" not in page
     assert "<script" not in page and "<link" not in page
@@ -136,6 +143,8 @@ def test_report_has_every_section_and_is_self_contained(fake_study):
     t4 = pd.read_csv(root / "tables" / "table4.csv")
     assert (t4["LASSO-retained features"] == 7).all()
     assert "optimistic" in page and "out-of-fold" in page
+    assert "Learning curves of MC3_ResNet18" in page and "Learning curves of DL_ResNet18" in page
+    assert "stated here as assumptions" in page and "Optimiser: AdamW, learning rate 0.0001" in page
 
 
 def test_gradcam_gallery_names_layer_resolution_and_sanity_check(fake_study):

@@ -25,8 +25,9 @@ from p53hcc.tools.dl.arms import PAIR, Arm, Unit, fold_dir, fold_pairs, get_arm,
 from p53hcc.tools.dl.bundle import training_params
 from p53hcc.tools.dl.engine import fit, items_digest, resolve_device, source_items
 from p53hcc.tools.dl.nets import check_net_name
+from p53hcc.tools.dl.weights import weights_file
 from p53hcc.tools.errors import P53hccError
-from p53hcc.tools.io import atomic_path, atomic_write_json, atomic_write_table, params_hash
+from p53hcc.tools.io import atomic_path, atomic_write_json, atomic_write_table, file_sha256, params_hash
 from p53hcc.tools.parallel import fixed_threads
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,13 @@ def check_inner(inner: pd.DataFrame, splits: dict) -> None:
 def _is_done(unit_dir: Path, tag: str) -> bool:
     marker = unit_dir / "done.json"
     return marker.is_file() and json.loads(marker.read_text()).get("params") == tag
+
+
+def _weights_digest(params: dict, net: str) -> dict:
+    """Content hash of the local initialisation weights (``pretrained_path``), so replaced weights retrain (empty
+    without them, so the keys of units trained from scratch stay what they were)."""
+    path = params.get("pretrained_path")
+    return {"weights": file_sha256(weights_file(path, net))} if path else {}
 
 
 def _train_unit(arm: Arm, u: Unit, x: torch.Tensor, items: list[dict], net: str, params: dict, device) -> None:
@@ -166,7 +174,7 @@ def _train_units(spec: Arm, out: Path, params: dict, splits: dict, net: str, eng
     # a unit is done for these parameters, folds, patients, labels and image contents (a replaced image retrains)
     network_head = {k: v for k, v in (head_kwargs or {}).items() if k not in HEAD_ONLY}
     tag = params_hash({**params, "engine": engine, "splits": splits, "head": network_head,
-                       "data": items_digest(items)})
+                       "data": items_digest(items), **_weights_digest(params, net)})
     arm_dir = out / "dl" / spec.name / net
     plan = [Unit(k, unit, spec.unit_dir(arm_dir, k, unit))
             for k in [*(int(f["fold"]) for f in splits["folds"]), -1] for unit in spec.units]

@@ -3,7 +3,7 @@
 MONAI's ``ResNet`` defaults to a stride-1 stem (``conv1_t_stride=1``), which keeps 4x more pixels through the
 network than torchvision's ResNet and is 2-4x slower; :func:`build_net` uses ``conv1_t_stride=2`` (7x7 stride-2
 conv + 3x3 stride-2 max-pool), the topology the paper's ImageNet-style ResNets have. Pretrained weights come only
-from a local file (nothing is downloaded). :func:`feature_extractor` returns penultimate-layer features (the FF arm).
+from a local file in torchvision's format (:mod:`p53hcc.tools.dl.weights`; nothing is downloaded). :func:`feature_extractor` returns penultimate-layer features (the FF arm).
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from p53hcc.tools.dl.weights import load_pretrained
 from p53hcc.tools.errors import P53hccError, check_choice
 from p53hcc.tools.schema import NETS
 
@@ -43,8 +44,9 @@ def build_net(name: str = "resnet34", in_channels: int = 3, num_classes: int = 2
         in_channels: input channels (3 for the MC arm: AP, PVP, DP; 1 for one phase).
         num_classes: output logits (2: P53 wild type / mutated).
         spatial_dims: 2 (the paper's 2D models).
-        pretrained_path: optional local state-dict file (``.pt``/``.pth``; a dict with ``model``/``state_dict``
-            is unwrapped). Tensors whose shape does not match (e.g. the classifier) are skipped.
+        pretrained_path: optional local weights: a state-dict file in torchvision's (ImageNet, RadImageNet...) or
+            p53hcc's format, or a folder holding ``<name>.pth`` per network; mapped onto the network by
+            :func:`p53hcc.tools.dl.weights.load_pretrained` (any mismatch but the classifier is an error).
 
     Returns:
         The ``torch.nn.Module`` (logits output).
@@ -58,26 +60,8 @@ def build_net(name: str = "resnet34", in_channels: int = 3, num_classes: int = 2
         net = getattr(nets, key)(spatial_dims=spatial_dims, n_input_channels=in_channels, num_classes=num_classes,
                                  conv1_t_size=7, conv1_t_stride=2, pretrained=False)
     if pretrained_path:
-        load_pretrained(net, pretrained_path)
+        load_pretrained(net, pretrained_path, name=key)
     return net
-
-
-def load_pretrained(net: nn.Module, path: str | Path) -> list[str]:
-    """Load matching tensors of a local state dict into ``net``; returns the names that were NOT loaded."""
-    path = Path(path)
-    if not path.is_file():
-        raise P53hccError(f"pretrained weights file not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for wrapper in ("model", "state_dict", "network"):
-        if isinstance(state, dict) and wrapper in state and isinstance(state[wrapper], dict):
-            state = state[wrapper]
-    own = net.state_dict()
-    usable = {k.removeprefix("module."): v for k, v in state.items()}
-    usable = {k: v for k, v in usable.items() if k in own and own[k].shape == v.shape}
-    if not usable:
-        raise P53hccError(f"no tensor of {path} matches the network's parameters")
-    net.load_state_dict(usable, strict=False)
-    return sorted(set(own) - set(usable))
 
 
 def final_linear(net: nn.Module) -> nn.Linear:

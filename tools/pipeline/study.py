@@ -179,6 +179,7 @@ def build_stages(cfg: dict, cohort_given: bool, cohort_csv: str | Path | None = 
     # nested cross-fitting needs the DL arms' pair-of-folds networks (their inner scores)
     training = {**dl_training_values(cfg), "source": "preprocessed", "inner": cfg["fusion"]["nesting"] == "nested"}
     harmonise = cfg["fusion"].get("harmonise", "none")
+    weights = [training["pretrained_path"]] if training.get("pretrained_path") else []  # their content: in the key
     for arm in dl["arms"]:
         # a harmonising FF head: only then does the stage key change (refits the head, the networks are kept)
         head = ({"head_kwargs": {"harmonise": harmonise}, "batch_column": cfg.get("batch_column")}
@@ -187,7 +188,7 @@ def build_stages(cfg: dict, cohort_given: bool, cohort_csv: str | Path | None = 
             name = f"dl_{arm}_{net}"
             dl_names.append(name)
             stages.append(Stage(name, _dl_stage(arm, net), params={**training, **head}, deps=["datalist", "preprocess"],
-                                outputs=[f"dl/{arm}/{net}/scores.parquet"]))
+                                outputs=[f"dl/{arm}/{net}/scores.parquet"], inputs=weights))
     fusion_params = {"fusion": cfg["fusion"], "icc_threshold": cfg["radiomics"]["icc_threshold"],
                      "seed": cfg["seed"], "nets": dl["nets"], "arms": dl["arms"],
                      **({"batch_column": cfg.get("batch_column")} if harmonise != "none" else {})}
