@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from p53hcc.tools.io import read_table
 from p53hcc.tools.schema import NET_LABELS, PHASES
@@ -61,6 +62,7 @@ def learning_curve_figure(study_dir: str | Path, arm: str, net: str, figsize=(9.
             ax.axhline(0.5, color="grey", ls=":", lw=1)
             ax.set_ylim(min(0.3, float(np.nanmin(per_fold.to_numpy())) - 0.02), 1.0)
         ax.set(xlabel="epoch", ylabel=ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers (no 1.2, 1.4 ticks)
         ax.legend(fontsize=7, frameon=False, loc="upper right" if col == "train_loss" else "lower right")
     what = "three phase networks' own heads, averaged" if arm == "ff" else "three-channel network"
     fig.suptitle(f"{arm.upper()} arm, {NET_LABELS.get(net, net)} ({what})", fontsize=10)
