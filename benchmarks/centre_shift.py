@@ -55,12 +55,13 @@ log = logging.getLogger("centre_shift")
 
 def _auc(y, s) -> dict:
     """AUC with DeLong's CI (NaN with a reason when a class is missing)."""
+    from p53hcc.fusion.metrics import degenerate_reason
     from p53hcc.fusion.stats import auc_ci
 
     y, s = np.asarray(y, int), np.asarray(s, float)
-    if len(np.unique(y)) >= 2 and np.ptp(s) == 0:
+    if len(np.unique(y)) >= 2 and (reason := degenerate_reason(s)):
         return {"auc": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "se": float("nan"),
-                "n": len(y), "note": "constant model: every patient gets the same score"}
+                "n": len(y), "note": reason}
     if len(np.unique(y)) < 2:
         return {"auc": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "se": float("nan"),
                 "n": len(y), "note": "one class only: AUC undefined"}

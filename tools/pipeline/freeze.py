@@ -78,6 +78,7 @@ def freeze_model(study_dir: str | Path) -> Path:
                 if (net_src / extra).exists():
                     shutil.copy2(net_src / extra, net_dst / extra)
         combined = joblib.load(study_dir / "fusion" / "combined.joblib")
+        nomogram = _nomogram_spec(study_dir, combined)
         manifest = {
             "format": "p53hcc-model/1",
             "study": str(study_dir.resolve()),
@@ -94,8 +95,8 @@ def freeze_model(study_dir: str | Path) -> Path:
             "threshold": _threshold(study_dir, "combined"),
             "component_thresholds": {m: _threshold(study_dir, m) for m in ("clinical", "radiomics", "dl")
                                      if m == "dl" and chosen or m != "dl"},
-            "nomogram": _nomogram_spec(study_dir, combined),
-            "nomogram_note": None if any(abs(c) > 0 for c in combined.coefficients_.values()) else (
+            "nomogram": nomogram,
+            "nomogram_note": None if nomogram else (
                 "every input of the combined model has weight 0 (no component carried signal on the training "
                 "cohort): its prediction is the same for every patient and it has no nomogram"),
         }
