@@ -31,6 +31,7 @@ import yaml
 from p53hcc.tools.dl.bundle import bundle_dir, check_arm
 from p53hcc.tools.errors import P53hccError
 from p53hcc.tools.export.configs import exported_configs, to_bundle_module
+from p53hcc.tools.export.deploy_combined import weights_digest
 from p53hcc.tools.export.metadata import (
     cohort_description,
     eval_metrics,
@@ -41,7 +42,7 @@ from p53hcc.tools.export.metadata import (
 )
 from p53hcc.tools.export.readme import data_license, readme, unit_test
 from p53hcc.tools.export.scripts import format_code, generate_scripts, referenced_names
-from p53hcc.tools.io import atomic_path, read_table
+from p53hcc.tools.io import atomic_path, file_sha256, read_table
 from p53hcc.tools.schema import PHASES
 
 log = logging.getLogger(__name__)
@@ -171,7 +172,9 @@ def export_bundle(study: str | os.PathLike, arm: str = "mc", out: str | os.PathL
     diff = check_study_scores(study_dir, arm, net, params, model)
     log.info("exported %s_%s reproduces the study's scores (largest relative difference %s)", arm, net, diff)
     ev, threshold = eval_metrics(study_dir, f"{arm}_{net}")
-    configs = exported_configs(arm, name, params, chain["n4"], threshold, ff_shape)
+    source = {"arm": arm, "net": net, "weights_sha256": weights_digest(
+        {f.relative_to(full).as_posix(): file_sha256(f) for f in sorted(full.rglob("*")) if f.is_file()})}
+    configs = exported_configs(arm, name, params, chain["n4"], threshold, ff_shape, source)
     texts = {f"configs/{k}": to_bundle_module(v) for k, v in configs.items()}
     p53hcc_version = release("p53hcc")
     scripts = generate_scripts(set().union(*(referenced_names(t, "scripts.components") for t in texts.values())),

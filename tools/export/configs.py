@@ -17,7 +17,7 @@ from typing import Any
 from p53hcc.tools.dl.bundle import bundle_dir
 from p53hcc.tools.export.scripts import ROOT
 
-#: Configs each exported bundle carries: (file, source arm).
+#: Configs each exported bundle carries: (file, the arm whose shipped config it starts from; None: the exported arm).
 CONFIG_SOURCES = {"inference.json": "mc", "deploy.json": "mc", "train.json": None, "evaluate.json": None,
                   "multi_gpu_train.json": None}
 #: Training values copied from the study into train.json (the recipe its networks were trained with).
@@ -41,7 +41,7 @@ def ff_network_def(net: str, n_components: list[int], n_selected: int) -> dict:
 
 
 def exported_configs(arm: str, name: str, params: dict, n4_params: dict, threshold: float | None,
-                     ff_shape: tuple[list[int], int] | None = None) -> dict[str, dict]:
+                     ff_shape: tuple[list[int], int] | None = None, source: dict | None = None) -> dict[str, dict]:
     """``{file name: config}`` of an exported bundle.
 
     Args:
@@ -51,16 +51,21 @@ def exported_configs(arm: str, name: str, params: dict, n4_params: dict, thresho
         n4_params: the study's N4 parameters (its preprocessing preset).
         threshold: the DL model's operating threshold (training Youden), or None when it has none.
         ff_shape: FF only: PCA components per phase and LASSO-retained features of the fitted head.
+        source: where the weights come from (``arm``, ``net``, ``weights_sha256`` of the study's ``full/``
+            folder, :func:`p53hcc.tools.export.deploy_combined.weights_digest`), written as ``p53hcc_source`` in
+            the inference and deploy configs so the Deploy app can tie the bundle to the frozen study model.
     """
     values = {**{k: params[k] for k in CROP_KEYS}, "n4": True, "n4_params": dict(n4_params), "work_dir": work_dir(name)}
     out: dict[str, dict] = {}
-    for file, source in CONFIG_SOURCES.items():
-        cfg = copy.deepcopy(_shipped(source or arm, file))
+    for file, source_arm in CONFIG_SOURCES.items():
+        cfg = copy.deepcopy(_shipped(source_arm or arm, file))
         if "network_def" in cfg:  # a whole config, not an override of train.json
             cfg.update(values)
         if file == "train.json":
             cfg.update({k: params[k] for k in RECIPE_KEYS if k in params})
         if file in ("inference.json", "deploy.json"):
+            if source:
+                cfg["p53hcc_source"] = dict(source)
             cfg.update(threshold=threshold, ckpt_dir="$os.path.join(@bundle_root, 'models')",
                        ckpt_path="$os.path.join(@ckpt_dir, 'model.pt')")
             if "amp" in cfg:

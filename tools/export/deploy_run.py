@@ -1,11 +1,13 @@
 """Score one patient's DICOM study with an exported bundle and write the result as JSON and a DICOM SR.
 
 The steps of the MONAI Deploy application (``deploy/app.py``), kept here without the SDK so that they are tested
-and usable from Python: :func:`read_study` (series selection and the six-channel volume,
-:mod:`p53hcc.tools.export.dicom_study`), :func:`bundle_inference` (the bundle's ``configs/deploy.json``
-preprocessing and postprocessing around its TorchScript ``models/model.ts``, as ``MonaiBundleInferenceOperator``
-runs them) and :func:`write_outputs` (``result.json`` and ``result_sr.dcm``, an Enhanced SR, both written only
-once everything is computed, atomically).
+and usable from Python: :func:`read_study` (series selection, masks as DICOM SEG or NIfTI, optional clinical
+values, the six-channel volume: :mod:`p53hcc.tools.export.dicom_study`), :func:`bundle_inference` (the bundle's
+``configs/deploy.json`` preprocessing and postprocessing around its TorchScript ``models/model.ts``, as
+``MonaiBundleInferenceOperator`` runs them), :func:`combined_for` (with the frozen study model beside the bundle
+and ``clinical.json``: the combined model and nomogram points, :mod:`p53hcc.tools.export.deploy_combined`) and
+:func:`write_outputs` (``result.json`` and ``result_sr.dcm``, an Enhanced SR, both written only once everything
+is computed, atomically).
 """
 from __future__ import annotations
 
@@ -13,9 +15,27 @@ import contextlib
 import datetime
 import json
 import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
-from p53hcc.tools.export.dicom_study import load_volume, scan, select_series
+from p53hcc.tools.export.deploy_combined import (
+    CLINICAL_JSON,
+    DeployInputError,
+    check_same_network,
+    combined_result,
+    find_models,
+    read_clinical,
+)
+from p53hcc.tools.export.dicom_study import (
+    Series,
+    load_volume,
+    mask_path,
+    nifti_masks,
+    scan,
+    select_series,
+    series_folders,
+)
 from p53hcc.tools.io import atomic_path, atomic_write_text
 from p53hcc.tools.schema import PHASES
 
@@ -24,13 +44,68 @@ SCHEME = "99P53HCC"  # private coding scheme of the SR's concept names
 RESULT_JSON, RESULT_SR = "result.json", "result_sr.dcm"
 
 
-def read_study(folder: str | Path) -> tuple[object, dict]:
-    """``(volume, inputs)``: the six-channel volume and the chosen series' identities."""
-    images, masks = select_series(scan(folder))
-    inputs = {"patient_id": images[PHASES[0]].patient_id, "study_instance_uid": images[PHASES[0]].study_uid,
-              "series": {p: s.uid for p, s in images.items()}, "masks": {p: s.uid for p, s in masks.items()},
-              "reference_file": min(images[PHASES[0]].files)}
-    return load_volume(images, masks), inputs
+@dataclass
+class StudyInput:
+    """One patient's checked input: the chosen series and masks, the clinical values, and the bundle's volume."""
+
+    folder: Path
+    images: dict[str, Series]
+    masks: dict[str, Series | Path]
+    clinical: dict | None
+    volume: object
+
+    @property
+    def patient_id(self) -> str:
+        return self.images[PHASES[0]].patient_id
+
+    @property
+    def reference_file(self) -> str:
+        return min(self.images[PHASES[0]].files)
+
+    def identities(self) -> dict:
+        """What the result names as its inputs: patient, study, series and mask UIDs (a NIfTI mask by file)."""
+        return {"patient_id": self.patient_id, "study_instance_uid": self.images[PHASES[0]].study_uid,
+                "series": {p: s.uid for p, s in self.images.items()},
+                "masks": {p: m.uid if isinstance(m, Series) else Path(m).relative_to(self.folder).as_posix()
+                          for p, m in self.masks.items()},
+                "clinical": CLINICAL_JSON if self.clinical is not None else None}
+
+
+def read_study(folder: str | Path) -> StudyInput:
+    """The checked input of one patient: series and masks chosen by the documented rules, ``clinical.json``
+    read and checked, the six-channel volume loaded (every error names the series or file; nothing is written)."""
+    folder = Path(folder)
+    clinical = read_clinical(folder)
+    images, masks = select_series(scan(folder), nifti_masks(folder))
+    return StudyInput(folder, images, masks, clinical, load_volume(images, masks))
+
+
+def check_inputs(study: StudyInput, bundle: Path, study_model: Path | None) -> None:
+    """Inputs that do not fit together stop the app before any scoring: clinical values without a study model,
+    or a study model whose DL component is not the bundle's network."""
+    if study.clinical is not None and study_model is None:
+        raise DeployInputError(f"{study.folder / CLINICAL_JSON}: clinical values are given but the models folder has "
+                               "no frozen study model (copy STUDY/model to MODELS/study_model beside the bundle)")
+    if study_model is not None and study.clinical is not None:
+        manifest = json.loads((study_model / "manifest.json").read_text())
+        check_same_network(_bundle_source(bundle), manifest, bundle, study_model)
+
+
+def _bundle_source(bundle: Path) -> dict | None:
+    return json.loads((bundle / "configs" / "deploy.json").read_text(encoding="utf-8")).get("p53hcc_source")
+
+
+def combined_for(study: StudyInput, study_model: Path | None, dl_probability: float) -> dict:
+    """``{"combined": ..., "combined_note": ...}``: the combined model's result, or None and why not."""
+    if study_model is None:
+        return {"combined": None, "combined_note": "no frozen study model beside the bundle: DL arm only"}
+    if study.clinical is None:
+        return {"combined": None, "combined_note": f"no {CLINICAL_JSON} in the input: DL arm only"}
+    with tempfile.TemporaryDirectory(prefix="p53hcc-series-") as scratch:
+        images = series_folders(study.images, Path(scratch))
+        combined = combined_result(study_model, study.patient_id, images,
+                                   {p: mask_path(m) for p, m in study.masks.items()}, study.clinical, dl_probability)
+    return {"combined": combined, "combined_note": None}
 
 
 @contextlib.contextmanager
@@ -95,6 +170,23 @@ def _item(value_type: str, concept: tuple[str, str], **values):
     return item
 
 
+def _num(concept: tuple[str, str], value: float):
+    from pydicom.dataset import Dataset
+
+    unit = _code("1", "no units")
+    unit.CodingSchemeDesignator = "UCUM"
+    measured = Dataset()
+    measured.NumericValue = f"{value:.10g}"[:16]
+    measured.MeasurementUnitsCodeSequence = [unit]
+    return _item("NUM", concept, MeasuredValueSequence=[measured])
+
+
+def _class_item(concept: tuple[str, str], predicted: int, threshold: float):
+    label = "P53 mutated" if predicted else "P53 wild type"
+    relation = ">=" if predicted else "<"
+    return _item("TEXT", concept, TextValue=f"{label} (probability {relation} threshold {threshold:.6g})")
+
+
 def structured_report(result: dict, reference_file: str):
     """An Enhanced SR of the result in the patient's study (patient and study modules copied from the input)."""
     import pydicom
@@ -118,25 +210,26 @@ def structured_report(result: dict, reference_file: str):
     ds.CompletionFlag, ds.VerificationFlag = "COMPLETE", "UNVERIFIED"
     ds.ValueType, ds.ContinuityOfContent = "CONTAINER", "SEPARATE"
     ds.ConceptNameCodeSequence = [_code("P53-REPORT", "P53 mutation prediction (research use only)")]
-    unit = _code("1", "no units")
-    unit.CodingSchemeDesignator = "UCUM"
-    measured = Dataset()
-    measured.NumericValue = f"{result['probability']:.10g}"[:16]
-    measured.MeasurementUnitsCodeSequence = [unit]
-    content = [_item("NUM", ("P53-PROB", "P53 mutation probability"), MeasuredValueSequence=[measured])]
+    content = [_num(("P53-PROB", "P53 mutation probability"), result["probability"])]
     if result["predicted_class"] is not None:
-        label = "P53 mutated" if result["predicted_class"] else "P53 wild type"
-        content.append(_item("TEXT", ("P53-CLASS", "Predicted class"),
-                             TextValue=f"{label} (probability >= threshold {result['threshold']:.6g})"
-                             if result["predicted_class"] else f"{label} (probability < threshold "
-                             f"{result['threshold']:.6g})"))
+        content.append(_class_item(("P53-CLASS", "Predicted class"), result["predicted_class"], result["threshold"]))
     content.append(_item("TEXT", ("P53-MODEL", "Model"), TextValue=f"{result['model']} version "
                          f"{result['model_version']}"))
     for phase in PHASES:
         content.append(_item("UIDREF", (f"P53-{phase.upper()}", f"{phase.upper()} series"),
                              UID=result["inputs"]["series"][phase]))
-        content.append(_item("UIDREF", (f"P53-{phase.upper()}-SEG", f"{phase.upper()} mask"),
-                             UID=result["inputs"]["masks"][phase]))
+        mask = result["inputs"]["masks"][phase]
+        concept = (f"P53-{phase.upper()}-SEG", f"{phase.upper()} mask")
+        content.append(_item("TEXT", concept, TextValue=Path(mask).name) if mask.endswith((".nii", ".nii.gz"))
+                       else _item("UIDREF", concept, UID=mask))
+    combined = result.get("combined")
+    if combined:
+        content.append(_num(("P53-COMB-PROB", "Combined model probability"), combined["probability"]))
+        if combined["predicted_class"] is not None:
+            content.append(_class_item(("P53-COMB-CLASS", "Combined model class"), combined["predicted_class"],
+                                       combined["threshold"]))
+        if combined["total_points"] is not None:
+            content.append(_num(("P53-NOMO-TOTAL", "Nomogram total points"), combined["total_points"]))
     ds.ContentSequence = content
     return ds
 
@@ -152,10 +245,14 @@ def write_outputs(out: str | Path, result: dict, reference_file: str) -> dict[st
     return {"json": out / RESULT_JSON, "sr": out / RESULT_SR}
 
 
-def score_dicom_study(folder: str | Path, bundle: str | Path, out: str | Path, device: str = "cpu") -> dict:
-    """The whole app: read and check the study, score it, write the outputs (nothing on any error)."""
-    volume, inputs = read_study(folder)
-    result = {**bundle_inference(bundle, volume, device),
-              "inputs": {k: v for k, v in inputs.items() if k != "reference_file"}}
-    write_outputs(out, result, inputs["reference_file"])
+def score_dicom_study(folder: str | Path, models: str | Path, out: str | Path, device: str = "cpu") -> dict:
+    """The whole app: read and check the inputs, score them, write the outputs (nothing on any error).
+
+    ``models`` is the exported bundle, or a folder holding it and the frozen study model in ``study_model/``."""
+    bundle, study_model = find_models(models)
+    study = read_study(folder)
+    check_inputs(study, bundle, study_model)
+    result = bundle_inference(bundle, study.volume, device)
+    result = {**result, "inputs": study.identities(), **combined_for(study, study_model, result["probability"])}
+    write_outputs(out, result, study.reference_file)
     return result

@@ -6,7 +6,10 @@ Selection rules (documented in ``deploy/README.md``), applied to every DICOM obj
   words: ``AP``/``arterial``, ``PVP``/``portal``, ``DP``/``delayed``/``equilibrium``); none, or two candidates,
   for a phase is an error naming the series seen; a candidate whose Modality is not ``MR`` is an error;
 * a phase's mask is the DICOM SEG whose ReferencedSeriesSequence names that phase's series (exactly one); a SEG
-  that references none of the chosen series is an error naming it and the series it references.
+  that references none of the chosen series is an error naming it and the series it references;
+* or a phase's mask is a NIfTI file at the top of the input folder, ``<phase>_mask.nii.gz`` (or ``.nii``), or
+  ``mask.nii.gz`` for every phase (as the cohort table's ``mask`` column), on that phase's series grid; a phase with
+  both a NIfTI mask and a SEG is an error naming both.
 
 :func:`load_volume` reads the chosen series and SEGs with the study's one reader
 (:class:`p53hcc.tools.preprocessing.chain.SeriesSpacingReader`, as the bundles' ``inference.json`` does) into the
@@ -71,8 +74,29 @@ def _listing(series: list[Series]) -> str:
     return "; ".join(str(s) for s in series) or "none"
 
 
-def select_series(series: list[Series]) -> tuple[dict[str, Series], dict[str, Series]]:
-    """``(images, masks)``: the image series and the SEG of each phase by the module's selection rules."""
+def nifti_masks(folder: str | Path) -> dict[str, Path]:
+    """The NIfTI tumour masks at the top of the input folder, by phase (``mask.nii.gz`` stands for every phase)."""
+    folder = Path(folder)
+
+    def one(stem: str) -> Path | None:
+        hits = [folder / f"{stem}{ext}" for ext in (".nii.gz", ".nii") if (folder / f"{stem}{ext}").is_file()]
+        if len(hits) > 1:
+            raise DicomInputError(f"two NIfTI masks {hits[0]} and {hits[1]}: keep one")
+        return hits[0] if hits else None
+
+    common = one("mask")
+    own = {p: one(f"{p}_mask") for p in PHASES}
+    if common is not None and any(own.values()):
+        raise DicomInputError(f"NIfTI mask {common} (every phase) and {next(v for v in own.values() if v)}: keep the "
+                              "per-phase masks or the common one")
+    return {p: common or own[p] for p in PHASES if common or own[p]}
+
+
+def select_series(series: list[Series], nifti: dict[str, Path] | None = None
+                  ) -> tuple[dict[str, Series], dict[str, Series | Path]]:
+    """``(images, masks)``: the image series and the mask of each phase (its SEG, or its NIfTI file from
+    ``nifti``) by the module's selection rules."""
+    nifti = nifti or {}
     segs = [s for s in series if s.sop_class == SEG_SOP_CLASS or s.modality == "SEG"]
     others = [s for s in series if s not in segs]
     images = {}
@@ -92,12 +116,18 @@ def select_series(series: list[Series]) -> tuple[dict[str, Series], dict[str, Se
         if not any(r in chosen for r in seg.referenced):
             raise DicomInputError(f"mask {seg} references series {', '.join(seg.referenced) or 'none'}, none of the "
                                   f"selected phase series ({_listing(list(images.values()))})")
-    masks = {}
+    masks: dict[str, Series | Path] = {}
     for phase, image in images.items():
         hits = [s for s in segs if image.uid in s.referenced]
+        if phase in nifti:
+            if hits:
+                raise DicomInputError(f"phase {phase.upper()}: two masks for {image}, the NIfTI file {nifti[phase]} "
+                                      f"and {_listing(hits)}; keep one")
+            masks[phase] = nifti[phase]
+            continue
         if len(hits) != 1:
             raise DicomInputError(f"phase {phase.upper()}: {len(hits)} DICOM SEG masks reference {image} "
-                                  f"({_listing(hits)}); exactly one is needed")
+                                  f"({_listing(hits)}); exactly one is needed (or a NIfTI {phase}_mask.nii.gz)")
         masks[phase] = hits[0]
     return images, masks
 
@@ -116,7 +146,17 @@ def _series_folder(series: Series, scratch: Path) -> str:
     return str(folder)
 
 
-def load_volume(images: dict[str, Series], masks: dict[str, Series]):
+def mask_path(mask: Series | Path) -> str:
+    """The file a phase's mask is read from (its SEG instance, or its NIfTI file)."""
+    return mask.files[0] if isinstance(mask, Series) else str(mask)
+
+
+def series_folders(images: dict[str, Series], scratch: Path) -> dict[str, str]:
+    """A folder per phase holding exactly its series' files (links in ``scratch`` where needed)."""
+    return {p: _series_folder(s, scratch) for p, s in images.items()}
+
+
+def load_volume(images: dict[str, Series], masks: dict[str, Series | Path]):
     """The six-channel MetaTensor (AP, PVP, DP, AP mask, PVP mask, DP mask) on the phases' common grid."""
     import torch
     from monai.transforms import LoadImaged
@@ -125,8 +165,8 @@ def load_volume(images: dict[str, Series], masks: dict[str, Series]):
 
     keys = [*PHASES, *(f"{p}_mask" for p in PHASES)]
     with tempfile.TemporaryDirectory(prefix="p53hcc-dicom-") as scratch:
-        paths = {p: _series_folder(s, Path(scratch)) for p, s in images.items()}
-        paths.update({f"{p}_mask": s.files[0] for p, s in masks.items()})
+        paths = series_folders(images, Path(scratch))
+        paths.update({f"{p}_mask": mask_path(m) for p, m in masks.items()})
         data = LoadImaged(keys, reader=SeriesSpacingReader(), image_only=True, ensure_channel_first=True)(paths)
     ref = data[PHASES[0]]
     for key in keys[1:]:
