@@ -128,14 +128,24 @@ def _bundle_code(bundle: Path):
         sys.modules.update(saved)
 
 
+def bundle_result(bundle: str | Path, probability: float) -> dict:
+    """The DL part of the result: P(mutated), its class at the bundle's threshold, the model's name and version."""
+    bundle = Path(bundle)
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text(encoding="utf-8"))
+    threshold = json.loads((bundle / "configs" / "deploy.json").read_text(encoding="utf-8")).get("threshold")
+    p = float(probability)
+    return {"probability": p, "threshold": threshold,
+            "predicted_class": None if threshold is None else int(p >= float(threshold)),
+            "model": bundle.name, "model_version": meta["version"], "model_description": meta["name"]}
+
+
 def bundle_inference(bundle: str | Path, volume, device: str = "cpu") -> dict:
-    """P(mutated) of one patient with the bundle's deploy config and TorchScript network, its class at the
-    bundle's threshold, and the model's name and version."""
+    """:func:`bundle_result` of one patient scored with the bundle's deploy config and TorchScript network (the
+    steps ``MonaiBundleInferenceOperator`` runs in the app, without the SDK)."""
     import torch
     from monai.bundle import ConfigParser
 
     bundle = Path(bundle)
-    meta = json.loads((bundle / "configs" / "metadata.json").read_text(encoding="utf-8"))
     with _bundle_code(bundle):
         parser = ConfigParser()
         parser.read_config(str(bundle / "configs" / "deploy.json"))
@@ -144,11 +154,17 @@ def bundle_inference(bundle: str | Path, volume, device: str = "cpu") -> dict:
         net = torch.jit.load(str(bundle / "models" / "model.ts"), map_location=device).eval()
         with torch.no_grad():
             pred = parser.get_parsed_content("postprocessing")({"pred": net(x[None].float().to(device))[0]})["pred"]
-        threshold = parser.get("threshold")
-    p = float(pred[1])
-    return {"probability": p, "threshold": threshold,
-            "predicted_class": None if threshold is None else int(p >= float(threshold)),
-            "model": bundle.name, "model_version": meta["version"], "model_description": meta["name"]}
+    return bundle_result(bundle, float(pred[1]))
+
+
+def sdk_image(volume):
+    """The six-channel volume as the MONAI Deploy SDK's ``Image`` that ``MonaiBundleInferenceOperator`` takes: the
+    array channel-first and MONAI's metadata (affine, spacing), which the operator hands to the deploy config."""
+    from monai.deploy.core import Image
+
+    meta = {k: v for k, v in volume.meta.items()}
+    meta["original_channel_dim"] = 0
+    return Image(volume.numpy(), metadata=meta)
 
 
 def _code(value: str, meaning: str):
