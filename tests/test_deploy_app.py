@@ -1,7 +1,9 @@
 """The MONAI Deploy application (``deploy/app.py``) on synthetic DICOM studies: its probability is `p53hcc
-predict`'s for the same patients (rtol 1e-4), it writes result.json and a DICOM SR that say so, and the bad inputs
-(missing phase, two candidate series, a mask not referencing the series, wrong modality) stop it with an error
-naming the series and nothing written."""
+predict`'s for the same patients (rtol 1e-4), with clinical values and the frozen study model so are the combined
+model's probability, components and nomogram points; masks as NIfTI give the same; it writes result.json and a
+DICOM SR that say so, and the bad inputs (missing phase, two candidate series, a mask not referencing the series,
+wrong modality, two masks for a phase, clinical values that do not fit) stop it with an error naming the series,
+file or column, and nothing written."""
 from __future__ import annotations
 
 import json
@@ -14,8 +16,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from p53hcc.tools.errors import P53hccError
+from p53hcc.tools.export.deploy_combined import DeployInputError
 from p53hcc.tools.export.deploy_run import RESULT_JSON, RESULT_SR, score_dicom_study
 from p53hcc.tools.export.dicom_study import DicomInputError
+from p53hcc.tools.schema import CLINICAL_COLUMNS
 from tests.conftest import make_tiny_cohort
 
 pytest.importorskip("monai.deploy", reason="the MONAI Deploy App SDK is the deploy extra: pip install 'p53hcc[deploy]'")
@@ -43,7 +48,12 @@ def deployed(tmp_path_factory):
                              image_format="dicom")
         predicted = pd.read_csv(predict_cohort(root / "study" / "model", cohort, root / "predict"),
                                 dtype={"patient_id": str}).set_index("patient_id")
-        yield {"root": root, "bundle": bundle, "dicom": root / "dicom" / "dicom", "predicted": predicted}
+        models = root / "models"  # the app's models folder: the bundle and the frozen study model beside it
+        shutil.copytree(bundle, models / bundle.name)
+        shutil.copytree(root / "study" / "model", models / "study_model")
+        clinical = pd.read_csv(cohort, dtype={"patient_id": str}).set_index("patient_id")
+        yield {"root": root, "bundle": bundle, "dicom": root / "dicom" / "dicom", "predicted": predicted,
+               "models": models, "clinical": clinical}
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -89,9 +99,62 @@ def test_every_patient_scores_as_predict(deployed, tmp_path):
     assert want.nunique() > 1
 
 
-def _copy(deployed, tmp_path) -> Path:
+def _copy(deployed, tmp_path, pid: str | None = None, clinical: bool = False) -> Path:
+    pid = pid or min(deployed["predicted"].index)
+    study = Path(shutil.copytree(deployed["dicom"] / pid, tmp_path / "study" / pid))
+    if clinical:  # the cohort table's clinical values of the patient, as a user writes them
+        row = deployed["clinical"].loc[pid]
+        values = {c: (None if pd.isna(row[c]) else row[c].item() if hasattr(row[c], "item") else row[c])
+                  for c in CLINICAL_COLUMNS if c in row.index}
+        (study / "clinical.json").write_text(json.dumps(values))
+    return study
+
+
+def test_app_with_clinical_values_gives_predicts_combined_model(deployed, tmp_path):
+    """The app itself (SDK operators) with clinical.json and the study model: the combined model as predict's."""
     pid = min(deployed["predicted"].index)
-    return Path(shutil.copytree(deployed["dicom"] / pid, tmp_path / "study"))
+    done = _app(_copy(deployed, tmp_path, pid, clinical=True), deployed["models"], tmp_path / "out")
+    assert done.returncode == 0, done.stderr[-5000:]
+    result = json.loads((tmp_path / "out" / RESULT_JSON).read_text())
+    want = deployed["predicted"].loc[pid]
+    combined = result["combined"]
+    np.testing.assert_allclose(combined["probability"], want["probability"], rtol=1e-4)
+    for comp in ("clinical", "radiomics", "dl"):
+        np.testing.assert_allclose(combined["components"][comp], want[comp], rtol=1e-4)
+    assert combined["predicted_class"] == int(want["predicted_class"])
+    np.testing.assert_allclose(combined["total_points"], want["total_points"], rtol=1e-4, atol=1e-6)
+    for name, points in combined["nomogram_points"].items():
+        np.testing.assert_allclose(points, want[f"points_{name}"], rtol=1e-4, atol=1e-6)
+    assert result["inputs"]["clinical"] == "clinical.json" and result["combined_note"] is None
+    sr = pydicom.dcmread(str(tmp_path / "out" / RESULT_SR))
+    nums = {i.ConceptNameCodeSequence[0].CodeMeaning: float(i.MeasuredValueSequence[0].NumericValue)
+            for i in sr.ContentSequence if i.ValueType == "NUM"}
+    np.testing.assert_allclose(nums["Combined model probability"], combined["probability"], rtol=1e-8)
+    np.testing.assert_allclose(nums["Nomogram total points"], combined["total_points"], rtol=1e-8)
+
+
+def test_every_patients_combined_model_and_nifti_masks_as_predict(deployed, tmp_path):
+    """Every patient, with masks as NIfTI files instead of DICOM SEG: DL, components and combined as predict's."""
+    import SimpleITK as sitk
+
+    from p53hcc.tools.cohort.dicomseg import read_seg
+
+    got = {}
+    for pid in deployed["predicted"].index:
+        study = _copy(deployed, tmp_path, pid, clinical=True)
+        for phase in ("ap", "pvp", "dp"):
+            sitk.WriteImage(read_seg(study / "seg" / f"{phase}.dcm"), str(study / f"{phase}_mask.nii.gz"))
+        shutil.rmtree(study / "seg")
+        result = score_dicom_study(study, deployed["models"], tmp_path / "out" / pid)
+        assert result["inputs"]["masks"]["ap"] == "ap_mask.nii.gz"
+        got[pid] = {"dl": result["probability"], **{k: result["combined"]["components"][k]
+                                                    for k in ("clinical", "radiomics")},
+                    "probability": result["combined"]["probability"]}
+    got = pd.DataFrame(got).T
+    want = deployed["predicted"]
+    for col in ("dl", "clinical", "radiomics", "probability"):
+        np.testing.assert_allclose(got.loc[want.index, col].astype(float), want[col], rtol=1e-4, err_msg=col)
+    assert want["radiomics"].nunique() > 1 and want["probability"].nunique() > 1  # not one constant compared
 
 
 def _edit(files, **values) -> None:
@@ -127,13 +190,54 @@ def _wrong_modality(study: Path) -> str:
     return "has modality CT, not MR"
 
 
-@pytest.mark.parametrize("break_it", [_missing_phase, _two_candidates, _mask_not_referencing, _wrong_modality])
+def _two_masks(study: Path) -> str:
+    import SimpleITK as sitk
+
+    from p53hcc.tools.cohort.dicomseg import read_seg
+
+    sitk.WriteImage(read_seg(study / "seg" / "pvp.dcm"), str(study / "pvp_mask.nii.gz"))
+    return "phase PVP: two masks for series"
+
+
+@pytest.mark.parametrize("break_it", [_missing_phase, _two_candidates, _mask_not_referencing, _wrong_modality,
+                                      _two_masks])
 def test_bad_inputs_are_named_errors_and_write_nothing(deployed, tmp_path, break_it):
     study = _copy(deployed, tmp_path)
     message = break_it(study)
     with pytest.raises(DicomInputError, match=message) as err:
         score_dicom_study(study, deployed["bundle"], tmp_path / "out")
     assert "series" in str(err.value)
+    assert not (tmp_path / "out").exists()
+
+
+def _models_with_tampered_source(deployed, tmp_path) -> Path:
+    models = Path(shutil.copytree(deployed["models"], tmp_path / "models"))
+    deploy = models / deployed["bundle"].name / "configs" / "deploy.json"
+    cfg = json.loads(deploy.read_text())
+    cfg["p53hcc_source"]["weights_sha256"] = "0" * 64  # a bundle exported from another training of the study
+    deploy.write_text(json.dumps(cfg))
+    return models
+
+
+@pytest.mark.parametrize("case", ["no_study_model", "other_network", "unknown_column", "bad_value"])
+def test_clinical_inputs_that_do_not_fit_are_named_errors(deployed, tmp_path, case):
+    study = _copy(deployed, tmp_path, clinical=True)
+    models = deployed["models"]
+    if case == "no_study_model":
+        models, message = deployed["bundle"], "clinical values are given but the models folder has no frozen study"
+    elif case == "other_network":
+        models, message = _models_with_tampered_source(deployed, tmp_path), "is not the DL component of the study"
+    elif case == "unknown_column":
+        values = json.loads((study / "clinical.json").read_text())
+        (study / "clinical.json").write_text(json.dumps({**values, "afp_ng_ml": 3}))
+        message = "unknown clinical column(s) afp_ng_ml"
+    else:
+        values = json.loads((study / "clinical.json").read_text())
+        (study / "clinical.json").write_text(json.dumps({**values, "sex": "X"}))
+        message = "sex"
+    with pytest.raises(P53hccError, match=message) as err:
+        score_dicom_study(study, models, tmp_path / "out")
+    assert isinstance(err.value, DeployInputError) or case == "bad_value"
     assert not (tmp_path / "out").exists()
 
 
