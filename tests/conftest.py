@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import nibabel as nib
@@ -10,6 +12,9 @@ import pandas as pd
 import pytest
 
 from p53hcc.tools.schema import PHASES
+
+# The file-hash store of this test session (and of the commands it starts), not the user's ~/.cache.
+os.environ.setdefault("P53HCC_HASH_CACHE", str(Path(tempfile.mkdtemp(prefix="p53hcc-test-hashes-")) / "sha256.sqlite"))
 
 
 def write_nifti(path: Path, array: np.ndarray, spacing=(1.5, 1.5, 4.0), dtype=np.float32) -> Path:

@@ -162,3 +162,26 @@ def test_gradcam_of_a_frozen_ff_model_gives_one_map_per_phase(trained):
     assert m.shape == (3, 32, 32) and np.isfinite(m).all() and (m >= 0).all() and (m <= 1).all()
     sanity = pd.read_csv(dest / "sanity.csv", dtype={"patient_id": str})
     assert len(sanity) == 3 * len(ids) and set(sanity["phase"]) == set(PHASES)
+
+
+def test_gradcam_runs_at_the_networks_thread_count_not_the_machines(trained, monkeypatch, tmp_path):
+    """Like scoring, Grad-CAM of a frozen model runs at the thread count the study used (``cpu_threads``), so a
+    bigger machine gives the same maps; the process's own setting is restored afterwards."""
+    from p53hcc.tools.dl import gradcam
+
+    seen, real = [], gradcam.gradcam_maps
+
+    def recording(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(gradcam, "gradcam_maps", recording)
+    one = trained["new"].parent / "one.csv"
+    pd.read_csv(trained["new"]).head(1).to_csv(one, index=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # the machine's default, more than the study's one thread
+    try:
+        gradcam_frozen(trained["frozen"]["mc"], one, tmp_path / "cams", arm="mc", work=trained["root"] / "work")
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import sqlite3
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -89,17 +91,101 @@ def _signature(files: list[Path]) -> tuple:
                  for st in [f.stat()])
 
 
+# ------------------------------------------------------------------------------------- file hashes across runs
+# An SQLite table ``stat signature -> sha256`` lets a later run (a resumed study, ``predict`` on the same images,
+# each FF phase network's crop cache) skip reading unchanged files again: minutes per run on a cohort of
+# thousands of DICOM series. The key is the signature the in-process memo trusts (:func:`_signature`), so a hit
+# is as safe as a memo hit. SQLite (standard library) because several worker processes use it at once. Any
+# problem with the store (read-only home, locked or corrupt file) turns it off for the process with one log
+# line: hashing never fails because of it. On a network home folder, point $P53HCC_HASH_CACHE at a local disk
+# (SQLite's locking is not reliable over NFS) or set it to ``off``.
+
+#: Environment variable naming the file-hash store (a path, or ``off``); see :func:`hash_store_path`.
+HASH_STORE_ENV = "P53HCC_HASH_CACHE"
+_store: dict = {"pid": None, "conn": None, "path": None}
+
+
+def hash_store_path() -> Path | None:
+    """The file-hash store: ``$P53HCC_HASH_CACHE`` (None when ``off``), else
+    ``$XDG_CACHE_HOME/p53hcc/sha256.sqlite`` (default ``~/.cache``)."""
+    value = os.environ.get(HASH_STORE_ENV, "").strip()
+    if value.lower() in ("off", "0", "false", "no", "none"):
+        return None
+    if value:
+        return Path(value).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "p53hcc" / "sha256.sqlite"
+
+
+def _connection() -> sqlite3.Connection | None:
+    path = hash_store_path()
+    if _store["pid"] == os.getpid() and _store["path"] == path:
+        return _store["conn"]
+    _store.update(pid=os.getpid(), path=path, conn=None)  # a forked worker opens its own connection
+    if path is None:
+        return None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(path), timeout=30, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("CREATE TABLE IF NOT EXISTS sha256 (signature TEXT PRIMARY KEY, digest TEXT NOT NULL)")
+        _store["conn"] = conn
+    except (sqlite3.Error, OSError) as err:
+        _disable(path, err)
+    return _store["conn"]
+
+
+def _disable(path, err: Exception) -> None:
+    logging.getLogger(__name__).info("file-hash store %s not used (%s): unchanged files are hashed again on each "
+                                     "run", path, err)
+    _store["conn"] = None
+
+
+def _key(signature: tuple) -> str:
+    return hashlib.sha256(repr(signature).encode()).hexdigest()
+
+
+def _stored_hash(signature: tuple) -> str | None:
+    """The remembered sha256 of files with this stat signature, or None."""
+    conn = _connection()
+    if conn is None:
+        return None
+    try:
+        row = conn.execute("SELECT digest FROM sha256 WHERE signature = ?", (_key(signature),)).fetchone()
+    except sqlite3.Error as err:
+        _disable(_store["path"], err)
+        return None
+    digest = row[0] if row else None
+    return digest if isinstance(digest, str) and len(digest) == 64 else None  # anything else: hash the file
+
+
+def _store_hash(signature: tuple, digest: str) -> None:
+    """Store the sha256 of files with this stat signature (nothing happens when the store is off)."""
+    conn = _connection()
+    if conn is None:
+        return
+    try:
+        conn.execute("INSERT OR REPLACE INTO sha256 (signature, digest) VALUES (?, ?)", (_key(signature), digest))
+    except sqlite3.Error as err:
+        _disable(_store["path"], err)
+
+
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """Content hash of a file, or of every file below a folder (DICOM series), in sorted order.
 
-    Each file is read once per process: a second call on an unchanged file (same :func:`_signature`) returns the
-    remembered hash, so the stage runner, preprocessing and the crop caches can all key on content cheaply.
+    An unchanged file (same :func:`_signature`) is read once: within a process from memory, across runs from the
+    file-hash store (:func:`hash_store_path`), so the stage runner, preprocessing and the crop caches can all key
+    on content cheaply, also when a study is resumed or a cohort predicted again.
     """
     path = Path(path).resolve()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     sig = (str(path), _signature(files))
     if sig in _HASHES:
         return _HASHES[sig]
+    known = _stored_hash(sig)
+    if known:
+        _HASHES[sig] = known
+        return known
     h = hashlib.sha256()
     for f in files:
         with open(f, "rb") as fh:
@@ -107,6 +193,7 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
                 h.update(block)
     if _signature(files) == sig[1]:  # not rewritten while it was read
         _HASHES[sig] = h.hexdigest()
+        _store_hash(sig, h.hexdigest())
     return h.hexdigest()
 
 

@@ -38,6 +38,7 @@ from p53hcc.tools.dl.engine import predict_scores, source_items
 from p53hcc.tools.dl.nets import check_net_name, feature_map_sizes
 from p53hcc.tools.errors import P53hccError
 from p53hcc.tools.io import atomic_path, atomic_write_json, atomic_write_table
+from p53hcc.tools.parallel import fixed_threads
 from p53hcc.tools.schema import NET_LABELS
 
 log = logging.getLogger(__name__)
@@ -185,6 +186,13 @@ def gradcam_model(weights: Path, items: list[dict], crop_root: Path, dest: Path,
     per phase from that phase's network (``.npy`` holds ``[3, H, W]``; ``sanity.csv`` has a ``phase`` column).
     Each patient's maps are scaled by their common maximum (``.npy`` in [0, 1]).
     """
+    # the thread count the networks were trained and scored with in the study: the same maps on any machine
+    with fixed_threads(int(read_config(weights).get("cpu_threads", 1))):
+        return _gradcam_model(weights, items, crop_root, dest, arm, net, layer)
+
+
+def _gradcam_model(weights: Path, items: list[dict], crop_root: Path, dest: Path, arm: str, net: str | None,
+                   layer: str | None) -> Path:
     from p53hcc.tools.dl.gradcam_figure import figure_caption, save_overlay
 
     spec = get_arm(arm)
