@@ -38,6 +38,13 @@ DlScorer = Callable[[Path, Path, Path, dict], pd.DataFrame]
 
 
 # ------------------------------------------------------------------------------------------------- prediction
+def harmonisation_of(manifest: dict) -> dict:
+    """The frozen model's scanner harmonisation record: ``method`` (``none`` for studies without one) and the
+    ``batch_column`` naming each patient's scanner."""
+    record = manifest.get("harmonisation") or {}
+    return {**record, "method": record.get("method") or "none", "batch_column": record.get("batch_column")}
+
+
 def score_patients(bundle: dict, cohort: pd.DataFrame, radiomics: pd.DataFrame, dl_scores: pd.Series | None
                    ) -> pd.DataFrame:
     """Apply the frozen fusion models to patients whose radiomics features and DL score are computed.
@@ -65,9 +72,9 @@ def score_patients(bundle: dict, cohort: pd.DataFrame, radiomics: pd.DataFrame, 
         raise P53hccError(f"radiomics table lacks {len(absent)} feature(s) of the frozen model, e.g. {absent[0]}")
     clinical = cohort.reset_index(drop=True)[["patient_id", *[c for c in CLINICAL_COLUMNS if c in cohort]]]
     Xr = rad.loc[ids, feats]
-    harmonisation = bundle["manifest"].get("harmonisation") or {}
-    if harmonisation.get("method", "none") != "none":  # new scanners: the frozen harmoniser's documented rule
-        Xr = with_batch(Xr, batch_of(cohort, harmonisation.get("batch_column")))
+    harmonisation = harmonisation_of(bundle["manifest"])
+    if harmonisation["method"] != "none":  # new scanners: the frozen harmoniser's documented rule
+        Xr = with_batch(Xr, batch_of(cohort, harmonisation["batch_column"]))
     X = pd.DataFrame({"clinical": bundle["clinical"].predict_proba(clinical)[:, 1],
                       "radiomics": bundle["radiomics"].predict_proba(Xr)[:, 1]}, index=ids)
     if bundle["manifest"].get("dl"):
@@ -100,7 +107,7 @@ def default_dl_scorer(model_dir: Path, cohort_csv: Path, work: Path, manifest: d
     """DL scores of new patients from the frozen network (:func:`p53hcc.tools.dl.frozen.predict_frozen`)."""
     dl = manifest["dl"]
     return predict_frozen(model_dir / dl["weights"], cohort_csv, work, arm=dl["arm"], net=dl["net"],
-                          batch_column=(manifest.get("harmonisation") or {}).get("batch_column"))
+                          batch_column=harmonisation_of(manifest)["batch_column"])
 
 
 def predict_cohort(model_dir: str | Path, cohort_csv: str | Path, out: str | Path,
@@ -121,9 +128,9 @@ def _predict(model_dir: Path, cohort_csv: Path, out: Path, dl_scorer: DlScorer, 
     requirements = image_requirements(model_dir / "radiomics_params.yaml")
     problems = cohort_problems(cohort_csv, requirements, purpose=purpose, progress=False)
     raise_on_errors(cohort_csv, problems)
-    harmonisation = bundle["manifest"].get("harmonisation") or {}
-    if harmonisation.get("method", "none") != "none":  # every patient's scanner, named before any heavy step
-        batch_of(cohort_csv, harmonisation.get("batch_column"))
+    harmonisation = harmonisation_of(bundle["manifest"])
+    if harmonisation["method"] != "none":  # every patient's scanner, named before any heavy step
+        batch_of(cohort_csv, harmonisation["batch_column"])
     (out / "predictions.csv").unlink(missing_ok=True)  # never leave an earlier cohort's predictions beside a failure
     work = out / "work"
     preprocess_cohort(cohort_csv, work, params=bundle["manifest"]["preprocessing"]["config"].get("params"))
