@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from p53hcc.tools.errors import P53hccError
 from p53hcc.tools.export.deploy_combined import DeployInputError
 from p53hcc.tools.export.deploy_run import RESULT_JSON, RESULT_SR, score_dicom_study
 from p53hcc.tools.export.dicom_study import DicomInputError
@@ -220,31 +219,33 @@ def _models_with_tampered_source(deployed, tmp_path) -> Path:
     return models
 
 
-@pytest.mark.parametrize("case", ["no_study_model", "other_network", "unknown_column", "bad_value"])
-def test_clinical_inputs_that_do_not_fit_are_named_errors(deployed, tmp_path, case):
+@pytest.mark.parametrize("case", ["no_study_model", "other_network", "unknown_column", "bad_value",
+                                  "missing_column"])
+def test_clinical_inputs_that_do_not_fit_are_named_errors_before_scoring(deployed, tmp_path, monkeypatch, case):
+    from p53hcc.tools.export import deploy_run
+
+    def scored(*args, **kwargs):
+        raise AssertionError("the bundle ran before every input was checked")
+
+    monkeypatch.setattr(deploy_run, "bundle_inference", scored)
     study = _copy(deployed, tmp_path, clinical=True)
+    values = json.loads((study / "clinical.json").read_text())
     models = deployed["models"]
     if case == "no_study_model":
         models, message = deployed["bundle"], "clinical values are given but the models folder has no frozen study"
     elif case == "other_network":
         models, message = _models_with_tampered_source(deployed, tmp_path), "is not the DL component of the study"
     elif case == "unknown_column":
-        values = json.loads((study / "clinical.json").read_text())
-        (study / "clinical.json").write_text(json.dumps({**values, "afp_ng_ml": 3}))
+        values["afp_ng_ml"] = 3
         message = re.escape("unknown clinical column(s) afp_ng_ml")
+    elif case == "bad_value":
+        values.update(sex="X", mvi=2)
+        message = "2 problem.*column mvi: value 2 is not 0 or 1; column sex: value 'X' not one of M, F"
     else:
-        values = json.loads((study / "clinical.json").read_text())
-        (study / "clinical.json").write_text(json.dumps({**values, "sex": "X"}))
-        message = "sex"
-    with pytest.raises(P53hccError, match=message) as err:
+        del values["afp"]
+        message = "column afp: 1 clinical column.s. missing"
+    (study / "clinical.json").write_text(json.dumps(values))
+    with pytest.raises(DeployInputError, match=message) as err:
         score_dicom_study(study, models, tmp_path / "out")
-    assert isinstance(err.value, DeployInputError) or case == "bad_value"
+    assert "clinical" in str(err.value) or case == "other_network"
     assert not (tmp_path / "out").exists()
-
-
-def test_app_stops_with_the_named_error(deployed, tmp_path):
-    study = _copy(deployed, tmp_path)
-    message = _wrong_modality(study)
-    done = _app(study, deployed["bundle"], tmp_path / "out")
-    assert done.returncode != 0 and "DicomInputError" in done.stderr and message in done.stderr
-    assert not (tmp_path / "out" / RESULT_JSON).exists() and not (tmp_path / "out" / RESULT_SR).exists()

@@ -181,11 +181,13 @@ def _table_problems(df: pd.DataFrame) -> list[Problem]:
         for col in (*PHASES, *MASK_COLUMNS):
             if not present(r.get(col)):
                 out.append(Problem(pid, col, None, "missing phase: no path given"))
-        out.extend(_clinical_problems(pid, r))
+        out.extend(clinical_value_problems(pid, r))
     return out
 
 
-def _clinical_problems(pid: str, r: dict) -> list[Problem]:
+def clinical_value_problems(pid: str, r: dict) -> list[Problem]:
+    """Values of one patient's clinical columns that the study cannot use: non-numeric or implausible numbers,
+    binary columns not 0/1, categories outside their levels (columns that are absent or blank are not checked)."""
     out = []
     for col, (lo, hi) in NUMERIC_RANGES.items():
         if col not in r or not present(r[col]):

@@ -78,6 +78,23 @@ def read_clinical(folder: str | Path) -> dict | None:
     return values
 
 
+def check_clinical_values(values: Mapping, patient_id: str, path: Path) -> None:
+    """The checks the cohort table's clinical columns get (every column the clinical model needs, each value
+    plausible and coded as in ``docs/contracts.md``), before anything is scored: one error naming each problem."""
+    import pandas as pd
+
+    from p53hcc.tools.cohort.manifest import clinical_value_problems
+    from p53hcc.tools.pipeline.checks import clinical_problems
+
+    row = {k: v for k, v in values.items() if k != "patient_id"}
+    problems = clinical_value_problems(str(patient_id), row) + [
+        p for p in clinical_problems(pd.DataFrame([{"patient_id": str(patient_id), **row}]))
+        if p.severity == "error"]
+    if problems:
+        listed = "; ".join(f"column {p.column}: {p.problem}" for p in problems)
+        raise DeployInputError(f"file {path}: {len(problems)} problem(s) with the clinical values: {listed}")
+
+
 def check_same_network(bundle_source: Mapping | None, manifest: Mapping, bundle: Path, study_model: Path) -> None:
     """The bundle's network must be the study model's DL component, or the combined model would mix networks."""
     dl = manifest.get("dl")

@@ -22,6 +22,7 @@ from pathlib import Path
 from p53hcc.tools.export.deploy_combined import (
     CLINICAL_JSON,
     DeployInputError,
+    check_clinical_values,
     check_same_network,
     combined_result,
     find_models,
@@ -89,6 +90,7 @@ def check_inputs(study: StudyInput, bundle: Path, study_model: Path | None) -> N
     if study_model is not None and study.clinical is not None:
         manifest = json.loads((study_model / "manifest.json").read_text())
         check_same_network(_bundle_source(bundle), manifest, bundle, study_model)
+        check_clinical_values(study.clinical, study.patient_id, study.folder / CLINICAL_JSON)
 
 
 def _bundle_source(bundle: Path) -> dict | None:
