@@ -54,7 +54,7 @@ def item_content(item: dict) -> str:
 
     Items pointing at the study's preprocessed volumes carry it already (``content``: their preprocessing keys,
     which hash the raw files and the preprocessing parameters); raw items are hashed here (sha256 of each file,
-    remembered per process by :func:`p53hcc.tools.io.file_sha256`).
+    remembered within and across runs by :func:`p53hcc.tools.io.file_sha256`).
     """
     if item.get("content"):
         return str(item["content"])
