@@ -1,7 +1,11 @@
-"""Entry point of the packaged application (``python deploy`` / the MAP's ``python3 -u /opt/holoscan/app``)."""
+"""Entry point of the application: ``python -m deploy`` from the repository, ``python deploy``, or the MAP's
+``python3 -u /opt/holoscan/app`` (the folder run as a script)."""
 import logging
 
-from app import P53HccApp
+if __package__:  # python -m deploy
+    from .app import P53HccApp
+else:  # the folder run as a script: its own folder is on sys.path
+    from app import P53HccApp
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
