@@ -58,9 +58,11 @@ def deployed(tmp_path_factory):
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _app(study: Path, bundle: Path, out: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(APP), "-i", str(study), "-m", str(bundle), "-o", str(out)],
-                          capture_output=True, text=True, timeout=600, check=False)
+def _app(study: Path, bundle: Path, out: Path, module: bool = False) -> subprocess.CompletedProcess:
+    """``python deploy/app.py ...``, or ``python -m deploy ...`` from the repository (the MAP's entry point)."""
+    run = ["-m", "deploy"] if module else [str(APP)]
+    return subprocess.run([sys.executable, *run, "-i", str(study), "-m", str(bundle), "-o", str(out)],
+                          capture_output=True, text=True, timeout=600, check=False, cwd=APP.parents[1])
 
 
 def _sr_values(path: Path) -> tuple[float, dict[str, str]]:
@@ -249,3 +251,12 @@ def test_clinical_inputs_that_do_not_fit_are_named_errors_before_scoring(deploye
         score_dicom_study(study, models, tmp_path / "out")
     assert "clinical" in str(err.value) or case == "other_network"
     assert not (tmp_path / "out").exists()
+
+
+def test_app_stops_with_the_named_error(deployed, tmp_path):
+    """The app run as the MAP runs it (``python -m deploy``): a bad input is the named error and no output."""
+    study = _copy(deployed, tmp_path)
+    message = _wrong_modality(study)
+    done = _app(study, deployed["bundle"], tmp_path / "out", module=True)
+    assert done.returncode != 0 and "DicomInputError" in done.stderr and message in done.stderr
+    assert not (tmp_path / "out" / RESULT_JSON).exists() and not (tmp_path / "out" / RESULT_SR).exists()
