@@ -59,7 +59,7 @@ def deployed(tmp_path_factory):
 
 
 def _app(study: Path, bundle: Path, out: Path, module: bool = False) -> subprocess.CompletedProcess:
-    """``python deploy/app.py ...``, or ``python -m deploy ...`` from the repository (the MAP's entry point)."""
+    """``python deploy/app.py ...``, or ``python -m deploy ...`` from the repository (the folder's ``__main__``)."""
     run = ["-m", "deploy"] if module else [str(APP)]
     return subprocess.run([sys.executable, *run, "-i", str(study), "-m", str(bundle), "-o", str(out)],
                           capture_output=True, text=True, timeout=600, check=False, cwd=APP.parents[1])
@@ -254,7 +254,8 @@ def test_clinical_inputs_that_do_not_fit_are_named_errors_before_scoring(deploye
 
 
 def test_app_stops_with_the_named_error(deployed, tmp_path):
-    """The app run as the MAP runs it (``python -m deploy``): a bad input is the named error and no output."""
+    """The app run as a module (``python -m deploy``, the folder's ``__main__``): a bad input is the named error and
+    no output."""
     study = _copy(deployed, tmp_path)
     message = _wrong_modality(study)
     done = _app(study, deployed["bundle"], tmp_path / "out", module=True)
