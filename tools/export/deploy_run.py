@@ -82,8 +82,8 @@ def read_study(folder: str | Path) -> StudyInput:
 
 
 def check_inputs(study: StudyInput, bundle: Path, study_model: Path | None) -> None:
-    """Inputs that do not fit together stop the app before any scoring: clinical values without a study model,
-    or a study model whose DL component is not the bundle's network."""
+    """Inputs that do not fit together stop the app before any scoring: clinical values without a study model, a
+    study model whose DL component is not the bundle's network, clinical values the study's checks refuse."""
     if study.clinical is not None and study_model is None:
         raise DeployInputError(f"{study.folder / CLINICAL_JSON}: clinical values are given but the models folder has "
                                "no frozen study model (copy STUDY/model to MODELS/study_model beside the bundle)")
@@ -164,7 +164,7 @@ def sdk_image(volume):
     array channel-first and MONAI's metadata (affine, spacing), which the operator hands to the deploy config."""
     from monai.deploy.core import Image
 
-    meta = {k: v for k, v in volume.meta.items()}
+    meta = dict(volume.meta)
     meta["original_channel_dim"] = 0
     return Image(volume.numpy(), metadata=meta)
 
