@@ -7,7 +7,7 @@ STUDY ?= study-demo
 # UTF-8 everywhere, whatever the machine locale (reports and tables contain ±, ×, Greek letters).
 export PYTHONUTF8 := 1
 
-.PHONY: demo test test-fast env wheel clean
+.PHONY: demo deploy-demo test test-fast env wheel clean
 
 env: $(VENV)/.installed
 
@@ -24,6 +24,10 @@ $(VENV)/.installed: pyproject.toml
 
 demo: env
 	$(VENV)/bin/p53hcc study --out $(STUDY)
+
+# after `make demo`: export the chosen DL arm as a zoo bundle and score new DICOM patients with the Deploy app
+deploy-demo: env
+	$(PY) scripts/deploy_demo.py --study $(STUDY)
 
 # the whole suite (what CI runs): unit tests and the end-to-end tests marked slow
 test: env
