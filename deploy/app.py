@@ -75,7 +75,7 @@ class CombinedOperator(Operator):
     def compute(self, op_input, op_output, context):
         study = op_input.receive("study")
         result = bundle_result(self.bundle, float(op_input.receive("pred")["probabilities"][1]))
-        result = {**result, "inputs": study.identities(),
+        result = {**result, "dl_note": study.dl_note(), "inputs": study.identities(),
                   **combined_for(study, self.study_model, result["probability"])}
         op_output.emit({"result": result, "reference_file": study.reference_file}, "result")
 

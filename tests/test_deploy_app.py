@@ -201,8 +201,19 @@ def _two_masks(study: Path) -> str:
     return "phase PVP: two masks for series"
 
 
+def _mask_off_its_series_grid(study: Path) -> str:
+    import SimpleITK as sitk
+
+    from p53hcc.tools.cohort.dicomseg import read_seg
+
+    mask = read_seg(study / "seg" / "pvp.dcm")
+    sitk.WriteImage(mask[:, :, 2:], str(study / "pvp_mask.nii.gz"))  # two slices fewer than its series
+    (study / "seg" / "pvp.dcm").unlink()
+    return "phase PVP: the mask .*pvp_mask.nii.gz is not on the grid of series"
+
+
 @pytest.mark.parametrize("break_it", [_missing_phase, _two_candidates, _mask_not_referencing, _wrong_modality,
-                                      _two_masks])
+                                      _two_masks, _mask_off_its_series_grid])
 def test_bad_inputs_are_named_errors_and_write_nothing(deployed, tmp_path, break_it):
     study = _copy(deployed, tmp_path)
     message = break_it(study)
@@ -261,3 +272,46 @@ def test_app_stops_with_the_named_error(deployed, tmp_path):
     done = _app(study, deployed["bundle"], tmp_path / "out", module=True)
     assert done.returncode != 0 and "DicomInputError" in done.stderr and message in done.stderr
     assert not (tmp_path / "out" / RESULT_JSON).exists() and not (tmp_path / "out" / RESULT_SR).exists()
+
+
+def _crop_dp(study: Path) -> None:
+    """Drop the DP series' two lowest slices (another grid than AP); its mask as NIfTI on the cropped grid."""
+    import SimpleITK as sitk
+
+    from p53hcc.tools.cohort.dicomseg import read_seg
+
+    mask = read_seg(study / "seg" / "dp.dcm")
+    files = sorted((study / "dp").iterdir(),
+                   key=lambda f: float(pydicom.dcmread(str(f), stop_before_pixels=True).ImagePositionPatient[2]))
+    for f in files[:2]:
+        f.unlink()
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(study / "dp")))
+    grid = reader.Execute()
+    sitk.WriteImage(sitk.Resample(mask, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, mask.GetPixelID()),
+                    str(study / "dp_mask.nii.gz"))
+    (study / "seg" / "dp.dcm").unlink()
+
+
+def test_a_phase_on_another_grid_is_resampled_onto_ap_and_said(deployed, tmp_path):
+    """DP with two slices fewer: the app resamples it onto the AP grid for the bundle and says so (JSON, SR); the
+    combined model's clinical and radiomics inputs are predict's exactly (each phase on its own grid), the DL
+    probability close to predict's."""
+    from p53hcc.tools.pipeline.predict import predict_cohort
+
+    pid = min(deployed["predicted"].index)
+    study = _copy(deployed, tmp_path, pid, clinical=True)
+    _crop_dp(study)
+    result = score_dicom_study(study, deployed["models"], tmp_path / "out")
+    assert result["inputs"]["resampled_onto_ap_grid"] == ["dp"] and result["dl_note"].startswith("DP resampled")
+    sr = pydicom.dcmread(str(tmp_path / "out" / RESULT_SR))
+    assert any(i.ValueType == "TEXT" and i.TextValue == result["dl_note"] for i in sr.ContentSequence)
+    row = {"patient_id": pid, "split": "predict", "p53": "", **{p: str(study / p) for p in ("ap", "pvp", "dp")},
+           "ap_mask": str(study / "seg" / "ap.dcm"), "pvp_mask": str(study / "seg" / "pvp.dcm"),
+           "dp_mask": str(study / "dp_mask.nii.gz"), **json.loads((study / "clinical.json").read_text())}
+    pd.DataFrame([row]).to_csv(tmp_path / "cohort.csv", index=False)
+    want = pd.read_csv(predict_cohort(deployed["models"] / "study_model", tmp_path / "cohort.csv",
+                                      tmp_path / "predict", gradcam=False), dtype={"patient_id": str}).iloc[0]
+    for comp in ("clinical", "radiomics"):
+        np.testing.assert_allclose(result["combined"]["components"][comp], want[comp], rtol=1e-6)
+    assert abs(result["probability"] - want["dl"]) < 0.02  # two empty edge slices: the crops barely change

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import logging
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ from p53hcc.tools.schema import PHASES
 ENHANCED_SR = "1.2.840.10008.5.1.4.1.1.88.22"
 SCHEME = "99P53HCC"  # private coding scheme of the SR's concept names
 RESULT_JSON, RESULT_SR = "result.json", "result_sr.dcm"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -54,6 +56,7 @@ class StudyInput:
     masks: dict[str, Series | Path]
     clinical: dict | None
     volume: object
+    resampled: list[str]
 
     @property
     def patient_id(self) -> str:
@@ -69,7 +72,17 @@ class StudyInput:
                 "series": {p: s.uid for p, s in self.images.items()},
                 "masks": {p: m.uid if isinstance(m, Series) else Path(m).relative_to(self.folder).as_posix()
                           for p, m in self.masks.items()},
-                "clinical": CLINICAL_JSON if self.clinical is not None else None}
+                "clinical": CLINICAL_JSON if self.clinical is not None else None,
+                "resampled_onto_ap_grid": list(self.resampled)}
+
+    def dl_note(self) -> str | None:
+        """Why the DL probability may differ slightly from ``p53hcc predict``'s, or None."""
+        if not self.resampled:
+            return None
+        names = ", ".join(p.upper() for p in self.resampled)
+        return (f"{names} resampled onto the AP series' grid (trilinear; masks nearest-neighbour) for the bundle's "
+                "one-volume input; p53hcc predict processes each phase on its own grid, so its DL probability may "
+                "differ slightly for this patient")
 
 
 def read_study(folder: str | Path) -> StudyInput:
@@ -78,7 +91,10 @@ def read_study(folder: str | Path) -> StudyInput:
     folder = Path(folder)
     clinical = read_clinical(folder)
     images, masks = select_series(scan(folder), nifti_masks(folder))
-    return StudyInput(folder, images, masks, clinical, load_volume(images, masks))
+    study = StudyInput(folder, images, masks, clinical, *load_volume(images, masks))
+    if study.resampled:
+        log.warning("%s: %s", folder, study.dl_note())
+    return study
 
 
 def check_inputs(study: StudyInput, bundle: Path, study_model: Path | None) -> None:
@@ -240,6 +256,8 @@ def structured_report(result: dict, reference_file: str):
         concept = (f"P53-{phase.upper()}-SEG", f"{phase.upper()} mask")
         content.append(_item("TEXT", concept, TextValue=Path(mask).name) if mask.endswith((".nii", ".nii.gz"))
                        else _item("UIDREF", concept, UID=mask))
+    if result.get("dl_note"):
+        content.append(_item("TEXT", ("P53-NOTE", "Processing note"), TextValue=result["dl_note"][:1024]))
     combined = result.get("combined")
     if combined:
         content.append(_num(("P53-COMB-PROB", "Combined model probability"), combined["probability"]))
@@ -271,6 +289,7 @@ def score_dicom_study(folder: str | Path, models: str | Path, out: str | Path, d
     study = read_study(folder)
     check_inputs(study, bundle, study_model)
     result = bundle_inference(bundle, study.volume, device)
-    result = {**result, "inputs": study.identities(), **combined_for(study, study_model, result["probability"])}
+    result = {**result, "dl_note": study.dl_note(), "inputs": study.identities(),
+              **combined_for(study, study_model, result["probability"])}
     write_outputs(out, result, study.reference_file)
     return result

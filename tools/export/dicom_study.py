@@ -11,9 +11,10 @@ Selection rules (documented in ``deploy/README.md``), applied to every DICOM obj
   ``mask.nii.gz`` for every phase (as the cohort table's ``mask`` column), on that phase's series grid; a phase with
   both a NIfTI mask and a SEG is an error naming both.
 
-:func:`load_volume` reads the chosen series and SEGs with the study's one reader
+:func:`load_volume` reads the chosen series and masks with the study's one reader
 (:class:`p53hcc.tools.preprocessing.chain.SeriesSpacingReader`, as the bundles' ``inference.json`` does) into the
-six-channel volume (AP, PVP, DP, their masks) that the bundles' ``deploy.json`` takes; nothing is written.
+six-channel volume (AP, PVP, DP, their masks) that the bundles' ``deploy.json`` takes, a phase on another grid
+resampled onto the AP grid; nothing is written.
 """
 from __future__ import annotations
 
@@ -156,10 +157,24 @@ def series_folders(images: dict[str, Series], scratch: Path) -> dict[str, str]:
     return {p: _series_folder(s, scratch) for p, s in images.items()}
 
 
-def load_volume(images: dict[str, Series], masks: dict[str, Series | Path]):
-    """The six-channel MetaTensor (AP, PVP, DP, AP mask, PVP mask, DP mask) on the phases' common grid."""
+def _same_grid(a, b) -> bool:
     import torch
-    from monai.transforms import LoadImaged
+
+    return tuple(a.shape[1:]) == tuple(b.shape[1:]) and bool(
+        torch.allclose(a.affine.double(), b.affine.double(), atol=1e-3))
+
+
+def load_volume(images: dict[str, Series], masks: dict[str, Series | Path]) -> tuple[object, list[str]]:
+    """``(volume, resampled)``: the six-channel MetaTensor (AP, PVP, DP, AP mask, PVP mask, DP mask) on the AP
+    series' grid, and the phases that had to be resampled onto it.
+
+    Each mask must lie on its own series' grid (an error naming both otherwise). A phase on another grid than AP
+    (other slices, field of view or orientation) is resampled onto the AP grid, trilinear for the image and
+    nearest-neighbour for its mask, because the bundle's deploy input is one volume; ``p53hcc predict`` processes
+    each phase on its own grid instead, so for such a patient the two DL probabilities may differ slightly.
+    """
+    import torch
+    from monai.transforms import LoadImaged, ResampleToMatch
 
     from p53hcc.tools.preprocessing.chain import SeriesSpacingReader
 
@@ -168,14 +183,18 @@ def load_volume(images: dict[str, Series], masks: dict[str, Series | Path]):
         paths = series_folders(images, Path(scratch))
         paths.update({f"{p}_mask": mask_path(m) for p, m in masks.items()})
         data = LoadImaged(keys, reader=SeriesSpacingReader(), image_only=True, ensure_channel_first=True)(paths)
+    for phase in PHASES:
+        if not _same_grid(data[f"{phase}_mask"], data[phase]):
+            raise DicomInputError(f"phase {phase.upper()}: the mask {mask_path(masks[phase])} is not on the grid of "
+                                  f"{images[phase]} (shape {tuple(data[f'{phase}_mask'].shape[1:])} vs "
+                                  f"{tuple(data[phase].shape[1:])}, or another position)")
     ref = data[PHASES[0]]
-    for key in keys[1:]:
-        source = images.get(key) or masks[key.split("_")[0]]
-        if tuple(data[key].shape[1:]) != tuple(ref.shape[1:]) or not torch.allclose(
-                data[key].affine.double(), ref.affine.double(), atol=1e-3):
-            raise DicomInputError(f"{source} is not on the {PHASES[0].upper()} series' grid (shape "
-                                  f"{tuple(data[key].shape[1:])} vs {tuple(ref.shape[1:])}): the deploy input needs "
-                                  "the three phases and their masks on one grid")
+    resampled = [p for p in PHASES[1:] if not _same_grid(data[p], ref)]
+    for phase in resampled:
+        data[phase] = ResampleToMatch(mode="bilinear", padding_mode="zeros", dtype=torch.float32)(
+            data[phase], img_dst=ref)
+        data[f"{phase}_mask"] = ResampleToMatch(mode="nearest", padding_mode="zeros", dtype=torch.float32)(
+            data[f"{phase}_mask"], img_dst=ref)
     volume = torch.cat([data[k] for k in keys])
     volume.meta.update(ref.meta)
-    return volume
+    return volume, resampled
