@@ -233,7 +233,7 @@ def _models_with_tampered_source(deployed, tmp_path) -> Path:
 
 
 @pytest.mark.parametrize("case", ["no_study_model", "other_network", "unknown_column", "bad_value",
-                                  "missing_column"])
+                                  "missing_column", "other_patient"])
 def test_clinical_inputs_that_do_not_fit_are_named_errors_before_scoring(deployed, tmp_path, monkeypatch, case):
     from p53hcc.tools.export import deploy_run
 
@@ -254,9 +254,12 @@ def test_clinical_inputs_that_do_not_fit_are_named_errors_before_scoring(deploye
     elif case == "bad_value":
         values.update(sex="X", mvi=2)
         message = "2 problem.*column mvi: value 2 is not 0 or 1; column sex: value 'X' not one of M, F"
-    else:
+    elif case == "missing_column":
         del values["afp"]
         message = "column afp: 1 clinical column.s. missing"
+    else:
+        values["patient_id"] = "SOMEONE-ELSE"
+        message = "patient_id 'SOMEONE-ELSE' is not the DICOM study's PatientID"
     (study / "clinical.json").write_text(json.dumps(values))
     with pytest.raises(DeployInputError, match=message) as err:
         score_dicom_study(study, models, tmp_path / "out")

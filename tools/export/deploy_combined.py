@@ -51,8 +51,9 @@ def find_models(models: str | Path) -> tuple[Path, Path | None]:
     bundles = sorted(p for p in models.iterdir() if (p / "configs" / "metadata.json").is_file())
     if len(bundles) != 1:
         names = ", ".join(b.name for b in bundles) or "none"
-        raise DeployInputError(f"models folder {models}: {len(bundles)} bundle folders ({names}); it must be a bundle written by `p53hcc export-bundle`, or hold exactly one beside "
-                               f"an optional {STUDY_MODEL}/")
+        raise DeployInputError(f"models folder {models}: {len(bundles)} bundle folders ({names}); it must be a "
+                               "bundle written by `p53hcc export-bundle`, or hold exactly one beside an optional "
+                               f"{STUDY_MODEL}/")
     study = models / STUDY_MODEL
     if study.exists() and not (study / "manifest.json").is_file():
         raise DeployInputError(f"{study}: not a frozen p53hcc study model (no manifest.json); copy STUDY/model there")
@@ -80,12 +81,16 @@ def read_clinical(folder: str | Path) -> dict | None:
 
 def check_clinical_values(values: Mapping, patient_id: str, path: Path) -> None:
     """The checks the cohort table's clinical columns get (every column the clinical model needs, each value
-    plausible and coded as in ``docs/contracts.md``), before anything is scored: one error naming each problem."""
+    plausible and coded as in ``docs/contracts.md``; a ``patient_id``, if given, the DICOM study's), before
+    anything is scored: one error naming each problem."""
     import pandas as pd
 
     from p53hcc.tools.cohort.manifest import clinical_value_problems
     from p53hcc.tools.pipeline.checks import clinical_problems
 
+    given = str(values.get("patient_id", patient_id))
+    if given != str(patient_id):
+        raise DeployInputError(f"file {path}: patient_id {given!r} is not the DICOM study's PatientID {patient_id!r}")
     row = {k: v for k, v in values.items() if k != "patient_id"}
     problems = clinical_value_problems(str(patient_id), row) + [
         p for p in clinical_problems(pd.DataFrame([{"patient_id": str(patient_id), **row}]))
@@ -106,9 +111,9 @@ def check_same_network(bundle_source: Mapping | None, manifest: Mapping, bundle:
     if (source.get("arm"), source.get("net"), source.get("weights_sha256")) != (dl["arm"], dl["net"], digest):
         raise DeployInputError(
             f"bundle {bundle.name} ({source.get('arm')}_{source.get('net')}, weights "
-            f"{str(source.get('weights_sha256'))[:12]}) is not the DL component of the study model {study_model} ({dl['arm']}_{dl['net']}, weights "
-            f"{digest[:12]}): export the bundle from that study (`p53hcc export-bundle STUDY --arm {dl['arm']} "
-            f"--net {dl['net']}`)")
+            f"{str(source.get('weights_sha256'))[:12]}) is not the DL component of the study model {study_model} "
+            f"({dl['arm']}_{dl['net']}, weights {digest[:12]}): export the bundle from that study (`p53hcc "
+            f"export-bundle STUDY --arm {dl['arm']} --net {dl['net']}`)")
 
 
 def _cohort_csv(path: Path, patient_id: str, images: Mapping[str, str], masks: Mapping[str, str],
@@ -131,7 +136,7 @@ def _number(value):
 
 
 def combined_result(study_model: Path, patient_id: str, images: Mapping[str, str], masks: Mapping[str, str],
-                    clinical: Mapping, dl_probability: float, progress: bool = False) -> dict:
+                    clinical: Mapping, dl_probability: float) -> dict:
     """The combined model's result for one patient (``images``: phase series folders, ``masks``: SEG or NIfTI files).
 
     Runs :func:`p53hcc.tools.pipeline.predict.predict_cohort` on a one-patient cohort in a scratch folder, the DL
@@ -140,10 +145,6 @@ def combined_result(study_model: Path, patient_id: str, images: Mapping[str, str
 
     from p53hcc.tools.pipeline.predict import predict_cohort
 
-    given = str(clinical.get("patient_id", patient_id))
-    if given != str(patient_id):
-        raise DeployInputError(f"{CLINICAL_JSON}: patient_id {given!r} is not the DICOM study's PatientID "
-                               f"{patient_id!r}")
     with tempfile.TemporaryDirectory(prefix="p53hcc-combined-") as scratch:
         scratch = Path(scratch)
         cohort = _cohort_csv(scratch / "cohort.csv", str(patient_id), images, masks, clinical)
