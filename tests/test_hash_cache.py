@@ -72,3 +72,21 @@ def test_without_a_store_hashing_is_unchanged(tmp_path, monkeypatch, setting):
     monkeypatch.setattr(io, "open", lambda *a, **k: reads.append(a[0]) or real_open(*a, **k), raising=False)
     assert io.file_sha256(f) == hashlib.sha256(b"image").hexdigest()
     assert reads  # nothing remembered across processes: the file is read again
+
+
+def test_threads_share_the_store(tmp_path, store, monkeypatch, caplog):
+    """Preprocessing hashes its inputs on a thread pool: every thread's hash is stored, none turns the store off."""
+    import logging
+    from concurrent.futures import ThreadPoolExecutor
+
+    files = []
+    for i in range(8):
+        files.append(tmp_path / f"{i}.nii.gz")
+        files[-1].write_bytes(bytes([i]) * 1000)
+    with caplog.at_level(logging.INFO, logger="p53hcc.tools.io"), ThreadPoolExecutor(4) as pool:
+        digests = list(pool.map(io.file_sha256, files))
+    assert "not used" not in caplog.text
+    monkeypatch.setattr(io, "_HASHES", {})
+    _no_reading(monkeypatch)
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(io.file_sha256, files)) == digests

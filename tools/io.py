@@ -11,6 +11,7 @@ import logging
 import os
 import sqlite3
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -103,6 +104,7 @@ def _signature(files: list[Path]) -> tuple:
 #: Environment variable naming the file-hash store (a path, or ``off``); see :func:`hash_store_path`.
 HASH_STORE_ENV = "P53HCC_HASH_CACHE"
 _store: dict = {"pid": None, "conn": None, "path": None}
+_STORE_LOCK = threading.RLock()
 
 
 def hash_store_path() -> Path | None:
@@ -118,6 +120,11 @@ def hash_store_path() -> Path | None:
 
 
 def _connection() -> sqlite3.Connection | None:
+    with _STORE_LOCK:
+        return _open_store()
+
+
+def _open_store() -> sqlite3.Connection | None:
     path = hash_store_path()
     if _store["pid"] == os.getpid() and _store["path"] == path:
         return _store["conn"]
@@ -126,7 +133,8 @@ def _connection() -> sqlite3.Connection | None:
         return None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(str(path), timeout=30, isolation_level=None)
+        # one connection per process, shared by its threads (preprocessing hashes inputs on a thread pool)
+        conn = sqlite3.connect(str(path), timeout=30, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("CREATE TABLE IF NOT EXISTS sha256 (signature TEXT PRIMARY KEY, digest TEXT NOT NULL)")
         _store["conn"] = conn
@@ -151,7 +159,8 @@ def _stored_hash(signature: tuple) -> str | None:
     if conn is None:
         return None
     try:
-        row = conn.execute("SELECT digest FROM sha256 WHERE signature = ?", (_key(signature),)).fetchone()
+        with _STORE_LOCK:
+            row = conn.execute("SELECT digest FROM sha256 WHERE signature = ?", (_key(signature),)).fetchone()
     except sqlite3.Error as err:
         _disable(_store["path"], err)
         return None
@@ -165,7 +174,9 @@ def _store_hash(signature: tuple, digest: str) -> None:
     if conn is None:
         return
     try:
-        conn.execute("INSERT OR REPLACE INTO sha256 (signature, digest) VALUES (?, ?)", (_key(signature), digest))
+        with _STORE_LOCK:
+            conn.execute("INSERT OR REPLACE INTO sha256 (signature, digest) VALUES (?, ?)",
+                         (_key(signature), digest))
     except sqlite3.Error as err:
         _disable(_store["path"], err)
 
