@@ -90,3 +90,31 @@ def test_threads_share_the_store(tmp_path, store, monkeypatch, caplog):
     _no_reading(monkeypatch)
     with ThreadPoolExecutor(4) as pool:
         assert list(pool.map(io.file_sha256, files)) == digests
+
+
+def test_a_forked_worker_uses_the_store_even_if_a_thread_held_it(tmp_path, store):
+    """A process pool forked while another thread held the store's lock: the worker still hashes (and stores)."""
+    import multiprocessing
+    import threading
+
+    f = tmp_path / "a.nii.gz"
+    f.write_bytes(b"x" * 100)
+    io.file_sha256(tmp_path / "a.nii.gz")  # the parent's connection exists
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with io._STORE_LOCK:
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    held.wait(10)
+    try:
+        g = tmp_path / "b.nii.gz"
+        g.write_bytes(b"y" * 100)
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            assert pool.apply_async(io.file_sha256, (g,)).get(timeout=60) == hashlib.sha256(b"y" * 100).hexdigest()
+    finally:
+        release.set()
+        t.join()

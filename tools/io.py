@@ -107,6 +107,17 @@ _store: dict = {"pid": None, "conn": None, "path": None}
 _STORE_LOCK = threading.RLock()
 
 
+def _forget_store_in_child() -> None:
+    """A forked worker starts with a fresh lock (the parent's may be held by a thread that does not exist in the
+    child) and opens its own connection."""
+    global _STORE_LOCK
+    _STORE_LOCK = threading.RLock()
+    _store.update(pid=None, conn=None, path=None)
+
+
+os.register_at_fork(after_in_child=_forget_store_in_child)
+
+
 def hash_store_path() -> Path | None:
     """The file-hash store: ``$P53HCC_HASH_CACHE`` (None when ``off``), else
     ``$XDG_CACHE_HOME/p53hcc/sha256.sqlite`` (default ``~/.cache``)."""
