@@ -147,6 +147,7 @@ def _open_store() -> sqlite3.Connection | None:
         # one connection per process, shared by its threads (preprocessing hashes inputs on a thread pool)
         conn = sqlite3.connect(str(path), timeout=30, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")  # a cache: no disk flush per stored hash (one per file)
         conn.execute("CREATE TABLE IF NOT EXISTS sha256 (signature TEXT PRIMARY KEY, digest TEXT NOT NULL)")
         _store["conn"] = conn
     except (sqlite3.Error, OSError) as err:
