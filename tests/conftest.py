@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from p53hcc.tools.schema import PHASES
 
@@ -149,3 +150,18 @@ def fake_image_stages(monkeypatch):
 
 #: Reference data vendored with the tests (source and licence of each set in tests/data/README.md).
 REFERENCE_DATA = Path(__file__).resolve().parent / "data"
+
+
+class TinyNet(torch.nn.Module):
+    """A small CNN with the ResNet interface (``fc`` classifier) so CPU tests train in milliseconds; each test keeps
+    its own ``width`` and first-convolution ``stride``."""
+
+    def __init__(self, in_channels: int = 3, width: int = 4, stride: int = 4):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(in_channels, width, 3, stride=stride),
+                                        torch.nn.BatchNorm2d(width), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                        torch.nn.Flatten())
+        self.fc = torch.nn.Linear(width, 2)
+
+    def forward(self, x):
+        return self.fc(self.body(x))

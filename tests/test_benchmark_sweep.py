@@ -8,18 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import TinyNet
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-class _Tiny(torch.nn.Module):
-    def __init__(self, in_channels: int = 3):
-        super().__init__()
-        self.body = torch.nn.Sequential(torch.nn.Conv2d(in_channels, 6, 3, stride=4), torch.nn.BatchNorm2d(6),
-                                        torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
-        self.fc = torch.nn.Linear(6, 2)
-
-    def forward(self, x):
-        return self.fc(self.body(x))
 
 
 @pytest.fixture
@@ -38,7 +29,7 @@ def test_images_per_epoch_counts_fold_and_full_models(bench):
 
 def test_cpu_variant_writes_record(bench, tmp_path, monkeypatch):
     """Whole script on CPU (tiny cohort, 1 epoch, 2 folds); the network factory is a tiny CNN to stay fast."""
-    tiny = lambda name, in_channels=3, *a, **k: _Tiny(in_channels)
+    tiny = lambda name, in_channels=3, *a, **k: TinyNet(in_channels, width=6, stride=4)
     monkeypatch.setattr("p53hcc.tools.dl.nets.build_net", tiny)
     monkeypatch.setattr("p53hcc.tools.dl.engine.build_net", tiny)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

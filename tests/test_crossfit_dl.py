@@ -14,24 +14,11 @@ import torch
 from p53hcc.tools.cohort.splits import select_items, write_datalist
 from p53hcc.tools.dl import arms, crossfit
 from p53hcc.tools.errors import P53hccError
-from tests.conftest import make_tiny_cohort
+from tests.conftest import TinyNet, make_tiny_cohort
 
 PARAMS = {"net": "resnet18", "epochs": 1, "device": "cpu", "spatial_size": 16, "n4": False, "amp": False,
           "batch_size": 4}
 HEAD = {"n_components": 2, "lasso_C": 1.0}
-
-
-class TinyNet(torch.nn.Module):
-    """A 4-feature CNN with the ResNet interface (``fc`` classifier) so CPU tests train in milliseconds."""
-
-    def __init__(self, in_channels: int = 3):
-        super().__init__()
-        self.body = torch.nn.Sequential(torch.nn.Conv2d(in_channels, 4, 3, stride=4), torch.nn.BatchNorm2d(4),
-                                        torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
-        self.fc = torch.nn.Linear(4, 2)
-
-    def forward(self, x):
-        return self.fc(self.body(x))
 
 
 @pytest.fixture

@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
+
+from tests.conftest import TinyNet
 
 REPO = Path(__file__).resolve().parents[1]
 ARMS = ("mc_resnet18", "ff_resnet18")
@@ -120,23 +121,12 @@ def test_cuda_without_gpu_says_so_and_exits_0(tmp_path):
     assert not list(tmp_path.iterdir())  # no dl_learning_gpu.json
 
 
-class _Tiny(torch.nn.Module):
-    def __init__(self, in_channels: int = 3):
-        super().__init__()
-        self.body = torch.nn.Sequential(torch.nn.Conv2d(in_channels, 6, 3, stride=2), torch.nn.BatchNorm2d(6),
-                                        torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
-        self.fc = torch.nn.Linear(6, 2)
-
-    def forward(self, x):
-        return self.fc(self.body(x))
-
-
 @pytest.mark.slow
 def test_whole_benchmark_on_a_small_cohort(bench, tmp_path, monkeypatch):
     """The real chain (synthetic cohort, preprocessing, radiomics, both arms, null cohort, fusion, statistics) on
     40 patients with a tiny CNN; resumable: a second run trains nothing."""
     dl, _ = bench
-    tiny = lambda name, in_channels=3, *a, **k: _Tiny(in_channels)
+    tiny = lambda name, in_channels=3, *a, **k: TinyNet(in_channels, width=6, stride=2)
     monkeypatch.setattr("p53hcc.tools.dl.engine.build_net", tiny)
     monkeypatch.setitem(dl.PROFILES["cpu"], "preprocess", "demo")
     args = ["--n", "40", "--epochs", "2", "--null-epochs", "1", "--spatial-size", "16", "--work",
