@@ -20,16 +20,10 @@ import pandas as pd
 from p53hcc.tools.cohort.synth import make_cohort
 from p53hcc.tools.errors import P53hccError
 from p53hcc.tools.export.bundle import export_bundle
+from p53hcc.tools.export.deploy_combined import clinical_json_values
 from p53hcc.tools.pipeline.predict import predict_cohort
-from p53hcc.tools.schema import CLINICAL_COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _clinical(row: pd.Series) -> dict:
-    """A patient's clinical columns as a user writes ``clinical.json`` (blank cells left out)."""
-    return {c: (row[c].item() if hasattr(row[c], "item") else row[c]) for c in CLINICAL_COLUMNS
-            if c in row.index and not pd.isna(row[c])}
 
 
 def main() -> None:
@@ -56,7 +50,7 @@ def main() -> None:
     table = pd.read_csv(cohort, dtype={"patient_id": str}).set_index("patient_id")
     pid = table.index[0]
     patient = Path(shutil.copytree(out / "new" / "dicom" / pid, out / "input" / pid))
-    (patient / "clinical.json").write_text(json.dumps(_clinical(table.loc[pid]), indent=2) + "\n")
+    (patient / "clinical.json").write_text(json.dumps(clinical_json_values(table.loc[pid]), indent=2) + "\n")
     print(f"3/4 the MONAI Deploy app on patient {pid} (python -m deploy)")
     done = subprocess.run([sys.executable, "-m", "deploy", "-i", str(patient.resolve()), "-m",
                            str(models.resolve()), "-o", str((out / "result").resolve())], cwd=REPO, check=False,

@@ -17,10 +17,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from p53hcc.tools.export.deploy_combined import DeployInputError
+from p53hcc.tools.export.deploy_combined import DeployInputError, clinical_json_values
 from p53hcc.tools.export.deploy_run import RESULT_JSON, RESULT_SR, score_dicom_study
 from p53hcc.tools.export.dicom_study import DicomInputError
-from p53hcc.tools.schema import CLINICAL_COLUMNS
 from tests.conftest import make_tiny_cohort
 
 pytest.importorskip("monai.deploy", reason="the MONAI Deploy App SDK is the deploy extra: pip install 'p53hcc[deploy]'")
@@ -105,10 +104,7 @@ def _copy(deployed, tmp_path, pid: str | None = None, clinical: bool = False) ->
     pid = pid or min(deployed["predicted"].index)
     study = Path(shutil.copytree(deployed["dicom"] / pid, tmp_path / "study" / pid))
     if clinical:  # the cohort table's clinical values of the patient, as a user writes them
-        row = deployed["clinical"].loc[pid]
-        values = {c: (None if pd.isna(row[c]) else row[c].item() if hasattr(row[c], "item") else row[c])
-                  for c in CLINICAL_COLUMNS if c in row.index}
-        (study / "clinical.json").write_text(json.dumps(values))
+        (study / "clinical.json").write_text(json.dumps(clinical_json_values(deployed["clinical"].loc[pid])))
     return study
 
 

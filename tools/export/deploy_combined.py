@@ -10,7 +10,6 @@ extraction with the frozen parameters and frozen fusion models), with the DL com
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import math
@@ -19,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from p53hcc.tools.errors import P53hccError
+from p53hcc.tools.io import atomic_write_table
 from p53hcc.tools.schema import CLINICAL_COLUMNS, PHASES
 
 CLINICAL_JSON = "clinical.json"
@@ -118,14 +118,21 @@ def check_same_network(bundle_source: Mapping | None, manifest: Mapping, bundle:
 
 def _cohort_csv(path: Path, patient_id: str, images: Mapping[str, str], masks: Mapping[str, str],
                 clinical: Mapping) -> Path:
+    """The one-patient cohort table ``p53hcc predict`` reads (blank cells where a value is None)."""
+    import pandas as pd
+
     row = {"patient_id": patient_id, "split": "predict", "p53": "", **images,
            **{f"{p}_mask": masks[p] for p in PHASES},
            **{k: v for k, v in clinical.items() if k != "patient_id"}}
-    with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))
-        writer.writeheader()
-        writer.writerow({k: "" if v is None else v for k, v in row.items()})
-    return path
+    return atomic_write_table(path, pd.DataFrame([row]))
+
+
+def clinical_json_values(row) -> dict:
+    """A cohort table row's clinical columns as ``clinical.json`` holds them (plain JSON values, blanks left out)."""
+    import pandas as pd
+
+    return {c: (row[c].item() if hasattr(row[c], "item") else row[c]) for c in CLINICAL_COLUMNS
+            if c in row.index and not pd.isna(row[c])}
 
 
 def _number(value):
