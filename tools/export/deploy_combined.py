@@ -150,6 +150,7 @@ def combined_result(study_model: Path, patient_id: str, images: Mapping[str, str
     score being the bundle's; nothing is written outside the scratch folder."""
     import pandas as pd
 
+    from p53hcc.tools.pipeline.freeze import read_manifest
     from p53hcc.tools.pipeline.predict import predict_cohort
 
     with tempfile.TemporaryDirectory(prefix="p53hcc-combined-") as scratch:
@@ -161,7 +162,7 @@ def combined_result(study_model: Path, patient_id: str, images: Mapping[str, str
 
         pred = pd.read_csv(predict_cohort(study_model, cohort, scratch / "predict", dl_scorer=bundle_dl,
                                           gradcam=False), dtype={"patient_id": str}).iloc[0]
-    manifest = json.loads((study_model / "manifest.json").read_text())
+    manifest = read_manifest(study_model)
     points = {c[len("points_"):]: _number(pred[c]) for c in pred.index if c.startswith("points_")}
     cls = pred.get("predicted_class")
     return {"probability": float(pred["probability"]), "threshold": manifest["threshold"],

@@ -39,6 +39,7 @@ from p53hcc.tools.export.dicom_study import (
     series_folders,
 )
 from p53hcc.tools.io import atomic_path, atomic_write_text
+from p53hcc.tools.pipeline.freeze import read_manifest
 from p53hcc.tools.schema import PHASES
 
 ENHANCED_SR = "1.2.840.10008.5.1.4.1.1.88.22"
@@ -104,8 +105,7 @@ def check_inputs(study: StudyInput, bundle: Path, study_model: Path | None) -> N
         raise DeployInputError(f"{study.folder / CLINICAL_JSON}: clinical values are given but the models folder has "
                                "no frozen study model (copy STUDY/model to MODELS/study_model beside the bundle)")
     if study_model is not None and study.clinical is not None:
-        manifest = json.loads((study_model / "manifest.json").read_text())
-        check_same_network(_bundle_source(bundle), manifest, bundle, study_model)
+        check_same_network(_bundle_source(bundle), read_manifest(study_model), bundle, study_model)
         check_clinical_values(study.clinical, study.patient_id, study.folder / CLINICAL_JSON)
 
 

@@ -114,16 +114,20 @@ def freeze_model(study_dir: str | Path) -> Path:
     return dest
 
 
+def read_manifest(model_dir: str | Path) -> dict:
+    """The frozen model's ``manifest.json`` (threshold, nomogram, DL component, file hashes)."""
+    path = Path(model_dir) / "manifest.json"
+    if not path.is_file():
+        raise P53hccError(f"{model_dir}: not a frozen p53hcc model (no manifest.json); run `p53hcc study` first")
+    return json.loads(path.read_text())
+
+
 def load_model(model_dir: str | Path) -> dict:
     """The manifest plus the fitted fusion models (keys ``clinical``, ``radiomics``, ``combined``)."""
     import joblib
 
     model_dir = Path(model_dir)
-    path = model_dir / "manifest.json"
-    if not path.is_file():
-        raise P53hccError(f"{model_dir}: not a frozen p53hcc model (no manifest.json); run `p53hcc study` first")
-    manifest = json.loads(path.read_text())
-    bundle = {"manifest": manifest, "dir": model_dir}
+    bundle = {"manifest": read_manifest(model_dir), "dir": model_dir}
     for key, fname in (("clinical", "clinical.joblib"), ("radiomics", "radiomics.joblib"),
                        ("combined", "combined.joblib")):
         bundle[key] = joblib.load(model_dir / fname)

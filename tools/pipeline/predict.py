@@ -28,7 +28,7 @@ from p53hcc.tools.errors import P53hccError
 from p53hcc.tools.io import atomic_write_table, atomic_write_text, read_table
 from p53hcc.tools.lock import folder_lock
 from p53hcc.tools.pipeline.checks import cohort_problems, image_requirements, raise_on_errors
-from p53hcc.tools.pipeline.freeze import load_model
+from p53hcc.tools.pipeline.freeze import load_model, read_manifest
 from p53hcc.tools.preprocessing.run import preprocess_cohort
 from p53hcc.tools.radiomics.extract import extract_cohort
 from p53hcc.tools.schema import CLINICAL_COLUMNS
@@ -199,7 +199,7 @@ def _evaluate(model_dir: Path, cohort_csv: Path, out: Path, dl_scorer: DlScorer)
     pred = read_table(out / "predictions.csv")
     cohort = read_cohort(cohort_csv)
     y = cohort.set_index("patient_id")["p53"]
-    manifest = load_model(model_dir)["manifest"]
+    manifest = read_manifest(model_dir)
     thr = manifest["threshold"]  # None: a constant combined model (its metrics are NaN with the reason)
     metrics, nb = evaluation_metrics(pred, y, float("nan") if thr is None else float(thr))
     dest = atomic_write_table(out / "metrics.csv", metrics)
