@@ -94,13 +94,15 @@ class Arm:
         folder = fold_dir(arm_dir, fold, pair)
         return folder if unit is None else folder / unit
 
-    def crops(self, study: Path, items: list[dict], params: dict, unit: str | None) -> torch.Tensor:
-        """Deterministic 2D crops ``[N, C, S, S]`` of ``items`` (multi-phase datalist items) for ``unit``."""
+    def crops(self, study: Path, items: list[dict], params: dict, unit: str | None,
+              masks: bool = False) -> torch.Tensor:
+        """Deterministic 2D crops ``[N, C, S, S]`` of ``items`` (multi-phase datalist items) for ``unit``; with
+        ``masks`` their tumour masks instead, cut and resized like them (for displays, cached apart)."""
         raise NotImplementedError
 
     def mask_crops(self, study: Path, items: list[dict], params: dict, unit: str | None) -> torch.Tensor:
         """The tumour masks ``[N, C, S, S]`` of :meth:`crops`, cut and resized like them (for displays)."""
-        raise NotImplementedError
+        return self.crops(study, items, params, unit, masks=True)
 
     def save_outputs(self, u: Unit, net: torch.nn.Module, x: torch.Tensor, items: list[dict], score_ids: list[str],
                      params: dict, device) -> None:
@@ -142,12 +144,9 @@ class MCArm(Arm):
 
     name, units = "mc", (None,)
 
-    def crops(self, study, items, params, unit):
-        return cached_crops(items, study, params, "mc", area="dl", prefix="p53_mc", desc="2D ROI crops")
-
-    def mask_crops(self, study, items, params, unit):
-        return cached_crops(items, study, params, "mc", area="dl", prefix="p53_mc", desc="ROI mask crops",
-                            masks=True)
+    def crops(self, study, items, params, unit, masks=False):
+        return cached_crops(items, study, params, "mc", area="dl", prefix="p53_mc",
+                            desc="ROI mask crops" if masks else "2D ROI crops", masks=masks)
 
     def save_outputs(self, u, net, x, items, score_ids, params, device):
         pos = {d["patient_id"]: i for i, d in enumerate(items)}
@@ -205,13 +204,9 @@ class FFArm(Arm):
 
     name, units = "ff", PHASES
 
-    def crops(self, study, items, params, unit):
+    def crops(self, study, items, params, unit, masks=False):
         return cached_crops(phase_items(items, unit), study, params, "ff", area="dl/ff", prefix=unit,
-                            desc=f"{unit} ROI crops")
-
-    def mask_crops(self, study, items, params, unit):
-        return cached_crops(phase_items(items, unit), study, params, "ff", area="dl/ff", prefix=unit,
-                            desc=f"{unit} ROI mask crops", masks=True)
+                            desc=f"{unit} ROI {'mask ' if masks else ''}crops", masks=masks)
 
     def save_outputs(self, u, net, x, items, score_ids, params, device):
         feats = penultimate_features(net, x, device, amp=bool(params["amp"]))
