@@ -78,8 +78,8 @@ def run_fold(study: Path, name: str, fold: int, work: Path) -> dict:
         for unit in spec.units:  # MC: one network; FF: one per phase, its own head scores the held-out fold
             x = spec.crops(study, items, params, unit)
             net, history = fit(x[train], y[train], params["net"], params, "cpu", x[held], y[held],
-                               desc=f"{name} fold {fold} {unit or ''}")
-            scores.append(predict_scores(net, x[held], "cpu", amp=False))
+                               desc=f"{name} fold {fold} {unit or ''}", arm=params["arm"])
+            scores.append(predict_scores(net, x[held], "cpu", precision="fp32"))
             histories.append(history.assign(unit=unit or "mc"))
     hist = pd.concat(histories).groupby("epoch").mean(numeric_only=True).reset_index()
     rec = {"variant": name, "fold": fold, "patient_id": [items[i]["patient_id"] for i in held],

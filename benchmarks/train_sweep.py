@@ -149,7 +149,7 @@ def run_sweep(cfg: dict, device: torch.device, out: Path) -> dict:
     study = out / "study"
     splits = json.loads((study / "splits.json").read_text())
     params = training_params("mc", spatial_size=cfg["spatial_size"], batch_size=cfg["batch_size"], n4=False,
-                             amp=gpu, epochs=cfg["epochs"])
+                             precision="bf16" if gpu else "fp32", epochs=cfg["epochs"])
     t0 = time.perf_counter()
     items = select_items(study / "datalist.json", "all")
     for arm in ("mc", "ff"):
@@ -157,7 +157,7 @@ def run_sweep(cfg: dict, device: torch.device, out: Path) -> dict:
             get_arm(arm).crops(study, items, params, unit)
     crop_s = time.perf_counter() - t0
     per_epoch = images_per_epoch(splits)
-    train_kw = {**{k: params[k] for k in ("spatial_size", "batch_size", "n4", "amp")},
+    train_kw = {**{k: params[k] for k in ("spatial_size", "batch_size", "n4", "precision")},
                 "workers": int(cfg.get("workers", 1))}
     rows = []
     for net in cfg["nets"]:

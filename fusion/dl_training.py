@@ -1,19 +1,19 @@
-"""How the DL arms were trained: the report's learning curves and the training choices the paper does not give.
+"""How the DL arms learned: the report's learning curves.
 
 * :func:`learning_curve_figure`: training loss and held-out-fold AUC per epoch of one arm's network, each fold
   network thin and their mean thick (FF: the three phase networks' own heads, averaged), read from the study's
   ``dl/<arm>/<net>/fold<k>/[<phase>/]history.csv``. The held-out AUC is monitored only: the network kept is the
   last epoch's, so the curve shows whether the arm learned, and whether it was still learning or already
   overfitting when training stopped.
-* :func:`training_assumptions`: the training choices of this run that the paper does not state (initialisation,
-  optimiser, learning rate and schedule, batch size, epochs, class weights, augmentation, input), stated as
-  assumptions in the report's Methods.
+
+The training choices the paper does not state (initialisation, optimiser, schedule, loss weighting, augmentation,
+precision) are stated in the report's Methods from the recipe each network trained with
+(:mod:`p53hcc.fusion.methods`).
 
 Reads only the study folder (no import of the DL stage), as every ``p53hcc.fusion`` module.
 """
 from __future__ import annotations
 
-import html
 from pathlib import Path
 
 import numpy as np
@@ -68,32 +68,3 @@ def learning_curve_figure(study_dir: str | Path, arm: str, net: str, figsize=(9.
     fig.suptitle(f"{arm.upper()} arm, {NET_LABELS.get(net, net)} ({what})", fontsize=10)
     fig.tight_layout()
     return fig
-
-
-def training_assumptions(cfg: dict) -> list[str]:
-    """The DL training choices of this run that the paper does not give, one sentence each (HTML-escaped)."""
-    dl = cfg.get("dl", {})
-    weights = dl.get("pretrained_path")
-    init = (f"from the local weights <code>{html.escape(str(weights))}</code> (torchvision format, mapped onto "
-            "each network; the two-class head freshly initialised)" if weights else
-            "from scratch (MONAI's default initialisation, seeded; no pretrained weights: the paper does not say "
-            "whether ImageNet weights were used, and none are downloaded)")
-    return [
-        f"Initialisation: {init}.",
-        (f"Optimiser: AdamW, learning rate {dl.get('learning_rate')} (constant, no schedule), weight decay "
-         f"{dl.get('weight_decay')}."),
-        (f"Batch size {dl.get('batch_size')}; {dl.get('epochs')} epochs; the network kept is the last epoch's "
-         "(no early stopping on a held-out fold, which would bias the out-of-fold scores)."),
-        "Class imbalance: cross-entropy with inverse-frequency class weights of each network's training patients.",
-        (f"Augmentation: random crop of {float(dl.get('min_scale', 0.8)):.0%}-100 % of the side, resized back, and "
-         "random horizontal and vertical flips (p = 0.5 each); none at test time."),
-        (f"Input: per phase the axial slice with the largest ROI, its bounding box + {dl.get('margin')} px, "
-         f"resized to {dl.get('spatial_size')} x {dl.get('spatial_size')}, z-scored per phase crop; ResNet stem "
-         "7x7 stride 2 + max-pool (torchvision topology)."),
-    ]
-
-
-def assumptions_html(cfg: dict) -> str:
-    """:func:`training_assumptions` as the HTML list the report's Methods section appends to its DL item."""
-    items = "".join(f"<li>{a}</li>" for a in training_assumptions(cfg))
-    return f"<br>Training choices the paper does not give, stated here as assumptions:<ul>{items}</ul>"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from p53hcc.fusion.labels import model_label
-from p53hcc.fusion.report import _df_html, _page
+from p53hcc.fusion.report import _df_html, page_html
 from p53hcc.tools.io import atomic_write_text
 
 
@@ -53,4 +53,4 @@ def write_evaluation_report(dest: str | Path, metrics: pd.DataFrame, study_metri
             "net_benefit.csv. AUC train is the study's out-of-fold estimate, AUC validation its internal validation "
             "cohort; the drop is internal validation minus external AUC (positive: worse on the external cohort; "
             "compare it with the width of the CIs).</p>" + _df_html(pd.DataFrame(rows)))
-    return atomic_write_text(dest, _page("External evaluation of the frozen model", body))
+    return atomic_write_text(dest, page_html("External evaluation of the frozen model", body))

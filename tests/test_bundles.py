@@ -20,7 +20,7 @@ from p53hcc.tools.dl.nets import load_net
 from tests.conftest import REFERENCE_DATA, make_tiny_cohort
 
 SCHEMA = REFERENCE_DATA / "monai" / "meta_schema_20240725.json"
-TINY = {"spatial_size": 32, "n4": False, "amp": False, "device": "cpu", "net": "resnet18", "batch_size": 4,
+TINY = {"spatial_size": 32, "n4": False, "precision": "fp32", "device": "cpu", "net": "resnet18", "batch_size": 4,
         "num_workers": 0}
 CHANNELS = {"mc": 3, "ff": 1}
 PHASE = {"mc": {}, "ff": {"phase": "pvp"}}
@@ -86,7 +86,7 @@ def test_train_evaluate_and_infer(trained):
     assert metrics[0] == "val_auc" and 0.0 <= float(metrics[1]) <= 1.0
     out = work / "infer" / "scores.csv"
     infer = {k: v for k, v in common.items() if k not in ("fold", "ckpt_dir")}
-    _workflow(arm, ["inference.json"], "infer", infer_part="validation", scores_file=str(out),
+    _workflow(arm, ["inference.json"], "infer", infer_part="validation",
               predictions_path=str(out), ckpt_path=str(ckpt), **infer)
     scores = pd.read_csv(out, dtype={"patient_id": str})
     assert sorted(scores["patient_id"]) == ["P009", "P010", "P011"] and scores["score"].between(0, 1).all()

@@ -41,13 +41,13 @@ def test_one_home_for_training_defaults():
     assert mc == ff and set(mc) == set(TRAINING_KEYS)  # the two arms share the study's training values
     for arm in ARMS:
         infer = json.loads((bundle_dir(arm) / "configs" / "inference.json").read_text(encoding="utf-8"))
-        for key in ("net", "spatial_size", "margin", "pixdim", "n4", "amp"):
+        for key in ("net", "spatial_size", "margin", "pixdim", "n4", "precision"):
             assert infer[key] == mc[key], (arm, key)  # inference crops exactly as training did
     params = training_params("mc", epochs=3, source="preprocessed", batch_size=None)
     assert params["epochs"] == 3 and params["batch_size"] == mc["batch_size"] and params["n4"] is False
-    with pytest.raises(P53hccError, match="unknown training parameter"):
+    with pytest.raises(P53hccError, match="unknown training setting epoch; did you mean epochs"):
         training_params("mc", epoch=3)
-    with pytest.raises(P53hccError, match="unknown source"):
+    with pytest.raises(P53hccError, match="source = 'elsewhere': Input should be 'raw' or 'preprocessed'"):
         training_params("ff", source="elsewhere")
 
 

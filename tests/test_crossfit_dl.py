@@ -16,7 +16,7 @@ from p53hcc.tools.dl import arms, crossfit
 from p53hcc.tools.errors import P53hccError
 from tests.conftest import TinyNet, make_tiny_cohort
 
-PARAMS = {"net": "resnet18", "epochs": 1, "device": "cpu", "spatial_size": 16, "n4": False, "amp": False,
+PARAMS = {"net": "resnet18", "epochs": 1, "device": "cpu", "spatial_size": 16, "n4": False, "precision": "fp32",
           "batch_size": 4}
 HEAD = {"n_components": 2, "lasso_C": 1.0}
 
@@ -37,9 +37,9 @@ def fake(monkeypatch):
     def decode(x: torch.Tensor) -> set[int]:
         return set(torch.round(x.mean(dim=(1, 2, 3)) / 10).long().tolist())
 
-    def spy(x_tr, y_tr, net, params, device=None, x_va=None, y_va=None, desc=""):
+    def spy(x_tr, y_tr, net, params, device=None, x_va=None, y_va=None, desc="", **kw):
         fits.append({"desc": desc, "train": decode(x_tr), "held": decode(x_va) if x_va is not None else set()})
-        return real_fit(x_tr, y_tr, net, params, device, x_va, y_va, desc=desc)
+        return real_fit(x_tr, y_tr, net, params, device, x_va, y_va, desc=desc, **kw)
 
     monkeypatch.setattr(arms.MCArm, "crops", crops)
     monkeypatch.setattr(arms.FFArm, "crops", crops)

@@ -13,7 +13,8 @@ import torch
 from p53hcc.tools.cohort.splits import select_items, write_datalist
 from p53hcc.tools.dl import components
 from p53hcc.tools.dl.bundle import bundle_dir, bundle_parser
-from p53hcc.tools.errors import P53hccError, as_bool
+from p53hcc.tools.dl.components import as_bool
+from p53hcc.tools.errors import P53hccError
 from p53hcc.tools.schema import PHASES
 from tests.conftest import make_tiny_cohort
 
@@ -97,8 +98,9 @@ def test_boolean_flags_mean_the_same_everywhere(word, value):
 
     assert as_bool(word) is value
     assert bool(components.n4_transforms(["image"], word)) is value
-    assert training_params("mc", amp=word)["amp"] is value
-    assert resolve_config(**{"validate.phase_order": word, "amp": word})["validate"]["phase_order"] is value
+    assert training_params("mc", compile=word)["compile"] is value
+    cfg = resolve_config(**{"validate.phase_order": word, "compile": word})
+    assert cfg["validate"]["phase_order"] is value and cfg["dl"]["compile"] is value
     chain = bundle_parser("mc", overrides={"n4": word}).get_parsed_content("deterministic_transforms")
     assert any(type(t).__name__ == "N4BiasFieldCorrectiond" for t in chain) is value
     with pytest.raises(P53hccError, match="expects true or false"):
@@ -120,7 +122,7 @@ def test_an_empty_inference_part_is_an_error_and_removes_the_old_table(study, tm
     old.write_text("patient_id,score\nP0,0.5\n")
     wf = ConfigWorkflow(config_file=str(configs / "inference.json"), workflow_type="infer",
                         meta_file=str(configs / "metadata.json"), logging_file=str(configs / "logging.conf"),
-                        dataset_dir=str(study), infer_part="external", scores_file=str(old),
+                        dataset_dir=str(study), infer_part="external",
                         predictions_path=str(old), work_dir=str(tmp_path / "work"), **TINY)
     wf.initialize()
     with pytest.raises(RuntimeError) as err:  # MONAI's config parser wraps the expression's own error

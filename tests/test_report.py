@@ -144,7 +144,8 @@ def test_report_has_every_section_and_is_self_contained(fake_study):
     assert (t4["LASSO-retained features"] == 7).all()
     assert "optimistic" in page and "out-of-fold" in page
     assert "Learning curves of MC3_ResNet18" in page and "Learning curves of DL_ResNet18" in page
-    assert "stated here as assumptions" in page and "Optimiser: AdamW, learning rate 0.0001" in page
+    assert "stated here as assumptions" in page  # without recipe.json files: said, and the declared recipe named
+    assert "the training recipe (recipe.json) not recorded by this run" in page and "torch.optim.AdamW" in page
 
 
 def test_gradcam_gallery_names_layer_resolution_and_sanity_check(fake_study):

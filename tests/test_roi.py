@@ -12,10 +12,7 @@ from p53hcc.tools.dl.roi import (
     LargestAreaSlice,
     LargestAreaSliced,
     RenameKeysd,
-    ROIBoundingBoxCrop,
-    ROIBoundingBoxCropd,
     largest_area_index,
-    roi_bbox,
     roi_transforms,
 )
 from p53hcc.tools.errors import InputError
@@ -54,16 +51,39 @@ def test_each_phase_uses_its_own_mask_and_keeps_index_in_meta():
     assert torch.equal(LargestAreaSlice()(img, _mask([(5, 9, 5, 9, 4)])).as_tensor(), img[..., 4].as_tensor())
 
 
-def test_bbox_margin_clipped_at_border():
-    m = torch.zeros(1, 40, 30)
-    m[0, 2:6, 20:28] = 1  # rows 2..5, cols 20..27
-    start, end = roi_bbox(m, margin=10)
-    assert start == [0, 10] and end == [16, 30]  # 2-10 -> 0 (border), 6+10 = 16; 20-10 = 10, 28+10 -> 30 (border)
-    m2 = torch.zeros(1, 60, 60)
-    m2[0, 20:25, 30:33] = 1
-    assert roi_bbox(m2, margin=10) == ([10, 20], [35, 43])
-    crop = ROIBoundingBoxCrop(margin=10)(torch.rand(1, 60, 60), m2)
-    assert crop.shape == (1, 25, 23)
+def _reference_crop(img: torch.Tensor, mask: torch.Tensor, margin: int) -> torch.Tensor:
+    """The crop of p53hcc <= 0.2 (its own bounding-box code): the mask's box + margin, clipped at the border."""
+    idx = torch.nonzero(mask[0] != 0)
+    start = [max(0, int(v) - margin) for v in idx.min(dim=0).values]
+    end = [min(n, int(v) + 1 + margin) for v, n in zip(idx.max(dim=0).values, mask.shape[1:])]
+    return img[:, start[0]:end[0], start[1]:end[1]]
+
+
+@pytest.mark.parametrize("margin", [0, 3, 10])
+def test_the_crop_is_the_mask_box_plus_margin_clipped_at_the_border(margin):
+    """MONAI's CropForegroundd with the mask as source cuts exactly what the earlier hand-written crop cut: boxes
+    inside the slice and at every border, several margins; the MC and FF chains give the same phases."""
+    from monai.transforms import CropForegroundd
+
+    rng = np.random.default_rng(0)
+    boxes = [(2, 6, 20, 28), (0, 3, 0, 2), (35, 40, 25, 30), (10, 20, 5, 12), (0, 40, 0, 30)]
+    for x0, x1, y0, y1 in boxes + [tuple(sorted(rng.integers(0, 40, 2))) + tuple(sorted(rng.integers(0, 30, 2)))
+                                   for _ in range(20)]:
+        m = torch.zeros(1, 40, 30)
+        m[0, x0:max(x1, x0 + 1), y0:max(y1, y0 + 1)] = 1
+        img = torch.rand(1, 40, 30)
+        out = CropForegroundd(["image", "mask"], source_key="mask", margin=margin, allow_smaller=True)(
+            {"image": img, "mask": m})
+        ref = _reference_crop(img, m, margin)
+        assert torch.equal(torch.as_tensor(out["image"]), ref)
+        assert torch.equal(torch.as_tensor(out["mask"]), _reference_crop(m, m, margin))
+    d = {"ap": _volume(), "pvp": _volume() * 2, "dp": _volume() + 5, "patient_id": "P1"}
+    for k, z in (("ap", 3), ("pvp", 4), ("dp", 5)):
+        d[f"{k}_mask"] = _mask([(10, 20, 5, 12, z)])
+    mc = Compose(roi_transforms(spatial_size=32, margin=margin))(dict(d))["image"]
+    ff = Compose(roi_transforms(spatial_size=32, margin=margin, concat=False))(dict(d))
+    for c, k in enumerate(("ap", "pvp", "dp")):
+        assert torch.equal(torch.as_tensor(mc[c:c + 1]), torch.as_tensor(ff[k]))
 
 
 def test_dict_crop_and_full_chain_shapes_and_zscore():
@@ -71,8 +91,6 @@ def test_dict_crop_and_full_chain_shapes_and_zscore():
     d = {"ap": img, "pvp": img * 2, "dp": img + 5, "patient_id": "P1"}
     for k, z in (("ap", 3), ("pvp", 4), ("dp", 5)):
         d[f"{k}_mask"] = _mask([(10, 20, 5, 12, z)])
-    cropped = ROIBoundingBoxCropd(["ap"], ["ap_mask"])(LargestAreaSliced(["ap"], ["ap_mask"])(dict(d)))
-    assert cropped["ap"].shape == (1, 30, 22) and cropped["ap_roi_bbox"] == ([0, 0], [30, 22])
     out = Compose(roi_transforms(spatial_size=32))(d)
     x = out["image"]
     assert x.shape == (3, 32, 32)

@@ -2,14 +2,14 @@
 one call into the package that owns the stage, so everything is also usable from Python.
 
 Global flags (before or after the sub-command): ``--verbose`` / ``-v`` (debug lines) and ``--quiet`` / ``-q``
-(warnings and errors only). Boolean flags accept ``true/false``, ``yes/no``, ``1/0`` in any case (python-fire
-would pass the string ``'false'``, which is truthy).
+(warnings and errors only). Every argument is parsed by its annotated type before the command runs (pydantic's
+``validate_call``): booleans accept ``true/false``, ``yes/no``, ``on/off``, ``1/0`` in any case (python-fire alone
+would pass the string ``'false'``, which is truthy), and a wrong type is a one-line error naming the argument.
+Study settings (``--dl.epochs 3``) are checked against the typed schema (``p53hcc config`` lists them).
 """
 from __future__ import annotations
 
 import sys
-
-from p53hcc.tools.errors import BOOL_WORDS, as_bool  # noqa: F401  (the one parser of boolean flags)
 
 
 def synth(n: int = 320, out: str = "synthetic", seed: int = 0, size: str = "demo", second_reader: bool = True,
@@ -28,8 +28,8 @@ def synth(n: int = 320, out: str = "synthetic", seed: int = 0, size: str = "demo
     """
     from p53hcc.tools.cohort.synth import make_cohort
 
-    return str(make_cohort(n=n, out=out, seed=seed, size=size, second_reader=as_bool(second_reader, "second_reader"),
-                           profile=profile, image_format=format))
+    return str(make_cohort(n=n, out=out, seed=seed, size=size, second_reader=second_reader, profile=profile,
+                           image_format=format))
 
 
 def validate(cohort: str, study: bool = False, config: str | None = None, profile: str = "paper", **overrides):
@@ -51,8 +51,9 @@ def validate(cohort: str, study: bool = False, config: str | None = None, profil
     """
     from p53hcc.tools.pipeline.checks import validate_study_command
 
-    purpose = "study" if as_bool(study, "study") or config or overrides else "cohort"
-    return validate_study_command(cohort, config=config, profile=profile, purpose=purpose, **overrides)
+    purpose = "study" if study or config or overrides else "cohort"
+    return validate_study_command(cohort, config=config, profile=profile, purpose=purpose, source="command line",
+                                  **overrides)
 
 
 def datalist(cohort: str, out: str, folds: int | None = None, seed: int = 0):
@@ -109,7 +110,7 @@ def radiomics(cohort: str, out: str, params: str | None = None, workers: int | N
 
 
 def train(cohort: str, out: str, arm: str = "mc", net: str | None = None, epochs: int | None = None,
-          device: str | None = None, engine: str = "fast", **overrides):
+          device: str | None = None, engine: str = "fast", inner: bool = False, **overrides):
     """Cross-fit one deep-learning arm: one model per fold of splits.json plus one on the whole training cohort.
 
     Writes out-of-fold scores for training patients and full-model scores for the others. Resumes: finished
@@ -124,20 +125,18 @@ def train(cohort: str, out: str, arm: str = "mc", net: str | None = None, epochs
         epochs: training epochs (default: the bundle's).
         device: "cpu" or "cuda" (default: cuda when available).
         engine: "fast" (in-process, cached crops) or "bundle" (the bundle's own MONAI workflow per fold).
-        overrides: further training values, e.g. --spatial_size 64 --n4 false --cpu_threads 8 (torch threads on a
-            CPU: fixed, 1 by default, so the networks do not depend on the machine; in the resume keys);
-            --inner true also trains the pair-of-folds networks nested cross-fitting needs (what `p53hcc study`
-            does by default).
+        inner: also train the pair-of-folds networks nested cross-fitting needs (what `p53hcc study` does by
+            default).
+        overrides: further training values (`p53hcc config` lists them), e.g. --spatial_size 64 --n4 false
+            --cpu_threads 8 (torch threads on a CPU: fixed, 1 by default, so the networks do not depend on the
+            machine; in the resume keys) --precision fp32.
     """
     from p53hcc.tools.dl.crossfit import train_arm
     from p53hcc.tools.lock import folder_lock
 
-    for key in ("n4", "amp", "compile", "inner"):
-        if key in overrides:
-            overrides[key] = as_bool(overrides[key], key)
     with folder_lock(out):
         return str(train_arm(cohort, out, arm=arm, net=net, epochs=epochs, device=device, engine=engine,
-                             **overrides))
+                             inner=inner, **overrides))
 
 
 def gradcam(out: str, arm: str = "mc", net: str | None = None, patients: str | None = None, n: int = 4,
@@ -178,8 +177,8 @@ def study(cohort: str | None = None, out: str = "study-demo", nets: str | None =
     """
     from p53hcc.tools.pipeline.study import run_study
 
-    return str(run_study(cohort=cohort, out=out, nets=nets, config=config,
-                         paper_selection=as_bool(paper_selection, "paper_selection"), profile=profile, **overrides))
+    return str(run_study(cohort=cohort, out=out, nets=nets, config=config, paper_selection=paper_selection,
+                         profile=profile, source="command line", **overrides))
 
 
 def predict(model: str, cohort: str, out: str):
@@ -227,9 +226,29 @@ def export_bundle(study: str, arm: str = "mc", out: str = "bundle-export", net: 
     return str(export(study, arm=arm, out=out, net=net, name=name, version=str(version), weights_url=weights_url))
 
 
-COMMANDS = {f.__name__: f for f in (synth, validate, datalist, preprocess, radiomics, train, gradcam, study,
-                                     predict, evaluate)}
-COMMANDS["export-bundle"] = export_bundle
+def config(format: str = "table", profile: str = "paper"):
+    """Every study setting: key, type and allowed values, default and meaning (the typed schema).
+
+    Args:
+        format: "table" (one line per setting) or "yaml" (a commented study YAML of the defaults to start a
+            --config file from).
+        profile: the profile whose values the defaults column shows ("paper" or "demo").
+    """
+    from p53hcc.tools.pipeline.settings_doc import settings_text
+
+    print(settings_text(format=format, profile=profile))
+
+
+def _typed(command):
+    """``command`` with its arguments parsed by their annotated types before it runs (one home of that parsing)."""
+    from pydantic import ConfigDict, validate_call
+
+    return validate_call(command, config=ConfigDict(arbitrary_types_allowed=True))
+
+
+COMMANDS = {f.__name__: _typed(f) for f in (synth, validate, datalist, preprocess, radiomics, train, gradcam, study,
+                                             predict, evaluate, config)}
+COMMANDS["export-bundle"] = _typed(export_bundle)
 VERBOSE, QUIET = ("--verbose", "-v"), ("--quiet", "-q")
 
 
@@ -239,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     import fire
+    from pydantic import ValidationError
 
     from p53hcc.tools.errors import P53hccError
     from p53hcc.tools.logs import configure_logging
@@ -251,6 +271,10 @@ def main(argv: list[str] | None = None) -> int:
         fire.Fire(COMMANDS, command=argv, name="p53hcc")
     except (P53hccError, FileNotFoundError) as err:
         log.error("%s", err)
+        return 1
+    except ValidationError as err:  # a command-line argument of the wrong type (validate_call)
+        for e in err.errors():
+            log.error("--%s %r: %s", ".".join(str(p) for p in e["loc"]), e.get("input"), e["msg"])
         return 1
     except OSError as err:  # a read-only or full output folder, a vanished network share...
         hint = " (is the folder read-only?)" if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else ""

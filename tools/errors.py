@@ -28,18 +28,3 @@ def check_choice(value, choices, what: str) -> str:
     if key not in choices:
         raise P53hccError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
     return key
-
-
-#: The words a boolean flag accepts (any case): python-fire passes ``--flag false`` as the string ``'false'``,
-#: which is truthy, so every command line and bundle config parses its booleans with :func:`as_bool`.
-BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
-
-
-def as_bool(value, name: str = "flag") -> bool:
-    """A command-line boolean: bools as they are, ``true/false``, ``yes/no``, ``on/off``, ``1/0`` (any case)."""
-    if isinstance(value, bool):
-        return value
-    key = str(value).strip().lower()
-    if key not in BOOL_WORDS:
-        raise P53hccError(f"--{name} expects true or false, got {value!r}")
-    return BOOL_WORDS[key]

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from p53hcc.tools.dl.bundle import bundle_dir, run_workflow
+from p53hcc.tools.dl.bundle import COMPONENT_KEYS, bundle_dir, run_workflow
 from p53hcc.tools.dl.engine import cached_crops, penultimate_features, predict_scores, resolve_device
 from p53hcc.tools.errors import P53hccError
 from p53hcc.tools.io import atomic_path, atomic_write_json, atomic_write_table, read_table
@@ -125,7 +125,7 @@ class Arm:
 
     def _bundle_overrides(self, study: Path, u: Unit, net: str, params: dict, device) -> dict:
         keys = ("epochs", "batch_size", "learning_rate", "weight_decay", "spatial_size", "margin", "pixdim", "n4",
-                "amp", "seed", "min_scale")
+                "precision", "seed", "min_scale", *COMPONENT_KEYS)
         over = {"bundle_root": str(bundle_dir(self.name)), "dataset_dir": str(study),
                 "datalist": str(study / "datalist.json"), "fold": int(u.fold), "net": net,
                 "device": str(resolve_device(device)), "ckpt_dir": str(u.dir), "output_dir": str(u.dir / "logs"),
@@ -151,7 +151,7 @@ class MCArm(Arm):
     def save_outputs(self, u, net, x, items, score_ids, params, device):
         pos = {d["patient_id"]: i for i, d in enumerate(items)}
         idx = torch.as_tensor([pos[p] for p in score_ids], dtype=torch.long)
-        scores = predict_scores(net, x[idx], device, amp=bool(params["amp"])) if len(idx) else np.zeros(0)
+        scores = predict_scores(net, x[idx], device, precision=params["precision"]) if len(idx) else np.zeros(0)
         atomic_write_table(u.dir / "scores.parquet", pd.DataFrame({"patient_id": score_ids, "score": scores}))
 
     def train_with_bundle(self, study, u, net, params, device, score_parts):
@@ -162,7 +162,7 @@ class MCArm(Arm):
         for part in score_parts:
             table = u.dir / f"scores_{part}.parquet"
             run_workflow([configs / "inference.json"], "infer",
-                         {**over, "infer_part": part, "scores_file": str(table), "ckpt_path": str(u.dir / "model.pt")})
+                         {**over, "infer_part": part, "predictions_path": str(table), "ckpt_path": str(u.dir / "model.pt")})
             parts.append(read_table(table))
         table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["patient_id", "score"])
         atomic_write_table(u.dir / "scores.parquet", table[["patient_id", "score"]])
@@ -209,7 +209,7 @@ class FFArm(Arm):
                             desc=f"{unit} ROI {'mask ' if masks else ''}crops", masks=masks)
 
     def save_outputs(self, u, net, x, items, score_ids, params, device):
-        feats = penultimate_features(net, x, device, amp=bool(params["amp"]))
+        feats = penultimate_features(net, x, device, precision=params["precision"])
         atomic_write_table(u.dir / "features.parquet",
                            features_frame([d["patient_id"] for d in items], u.unit, u.fold, feats))
 

@@ -15,22 +15,27 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from p53hcc.tools.errors import P53hccError, as_bool, check_choice
+from p53hcc.tools.config.check import check_keys, validated
+from p53hcc.tools.config.schema import NULLABLE_TRAINING, EngineOptions, Training, TrainingValues
+from p53hcc.tools.errors import P53hccError, check_choice
 from p53hcc.tools.schema import ARMS
 
 log = logging.getLogger(__name__)
 BUNDLE_NAMES = {"mc": "p53_mc", "ff": "p53_ff"}
-#: Top-level values of ``train.json`` that are training hyperparameters (what the engine and the study read).
-TRAINING_KEYS = ("net", "epochs", "batch_size", "learning_rate", "weight_decay", "spatial_size", "margin", "pixdim",
-                 "n4", "amp", "seed", "min_scale", "pretrained_path")
+#: Top-level values of ``train.json`` that are training hyperparameters (what the engine and the study read),
+#: typed in :class:`p53hcc.tools.config.schema.TrainingValues`.
+TRAINING_KEYS = tuple(TrainingValues.model_fields)
+#: The recipe's components: each engine instantiates them from the parsed ``train.json``.
+COMPONENT_KEYS = ("optimizer", "loss", "lr_scheduler", "batch_augmentation")
 #: Values that change the deterministic 2D crops (their cache is keyed by them).
 CROP_KEYS = ("spatial_size", "margin", "pixdim", "n4")
-#: Engine-only options (not in the bundle): ``source`` "raw" runs the bundle's own chain on the manifest's
-#: images, "preprocessed" reads the study's preprocessed volumes (N4 runs once per patient-phase); ``compile``
-#: wraps the network in ``torch.compile``; ``cpu_threads`` is torch's thread count while training and scoring:
-#: fixed (and in the resume keys) because CPU convolutions give other bits with another thread count, so the
-#: networks depend on this value, never on the machine's core count (raise it on a many-core CPU for speed).
-ENGINE_DEFAULTS = {"source": "raw", "compile": False, "cpu_threads": 1}
+#: Engine-only options (not in the bundle), typed with their defaults in
+#: :class:`p53hcc.tools.config.schema.EngineOptions`: ``source`` "raw" runs the bundle's own chain on the
+#: manifest's images, "preprocessed" reads the study's preprocessed volumes (N4 runs once per patient-phase);
+#: ``compile`` wraps the network in ``torch.compile``; ``cpu_threads`` is torch's thread count while training and
+#: scoring: fixed (and in the resume keys) because CPU convolutions give other bits with another thread count, so
+#: the networks depend on this value, never on the machine's core count.
+ENGINE_DEFAULTS = EngineOptions().model_dump()
 
 
 def check_arm(arm: str) -> str:
@@ -61,25 +66,50 @@ def training_defaults(arm: str) -> dict[str, Any]:
 
 
 def training_params(arm: str, **overrides: Any) -> dict[str, Any]:
-    """Bundle defaults <- engine defaults <- ``overrides`` (None values ignored), checked.
+    """Bundle defaults <- engine defaults <- ``overrides``, checked against the typed schema.
 
-    With ``source="preprocessed"`` N4 is switched off: the study's preprocessed volumes are already
-    bias-corrected, resampled and normalised.
+    A None override means "the bundle's value", except for the settings whose null is a value
+    (``pretrained_path``, ``lr_scheduler``, ``batch_augmentation``: none). With ``source="preprocessed"`` N4 is
+    switched off: the study's preprocessed volumes are already bias-corrected, resampled and normalised.
+
+    Raises:
+        P53hccError: an unknown key (naming the closest one), a wrong type or value, a component whose
+            ``_target_`` does not exist.
     """
-    unknown = set(overrides) - set(TRAINING_KEYS) - set(ENGINE_DEFAULTS)
-    if unknown:
-        raise P53hccError(f"unknown training parameter(s) {sorted(unknown)}; known: "
-                          f"{', '.join((*TRAINING_KEYS, *ENGINE_DEFAULTS))}")
-    defaults = {**training_defaults(arm), **ENGINE_DEFAULTS}
-    params = {**defaults, **{k: as_bool(v, k) if isinstance(defaults.get(k), bool) else v  # 'false' is false
-                             for k, v in overrides.items() if v is not None}}
-    if params["source"] not in ("raw", "preprocessed"):
-        raise P53hccError(f"unknown source {params['source']!r}; choose raw or preprocessed")
+    check_keys(overrides, "training settings", Training, what="training setting")
+    given = {k: v for k, v in overrides.items() if v is not None or k in NULLABLE_TRAINING}
+    where = {k: "training settings" for k in given}
+    params = validated(Training, {**training_defaults(arm), **ENGINE_DEFAULTS, **given}, where,
+                       f"{BUNDLE_NAMES[check_arm(arm)]} train.json", "training setting").model_dump(mode="json")
+    for key in COMPONENT_KEYS:
+        check_component(params[key], f"training setting {key}")
     if params["source"] == "preprocessed":
         params["n4"] = False
-    params["epochs"] = int(params["epochs"])
-    params["cpu_threads"] = int(params["cpu_threads"])
     return params
+
+
+def check_component(value: dict | None, where: str) -> None:
+    """A config component's ``_target_`` must name something importable (MONAI's short names included), so a
+    typo fails before anything trains, not at the first network."""
+    if value is None:
+        return
+    from monai.bundle.config_item import ComponentLocator
+
+    target = value["_target_"]
+    if target.startswith(("$", "@", "%")):
+        return  # an expression or reference: resolved by the config parser at run time
+    try:
+        found = ComponentLocator().get_component_module_name(target) or _locate(target)
+    except Exception:  # noqa: BLE001 - any import problem means "not found" here
+        found = None
+    if not found:
+        raise P53hccError(f"{where}: _target_ {target!r} is neither a MONAI component nor an importable name")
+
+
+def _locate(name: str):
+    import pydoc
+
+    return pydoc.locate(name)
 
 
 def bundle_parser(arm: str, config: str = "train.json", overrides: dict | None = None):

@@ -6,13 +6,13 @@ in the shipped configs resolves to a name listed here.
 
 * Data: :func:`select_items` (which patients a fold trains, monitors or scores), :func:`require_items` (an empty
   part is an error), :func:`class_weights`.
-* Config values: :func:`as_bool` (``--n4 false`` from the command line is the string ``'false'``).
+* Config values: :func:`as_bool` (``monai.bundle run ... --n4 false`` passes the string ``'false'``).
 * Reading: :class:`SeriesSpacingReader` (ITK, with DICOM series' slice spacing as their headers state it, and
   DICOM SEG masks).
 * Transforms: :class:`N4BiasFieldCorrectiond` (wired by :func:`n4_transforms`), :class:`RenameKeysd`,
   :class:`SplitChannelsd` (the deploy configs' one in-memory input volume -> phases and masks),
-  :func:`roi_transforms` (largest-ROI slice -> bbox + margin -> resize -> z-score), :func:`train_augmentation`,
-  :class:`BatchRandCropFlip` (the same augmentation on whole batches, on the device).
+  :func:`roi_transforms` (largest-ROI slice -> bbox + margin -> resize -> z-score),
+  :class:`BatchRandCropFlip` (the training augmentation, on whole batches on their device).
 * Networks: :func:`build_net`, :func:`feature_extractor` (penultimate features, FF arm), :class:`FFNet` (the whole
   FF arm, head included, as one network: the exported FF bundles' model).
 * Engine helpers: :class:`AugmentingPrepareBatch`, :class:`PatientTableWriter`, :func:`warm_cache`.
@@ -38,9 +38,8 @@ from p53hcc.tools.dl.roi import (
     RenameKeysd,
     SplitChannelsd,
     roi_transforms,
-    train_augmentation,
 )
-from p53hcc.tools.errors import P53hccError, as_bool
+from p53hcc.tools.errors import P53hccError
 from p53hcc.tools.io import atomic_write_table
 from p53hcc.tools.preprocessing.chain import SeriesSpacingReader
 from p53hcc.tools.preprocessing.n4 import N4BiasFieldCorrectiond
@@ -48,7 +47,21 @@ from p53hcc.tools.preprocessing.n4 import N4BiasFieldCorrectiond
 __all__ = ["AugmentingPrepareBatch", "BatchRandCropFlip", "FFNet", "N4BiasFieldCorrectiond", "PatientTableWriter",
            "RenameKeysd", "SeriesSpacingReader", "SplitChannelsd", "as_bool", "build_net", "class_weights",
            "feature_extractor", "n4_transforms", "require_items", "roi_transforms", "select_items",
-           "train_augmentation", "warm_cache"]
+           "warm_cache"]
+
+
+def as_bool(value, name: str = "flag") -> bool:
+    """A boolean config value: bools as they are, ``true/false``, ``yes/no``, ``on/off``, ``1/0`` in any case.
+
+    MONAI's bundle command line passes ``--n4 false`` as the string ``'false'`` (truthy); this parses it with the
+    same rule as the study's typed settings (pydantic's boolean parsing), so a word means the same everywhere.
+    """
+    from pydantic import TypeAdapter, ValidationError
+
+    try:
+        return TypeAdapter(bool).validate_python(value)
+    except ValidationError:
+        raise P53hccError(f"--{name} expects true or false, got {value!r}") from None
 
 
 def class_weights(items: list[dict], num_classes: int = 2) -> torch.Tensor:
@@ -92,8 +105,9 @@ def warm_cache(dataset) -> None:
 class AugmentingPrepareBatch:
     """``prepare_batch`` for MONAI engines: moves ``image``/``label`` to the device, then applies a batch augmenter.
 
-    With ``augment=None`` it is MONAI's default preparation; with :class:`BatchRandCropFlip` the random crop +
-    flips run on the device for the whole batch (config flag ``gpu_aug``).
+    With ``augment=None`` it is MONAI's default preparation; with the config's ``batch_augmentation``
+    (:class:`BatchRandCropFlip`) the random crop + flips run on the device for the whole batch, as in the fast
+    engine.
     """
 
     def __init__(self, augment: torch.nn.Module | None = None) -> None:

@@ -100,7 +100,8 @@ def _train_unit(arm: Arm, u: Unit, x: torch.Tensor, items: list[dict], net: str,
     monitor = (x[held], y[held]) if held else (None, None)
     where = f"folds {u.pair[0]}+{u.pair[1]}" if u.pair else f"fold {u.fold}"
     desc = f"{arm.name}_{net}{' ' + u.unit if u.unit else ''} {where}"
-    model, history = fit(x[train], y[train], net, params, device, *monitor, desc=desc)
+    model, history = fit(x[train], y[train], net, params, device, *monitor, desc=desc, arm=arm.name,
+                         recipe_path=u.dir / "recipe.json")
     if u.pair is None:  # a pair network is only needed for its inner scores: its weights are not kept (disk)
         with atomic_path(u.dir / "model.pt") as tmp:
             torch.save(model.state_dict(), tmp)
@@ -133,7 +134,7 @@ def train_arm(cohort_csv: str | os.PathLike, out: str | os.PathLike, arm: str = 
             run when ``folds`` is None (fast engine only).
         batch_column: the cohort column with each patient's scanner (default ``scanner``), read when the FF head
             harmonises (``head_kwargs={"harmonise": "combat"}``).
-        overrides: training parameters (``spatial_size``, ``batch_size``, ``learning_rate``, ``n4``, ``amp``,
+        overrides: training parameters (``spatial_size``, ``batch_size``, ``learning_rate``, ``n4``, ``precision``,
             ``seed``, ``source``, ``compile``...); defaults come from the bundle's ``train.json``.
 
     Returns:
@@ -146,7 +147,7 @@ def train_arm(cohort_csv: str | os.PathLike, out: str | os.PathLike, arm: str = 
     net = params["net"] = check_net_name(params["net"])
     if params["source"] == "preprocessed" and engine == "bundle":
         raise P53hccError("engine 'bundle' runs the bundle's own chain on raw images; use source='raw' with it")
-    inner = bool(inner)  # the CLI parses its boolean flags (tools.cli.as_bool)
+    inner = bool(inner)  # the CLI parses its flags by type (pydantic's validate_call)
     if inner and engine == "bundle":
         raise P53hccError("the pair units of nested cross-fitting (inner=True) need engine 'fast'")
     if not (out / "datalist.json").is_file() or not (out / "splits.json").is_file():

@@ -1,30 +1,35 @@
 """The fast in-process training engine shared by both DL arms: cached crops, on-device training, scoring.
 
-The bundles' *deterministic* transforms (load -> [N4] -> 1 mm -> z-score -> largest slice -> bbox + 10 px ->
+The bundles' *deterministic* transforms (load -> [N4] -> 1 mm -> z-score -> largest slice -> bbox + margin ->
 resize) run once per patient through a ``PersistentDataset`` and the stacked crops are kept on disk
-(:func:`cached_crops`). Training (:func:`fit`) keeps all crops on the device, augments whole batches there
-(``BatchRandCropFlip``), uses bf16 autocast + channels_last + cudnn.benchmark on CUDA, optional
-``torch.compile``, and syncs with the host once per epoch. The same code runs on the CPU.
+(:func:`cached_crops`). Training (:func:`fit`) follows the arm's ``train.json`` as its recipe: the optimizer,
+the loss (with its class weighting), the learning-rate schedule and the batch augmentation are instantiated from
+the parsed config with the study's values applied (:func:`training_recipe`), so editing ``train.json`` changes
+this engine and ``--engine bundle`` alike. What it adds is speed: all crops stay on the device, whole batches are
+augmented there, bf16 autocast (``precision: bf16``) + channels_last + cudnn.benchmark on CUDA, optional
+``torch.compile``, and one host sync per epoch. The same code runs on the CPU.
 
 The model kept is the last epoch's (no early stopping on a held-out fold, which would bias out-of-fold scores);
 the held-out AUC per epoch is only recorded in the history.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from p53hcc.tools.dl.bundle import CROP_KEYS, bundle_parser
-from p53hcc.tools.dl.components import BatchRandCropFlip, class_weights
+from p53hcc.tools.dl.bundle import COMPONENT_KEYS, CROP_KEYS, TRAINING_KEYS, bundle_parser
 from p53hcc.tools.dl.nets import build_net, feature_extractor
 from p53hcc.tools.errors import P53hccError
-from p53hcc.tools.io import atomic_path, file_sha256, params_hash
+from p53hcc.tools.io import atomic_path, atomic_write_text, file_sha256, params_hash
 from p53hcc.tools.parallel import single_threaded
 
 log = logging.getLogger(__name__)
@@ -124,17 +129,25 @@ def _batches(n: int, batch_size: int, perm: torch.Tensor) -> tuple[torch.Tensor,
     return torch.tensor_split(perm, n_batches)
 
 
-def _autocast(dev: torch.device, amp: bool):
-    return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp and dev.type == "cuda")
+def autocast(dev: torch.device, precision: str):
+    """bf16 autocast on CUDA for ``precision="bf16"``; fp32 otherwise (a CPU always computes in fp32 here)."""
+    return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16" and dev.type == "cuda")
+
+
+def precision_of(params: dict) -> str:
+    """The precision of training values (``precision``; a frozen model of p53hcc <= 0.2 recorded ``amp``)."""
+    if "precision" in params:
+        return str(params["precision"])
+    return "bf16" if params.get("amp", True) else "fp32"
 
 
 def predict_scores(net: torch.nn.Module, x: torch.Tensor, device: str | torch.device | None = None,
-                   batch_size: int = 64, amp: bool = True) -> np.ndarray:
+                   batch_size: int = 64, precision: str = "bf16") -> np.ndarray:
     """P(class 1) of every image of ``x`` ``[N, C, H, W]`` (eval mode, no augmentation)."""
     dev = resolve_device(device)
     net = net.to(dev).eval()
     out = []
-    with torch.inference_mode(), _autocast(dev, amp):
+    with torch.inference_mode(), autocast(dev, precision):
         for i in range(0, len(x), batch_size):
             xb = x[i:i + batch_size].to(dev).contiguous(memory_format=torch.channels_last)
             out.append(torch.softmax(net(xb).float(), dim=1)[:, 1])
@@ -142,7 +155,7 @@ def predict_scores(net: torch.nn.Module, x: torch.Tensor, device: str | torch.de
 
 
 def penultimate_features(net: torch.nn.Module, x: torch.Tensor, device=None, batch_size: int = 64,
-                         amp: bool = True) -> np.ndarray:
+                         precision: str = "bf16") -> np.ndarray:
     """Penultimate-layer features ``[N, D]`` of ``x`` via a forward hook (:func:`feature_extractor`)."""
     dev = resolve_device(device)
     # channels_last like training (fit), so a reloaded checkpoint runs the same conv kernels and gives
@@ -150,7 +163,7 @@ def penultimate_features(net: torch.nn.Module, x: torch.Tensor, device=None, bat
     extractor = feature_extractor(net.to(dev, memory_format=torch.channels_last).eval())
     out = []
     try:
-        with torch.inference_mode(), _autocast(dev, amp):
+        with torch.inference_mode(), autocast(dev, precision):
             for i in range(0, len(x), batch_size):
                 xb = x[i:i + batch_size].to(dev).contiguous(memory_format=torch.channels_last)
                 out.append(extractor(xb).float().cpu())
@@ -159,11 +172,65 @@ def penultimate_features(net: torch.nn.Module, x: torch.Tensor, device=None, bat
     return torch.cat(out).numpy() if out else np.zeros((0, 0))
 
 
+@dataclass
+class TrainingRecipe:
+    """What one network trains with, instantiated from the arm's ``train.json``: optimizer, loss, learning-rate
+    schedule (None: constant) and batch augmentation (None: none)."""
+
+    optimizer: torch.optim.Optimizer
+    loss: torch.nn.Module
+    lr_scheduler: Any
+    augmentation: torch.nn.Module | None
+
+    def describe(self, dev: torch.device, precision: str) -> dict[str, Any]:
+        """The recipe as it ran (classes and their settings), for ``recipe.json`` and the report."""
+        def name(obj: Any) -> str | None:
+            return None if obj is None else f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+        weight = getattr(self.loss, "weight", None)
+        aug = {k: v for k, v in vars(self.augmentation).items() if not k.startswith("_") and k != "training"
+               and isinstance(v, (int, float, str, bool))} if self.augmentation is not None else None
+        sched = ({k: v for k, v in vars(self.lr_scheduler).items() if isinstance(v, (int, float, str, bool))
+                  and not k.startswith("_") and k not in ("last_epoch", "verbose")}
+                 if self.lr_scheduler is not None else None)
+        return {"optimizer": name(self.optimizer),
+                "optimizer_settings": {k: v for k, v in self.optimizer.defaults.items()
+                                       if isinstance(v, (int, float, str, bool, tuple, list)) or v is None},
+                "loss": name(self.loss), "loss_class_weights": None if weight is None else weight.tolist(),
+                "loss_settings": {k: v for k, v in vars(self.loss).items() if isinstance(v, (int, float, str))
+                                  and not k.startswith("_") and k != "training"},
+                "lr_scheduler": name(self.lr_scheduler), "lr_scheduler_settings": sched,
+                "batch_augmentation": name(self.augmentation), "batch_augmentation_settings": aug,
+                "precision": precision if dev.type == "cuda" else "fp32", "declared_precision": precision,
+                "device": dev.type}
+
+
+def training_recipe(arm: str, params: dict, net: torch.nn.Module, y_train: torch.Tensor,
+                    dev: torch.device) -> TrainingRecipe:
+    """Instantiate ``train.json``'s ``optimizer``, ``loss``, ``lr_scheduler`` and ``batch_augmentation`` with the
+    run's values (``params``: the study's overrides applied), for ``net`` and the unit's training labels.
+
+    The config's ``@network`` is the network this engine built, ``@train#datalist`` the unit's training patients
+    (the loss's class weights come from them), ``@device`` the training device.
+    """
+    parser = bundle_parser(arm, overrides={**{k: params[k] for k in TRAINING_KEYS if k in params},
+                                           "device": str(dev)})
+    parser["network"] = net
+    parser["train#datalist"] = [{"label": int(v)} for v in y_train.tolist()]
+    optimizer, loss, scheduler, aug = (parser.get_parsed_content(k) for k in COMPONENT_KEYS)
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise P53hccError(f"train.json of {arm}: optimizer is a {type(optimizer).__name__}, not a torch optimizer")
+    return TrainingRecipe(optimizer, loss.to(dev) if isinstance(loss, torch.nn.Module) else loss, scheduler, aug)
+
+
 def fit(x_tr: torch.Tensor, y_tr: torch.Tensor, net_name: str, params: dict, device=None,
-        x_va: torch.Tensor | None = None, y_va: torch.Tensor | None = None, desc: str = "train"):
+        x_va: torch.Tensor | None = None, y_va: torch.Tensor | None = None, desc: str = "train",
+        arm: str = "mc", recipe_path: str | Path | None = None):
     """Train one network on device-resident crops with on-device augmentation; returns ``(net, history)``.
 
-    ``history`` has one row per epoch: mean training loss and (when ``x_va`` has both classes) held-out AUC.
+    The optimizer, loss, schedule and augmentation are ``arm``'s ``train.json`` recipe (:func:`training_recipe`);
+    ``recipe_path`` receives what they were (``recipe.json``). ``history`` has one row per epoch: mean training
+    loss and (when ``x_va`` has both classes) held-out AUC.
     """
     from sklearn.metrics import roc_auc_score
     from tqdm.auto import trange
@@ -171,17 +238,19 @@ def fit(x_tr: torch.Tensor, y_tr: torch.Tensor, net_name: str, params: dict, dev
     dev = resolve_device(device)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    amp = bool(params["amp"]) and dev.type == "cuda"
+    precision = str(params["precision"])
     with _INIT_LOCK:  # the global RNG seeds the weights; folds trained in threads must not interleave here
         torch.manual_seed(int(params["seed"]))
         net = build_net(net_name, in_channels=x_tr.shape[1], pretrained_path=params.get("pretrained_path"))
     net = net.to(dev, memory_format=torch.channels_last)
     model = torch.compile(net) if params.get("compile") else net
-    opt = torch.optim.AdamW(net.parameters(), lr=float(params["learning_rate"]),
-                            weight_decay=float(params["weight_decay"]))
-    loss_fn = torch.nn.CrossEntropyLoss(weight=class_weights([{"label": int(v)} for v in y_tr.tolist()]).to(dev))
+    recipe = training_recipe(arm, params, net, y_tr, dev)
+    if recipe_path is not None:
+        atomic_write_text(recipe_path, json.dumps(recipe.describe(dev, precision), indent=1, default=str))
     gen = torch.Generator(device=dev).manual_seed(int(params["seed"]))
-    aug = BatchRandCropFlip(min_scale=float(params["min_scale"]), generator=gen)
+    aug = recipe.augmentation
+    if aug is not None and hasattr(aug, "generator"):
+        aug.generator = gen  # reproducible augmentation, drawn from the same stream as the batch order
     x = x_tr.to(dev).contiguous(memory_format=torch.channels_last)
     y = y_tr.to(dev).long()
     history = []
@@ -191,16 +260,18 @@ def fit(x_tr: torch.Tensor, y_tr: torch.Tensor, net_name: str, params: dict, dev
         total = torch.zeros((), device=dev)
         batches = _batches(len(x), int(params["batch_size"]), torch.randperm(len(x), device=dev, generator=gen))
         for idx in batches:
-            xb = aug(x[idx])
-            with _autocast(dev, amp):
-                loss = loss_fn(model(xb).float(), y[idx])
-            opt.zero_grad(set_to_none=True)
+            xb = x[idx] if aug is None else aug.train()(x[idx])
+            with autocast(dev, precision):
+                loss = recipe.loss(model(xb).float(), y[idx])
+            recipe.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
+            recipe.optimizer.step()
             total += loss.detach()
+        if recipe.lr_scheduler is not None:
+            recipe.lr_scheduler.step()
         row = {"epoch": epoch + 1, "train_loss": float(total) / len(batches)}  # one host sync per epoch
         if can_auc:
-            row["val_auc"] = float(roc_auc_score(y_va.numpy(), predict_scores(net, x_va, dev, amp=amp)))
+            row["val_auc"] = float(roc_auc_score(y_va.numpy(), predict_scores(net, x_va, dev, precision=precision)))
         history.append(row)
         bar.set_postfix({k: round(v, 3) for k, v in row.items() if k != "epoch"})
     return net.eval(), pd.DataFrame(history)

@@ -14,7 +14,7 @@ import torch
 
 from p53hcc.tools.cohort.splits import cohort_items
 from p53hcc.tools.dl.arms import features_frame, get_arm, load_unit_network, read_config
-from p53hcc.tools.dl.engine import penultimate_features, predict_scores, source_items
+from p53hcc.tools.dl.engine import penultimate_features, precision_of, predict_scores, source_items
 from p53hcc.tools.errors import P53hccError
 from p53hcc.tools.parallel import fixed_threads
 
@@ -58,7 +58,8 @@ def _predict_frozen(weights: Path, cohort_csv, work, arm: str, net: str | None, 
     net = net or read_config(weights)["net"]
     if spec.name == "mc":
         ids, x, params = frozen_crops(weights, cohort_csv, work, "mc", None)
-        scores = predict_scores(load_unit_network(weights, None, net), x, device, amp=bool(params["amp"]))
+        scores = predict_scores(load_unit_network(weights, None, net), x, device,
+                                precision=precision_of(params))
         return pd.Series(scores, index=pd.Index(ids, name="patient_id"), name="score")
     import joblib
 
@@ -71,7 +72,8 @@ def _predict_frozen(weights: Path, cohort_csv, work, arm: str, net: str | None, 
     parts, ids = [], []
     for phase in head.phases:
         ids, x, params = frozen_crops(weights, cohort_csv, work, "ff", phase)
-        feats = penultimate_features(load_unit_network(weights, phase, net), x, device, amp=bool(params["amp"]))
+        feats = penultimate_features(load_unit_network(weights, phase, net), x, device,
+                                     precision=precision_of(params))
         parts.append(features_frame(ids, phase, -1, feats))
     wide = wide_features(pd.concat(parts, ignore_index=True), head.phases).loc[ids]
     if getattr(head, "harmoniser_", None) is not None:

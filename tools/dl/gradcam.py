@@ -210,7 +210,7 @@ def _gradcam_model(weights: Path, items: list[dict], crop_root: Path, dest: Path
         images.append(x.numpy())
         masks.append(spec.mask_crops(crop_root, items, params, unit).numpy())
         maps.append(m)
-        probs.append(predict_scores(model, x, "cpu", amp=False))
+        probs.append(predict_scores(model, x, "cpu", precision="fp32"))
         targets.append(target)
     images, masks = np.concatenate(images, axis=1), np.concatenate(masks, axis=1)
     per_patient, probs = np.stack(maps, axis=1), np.stack(probs, axis=1)  # [N, units, H, W], [N, units]

@@ -1,13 +1,14 @@
 """2D ROI transforms of the paper's "DL procedure" (array + dictionary twins, MONAI style).
 
 Pipeline per phase (each phase uses its own mask): the axial slice with the largest mask area
-(:class:`LargestAreaSlice`) -> the smallest bounding box of the ROI on that slice expanded by 10 px and clipped
-at the image border (:class:`ROIBoundingBoxCrop`) -> resize to 256x256 -> z-score -> AP|PVP|DP stacked as three
-channels (MONAI ``Resized``, ``NormalizeIntensityd``, ``ConcatItemsd``; see :func:`roi_transforms`).
+(:class:`LargestAreaSlice`) -> the smallest bounding box of the ROI on that slice expanded by ``margin`` px (10 in
+the paper) and clipped at the image border (MONAI ``CropForegroundd`` with the mask as its source) -> resize to
+``spatial_size`` (256) -> z-score -> AP|PVP|DP stacked as three channels (MONAI ``Resized``,
+``NormalizeIntensityd``, ``ConcatItemsd``; see :func:`roi_transforms`).
 
 Training-time augmentation is a random crop (rescaled back to the network size) plus horizontal and vertical
-flips: on the CPU per sample (:func:`train_augmentation`), or on the GPU for a whole batch in one
-``grid_sample`` call (:class:`BatchRandCropFlip`, the fast path of :mod:`p53hcc.tools.dl.engine`). Test time:
+flips of a whole batch in one ``grid_sample`` call (:class:`BatchRandCropFlip`), on the device the batch is on:
+the bundles' ``batch_augmentation``, which both the fast engine and the bundle's own trainer apply. Test time:
 normalisation only.
 """
 from __future__ import annotations
@@ -18,14 +19,12 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform, SpatialCrop, Transform
-from monai.transforms.utils import generate_spatial_bounding_box
+from monai.transforms import MapTransform, Transform
 
 from p53hcc.tools.errors import InputError
 from p53hcc.tools.schema import MASK_COLUMNS, PHASES
 
 SLICE_INDEX_KEY = "roi_slice_index"
-BBOX_KEY = "roi_bbox"
 
 
 def largest_area_index(mask: torch.Tensor | np.ndarray, axis: int = -1) -> int:
@@ -78,42 +77,12 @@ class LargestAreaSlice(Transform):
         return out
 
 
-class _PerMaskd(MapTransform):
-    """The loop both dictionary ROI transforms share: each image key with its own mask key, a location found on the
-    mask (:meth:`locate`), the same operation applied to image and mask (:meth:`apply`), the location recorded as
-    ``data[f"{key}_{record}"]``. An empty mask becomes an :class:`InputError` naming the patient and the mask."""
-
-    record = ""
-
-    def __init__(self, keys: KeysCollection, mask_keys: Sequence[str], allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.mask_keys = list(mask_keys)
-        if len(self.mask_keys) != len(self.keys):
-            raise ValueError(f"{type(self).__name__} needs one mask key per image key")
-
-    def locate(self, mask: torch.Tensor):
-        raise NotImplementedError
-
-    def apply(self, img: torch.Tensor, where) -> torch.Tensor:
-        raise NotImplementedError
-
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
-        d = dict(data)
-        for key, mkey in self.key_iterator(d, self.mask_keys):
-            try:
-                where = self.locate(d[mkey])
-            except ValueError as err:
-                raise InputError(d.get("patient_id"), str(err), column=str(mkey)) from err
-            d[key], d[mkey] = self.apply(d[key], where), self.apply(d[mkey], where)
-            d[f"{key}_{self.record}"] = where
-        return d
-
-
-class LargestAreaSliced(_PerMaskd):
+class LargestAreaSliced(MapTransform):
     """Dictionary twin of :class:`LargestAreaSlice`: each image key is sliced at its own mask's largest slice.
 
     The mask keys are sliced too (at the same index), and the chosen index is stored as
-    ``data[f"{key}_roi_slice_index"]`` and in the image's meta (``roi_slice_index``).
+    ``data[f"{key}_roi_slice_index"]`` and in the image's meta (``roi_slice_index``). An empty mask becomes an
+    :class:`InputError` naming the patient and the mask.
 
     Args:
         keys: image keys (e.g. ``["ap", "pvp", "dp"]``).
@@ -121,67 +90,24 @@ class LargestAreaSliced(_PerMaskd):
         axis: slice axis over the spatial dims (default -1, axial).
     """
 
-    record = SLICE_INDEX_KEY
-
     def __init__(self, keys: KeysCollection, mask_keys: Sequence[str], axis: int = -1,
                  allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, mask_keys, allow_missing_keys)
+        super().__init__(keys, allow_missing_keys)
+        self.mask_keys = list(mask_keys)
+        if len(self.mask_keys) != len(self.keys):
+            raise ValueError(f"{type(self).__name__} needs one mask key per image key")
         self.slicer = LargestAreaSlice(axis)
 
-    def locate(self, mask):
-        return largest_area_index(mask, self.slicer.axis)
-
-    def apply(self, img, where):
-        return self.slicer(img, index=where)
-
-
-def roi_bbox(mask: torch.Tensor | np.ndarray, margin: int = 10) -> tuple[list[int], list[int]]:
-    """Smallest box around the non-zero mask expanded by ``margin`` voxels and clipped at the border.
-
-    Returns:
-        ``(start, end)`` per spatial dim (end exclusive), as MONAI's ``generate_spatial_bounding_box``.
-    """
-    start, end = generate_spatial_bounding_box(mask, select_fn=lambda x: x != 0, margin=margin, allow_smaller=True)
-    shape = mask.shape[1:]
-    start = [max(0, int(s)) for s in start]
-    end = [min(int(n), int(e)) for e, n in zip(end, shape)]
-    if any(e <= s for s, e in zip(start, end)):
-        raise ValueError("mask is empty: no bounding box")
-    return start, end
-
-
-class ROIBoundingBoxCrop(Transform):
-    """Crop an image to the bounding box of ``mask`` expanded by ``margin`` px (clipped at the border).
-
-    Equivalent to MONAI ``CropForeground(margin=10, allow_smaller=True)`` with the mask as the source.
-    """
-
-    def __init__(self, margin: int = 10) -> None:
-        self.margin = margin
-
-    def __call__(self, img: torch.Tensor, mask: torch.Tensor | None = None, box=None) -> torch.Tensor:
-        start, end = box if box is not None else roi_bbox(img if mask is None else mask, self.margin)
-        return SpatialCrop(roi_start=start, roi_end=end)(img)
-
-
-class ROIBoundingBoxCropd(_PerMaskd):
-    """Dictionary twin of :class:`ROIBoundingBoxCrop`: each image (and its mask) cropped to its own mask's box.
-
-    Stores the box as ``data[f"{key}_roi_bbox"] = (start, end)``.
-    """
-
-    record = BBOX_KEY
-
-    def __init__(self, keys: KeysCollection, mask_keys: Sequence[str], margin: int = 10,
-                 allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, mask_keys, allow_missing_keys)
-        self.cropper = ROIBoundingBoxCrop(margin)
-
-    def locate(self, mask):
-        return roi_bbox(mask, self.cropper.margin)
-
-    def apply(self, img, where):
-        return self.cropper(img, box=where)
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        for key, mkey in self.key_iterator(d, self.mask_keys):
+            try:
+                index = largest_area_index(d[mkey], self.slicer.axis)
+            except ValueError as err:
+                raise InputError(d.get("patient_id"), str(err), column=str(mkey)) from err
+            d[key], d[mkey] = self.slicer(d[key], index=index), self.slicer(d[mkey], index=index)
+            d[f"{key}_{SLICE_INDEX_KEY}"] = index
+        return d
 
 
 class RenameKeysd(MapTransform):
@@ -244,11 +170,13 @@ def roi_transforms(image_keys: Sequence[str] = PHASES,
             smooth), stacked into ``mask_key`` when ``concat``; for displays (the Grad-CAM tumour contour). The
             images are the same either way.
     """
-    from monai.transforms import ConcatItemsd, DeleteItemsd, NormalizeIntensityd, Resized
+    from monai.transforms import ConcatItemsd, CropForegroundd, DeleteItemsd, NormalizeIntensityd, Resized
 
     size = (spatial_size, spatial_size)
-    t = [LargestAreaSliced(list(image_keys), list(mask_keys)),
-         ROIBoundingBoxCropd(list(image_keys), list(mask_keys), margin=margin),
+    # each phase and its mask cut to the box of that mask on its slice, + margin, clipped at the border
+    crops = [CropForegroundd([k, m], source_key=m, margin=margin, allow_smaller=True)
+             for k, m in zip(image_keys, mask_keys)]
+    t = [LargestAreaSliced(list(image_keys), list(mask_keys)), *crops,
          Resized(list(image_keys), spatial_size=size, mode="bilinear", anti_aliasing=True),
          NormalizeIntensityd(list(image_keys))]
     if keep_masks:
@@ -260,16 +188,6 @@ def roi_transforms(image_keys: Sequence[str] = PHASES,
     if concat:
         t.append(ConcatItemsd(list(image_keys), name=out_key, dim=0))
     return t
-
-
-def train_augmentation(keys: Sequence[str] = ("image",), spatial_size: int = 256, min_scale: float = 0.8) -> list:
-    """CPU training augmentation: random crop of 80-100 % of the side, resized back, random H and V flips."""
-    from monai.transforms import RandFlipd, RandScaleCropd, Resized
-
-    return [RandScaleCropd(list(keys), roi_scale=min_scale, max_roi_scale=1.0, random_size=True),
-            Resized(list(keys), spatial_size=(spatial_size, spatial_size), mode="bilinear"),
-            RandFlipd(list(keys), prob=0.5, spatial_axis=0),
-            RandFlipd(list(keys), prob=0.5, spatial_axis=1)]
 
 
 class BatchRandCropFlip(torch.nn.Module):

@@ -15,13 +15,15 @@ import json
 from typing import Any
 
 from p53hcc.tools.dl.bundle import bundle_dir
+from p53hcc.tools.dl.engine import precision_of
 from p53hcc.tools.export.scripts import ROOT
 
 #: Configs each exported bundle carries: (file, the arm whose shipped config it starts from; None: the exported arm).
 CONFIG_SOURCES = {"inference.json": "mc", "deploy.json": "mc", "train.json": None, "evaluate.json": None,
-                  "multi_gpu_train.json": None}
+                  "multi_gpu_train.json": None, "multi_gpu_evaluate.json": None}
 #: Training values copied from the study into train.json (the recipe its networks were trained with).
-RECIPE_KEYS = ("epochs", "batch_size", "learning_rate", "weight_decay", "min_scale", "seed", "amp")
+RECIPE_KEYS = ("epochs", "batch_size", "learning_rate", "weight_decay", "min_scale", "seed", "precision", "optimizer",
+               "loss", "lr_scheduler", "batch_augmentation")
 CROP_KEYS = ("net", "spatial_size", "margin", "pixdim")
 
 
@@ -68,8 +70,8 @@ def exported_configs(arm: str, name: str, params: dict, n4_params: dict, thresho
                 cfg["p53hcc_source"] = dict(source)
             cfg.update(threshold=threshold, ckpt_dir="$os.path.join(@bundle_root, 'models')",
                        ckpt_path="$os.path.join(@ckpt_dir, 'model.pt')")
-            if "amp" in cfg:
-                cfg["amp"] = bool(params["amp"])
+            if "precision" in cfg:
+                cfg["precision"] = precision_of(params)
             if arm == "ff":
                 cfg["network_def"] = ff_network_def(params["net"], *ff_shape)
         for handler in cfg.get("handlers", []) if file == "inference.json" else []:

@@ -239,7 +239,7 @@ class TestP53HccBundle(unittest.TestCase):
     def test_infer_config(self):
         for override in TEST_CASE_INFER:
             scores = os.path.join(self.work_dir, "scores.csv")
-            check_workflow(self.workflow("infer", ["inference.json"], {{**override, "scores_file": scores}}), True)
+            check_workflow(self.workflow("infer", ["inference.json"], {{**override, "predictions_path": scores}}), True)
             with open(scores) as f:
                 rows = f.read().strip().splitlines()
             self.assertEqual(len(rows), 3)

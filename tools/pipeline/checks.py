@@ -171,11 +171,11 @@ def raise_on_errors(cohort_csv: str | Path, problems: list[Problem], shown: int 
 
 
 def validate_study_command(cohort: str | Path, config: str | Path | None = None, profile: str = "paper",
-                           purpose: str = "study", **overrides) -> str:
+                           purpose: str = "study", source: str = "argument", **overrides) -> str:
     """CLI body of ``p53hcc validate [--study]``: print every problem; raise (exit 1) if any is an error."""
     from p53hcc.tools.pipeline.config import resolve_config
 
-    cfg = resolve_config(config, profile=profile, **overrides)
+    cfg = resolve_config(config, profile=profile, source=source, **overrides)
     checks = study_check_params(cfg)
     problems = cohort_problems(cohort, ImageRequirements(**checks.pop("requirements")), purpose=purpose, **checks)
     for p in problems:

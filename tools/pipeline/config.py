@@ -1,8 +1,10 @@
-"""The study's parameters: ``tools/config/study_defaults.yaml`` <- profile <- user YAML <- CLI flags.
+"""The study's settings: schema defaults <- profile <- user YAML <- overrides, checked before anything runs.
 
-The YAML's nulls mean "the default of the stage that owns the setting" and are filled from there (preprocessing
-preset, radiomics parameter set, the bundles' training values), so every default has one home and the resolved
-``study.yaml`` still shows every value that was used.
+Every source is checked against the typed schema (:mod:`p53hcc.tools.config.schema`): an unknown key is an error
+naming its source and the closest valid key, a wrong type or value an error naming what is allowed. Defaults
+that belong to a stage (the folds, the preprocessing preset, the radiomics parameter set, every DL training value
+of the bundles' ``train.json``) are filled in from their homes, so the resolved ``study.yaml`` shows every value
+that was used.
 """
 from __future__ import annotations
 
@@ -13,18 +15,26 @@ from typing import Any
 
 import yaml
 
-from p53hcc.tools.errors import P53hccError, as_bool
+from p53hcc.tools.config.check import check_keys, leaf_keys, unknown_key, validated
+from p53hcc.tools.config.schema import (
+    NULLABLE_TRAINING,
+    STUDY_OWNED_TRAINING,
+    StudyConfig,
+    TrainingValues,
+    key_tree,
+)
+from p53hcc.tools.errors import P53hccError
+from p53hcc.tools.schema import NETS
 
-DEFAULTS_FILE = "config/study_defaults.yaml"
-#: Bundle training values the study sweeps or sets itself (the network list, the master seed, N4: the DL arms
-#: read the study's preprocessed volumes).
-STUDY_OWNED_DL_KEYS = ("net", "seed", "n4")
+PROFILES_FILE = "config/profiles.yaml"
+#: Where overrides come from, as error messages name it.
+COMMAND_LINE, ARGUMENT = "command line", "argument"
 
 
-def study_defaults() -> dict:
-    """The packaged ``study_defaults.yaml`` as a dict (profiles included)."""
-    text = resources.files("p53hcc.tools").joinpath(DEFAULTS_FILE).read_text(encoding="utf-8")
-    return yaml.safe_load(text)
+def study_profiles() -> dict[str, dict]:
+    """The named profiles (``paper``, ``demo``) of ``tools/config/profiles.yaml``."""
+    text = resources.files("p53hcc.tools").joinpath(PROFILES_FILE).read_text(encoding="utf-8")
+    return {name: value or {} for name, value in (yaml.safe_load(text) or {}).items()}
 
 
 def merge(base: dict, extra: dict | None) -> dict:
@@ -38,94 +48,120 @@ def merge(base: dict, extra: dict | None) -> dict:
     return out
 
 
-def _set_override(cfg: dict, key: str, value: Any) -> None:
-    """Set ``key`` (``section.name``, a top-level name, or a name unique within one section) in ``cfg``.
-
-    A setting whose default is a boolean parses the flag with :func:`p53hcc.tools.errors.as_bool` (python-fire
-    passes ``--amp false`` as the truthy string ``'false'``).
-    """
-    if "." in key:
-        node = cfg
-        *parents, leaf = key.split(".")
-        for p in parents:
+def overrides_tree(overrides: dict[str, Any], source: str) -> dict:
+    """``{"dl.epochs": 3, "epochs": 3, "seed": 1}`` as a nested dict; a bare name must be a top-level setting or
+    belong to exactly one section."""
+    tree, out = key_tree(), {}
+    for key, value in overrides.items():
+        if "." in key:
+            path = key.split(".")
+        elif key in tree:
+            path = [key]
+        else:
+            owners = [s for s, sub in tree.items() if sub is not None and key in sub]
+            if len(owners) > 1:
+                raise P53hccError(f"{source}: study setting {'--' if source == COMMAND_LINE else ''}{key} is in "
+                                  f"sections {', '.join(owners)}: write section.{key}")
+            if not owners:
+                raise unknown_key(key, source)
+            path = [owners[0], key]
+        node = out
+        for p in path[:-1]:
             node = node.setdefault(p, {})
-    elif key in cfg:
-        node, leaf = cfg, key
-    else:
-        owners = [s for s, v in cfg.items() if isinstance(v, dict) and key in v]
-        if len(owners) != 1:
-            where = "no section" if not owners else f"sections {owners}; write section.{key}"
-            raise P53hccError(f"unknown or ambiguous study parameter --{key} ({where}); see {DEFAULTS_FILE}")
-        node, leaf = cfg[owners[0]], key
-    node[leaf] = as_bool(value, key) if isinstance(node.get(leaf), bool) else value
+            if not isinstance(node, dict):
+                raise P53hccError(f"{source}: study setting {key} is set twice")
+        node[path[-1]] = value
+    return out
 
 
-def as_list(value: Any) -> list[str]:
-    """A comma-separated string or a sequence as a list of strings."""
-    if isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
-    return [str(v) for v in value]
-
-
-def _fill_stage_defaults(cfg: dict) -> None:
-    """Replace nulls (and absent DL training values) by the defaults of the stages that own them."""
+def _stage_defaults() -> dict:
+    """The defaults that live with the stages (filled where a value is null)."""
     from p53hcc.tools.cohort.splits import DEFAULT_FOLDS
-    from p53hcc.tools.dl.bundle import ENGINE_DEFAULTS, training_defaults
+    from p53hcc.tools.dl.bundle import training_defaults
     from p53hcc.tools.preprocessing.params import DEFAULT_PRESET
     from p53hcc.tools.radiomics.features import DEFAULT_PARAMS
 
-    if cfg.get("folds") is None:
-        cfg["folds"] = DEFAULT_FOLDS
-    if cfg["preprocess"].get("params") is None:
-        cfg["preprocess"]["params"] = DEFAULT_PRESET
-    if cfg["radiomics"].get("params") is None:
-        cfg["radiomics"]["params"] = DEFAULT_PARAMS
-    for key, value in {**training_defaults("mc"), "cpu_threads": ENGINE_DEFAULTS["cpu_threads"]}.items():
-        if key not in STUDY_OWNED_DL_KEYS and cfg["dl"].get(key) is None:
-            cfg["dl"][key] = value
+    dl = {k: v for k, v in training_defaults("mc").items() if k not in STUDY_OWNED_TRAINING}
+    return {"folds": DEFAULT_FOLDS, "preprocess": {"params": DEFAULT_PRESET},
+            "radiomics": {"params": DEFAULT_PARAMS}, "dl": dl}
+
+
+def _fill(cfg: dict, defaults: dict, skip: tuple[str, ...] = (), tree: dict | None = None) -> None:
+    """Replace nulls (and absent keys) of ``cfg`` by ``defaults`` section by section; ``skip`` keeps those nulls.
+    A dict-valued setting (``dl.optimizer``, ``preprocess.params``) is one value, never filled key by key."""
+    tree = key_tree() if tree is None else tree
+    for key, value in defaults.items():
+        if tree.get(key) is not None and isinstance(cfg.get(key), dict):
+            _fill(cfg[key], value, skip, tree[key])
+        elif cfg.get(key) is None and key not in skip:
+            cfg[key] = copy.deepcopy(value)
+
+
+def _read_yaml(config: str | Path) -> dict:
+    path = Path(config)
+    if not path.is_file():
+        raise P53hccError(f"study config not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise P53hccError(f"--config {path}: not valid YAML ({err})") from None
+    if not isinstance(raw, dict):
+        raise P53hccError(f"--config {path}: expected a mapping of settings, got {type(raw).__name__}")
+    return raw
 
 
 def resolve_config(config: str | Path | None = None, nets: Any = None, paper_selection: bool | None = None,
-                   profile: str = "paper", **overrides: Any) -> dict:
-    """Defaults <- profile <- user YAML <- CLI overrides; returns the full parameter set of the study.
+                   profile: str = "paper", source: str = ARGUMENT, **overrides: Any) -> dict:
+    """Defaults <- profile <- user YAML <- overrides; returns every setting of the study, checked and resolved.
 
     Args:
         config: user YAML merged over the defaults.
         nets: networks to sweep (comma string or list).
         paper_selection: also report the paper's optimistic choice of network by validation AUC.
         profile: ``paper`` (the defaults, faithful to the paper) or ``demo`` (fast settings for the synthetic demo).
-        overrides: any parameter, ``epochs=3`` or ``**{"dl.epochs": 3}``.
+        source: where ``overrides`` come from, for error messages (``command line`` or ``argument``).
+        overrides: any setting, ``epochs=3`` or ``**{"dl.epochs": 3}``.
+
+    Raises:
+        P53hccError: an unknown key, a wrong type or value, an unknown network; one line each, naming the source.
     """
-    cfg = study_defaults()
-    profiles = cfg.pop("profiles", {})
+    profiles = study_profiles()
     if profile not in profiles:
         raise P53hccError(f"unknown profile {profile!r}; choose one of {', '.join(profiles)}")
-    cfg = merge(cfg, profiles[profile] or {})
-    cfg["profile"] = profile
+    layers = [(profiles[profile], f"profile {profile}")]
     if config:
-        path = Path(config)
-        if not path.is_file():
-            raise P53hccError(f"study config not found: {path}")
-        cfg = merge(cfg, yaml.safe_load(path.read_text(encoding="utf-8")) or {})
-    _fill_stage_defaults(cfg)
-    for key, value in overrides.items():
-        _set_override(cfg, key, value)
+        layers.append((_read_yaml(config), f"--config {config}"))
+    extra = dict(overrides)
     if nets is not None:
-        cfg["dl"]["nets"] = nets
-    cfg["dl"]["nets"] = as_list(cfg["dl"]["nets"])
-    cfg["dl"]["arms"] = as_list(cfg["dl"]["arms"])
+        extra["dl.nets"] = nets
     if paper_selection:
-        cfg["paper_selection"] = True
-    _check_choices(cfg)
-    return cfg
+        extra["paper_selection"] = True
+    layers.append((overrides_tree(extra, source), source))
+
+    cfg = StudyConfig().model_dump(by_alias=True)
+    _fill(cfg, _stage_defaults())  # the bundle's components first: an explicit null in a source then means "none"
+    sources: dict[str, str] = {}
+    for raw, where in layers:
+        check_keys(raw, where)
+        cfg = merge(cfg, raw)
+        sources.update(dict.fromkeys(leaf_keys(raw), where))
+    _fill(cfg, _stage_defaults(), skip=NULLABLE_TRAINING)  # a null meaning "the stage's default"
+    cfg["profile"] = profile
+    resolved = validated(StudyConfig, cfg, sources).model_dump(by_alias=True, mode="json")
+    _check_names(resolved, sources)
+    return resolved
 
 
-#: Settings that take one of a few named values (each one implemented; anything else is an error, not ignored).
-CHOICES = {("fusion", "selection_rule"): ("train_oof_auc",), ("fusion", "nesting"): ("nested", "apparent"),
-           ("fusion", "stack_weights"): ("nonnegative", "free"), ("statistics", "threshold"): ("youden_train",),
-           ("fusion", "harmonise"): ("none", "combat")}
-#: ``validation``: stratified folds, or one fold per scanner (``batch_column``); see docs/harmonisation.md.
-VALIDATIONS = ("kfold", "leave_one_scanner_out")
+def _check_names(cfg: dict, sources: dict[str, str]) -> None:
+    """Names the schema cannot know: the networks, and that each DL component's ``_target_`` exists."""
+    from p53hcc.tools.dl.bundle import check_component
+
+    unknown = [n for n in cfg["dl"]["nets"] if n not in NETS]
+    if unknown:
+        raise P53hccError(f"{sources.get('dl.nets', 'settings')}: study setting dl.nets: unknown network(s) "
+                          f"{', '.join(unknown)}; choose from {', '.join(NETS)}")
+    for key in ("optimizer", "loss", "lr_scheduler", "batch_augmentation"):
+        check_component(cfg["dl"][key], f"{sources.get(f'dl.{key}', 'train.json')}: study setting dl.{key}")
 
 
 def fold_groups(cfg: dict) -> str | None:
@@ -135,30 +171,8 @@ def fold_groups(cfg: dict) -> str | None:
     return cfg.get("batch_column") or "scanner"
 
 
-def _check_choices(cfg: dict) -> None:
-    for (section, key), allowed in CHOICES.items():
-        value = cfg.get(section, {}).get(key)
-        if value not in allowed:
-            raise P53hccError(f"study parameter {section}.{key}: {value!r} is not one of {', '.join(allowed)}")
-    if cfg.get("validation", "kfold") not in VALIDATIONS:
-        raise P53hccError(f"study parameter validation: {cfg['validation']!r} is not one of {', '.join(VALIDATIONS)}")
-    if cfg["fusion"]["nesting"] == "nested" and int(cfg["folds"]) < 3 and not fold_groups(cfg):
-        raise P53hccError(f"study parameter folds: nested cross-fitting needs at least 3 folds, got {cfg['folds']} "
-                          "(or set fusion.nesting: apparent)")
-    level = float(cfg["statistics"]["ci_level"])
-    if not 0 < level < 1:
-        raise P53hccError(f"study parameter statistics.ci_level: {level} is not between 0 and 1")
-    start, stop, step = (float(v) for v in cfg["statistics"]["dca_thresholds"])
-    if not (0 <= start < stop < 1 and 0 < step):
-        raise P53hccError("study parameter statistics.dca_thresholds: expected [start, stop, step] with "
-                          f"0 <= start < stop < 1 and step > 0, got {cfg['statistics']['dca_thresholds']}")
-
-
 def dl_training_values(cfg: dict) -> dict[str, Any]:
-    """The bundle training values the study sets (``dl`` section minus arms/nets/device, plus the master seed and
-    the CPU thread count)."""
-    from p53hcc.tools.dl.bundle import TRAINING_KEYS
-
-    keys = (*TRAINING_KEYS, "cpu_threads")
-    values = {k: v for k, v in cfg["dl"].items() if k in keys and k not in STUDY_OWNED_DL_KEYS}
-    return {**values, "seed": cfg["seed"]}
+    """The bundle training values and engine options the study sets (``dl`` minus arms/nets/device), plus the
+    master seed."""
+    keys = set(TrainingValues.model_fields) - set(STUDY_OWNED_TRAINING) | {"compile", "cpu_threads"}
+    return {**{k: v for k, v in cfg["dl"].items() if k in keys}, "seed": cfg["seed"]}

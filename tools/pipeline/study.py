@@ -208,7 +208,7 @@ def build_stages(cfg: dict, cohort_given: bool, cohort_csv: str | Path | None = 
 
 def run_study(cohort: str | Path | None = None, out: str | Path = "study-demo", nets: Any = None,
               config: str | Path | None = None, paper_selection: bool = False, profile: str | None = None,
-              **overrides: Any) -> Path:
+              source: str = "argument", **overrides: Any) -> Path:
     """Run (or resume) the whole study into ``out``; returns the path of ``report.html``.
 
     Args:
@@ -218,11 +218,14 @@ def run_study(cohort: str | Path | None = None, out: str | Path = "study-demo", 
         config: user YAML merged over the defaults.
         paper_selection: also report the paper's optimistic choice of network by validation AUC.
         profile: ``paper`` or ``demo``; default ``demo`` for the generated synthetic cohort, else ``paper``.
-        overrides: any parameter, ``--epochs 3`` or ``--dl.epochs 3``.
+        source: where ``overrides`` come from, for error messages (``command line`` or ``argument``).
+        overrides: any setting, ``epochs=3`` or ``**{"dl.epochs": 3}``; checked with everything else against the
+            typed schema before any stage runs (``p53hcc config`` lists them).
     """
     out = Path(out).resolve()
     profile = profile or ("demo" if cohort is None else "paper")
-    cfg = resolve_config(config, nets=nets, paper_selection=paper_selection, profile=profile, **overrides)
+    cfg = resolve_config(config, nets=nets, paper_selection=paper_selection, profile=profile, source=source,
+                         **overrides)
     cohort_csv = Path(cohort).resolve() if cohort else out / "cohort" / "cohort.csv"
     cfg["cohort"] = str(cohort_csv)
     cfg["cohort_generated"] = cohort is None

@@ -269,6 +269,7 @@ def preprocess_cohort(cohort_csv: str | os.PathLike, out: str | os.PathLike, wor
     df = df.reset_index(drop=True)
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_table(root / "index.csv", df[INDEX_COLUMNS])
+    atomic_write_json(root / "params.json", p)  # what ran (the report's methods read it)
     apply_policy(out, "preprocess", [{"patient_id": f["patient_id"], "phase": f["phase"], "reason": _reason(f)}
                                      for f in failures], len(items), on_failure, "patient-phase(s)")
     return df
