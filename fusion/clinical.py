@@ -294,7 +294,7 @@ def stepwise_aic(X: pd.DataFrame, y, direction: str = "both", start: Sequence[st
     return [c for c in order if c in current]
 
 
-class ClinicalModel(BaseEstimator, ClassifierMixin):
+class ClinicalModel(ClassifierMixin, BaseEstimator):
     """Clinical logistic model: encode -> univariable screen -> stepwise AIC -> unpenalised LR.
 
     Takes a cohort-like DataFrame of raw clinical columns as X, so it can be cloned and cross-fitted like any

@@ -51,7 +51,7 @@ def logit(p: np.ndarray, eps: float = LOGIT_EPS) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
-class CombinedModel(BaseEstimator, ClassifierMixin):
+class CombinedModel(ClassifierMixin, BaseEstimator):
     """Unpenalised LR on logit-transformed component scores (clinical, radiomics, DL).
 
     X is a DataFrame with one column per input score (probabilities), e.g. from
