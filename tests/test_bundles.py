@@ -147,24 +147,18 @@ def _rank_messages(text: str) -> str:
     return "\n".join(ln for ln in text.splitlines() if any(k in ln for k in keys) and "raise" not in ln)[-4000:]
 
 
-@pytest.mark.slow
-def test_multi_gpu_train_two_processes_on_cpu(trained, study, tmp_path):
-    """multi_gpu_train.json under torchrun with 2 processes (gloo on CPU) trains and saves one checkpoint.
+def _torchrun(configs: list, cwd, overrides: dict) -> None:
+    """``monai.bundle run`` of ``configs`` under torchrun with 2 processes (gloo on the CPU).
 
     A rank killed by a signal (not an error of the config) is retried once: the CI machine has 2 cores and the
     gloo ranks share them with the launcher; the first attempt's messages are kept in the failure report."""
-    arm, _, _ = trained
-    configs = bundle_dir(arm) / "configs"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle", "run",
-           "--config_file", f"['{configs / 'train.json'}','{configs / 'multi_gpu_train.json'}']",
-           "--bundle_root", str(tmp_path), "--work_dir", str(tmp_path), "--ckpt_dir", str(tmp_path / "models"),
-           "--dataset_dir", str(study),
-           "--epochs", "1", "--logging_file", str(configs / "logging.conf"),
-           *[a for k, v in {**TINY, **PHASE[arm]}.items() if k != "device" for a in (f"--{k}", str(v))]]
+           "--config_file", "[" + ",".join(f"'{c}'" for c in configs) + "]",
+           *[a for k, v in overrides.items() for a in (f"--{k}", str(v))]]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     reports = []
     for _attempt in range(2):
-        res = subprocess.run(cmd, check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        res = subprocess.run(cmd, check=False, cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
                              preexec_fn=_roomy_stack)
         if res.returncode == 0:
             break
@@ -173,5 +167,24 @@ def test_multi_gpu_train_two_processes_on_cpu(trained, study, tmp_path):
         if not re.search(r"exitcode\s*:\s*-\d+", root_cause):  # the first rank to fail raised: no second try
             break
     assert res.returncode == 0, "\n---- next attempt ----\n".join(reports) + res.stderr[-1500:]
+
+
+@pytest.mark.slow
+def test_multi_gpu_train_and_evaluate_two_processes_on_cpu(trained, study, tmp_path):
+    """multi_gpu_train.json under torchrun with 2 processes trains and saves one checkpoint;
+    multi_gpu_evaluate.json scores every held-out patient once, gathered into one table by rank 0."""
+    arm, work, _ = trained
+    configs = bundle_dir(arm) / "configs"
+    common = {"bundle_root": tmp_path, "work_dir": tmp_path, "dataset_dir": study,
+              "logging_file": configs / "logging.conf",
+              **{k: v for k, v in {**TINY, **PHASE[arm]}.items() if k != "device"}}
+    _torchrun([configs / "train.json", configs / "multi_gpu_train.json"], tmp_path,
+              {**common, "ckpt_dir": tmp_path / "models", "epochs": 1})
     assert (tmp_path / "models" / "model.pt").is_file()
+    out = tmp_path / "eval" / "predictions.csv"
+    _torchrun([configs / "train.json", configs / "evaluate.json", configs / "multi_gpu_evaluate.json"], tmp_path,
+              {**common, "ckpt_path": tmp_path / "models" / "model.pt", "output_dir": tmp_path / "eval"})
+    scores = pd.read_csv(out, dtype={"patient_id": str})
+    held = [d["patient_id"] for d in select_items(study / "datalist.json", "val", 0, PHASE[arm].get("phase"))]
+    assert sorted(scores["patient_id"]) == sorted(held)  # each held-out patient once, from both ranks
     shutil.rmtree(tmp_path / "models")

@@ -14,8 +14,11 @@ from tests.conftest import Killed, make_tiny_cohort
 
 pytestmark = pytest.mark.slow  # a real study twice (~3 min on 2 cores)
 
-STUDY = dict(profile="demo", nets="resnet18", folds=2, epochs=1, spatial_size=32, batch_size=4,
-             **{"dl.arms": "mc", "gradcam.n": 2, "fusion.nesting": "apparent"})  # 2 folds: no pair networks
+# 2 folds: no pair networks; margin, pixdim, optimizer and epochs differ from both profiles' values, so the report
+# and study.yaml must say what ran, not a default
+STUDY = dict(profile="demo", nets="resnet18", folds=2, epochs=1, spatial_size=32, batch_size=4, margin=6, pixdim=1.5,
+             **{"dl.arms": "mc", "gradcam.n": 2, "fusion.nesting": "apparent",
+                "dl.optimizer": {"_target_": "torch.optim.SGD", "momentum": 0.9}})
 COMPARED = ("metrics.csv", "scores.parquet", "selection.json", "radiomics.parquet", "dl/mc/resnet18/scores.parquet")
 
 
@@ -23,6 +26,25 @@ def _results(study: Path) -> dict[str, str]:
     files = {name: file_sha256(study / name) for name in COMPARED}
     files.update({str(p.relative_to(study)): file_sha256(p) for p in (study / "preprocessed").rglob("*.nii.gz")})
     return files
+
+
+def _reports_what_ran(study: Path) -> None:
+    """study.yaml and the report's methods state the margin, spacing, optimizer, loss and epochs that ran."""
+    import json
+
+    import yaml
+
+    dl = yaml.safe_load((study / "study.yaml").read_text(encoding="utf-8"))["dl"]
+    assert (dl["margin"], dl["pixdim"], dl["epochs"]) == (6, 1.5, 1)
+    assert dl["optimizer"]["_target_"] == "torch.optim.SGD" and dl["optimizer"]["momentum"] == 0.9
+    recipe = json.loads((study / "dl" / "mc" / "resnet18" / "full" / "recipe.json").read_text(encoding="utf-8"))
+    assert recipe["optimizer"] == "torch.optim.sgd.SGD" and recipe["optimizer_settings"]["momentum"] == 0.9
+    page = (study / "report.html").read_text(encoding="utf-8")
+    methods = page.split("Methods actually run</h2>")[1].split("</section>")[0]
+    for said in ("bounding box + 6 px", "(at 1.5 mm)", "1 epochs", "<code>torch.optim.sgd.SGD</code>",
+                 "momentum 0.9", "<code>torch.nn.modules.loss.CrossEntropyLoss</code>",
+                 "N4 bias-field correction (shrink factor 8"):
+        assert said in methods, said
 
 
 def _interrupt_on_call(monkeypatch, target, name: str, calls: int) -> None:
@@ -49,6 +71,7 @@ def test_study_resumed_after_interruptions_in_every_stage_is_identical(tmp_path,
     csv = make_tiny_cohort(tmp_path / "cohort", n=28)  # 5 per class in each fold's training part (radiomics LASSO)
     study.run_study(csv, out=tmp_path / "clean", **STUDY, **{"preprocess.workers": 2, "radiomics.workers": 2})
     clean = _results(tmp_path / "clean")
+    _reports_what_ran(tmp_path / "clean")
 
     # the resumed runs: inline, with the main process at 4 ITK / torch threads
     itk, tt = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(), torch.get_num_threads()

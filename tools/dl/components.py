@@ -129,7 +129,8 @@ class PatientTableWriter:
     ``mode="features"``: ``pred`` is the penultimate feature vector (network wrapped by
     :func:`feature_extractor`) -> columns ``f0..f{D-1}``. Constant columns (``phase``, ``fold``, ``model``) come
     from ``extra``. Rows are keyed by ``patient_id`` (MONAI's ``SaveClassificationd`` would name them after the
-    image file).
+    image file). Under ``torch.distributed`` (``multi_gpu_evaluate.json``) every rank's rows are gathered and rank
+    0 writes the one table.
     """
 
     def __init__(self, output_path: str | os.PathLike, mode: str = "probability", extra: dict | None = None,
@@ -177,4 +178,12 @@ class PatientTableWriter:
         return pd.concat([head, values], axis=1)
 
     def _write(self, engine) -> None:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            parts: list = [None] * dist.get_world_size()
+            dist.all_gather_object(parts, (self._ids, self._labels, self._rows))
+            if dist.get_rank() != 0:
+                return
+            self._ids, self._labels, self._rows = ([x for part in parts for x in part[i]] for i in range(3))
         atomic_write_table(self.output_path, self.table())
