@@ -108,6 +108,16 @@ def test_leaves_import_no_project_module(graph):
     assert {m: sorted(graph[m]) for m in LEAVES if graph[m]} == {}
 
 
+#: The study configuration package: its typed schema and checks import only these (leaves) and each other.
+CONFIG_MAY_IMPORT = {"p53hcc.tools.errors", "p53hcc.tools.schema"}
+
+
+def test_the_configuration_imports_only_leaves(graph):
+    config = {m for m in graph if m.startswith("p53hcc.tools.config")}
+    bad = {m: sorted(d for d in graph[m] if d not in CONFIG_MAY_IMPORT | config) for m in config}
+    assert config and {m: d for m, d in bad.items() if d} == {}
+
+
 def _stage(module: str) -> int | None:
     parts = module.split(".")
     if parts[:2] != ["p53hcc", "tools"] or len(parts) < 3 or parts[2] not in STAGE_ORDER:
