@@ -16,10 +16,11 @@ import numpy as np
 import pandas as pd
 import statsmodels.api as sm
 from scipy import stats as sps
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 from statsmodels.tools.sm_exceptions import PerfectSeparationError
 
+from p53hcc.fusion._estimator import BinaryClassifierMixin, binary_target, require_frame
 from p53hcc.fusion._validation import align
 from p53hcc.tools.errors import InputError
 
@@ -294,7 +295,7 @@ def stepwise_aic(X: pd.DataFrame, y, direction: str = "both", start: Sequence[st
     return [c for c in order if c in current]
 
 
-class ClinicalModel(ClassifierMixin, BaseEstimator):
+class ClinicalModel(BinaryClassifierMixin, BaseEstimator):
     """Clinical logistic model: encode -> univariable screen -> stepwise AIC -> unpenalised LR.
 
     Takes a cohort-like DataFrame of raw clinical columns as X, so it can be cloned and cross-fitted like any
@@ -317,16 +318,17 @@ class ClinicalModel(ClassifierMixin, BaseEstimator):
         self.candidates = candidates
 
     def _encode(self, X: pd.DataFrame) -> pd.DataFrame:
+        require_frame(X, "ClinicalModel", "the cohort's named clinical columns (age, sex, afp, ...)")
         enc = encode_clinical(X, preoperative_only=self.preoperative_only)
         return enc[list(self.candidates)] if self.candidates is not None else enc
 
     def fit(self, X: pd.DataFrame, y) -> ClinicalModel:
         """Select variables and fit the LR on training patients only (``X`` must not hold the outcome)."""
-        if OUTCOME in X.columns:  # a model handed its own label could learn it; refuse rather than trust
+        if OUTCOME in getattr(X, "columns", ()):  # a model handed its own label could learn it; refuse rather than trust
             raise InputError(None, "the clinical model's inputs contain the outcome column; pass the clinical "
                                    "variables only", column=OUTCOME)
         enc = self._encode(X)
-        target = _as_target(y, enc.index)
+        target = binary_target(_as_target(y, enc.index), OUTCOME, zero_one=True)  # both classes present
         self.classes_ = np.array([0, 1])
         self.univariable_ = univariable_table(enc, target)
         p = self.univariable_.set_index("variable")["p_value"]

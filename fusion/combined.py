@@ -11,10 +11,11 @@ import numpy as np
 import pandas as pd
 from scipy import optimize
 from scipy.special import expit
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator
 from sklearn.linear_model import LogisticRegression
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import check_array, check_is_fitted
 
+from p53hcc.fusion._estimator import BinaryClassifierMixin, aligned_target
 from p53hcc.tools.errors import InputError
 
 COMBINED_INPUTS: tuple[str, ...] = ("clinical", "radiomics", "dl")
@@ -51,11 +52,13 @@ def logit(p: np.ndarray, eps: float = LOGIT_EPS) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
-class CombinedModel(ClassifierMixin, BaseEstimator):
+class CombinedModel(BinaryClassifierMixin, BaseEstimator):
     """Unpenalised LR on logit-transformed component scores (clinical, radiomics, DL).
 
     X is a DataFrame with one column per input score (probabilities), e.g. from
-    :func:`p53hcc.fusion.crossfit.scores_wide`. The inputs are standardised (on the training patients passed to
+    :func:`p53hcc.fusion.crossfit.scores_wide`, its columns found by name; or an array of exactly those scores as
+    columns in the order of ``inputs``. ``y``: 0/1 (1 = P53 mutated), matched to X's patients by the package's rule
+    (a Series by patient id, anything else by position). The inputs are standardised (on the training patients passed to
     ``fit``) and the maximum-likelihood weights found; with ``nonnegative=True`` every weight is kept >= 0.
 
     Why non-negative weights: each input is a probability of P53 mutation from a model trained for exactly that,
@@ -78,8 +81,15 @@ class CombinedModel(ClassifierMixin, BaseEstimator):
         self.eps = eps
         self.nonnegative = nonnegative
 
-    def _design(self, X: pd.DataFrame) -> np.ndarray:
+    def _design(self, X) -> np.ndarray:
+        """The input scores as an (n, len(inputs)) float array: DataFrame columns by name, array columns by order."""
         cols = list(self.inputs)
+        if not isinstance(X, pd.DataFrame):
+            vals = check_array(X, dtype=float)  # scikit-learn's errors: sparse, empty, 1-D, NaN/inf
+            if vals.shape[1] != len(cols):
+                raise ValueError(f"X has {vals.shape[1]} features, but CombinedModel is expecting {len(cols)} "
+                                 f"features as input (the scores {cols}, in this order)")
+            return vals
         missing = [c for c in cols if c not in X.columns]
         if missing:
             raise InputError(None, f"combined model input score(s) missing: {missing}")
@@ -92,11 +102,14 @@ class CombinedModel(ClassifierMixin, BaseEstimator):
     def fit(self, X: pd.DataFrame, y) -> CombinedModel:
         """Fit the weights on training patients' out-of-fold scores."""
         self.feature_names_ = list(self.inputs)
-        z = logit(self._design(X), self.eps)
+        design = self._design(X)
+        index = X.index if isinstance(X, pd.DataFrame) else pd.RangeIndex(len(design))
+        y = aligned_target(y, index, zero_one=True)
+        z = logit(design, self.eps)
         mean, scale = z.mean(axis=0), z.std(axis=0)
         scale = np.where(scale > 0, scale, 1.0)  # a constant input keeps weight 0
-        y = np.asarray(y).astype(int)
         self.classes_ = np.array([0, 1])
+        self.n_features_in_ = len(self.feature_names_)
         beta = _max_likelihood((z - mean) / scale, y, nonnegative=bool(self.nonnegative))
         self.coef_ = beta[1:] / scale
         self.intercept_ = float(beta[0] - np.sum(beta[1:] * mean / scale))
@@ -117,7 +130,8 @@ class CombinedModel(ClassifierMixin, BaseEstimator):
 
     def logits(self, X: pd.DataFrame) -> pd.DataFrame:
         """The model's inputs on its own scale (logit of each score): what ``Nomogram.points`` takes."""
-        return pd.DataFrame(logit(self._design(X), self.eps), index=X.index, columns=list(self.inputs))
+        return pd.DataFrame(logit(self._design(X), self.eps), index=getattr(X, "index", None),
+                            columns=list(self.inputs))
 
     def coef_table(self) -> pd.DataFrame:
         """Tidy coefficients: term, coef (per logit unit), odds_ratio."""

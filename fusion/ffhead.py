@@ -16,15 +16,20 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator
 from sklearn.decomposition import PCA
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
+from sklearn.utils.validation import check_is_fitted
 
+from p53hcc.fusion._estimator import BinaryClassifierMixin, aligned_target, require_frame
 from p53hcc.fusion.harmonise import MIN_BATCH, ComBatHarmoniser, check_harmonise, with_batch
 from p53hcc.tools.schema import PHASES
+
+#: What the head's input columns are (its inputs are found by name).
+INPUT_COLUMNS = "the phase feature columns (ap_f0, ..., pvp_f0, ..., dp_f0, ...)"
 
 
 def feature_columns(df: pd.DataFrame) -> list[str]:
@@ -66,7 +71,7 @@ def wide_features(features_long: pd.DataFrame, phases: Sequence[str] = PHASES) -
     return wide
 
 
-class FFHead(ClassifierMixin, BaseEstimator):
+class FFHead(BinaryClassifierMixin, BaseEstimator):
     """Per-phase PCA -> concatenate -> LASSO (L1 logistic, CV-chosen penalty) -> logistic regression.
 
     Args:
@@ -127,11 +132,13 @@ class FFHead(ClassifierMixin, BaseEstimator):
         return self.post_scaler_.transform(np.hstack(blocks))
 
     def fit(self, X: pd.DataFrame, y: Sequence[int]) -> FFHead:
-        """Fit PCA per phase, the LASSO selector and the final LR on the given (training) patients only."""
-        y = np.asarray(y).astype(int)
-        self.classes_ = np.unique(y)
-        if len(self.classes_) != 2:
-            raise ValueError(f"FF head needs both classes in training, got {self.classes_.tolist()}")
+        """Fit PCA per phase, the LASSO selector and the final LR on the given (training) patients only.
+
+        ``y``: 0/1 (1 = P53 mutated), matched to X's patients by the package's rule (a Series by patient id,
+        anything else by position)."""
+        require_frame(X, "FFHead", INPUT_COLUMNS)
+        y = aligned_target(y, X.index, zero_one=True)
+        self.classes_ = np.array([0, 1])
         self.harmoniser_ = None
         if check_harmonise(self.harmonise) == "combat":
             self.harmoniser_ = ComBatHarmoniser(min_batch=self.min_batch).fit(X)
@@ -178,6 +185,8 @@ class FFHead(ClassifierMixin, BaseEstimator):
 
     def decision_function(self, X: pd.DataFrame) -> np.ndarray:
         """Log-odds of P53 mutation (constant prevalence log-odds when LASSO retained nothing)."""
+        check_is_fitted(self, "pcas_")
+        require_frame(X, "FFHead", INPUT_COLUMNS)
         if self.lr_ is None:
             p = np.clip(self.prevalence_, 1e-6, 1 - 1e-6)
             return np.full(len(X), np.log(p / (1 - p)))
@@ -190,7 +199,8 @@ class FFHead(ClassifierMixin, BaseEstimator):
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
         """Class at probability 0.5."""
-        return self.classes_[(self.predict_proba(X)[:, 1] >= 0.5).astype(int)]
+        p1 = self.predict_proba(X)[:, 1]  # first: an unfitted head raises NotFittedError
+        return self.classes_[(p1 >= 0.5).astype(int)]
 
 
 def make_ff_head(n_components: int = 8, cv: int = 5, random_state: int = 0, **kwargs) -> FFHead:

@@ -31,6 +31,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
+from p53hcc.fusion._estimator import require_frame
 from p53hcc.tools.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -65,9 +66,11 @@ def split_batch(X: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
     """``(features, batch)`` of a model input: the :data:`BATCH` column as text, the rest as the features.
 
     Raises:
+        TypeError: ``X`` is not a DataFrame.
         InputError: no batch column, or a patient without a batch.
     """
-    if not isinstance(X, pd.DataFrame) or BATCH not in X.columns:
+    require_frame(X, "harmonisation", f"the feature columns and a '{BATCH}' column (each patient's scanner)")
+    if BATCH not in X.columns:
         raise InputError(None, f"harmonisation needs a '{BATCH}' column (the scanner of each patient) in the model "
                                "input; the pipeline adds it from cohort.csv's batch column")
     batch = X[BATCH]
@@ -115,6 +118,9 @@ class ComBatHarmoniser(TransformerMixin, BaseEstimator):
     def fit(self, X: pd.DataFrame, y=None) -> ComBatHarmoniser:
         """Estimate ComBat on these (training) patients; ``y`` is ignored (the label never enters)."""
         feats, batch = split_batch(X)
+        if feats.shape[0] == 0 or feats.shape[1] == 0:
+            raise InputError(None, f"ComBat needs patients and features to fit on, got {feats.shape[0]} patient(s) "
+                                   f"and {feats.shape[1]} feature(s)")
         values = feats.to_numpy(dtype=float)
         if not np.isfinite(values).all():
             row, col = np.argwhere(~np.isfinite(values))[0]

@@ -19,6 +19,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from p53hcc.fusion._estimator import SupervisedMixin, binary_target
 from p53hcc.fusion.harmonise import MIN_BATCH, ComBatHarmoniser, check_harmonise
 
 __all__ = [
@@ -52,7 +53,7 @@ def _spearman_matrix(X: np.ndarray) -> np.ndarray:
     return r.T @ r
 
 
-class SpearmanFilter(SelectorMixin, BaseEstimator):
+class SpearmanFilter(SupervisedMixin, SelectorMixin, BaseEstimator):
     """Redundancy filter: of any two features with Spearman |rho| > ``threshold``, keep the more label-relevant.
 
     Relevance is the univariable discrimination |AUC - 0.5| (for a binary label this orders features like
@@ -70,7 +71,7 @@ class SpearmanFilter(SelectorMixin, BaseEstimator):
     def fit(self, X, y):
         """Learn which columns to keep from training data ``X`` (n, p) and binary labels ``y``."""
         X, y = validate_data(self, X, y, dtype=float)
-        self.relevance_ = np.abs(univariable_auc(X, y) - 0.5)
+        self.relevance_ = np.abs(univariable_auc(X, binary_target(y)) - 0.5)
         rho = np.abs(_spearman_matrix(X))
         order = np.argsort(-self.relevance_, kind="stable")
         keep = np.zeros(X.shape[1], dtype=bool)
@@ -96,7 +97,7 @@ def neg_log_loss(estimator, X, y) -> float:
     return -float(np.mean(-np.log(np.clip(proba[np.arange(len(column)), column], eps, 1 - eps))))
 
 
-class LassoSelector(SelectorMixin, BaseEstimator):
+class LassoSelector(SupervisedMixin, SelectorMixin, BaseEstimator):
     """Keep the features with non-zero coefficients in an L1-penalised logistic regression (LASSO).
 
     The penalty is chosen by stratified K-fold cross-validation on the training data passed to ``fit``
@@ -109,6 +110,10 @@ class LassoSelector(SelectorMixin, BaseEstimator):
         random_state: seed of the fold assignment.
         Cs: inverse penalty strengths to try (features must be standardised).
         max_iter: solver iterations.
+
+    Attributes:
+        n_iter_: the most solver iterations any of the cross-validated fits took (``max_iter``: one did not
+            converge).
     """
 
     def __init__(self, cv: int = 5, random_state: int | None = 0, Cs=None, max_iter: int = 2000):
@@ -120,6 +125,7 @@ class LassoSelector(SelectorMixin, BaseEstimator):
     def fit(self, X, y):
         """Fit the cross-validated LASSO on training data and record the surviving features."""
         X, y = validate_data(self, X, y, dtype=float)
+        codes = binary_target(y)
         Cs = np.logspace(-2.5, 1, 15) if self.Cs is None else self.Cs
         folds = StratifiedKFold(self.cv, shuffle=True, random_state=self.random_state)
         self.lasso_ = LogisticRegressionCV(Cs=Cs, l1_ratios=(1.0,), solver="liblinear", cv=folds,
@@ -128,10 +134,11 @@ class LassoSelector(SelectorMixin, BaseEstimator):
         self.lasso_.fit(X, y)
         self.coef_ = self.lasso_.coef_.ravel()
         self.C_ = float(np.ravel(self.lasso_.C_)[0])
+        self.n_iter_ = int(np.max(self.lasso_.n_iter_))  # the slowest of the CV fits (== max_iter: not converged)
         support = self.coef_ != 0
         self.fallback_ = not support.any()
         if self.fallback_:
-            support[np.argmax(np.abs(univariable_auc(X, y) - 0.5))] = True
+            support[np.argmax(np.abs(univariable_auc(X, codes) - 0.5))] = True
         self.support_ = support
         return self
 

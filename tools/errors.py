@@ -6,8 +6,11 @@ class P53hccError(Exception):
     """Base class: anything the user can fix (bad input, missing stage output, bad option)."""
 
 
-class InputError(P53hccError):
-    """A problem with one patient's input, naming the patient, the column/file and the reason."""
+class InputError(P53hccError, ValueError):
+    """A problem with one patient's input, naming the patient, the column/file and the reason.
+
+    Also a ValueError (a bad value in the input), as scikit-learn and its users expect of a fitted model's input
+    checks."""
 
     def __init__(self, patient_id: str | None, problem: str, column: str | None = None, path: str | None = None):
         self.patient_id, self.problem, self.column, self.path = patient_id, problem, column, path
