@@ -46,11 +46,16 @@ def _keys(image_sha: str, mask_sha: str | None, p: Mapping[str, Any]) -> tuple[s
     return n4_key, key
 
 
-def _sidecar_key(sidecar: Path) -> str | None:
+def _json_or_none(path: Path) -> Any:
     try:
-        return json.loads(sidecar.read_text()).get("key")
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+
+
+def _sidecar_key(sidecar: Path) -> str | None:
+    found = _json_or_none(sidecar)
+    return found.get("key") if isinstance(found, dict) else None
 
 
 def _save_nifti(dest: Path, tensor: Any, dtype) -> None:
@@ -269,7 +274,8 @@ def preprocess_cohort(cohort_csv: str | os.PathLike, out: str | os.PathLike, wor
     df = df.reset_index(drop=True)
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_table(root / "index.csv", df[INDEX_COLUMNS])
-    atomic_write_json(root / "params.json", p)  # what ran (the report's methods read it)
+    if _json_or_none(root / "params.json") != p:  # what ran (the report's methods read it); a rerun touches nothing
+        atomic_write_json(root / "params.json", p)
     apply_policy(out, "preprocess", [{"patient_id": f["patient_id"], "phase": f["phase"], "reason": _reason(f)}
                                      for f in failures], len(items), on_failure, "patient-phase(s)")
     return df
