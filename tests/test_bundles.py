@@ -173,7 +173,7 @@ def _torchrun(configs: list, cwd, overrides: dict) -> None:
 def test_multi_gpu_train_and_evaluate_two_processes_on_cpu(trained, study, tmp_path):
     """multi_gpu_train.json under torchrun with 2 processes trains and saves one checkpoint;
     multi_gpu_evaluate.json scores every held-out patient once, gathered into one table by rank 0."""
-    arm, work, _ = trained
+    arm, _, _ = trained
     configs = bundle_dir(arm) / "configs"
     common = {"bundle_root": tmp_path, "work_dir": tmp_path, "dataset_dir": study,
               "logging_file": configs / "logging.conf",
