@@ -183,26 +183,31 @@ class TrainingRecipe:
     augmentation: torch.nn.Module | None
 
     def describe(self, dev: torch.device, precision: str) -> dict[str, Any]:
-        """The recipe as it ran (classes and their settings), for ``recipe.json`` and the report."""
-        def name(obj: Any) -> str | None:
-            return None if obj is None else f"{type(obj).__module__}.{type(obj).__qualname__}"
-
+        """The recipe as it ran (classes and their scalar settings), for ``recipe.json`` and the report."""
         weight = getattr(self.loss, "weight", None)
-        aug = {k: v for k, v in vars(self.augmentation).items() if not k.startswith("_") and k != "training"
-               and isinstance(v, (int, float, str, bool))} if self.augmentation is not None else None
-        sched = ({k: v for k, v in vars(self.lr_scheduler).items() if isinstance(v, (int, float, str, bool))
-                  and not k.startswith("_") and k not in ("last_epoch", "verbose")}
-                 if self.lr_scheduler is not None else None)
-        return {"optimizer": name(self.optimizer),
+        return {"optimizer": _class_name(self.optimizer),
                 "optimizer_settings": {k: v for k, v in self.optimizer.defaults.items()
                                        if isinstance(v, (int, float, str, bool, tuple, list)) or v is None},
-                "loss": name(self.loss), "loss_class_weights": None if weight is None else weight.tolist(),
-                "loss_settings": {k: v for k, v in vars(self.loss).items() if isinstance(v, (int, float, str))
-                                  and not k.startswith("_") and k != "training"},
-                "lr_scheduler": name(self.lr_scheduler), "lr_scheduler_settings": sched,
-                "batch_augmentation": name(self.augmentation), "batch_augmentation_settings": aug,
+                "loss": _class_name(self.loss), "loss_class_weights": None if weight is None else weight.tolist(),
+                "loss_settings": _scalars(self.loss),
+                "lr_scheduler": _class_name(self.lr_scheduler),
+                "lr_scheduler_settings": _scalars(self.lr_scheduler, skip=("last_epoch", "verbose")),
+                "batch_augmentation": _class_name(self.augmentation),
+                "batch_augmentation_settings": _scalars(self.augmentation),
                 "precision": precision if dev.type == "cuda" else "fp32", "declared_precision": precision,
                 "device": dev.type}
+
+
+def _class_name(obj: Any) -> str | None:
+    return None if obj is None else f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def _scalars(obj: Any, skip: tuple[str, ...] = ()) -> dict[str, Any] | None:
+    """An object's public scalar attributes (its settings, as far as they can be read back), or None."""
+    if obj is None:
+        return None
+    return {k: v for k, v in vars(obj).items() if not k.startswith("_") and k not in ("training", *skip)
+            and isinstance(v, (int, float, str, bool))}
 
 
 def training_recipe(arm: str, params: dict, net: torch.nn.Module, y_train: torch.Tensor,
