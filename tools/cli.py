@@ -173,7 +173,8 @@ def study(cohort: str | None = None, out: str = "study-demo", nets: str | None =
         paper_selection: also report the paper's (optimistic) choice of network by validation AUC.
         profile: "paper" (the paper's settings: 256 px, 100 epochs, 1197 radiomics features per phase) or "demo"
             (fast settings); default: demo for the generated synthetic cohort, paper for your own cohort.
-        overrides: any study parameter, e.g. --epochs 5 --folds 5.
+        overrides: any study setting, e.g. --dl.epochs 5 --folds 5; `p53hcc config` lists every setting with its
+            type, allowed values, default and meaning.
     """
     from p53hcc.tools.pipeline.study import run_study
 
@@ -249,7 +250,7 @@ def _typed(command):
 COMMANDS = {f.__name__: _typed(f) for f in (synth, validate, datalist, preprocess, radiomics, train, gradcam, study,
                                              predict, evaluate, config)}
 COMMANDS["export-bundle"] = _typed(export_bundle)
-VERBOSE, QUIET = ("--verbose", "-v"), ("--quiet", "-q")
+VERBOSE, QUIET, HELP = ("--verbose", "-v"), ("--quiet", "-q"), ("--help", "-h")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -266,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     configure_logging(verbose=any(a in VERBOSE for a in argv), quiet=any(a in QUIET for a in argv))
     argv = [a for a in argv if a not in VERBOSE + QUIET]
+    if any(a in HELP for a in argv):  # a command taking **settings would read --help as a setting: fire's help
+        argv = [a for a in argv if a not in HELP] + ["--", "--help"]
     log = logging.getLogger("p53hcc.cli")
     try:
         fire.Fire(COMMANDS, command=argv, name="p53hcc")
