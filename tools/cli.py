@@ -272,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     log = logging.getLogger("p53hcc.cli")
     try:
         fire.Fire(COMMANDS, command=argv, name="p53hcc")
+    except fire.core.FireExit as done:  # --help, or fire's own usage error (it has printed why)
+        return int(done.code or 0)
     except (P53hccError, FileNotFoundError) as err:
         log.error("%s", err)
         return 1
