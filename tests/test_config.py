@@ -142,5 +142,6 @@ def test_p53hcc_config_lists_every_setting_and_its_yaml_round_trips(tmp_path, ca
 
 def test_study_help_is_the_commands_help_not_a_setting(capsys):
     assert main(["study", "--help"]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out + captured.err
     assert "Run the whole study" in out and "p53hcc config" in out
