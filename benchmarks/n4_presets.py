@@ -49,8 +49,8 @@ SCHEDULES: dict[str, dict] = {
 def render(n: int, size: str, seed: int):
     """Yield ``(patient_id, scanner, phase, image (x, y, z) float32, spacing, true field)`` for n synthetic
     patients; patient ``i`` gets the ``i``-th internal scanner (sorted by name), cyclically."""
-    from p53hcc.tools.cohort import synth_images as si
-    from p53hcc.tools.cohort.synth import sample_patients
+    from p53hcc.tools.cohort.synth import images as si
+    from p53hcc.tools.cohort.synth.cohort import sample_patients
 
     cohort, truth = sample_patients(max(n, 2), seed=seed)
     scanners = si.scanner_profiles("internal")

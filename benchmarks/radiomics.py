@@ -41,7 +41,7 @@ RESULTS = Path(__file__).parent / "results" / "radiomics.json"
 def _cohort_csv(n: int, size: str, root: Path) -> Path:
     """A synthetic cohort file listing exactly ``n`` patients (the generator needs n >= 2)."""
     from p53hcc.tools.cohort.manifest import read_cohort
-    from p53hcc.tools.cohort.synth import make_cohort
+    from p53hcc.tools.cohort.synth.cohort import make_cohort
 
     csv = make_cohort(n=max(n, 2), out=root / f"synth_{size}_{n}", seed=1, size=size, second_reader=False)
     if n < 2:

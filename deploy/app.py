@@ -30,8 +30,8 @@ from monai.deploy.operators.monai_bundle_inference_operator import (
     MonaiBundleInferenceOperator,
 )
 
-from p53hcc.tools.export.deploy_combined import find_models
-from p53hcc.tools.export.deploy_run import (
+from p53hcc.tools.deploy.combined import find_models
+from p53hcc.tools.deploy.run import (
     bundle_result,
     check_inputs,
     combined_for,

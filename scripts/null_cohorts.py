@@ -42,7 +42,7 @@ MAIN_VARIANTS = ("nested_nonnegative", "nested_free", "apparent_free")
 
 def fixed_tables(n: int = 320, seed: int = 0, n_radiomics: int = 40, n_deep: int = 16) -> dict:
     """The feature tables every permutation reuses (labels are drawn afresh per permutation)."""
-    from p53hcc.tools.cohort.synth import sample_patients
+    from p53hcc.tools.cohort.synth.cohort import sample_patients
 
     cohort, _ = sample_patients(n, seed=seed)
     for col in ("ap", "pvp", "dp", "ap_mask", "pvp_mask", "dp_mask"):

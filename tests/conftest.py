@@ -70,10 +70,10 @@ def fake_image_stages(monkeypatch):
     import matplotlib.pyplot as plt
 
     import p53hcc.tools.cohort.manifest
-    import p53hcc.tools.cohort.synth
+    import p53hcc.tools.cohort.synth.cohort
     import p53hcc.tools.dl.crossfit
     import p53hcc.tools.radiomics.extract
-    from p53hcc.tools.cohort.synth import sample_patients
+    from p53hcc.tools.cohort.synth.cohort import sample_patients
 
     state = {"kill": None, "calls": [], "drop": None}
 
@@ -138,7 +138,7 @@ def fake_image_stages(monkeypatch):
         fig.savefig(Path(out) / "gradcam" / f"{arm}_{net}.png")
         plt.close(fig)
 
-    monkeypatch.setattr(p53hcc.tools.cohort.synth, "make_cohort", make_cohort)
+    monkeypatch.setattr(p53hcc.tools.cohort.synth.cohort, "make_cohort", make_cohort)
     monkeypatch.setattr(p53hcc.tools.cohort.manifest, "validate_cohort", lambda path, **kw: [])
     monkeypatch.setattr("p53hcc.tools.pipeline.checks.validate_cohort", lambda path, **kw: [])
     monkeypatch.setattr(p53hcc.tools.radiomics.extract, "extract_cohort", extract_cohort)

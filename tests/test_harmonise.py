@@ -13,10 +13,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from p53hcc.fusion.crossfit import crossfit_scores
-from p53hcc.fusion.ffhead import FFHead
-from p53hcc.fusion.harmonise import BATCH, ComBatHarmoniser, harmonisation_record, with_batch
-from p53hcc.fusion.selection import make_radiomics_model
+from p53hcc.fusion.models.ffhead import FFHead
+from p53hcc.fusion.models.harmonise import BATCH, ComBatHarmoniser, harmonisation_record, with_batch
+from p53hcc.fusion.models.oof import crossfit_scores
+from p53hcc.fusion.models.radiomics import make_radiomics_model
 from p53hcc.tools.errors import InputError
 
 neuroCombat = pytest.importorskip("neuroCombat")

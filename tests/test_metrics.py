@@ -9,9 +9,9 @@ import pytest
 from scipy import stats as sps
 from sklearn.metrics import roc_auc_score
 
-from p53hcc.fusion import stats
-from p53hcc.fusion.calibration import smooth_calibration
-from p53hcc.fusion.metrics import crossfit_auc, degenerate_reason, model_metrics
+from p53hcc.fusion.stats import auc as stats
+from p53hcc.fusion.stats.calibration import smooth_calibration
+from p53hcc.fusion.stats.metric_rows import crossfit_auc, degenerate_reason, model_metrics
 
 
 def _sim(n=200, seed=0, signal=1.0):

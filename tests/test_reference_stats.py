@@ -13,7 +13,7 @@ import pytest
 import statsmodels.api as sm
 from sklearn.metrics import roc_auc_score
 
-from p53hcc.fusion import stats
+from p53hcc.fusion.stats import auc as stats
 from tests.conftest import REFERENCE_DATA
 
 REF = REFERENCE_DATA

@@ -8,8 +8,8 @@ import pytest
 from scipy.special import expit, logit
 from sklearn.metrics import brier_score_loss, roc_auc_score
 
-from p53hcc.fusion import stats
-from p53hcc.fusion.metrics import model_metrics
+from p53hcc.fusion.stats import auc as stats
+from p53hcc.fusion.stats.metric_rows import model_metrics
 
 
 # ------------------------------------------------------------------------------------------- AUC / DeLong

@@ -11,8 +11,8 @@ import yaml
 
 from p53hcc.tools.errors import P53hccError
 from p53hcc.tools.io import atomic_write_json
+from p53hcc.tools.pipeline.choice import choose_dl_model, select_dl_model, write_paper_selection
 from p53hcc.tools.pipeline.config import resolve_config
-from p53hcc.tools.pipeline.selection import choose_dl_model, select_dl_model, write_paper_selection
 from p53hcc.tools.pipeline.stages import Stage, read_marker, run_stages
 from p53hcc.tools.pipeline.study import build_stages
 from tests.conftest import Killed
@@ -179,7 +179,7 @@ def fused_study(tmp_path_factory):
     """A study folder up to the DL stages made from cheap fakes (radiomics with signal, DL scores from the truth),
     then the real fusion, statistics and freeze stages."""
     from p53hcc.tools.cohort.splits import write_datalist
-    from p53hcc.tools.cohort.synth import sample_patients
+    from p53hcc.tools.cohort.synth.cohort import sample_patients
 
     root = tmp_path_factory.mktemp("fused")
     cohort, truth = sample_patients(90, seed=5)
@@ -250,7 +250,7 @@ def test_frozen_model_reproduces_study_scores(fused_study):
     thr = bundle["manifest"]["threshold"]
     assert (pred["predicted_class"] == (pred["probability"] >= thr)).all()
     # nomogram: total points map back to the same probability
-    from p53hcc.fusion.nomogram import Nomogram
+    from p53hcc.fusion.models.nomogram import Nomogram
     spec = bundle["manifest"]["nomogram"]
     nomo = Nomogram(coefs=spec["coefs"], intercept=spec["intercept"], ranges=spec["ranges"], scale=spec["scale"],
                     refs=spec["refs"])
@@ -260,7 +260,7 @@ def test_frozen_model_reproduces_study_scores(fused_study):
 def test_evaluation_metrics(fused_study, tmp_path):
     from sklearn.metrics import roc_auc_score
 
-    from p53hcc.fusion.evaluation_report import write_evaluation_report
+    from p53hcc.fusion.report.evaluation_page import write_evaluation_report
     from p53hcc.tools.pipeline.freeze import load_model
     from p53hcc.tools.pipeline.predict import evaluation_metrics, score_patients
 
@@ -376,7 +376,7 @@ def test_nesting_records_where_dl_inner_scores_came_from(fused_study, tmp_path):
     assert sel["nesting"] == "nested" and all("stand-in" in v for v in sel["dl_inner_scores"].values())
 
     def pair_scores(root):  # what train_arm(inner=True) leaves (values made up here; only the source is checked)
-        from p53hcc.fusion.nested import inner_from_oof
+        from p53hcc.fusion.models.nested import inner_from_oof
 
         splits = json.loads((root / "splits.json").read_text(encoding="utf-8"))
         for arm in ("mc", "ff"):
@@ -462,7 +462,7 @@ def test_predict_and_evaluate_cohort_glue(fused_study, tmp_path, monkeypatch):
 
 def test_predict_names_every_missing_clinical_column_before_any_work(fused_study, tmp_path, monkeypatch):
     """All missing clinical columns in one message, before preprocessing (not the first one after minutes)."""
-    from p53hcc.fusion.clinical import RAW_COLUMNS
+    from p53hcc.fusion.models.clinical import RAW_COLUMNS
     from p53hcc.tools.pipeline import predict
 
     root, cohort, _ = fused_study
@@ -491,7 +491,7 @@ def test_profiles_paper_by_default_demo_for_synthetic():
 # ------------------------------------------------------------------ nothing lost silently (issue 17)
 def _fake_cohort(root: Path, n: int = 60, seed: int = 3) -> Path:
     """A fake-image cohort (with truth.csv) written by hand, as a user's own cohort.csv."""
-    from p53hcc.tools.cohort.synth import sample_patients
+    from p53hcc.tools.cohort.synth.cohort import sample_patients
 
     cohort, truth = sample_patients(n, seed=seed)
     for col in ("ap", "pvp", "dp", "ap_mask", "pvp_mask", "dp_mask"):

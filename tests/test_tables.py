@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from p53hcc.fusion.clinical import encode_clinical
-from p53hcc.fusion.tables import (
+from p53hcc.fusion.models.clinical import encode_clinical
+from p53hcc.fusion.report.tables import (
     TABLE1_VARIABLES,
     compare_categorical,
     compare_continuous,
@@ -119,7 +119,7 @@ def test_table1_structure_and_split_comparison():
 
 
 def test_table2_equals_odds_ratio_table():
-    stats = pytest.importorskip("p53hcc.fusion.stats", reason="p53hcc.fusion.stats not available")
+    stats = pytest.importorskip("p53hcc.fusion.stats.auc", reason="p53hcc.fusion.stats.auc not available")
     df = raw_cohort(260, seed=5)
     tab = table2(df)
     X = encode_clinical(df, preoperative_only=False)

@@ -26,7 +26,7 @@ def synth(n: int = 320, out: str = "synthetic", seed: int = 0, size: str = "demo
         format: "nifti", or "dicom" (the same voxels as one DICOM study per patient: an MR series per phase and a
             DICOM SEG per mask, under dicom/<patient>/; needs p53hcc[deploy]).
     """
-    from p53hcc.tools.cohort.synth import make_cohort
+    from p53hcc.tools.cohort.synth.cohort import make_cohort
 
     return str(make_cohort(n=n, out=out, seed=seed, size=size, second_reader=as_bool(second_reader, "second_reader"),
                            profile=profile, image_format=format))

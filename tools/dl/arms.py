@@ -228,8 +228,8 @@ class FFArm(Arm):
                       batches: pd.Series | None = None, **options):
         """For each fold pair, the FF head fitted on the pair networks' features of the training patients outside
         both folds scores the two folds' patients (as :func:`fit_ff_head` does for one fold)."""
-        from p53hcc.fusion.ffhead import make_ff_head, wide_features
-        from p53hcc.fusion.harmonise import with_batch
+        from p53hcc.fusion.models.ffhead import make_ff_head, wide_features
+        from p53hcc.fusion.models.harmonise import with_batch
 
         labels = pd.Series({str(d["patient_id"]): int(d["label"]) for d in items if d.get("split") == "train"})
         fold_of = {str(p): int(k) for p, k in splits["fold_of"].items()}
@@ -270,8 +270,8 @@ def fit_ff_head(arm_dir: Path, net: str, splits: dict, items: list[dict], head_k
     """Collect every phase model's features, cross-fit the FF head, write features/scores/lasso tables.
 
     ``batches`` (scanner per patient) feeds a harmonising head (``head_kwargs={"harmonise": "combat"}``)."""
-    from p53hcc.fusion.ffhead import crossfit_ff_head, feature_columns, make_ff_head, wide_features
-    from p53hcc.fusion.harmonise import with_batch
+    from p53hcc.fusion.models.ffhead import crossfit_ff_head, feature_columns, make_ff_head, wide_features
+    from p53hcc.fusion.models.harmonise import with_batch
 
     folds = [int(f["fold"]) for f in splits["folds"]]
     features = pd.concat([read_table(fold_dir(arm_dir, k) / p / "features.parquet")

@@ -193,7 +193,7 @@ def gradcam_model(weights: Path, items: list[dict], crop_root: Path, dest: Path,
 
 def _gradcam_model(weights: Path, items: list[dict], crop_root: Path, dest: Path, arm: str, net: str | None,
                    layer: str | None) -> Path:
-    from p53hcc.tools.dl.gradcam_figure import figure_caption, save_overlay
+    from p53hcc.fusion.report.gradcam_figure import figure_caption, save_overlay
 
     spec = get_arm(arm)
     params = read_config(weights)

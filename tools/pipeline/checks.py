@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from p53hcc.fusion.clinical import RAW_COLUMNS, RAW_PATHOLOGY
+from p53hcc.fusion.models.clinical import RAW_COLUMNS, RAW_PATHOLOGY
 from p53hcc.tools.cohort.imagechecks import ImageRequirements
 from p53hcc.tools.cohort.manifest import Problem, present, read_cohort, validate_cohort
 from p53hcc.tools.errors import P53hccError

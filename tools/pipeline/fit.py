@@ -16,18 +16,18 @@ from typing import Any
 
 import pandas as pd
 
-from p53hcc.fusion.crossfit import crossfit_predict, crossfit_scores, fit_full, scores_wide
-from p53hcc.fusion.harmonise import harmonisation_record, with_batch
-from p53hcc.fusion.metrics import degenerate_reason
-from p53hcc.fusion.models import make_clinical_model, make_combined_model, make_radiomics_model
-from p53hcc.fusion.nested import inner_from_oof, inner_scores, nested_choice_and_stack
-from p53hcc.fusion.selection import selected_features_table
+from p53hcc.fusion.models.factories import make_clinical_model, make_combined_model, make_radiomics_model
+from p53hcc.fusion.models.harmonise import harmonisation_record, with_batch
+from p53hcc.fusion.models.nested import inner_from_oof, inner_scores, nested_choice_and_stack
+from p53hcc.fusion.models.oof import crossfit_predict, crossfit_scores, fit_full, scores_wide
+from p53hcc.fusion.models.radiomics import selected_features_table
+from p53hcc.fusion.stats.metric_rows import degenerate_reason
 from p53hcc.tools.cohort.batches import batch_of
 from p53hcc.tools.cohort.dropped import dropped_patients
 from p53hcc.tools.cohort.manifest import read_cohort
 from p53hcc.tools.cohort.splits import load_splits
 from p53hcc.tools.io import atomic_path, atomic_write_json, atomic_write_table, read_table
-from p53hcc.tools.pipeline.selection import candidate_order, collect_dl_scores, select_dl_model, write_scores
+from p53hcc.tools.pipeline.choice import candidate_order, collect_dl_scores, select_dl_model, write_scores
 from p53hcc.tools.radiomics.icc import reliable_features
 from p53hcc.tools.schema import CLINICAL_COLUMNS, SCORE_COLUMNS
 

@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from p53hcc.fusion.decision import net_benefit, threshold_grid
-from p53hcc.fusion.figures import FINAL_MODELS
-from p53hcc.fusion.metrics import degenerate_reason, model_metrics, nan_metrics, reference_metrics
-from p53hcc.fusion.stats import pairwise_delong, youden_threshold
+from p53hcc.fusion.report.figures import FINAL_MODELS
+from p53hcc.fusion.stats.auc import pairwise_delong, youden_threshold
+from p53hcc.fusion.stats.decision import net_benefit, threshold_grid
+from p53hcc.fusion.stats.metric_rows import degenerate_reason, model_metrics, nan_metrics, reference_metrics
 from p53hcc.tools.io import atomic_write_table, read_table
+from p53hcc.tools.pipeline.choice import collect_dl_scores, write_paper_selection
 from p53hcc.tools.pipeline.fit import cohort_labels
-from p53hcc.tools.pipeline.selection import collect_dl_scores, write_paper_selection
 from p53hcc.tools.schema import METRIC_COLUMNS
 
 #: The population posterior (a ``truth.csv`` column of the synthetic cohort) that conditions on exactly the inputs

@@ -20,7 +20,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 from statsmodels.tools.sm_exceptions import PerfectSeparationError
 
-from p53hcc.fusion._validation import align
+from p53hcc.fusion.inputs import align
 from p53hcc.tools.errors import InputError
 
 #: Model variables derived from cohort.csv, in table order.

@@ -18,7 +18,7 @@ import pandas as pd
 from sklearn.base import clone
 from tqdm.auto import tqdm
 
-from p53hcc.fusion._validation import align
+from p53hcc.fusion.inputs import align
 from p53hcc.tools.errors import InputError
 
 SCORE_COLUMNS = ["patient_id", "model", "fold", "split", "score"]

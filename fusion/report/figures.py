@@ -17,11 +17,11 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from p53hcc.fusion import plots
-from p53hcc.fusion.decision import threshold_grid
-from p53hcc.fusion.dl_training import learning_curve_figure
-from p53hcc.fusion.labels import model_label
-from p53hcc.fusion.nomogram import nomogram_figure
+from p53hcc.fusion.models.nomogram import nomogram_figure
+from p53hcc.fusion.report import plots
+from p53hcc.fusion.report.labels import model_label
+from p53hcc.fusion.report.learning_curves import learning_curve_figure
+from p53hcc.fusion.stats.decision import threshold_grid
 from p53hcc.tools.io import atomic_path, atomic_write_json, read_table
 from p53hcc.tools.schema import SPLIT_LABELS
 

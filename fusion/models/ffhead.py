@@ -23,7 +23,7 @@ from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 
-from p53hcc.fusion.harmonise import MIN_BATCH, ComBatHarmoniser, check_harmonise, with_batch
+from p53hcc.fusion.models.harmonise import MIN_BATCH, ComBatHarmoniser, check_harmonise, with_batch
 from p53hcc.tools.schema import PHASES
 
 

@@ -133,7 +133,7 @@ class CombinedModel(BaseEstimator, ClassifierMixin):
             X_train: training scores; axis ranges span their 1st-99th percentiles (default 0.02-0.98).
             labels: display names per input.
         """
-        from p53hcc.fusion.nomogram import Nomogram
+        from p53hcc.fusion.models.nomogram import Nomogram
 
         ranges, ticks = {}, {}
         for name in self.feature_names_:

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from p53hcc.fusion.clinical import ClinicalModel
-from p53hcc.fusion.combined import COMBINED_INPUTS, CombinedModel, logit
-from p53hcc.fusion.ffhead import make_ff_head
-from p53hcc.fusion.selection import make_radiomics_model
+from p53hcc.fusion.models.clinical import ClinicalModel
+from p53hcc.fusion.models.combined import COMBINED_INPUTS, CombinedModel, logit
+from p53hcc.fusion.models.ffhead import make_ff_head
+from p53hcc.fusion.models.radiomics import make_radiomics_model
 
 
 def make_clinical_model(**kw) -> ClinicalModel:

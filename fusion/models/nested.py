@@ -28,7 +28,7 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
-from p53hcc.fusion.crossfit import _fresh, _indexed, _labels, _proba
+from p53hcc.fusion.models.oof import _fresh, _indexed, _labels, _proba
 from p53hcc.tools.errors import InputError
 
 INNER_COLUMNS = ["outer", "patient_id", "score"]

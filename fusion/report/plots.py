@@ -14,7 +14,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 
-from p53hcc.fusion import stats
+from p53hcc.fusion.stats import auc as stats
 from p53hcc.tools.errors import InputError
 from p53hcc.tools.schema import SPLIT_TITLES
 

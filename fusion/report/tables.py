@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from p53hcc.fusion.clinical import (
+from p53hcc.fusion.models.clinical import (
     _as_target,
     _fit_logit,
     _or_rows,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from p53hcc.fusion._validation import as_labels, check_probability
+from p53hcc.fusion.inputs import as_labels, check_probability
 
 COLUMNS = ["model", "threshold", "net_benefit", "tp_rate", "fp_rate", "test_pos_rate", "harm",
            "net_intervention_avoided"]

@@ -22,8 +22,8 @@ import statsmodels.api as sm
 from scipy import optimize, special
 from scipy import stats as sps
 
-from p53hcc.fusion._validation import as_labels, check_binary
-from p53hcc.fusion.calibration import (
+from p53hcc.fusion.inputs import as_labels, check_binary
+from p53hcc.fusion.stats.calibration import (
     HosmerLemeshow,
     adaptive_bins,
     brier_score,
@@ -32,7 +32,7 @@ from p53hcc.fusion.calibration import (
     hosmer_lemeshow,
     smooth_calibration,
 )
-from p53hcc.fusion.decision import net_benefit
+from p53hcc.fusion.stats.decision import net_benefit
 
 __all__ = [
     "AUCResult",

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from p53hcc.fusion.nested import choose
+from p53hcc.fusion.models.nested import choose
 from p53hcc.tools.errors import P53hccError
 from p53hcc.tools.io import atomic_write_json, atomic_write_table, read_table
 from p53hcc.tools.schema import SCORE_COLUMNS

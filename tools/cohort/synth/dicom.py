@@ -133,7 +133,7 @@ def write_patient(rec: dict, h: float, scanner: dict, scanner_name: str, out: Pa
                   second_reader: bool) -> tuple[dict, dict]:
     """Render one patient (the NIfTI cohort's voxels) and write it as DICOM; returns (cohort path columns relative
     to ``out``, truth details)."""
-    from p53hcc.tools.cohort.synth_images import rendered
+    from p53hcc.tools.cohort.synth.images import rendered
 
     images, masks, affine, info = rendered(rec, h, scanner, size, seed, second_reader)
     pid = str(rec["patient_id"])

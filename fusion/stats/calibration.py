@@ -21,7 +21,7 @@ from scipy import stats as sps
 from statsmodels.stats.proportion import proportion_confint
 from statsmodels.tools.sm_exceptions import PerfectSeparationWarning
 
-from p53hcc.fusion._validation import check_probability
+from p53hcc.fusion.inputs import check_probability
 
 _EPS = 1e-10  # probabilities are clipped to [eps, 1 - eps] before taking logits
 

@@ -19,11 +19,11 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from p53hcc.fusion import tables as ft
-from p53hcc.fusion.dl_training import assumptions_html
-from p53hcc.fusion.gradcam_gallery import gallery_html, gradcam_files
-from p53hcc.fusion.labels import model_label
-from p53hcc.fusion.multicentre import methods_note, report_sections
+from p53hcc.fusion.report import tables as ft
+from p53hcc.fusion.report.gradcam_gallery import gallery_html, gradcam_files
+from p53hcc.fusion.report.labels import model_label
+from p53hcc.fusion.report.learning_curves import assumptions_html
+from p53hcc.fusion.report.multicentre import methods_note, report_sections
 from p53hcc.tools.io import atomic_write_table, atomic_write_text, read_table
 from p53hcc.tools.schema import NET_LABELS, SPLIT_LABELS
 

@@ -19,7 +19,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from p53hcc.fusion.harmonise import MIN_BATCH, ComBatHarmoniser, check_harmonise
+from p53hcc.fusion.models.harmonise import MIN_BATCH, ComBatHarmoniser, check_harmonise
 
 __all__ = [
     "LassoSelector",

@@ -20,7 +20,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from p53hcc.tools.export.deploy_combined import (
+from p53hcc.tools.deploy.combined import (
     CLINICAL_JSON,
     DeployInputError,
     check_clinical_values,
@@ -29,7 +29,7 @@ from p53hcc.tools.export.deploy_combined import (
     find_models,
     read_clinical,
 )
-from p53hcc.tools.export.dicom_study import (
+from p53hcc.tools.deploy.dicom_study import (
     Series,
     load_volume,
     mask_path,

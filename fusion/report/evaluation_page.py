@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from p53hcc.fusion.labels import model_label
-from p53hcc.fusion.report import _df_html, _page
+from p53hcc.fusion.report.labels import model_label
+from p53hcc.fusion.report.page import _df_html, _page
 from p53hcc.tools.io import atomic_write_text
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from p53hcc.fusion.stats import auc_ci
+from p53hcc.fusion.stats.auc import auc_ci
 from p53hcc.tools.io import atomic_write_table, read_table
 
 SCANNER_COLUMNS = ["scanner", "model", "n", "n_events", "auc", "ci_low", "ci_high", "note"]

@@ -265,7 +265,7 @@ def make_cohort(n: int, out: str | os.PathLike, seed: int = 0, size: str = "demo
     Returns:
         Path of ``cohort.csv``.
     """
-    from p53hcc.tools.cohort import synth_images as si  # numpy/nibabel heavy: only when images are written
+    from p53hcc.tools.cohort.synth import images as si  # numpy/nibabel heavy: only when images are written
 
     if size not in si.SIZES:
         raise P53hccError(f"synth: unknown size {size!r} (use demo or paper)")
@@ -286,7 +286,7 @@ def make_cohort(n: int, out: str | os.PathLike, seed: int = 0, size: str = "demo
         args = (truth.loc[i, "latent_heterogeneity"], scanners[rec["scanner"]])
         where = {"size": size, "seed": (seed, PROFILES[profile][1], i), "second_reader": bool(r2[i])}
         if image_format == "dicom":
-            from p53hcc.tools.cohort.synth_dicom import write_patient
+            from p53hcc.tools.cohort.synth.dicom import write_patient
 
             paths, info = write_patient(rec, *args, rec["scanner"], out, **where)
         else:
