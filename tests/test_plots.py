@@ -11,7 +11,8 @@ from matplotlib.text import Text
 
 from p53hcc.fusion.models.clinical import ClinicalModel, encode_clinical
 from p53hcc.fusion.models.factories import make_combined_model
-from p53hcc.fusion.models.nomogram import Nomogram, nomogram_figure
+from p53hcc.fusion.models.nomogram import Nomogram
+from p53hcc.fusion.report.nomogram_figure import nomogram_figure
 from tests.test_clinical import raw_cohort
 
 plots = pytest.importorskip("p53hcc.fusion.report.plots", reason="p53hcc.fusion.report.plots needs p53hcc.fusion.stats")

@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from p53hcc.fusion.models.nomogram import nomogram_figure
 from p53hcc.fusion.report import plots
 from p53hcc.fusion.report.labels import model_label
 from p53hcc.fusion.report.learning_curves import learning_curve_figure
+from p53hcc.fusion.report.nomogram_figure import nomogram_figure
 from p53hcc.fusion.stats.decision import threshold_grid
 from p53hcc.tools.io import atomic_path, atomic_write_json, read_table
 from p53hcc.tools.schema import SPLIT_LABELS

@@ -14,7 +14,10 @@ import pandas as pd
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 
-from p53hcc.fusion.stats import auc as stats
+from p53hcc.fusion.stats.auc import auc_ci
+from p53hcc.fusion.stats.calibration import adaptive_bins, calibration_curve, smooth_calibration
+from p53hcc.fusion.stats.decision import net_benefit
+from p53hcc.fusion.stats.thresholds import confusion_frame
 from p53hcc.tools.errors import InputError
 from p53hcc.tools.schema import SPLIT_TITLES
 
@@ -62,7 +65,7 @@ def roc_figure(scores_long: pd.DataFrame, split: str, labels: pd.Series | None =
     ax = fig.add_subplot(1, 1, 1)
     for m, (y, s) in data.items():
         fpr, tpr, _ = roc_curve(y, s)
-        a = stats.auc_ci(y, s)
+        a = auc_ci(y, s)
         ci = "" if pooled or not np.isfinite(a.ci_low) else f" ({a.ci_low:.3f}\u2013{a.ci_high:.3f})"
         ax.plot(fpr, tpr, lw=1.6, label=f"{names.get(m, m)}: {a.auc:.3f}{ci}")
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8)
@@ -89,10 +92,10 @@ def calibration_figure(scores_long: pd.DataFrame, split: str, labels: pd.Series 
     for i, (m, (y, s)) in enumerate(data.items()):
         color = f"C{i}"
         if np.ptp(s) > 0:
-            c = stats.smooth_calibration(y, s)
+            c = smooth_calibration(y, s)
             ax.plot(c["predicted"], c["observed"], color=color, lw=1.6, label=names.get(m, m))
             ax.fill_between(c["predicted"], c["ci_low"], c["ci_high"], color=color, alpha=0.15, lw=0)
-        b = stats.calibration_curve(y, s, n_bins=stats.adaptive_bins(len(y), n_bins))
+        b = calibration_curve(y, s, n_bins=adaptive_bins(len(y), n_bins))
         err = np.vstack([b["observed"] - b["ci_low"], b["ci_high"] - b["observed"]])
         ax.errorbar(b["mean_predicted"], b["observed"], yerr=err, fmt="o", ms=4, color=color, capsize=2,
                     label=None if np.ptp(s) > 0 else f"{names.get(m, m)} (constant)")
@@ -117,7 +120,7 @@ def decision_curve_figure(scores_long: pd.DataFrame, split: str, labels: pd.Seri
     y = next(iter(data.values()))[0]
     if any(not np.array_equal(v[0], y) for v in data.values()):
         raise InputError(None, "decision curves need every model scored on the same patients in the same order")
-    nb = stats.net_benefit(y, {m: s for m, (_, s) in data.items()}, thresholds=thresholds)
+    nb = net_benefit(y, {m: s for m, (_, s) in data.items()}, thresholds=thresholds)
     fig = Figure(figsize=figsize)
     ax = fig.add_subplot(1, 1, 1)
     styles = {"all": {"color": "grey", "lw": 1, "label": "Treat all"},
@@ -143,7 +146,7 @@ def confusion_figure(scores_long: pd.DataFrame, split: str, thresholds: Mapping[
     for i, (m, (y, s)) in enumerate(data.items()):
         if m not in thresholds:
             raise InputError(None, f"no threshold for model {m!r} (use the training-cohort Youden cut-off)")
-        cf = stats.confusion_frame(y, s, thresholds[m])
+        cf = confusion_frame(y, s, thresholds[m])
         mat = cf.pivot(index="actual", columns="predicted", values="n").reindex(index=[0, 1], columns=[0, 1])
         mat = mat.fillna(0).to_numpy(int)
         ax = fig.add_subplot(1, n, i + 1)

@@ -1,14 +1,10 @@
-"""Discrimination statistics of the paper: ROC AUC with DeLong CI, paired DeLong test, Youden threshold,
-threshold metrics, odds-ratio tables and the tidy ``metrics.csv`` rows.
+"""ROC AUC of the paper: the AUC with its DeLong (or bootstrap) CI and the paired DeLong test between models.
 
-Calibration (binned curve, slope/intercept, Brier, Hosmer-Lemeshow) lives in :mod:`p53hcc.fusion.calibration` and
-decision-curve net benefit in :mod:`p53hcc.fusion.decision`; both are re-exported here so callers need one import.
+Checked in ``tests/test_stats.py`` and ``tests/test_reference_stats.py`` against pROC output.
 
-Every statistic is checked in ``tests/test_stats.py`` against a reference (pROC, R dcurves, blorr,
-performance, UCLA glm output) stored in ``shared/reference-data``.
-
-Conventions: ``y_true`` is 0/1 (1 = P53 mutated, the "case"); a higher score means more likely a case
-(pROC direction ``"<"``); a patient is called positive when ``score >= threshold``.
+Conventions (every module of :mod:`p53hcc.fusion.stats`): ``y_true`` is 0/1 (1 = P53 mutated, the "case"); a
+higher score means more likely a case (pROC direction ``"<"``); a patient is called positive when
+``score >= threshold``.
 """
 from __future__ import annotations
 
@@ -18,43 +14,11 @@ from itertools import combinations
 
 import numpy as np
 import pandas as pd
-import statsmodels.api as sm
-from scipy import optimize, special
 from scipy import stats as sps
 
-from p53hcc.fusion.inputs import as_labels, check_binary
-from p53hcc.fusion.stats.calibration import (
-    HosmerLemeshow,
-    adaptive_bins,
-    brier_score,
-    calibration_curve,
-    calibration_slope_intercept,
-    hosmer_lemeshow,
-    smooth_calibration,
-)
-from p53hcc.fusion.stats.decision import net_benefit
+from p53hcc.fusion.inputs import check_binary
 
-__all__ = [
-    "AUCResult",
-    "DeLongTest",
-    "HosmerLemeshow",
-    "adaptive_bins",
-    "auc_ci",
-    "brier_score",
-    "calibration_curve",
-    "calibration_slope_intercept",
-    "confusion_frame",
-    "delong_roc_variance",
-    "delong_test",
-    "hosmer_lemeshow",
-    "net_benefit",
-    "odds_ratio_table",
-    "pairwise_delong",
-    "profile_ci",
-    "smooth_calibration",
-    "threshold_metrics",
-    "youden_threshold",
-]
+__all__ = ["AUCResult", "DeLongTest", "auc_ci", "delong_roc_variance", "delong_test", "pairwise_delong"]
 
 
 @dataclass(frozen=True)
@@ -214,167 +178,3 @@ def pairwise_delong(y_true, scores: dict[str, np.ndarray], alpha: float = 0.05) 
         res = delong_test(y_true, scores[name_a], scores[name_b], alpha=alpha)
         rows.append({"model_a": name_a, "model_b": name_b, **asdict(res)})
     return pd.DataFrame(rows)
-
-
-# ---------------------------------------------------------------- thresholds
-def youden_threshold(y_true, y_score) -> float:
-    """Cut-off maximising Youden's J = sensitivity + specificity - 1 (positive when score >= cut-off).
-
-    Fit it on the training cohort only and apply the returned value unchanged to validation/external
-    cohorts: a cut-off re-optimised on the cohort being evaluated overstates sensitivity and specificity
-    (Leeflang et al., Clin Chem 2008;54:729-37).
-
-    Candidate cut-offs are midpoints between consecutive distinct scores (as pROC's ``coords(..., "best")``),
-    so the cut-off does not sit on a training patient's score. Ties in J go to the lowest cut-off (higher
-    sensitivity).
-    """
-    y, (s,) = check_binary(y_true, y_score)
-    u = np.unique(s)
-    if u.size == 1:
-        return float(u[0])
-    cuts = (u[:-1] + u[1:]) / 2
-    pos, neg = np.sort(s[y == 1]), np.sort(s[y == 0])
-    sens = 1 - np.searchsorted(pos, cuts, side="left") / pos.size   # fraction of cases >= cut
-    spec = np.searchsorted(neg, cuts, side="left") / neg.size       # fraction of controls < cut
-    j = sens + spec - 1
-    return float(cuts[int(np.argmax(j >= j.max() - 1e-12))])
-
-
-def _confusion(y: np.ndarray, s: np.ndarray, threshold: float) -> dict[str, int]:
-    pred = s >= threshold
-    return {"tp": int(np.sum(pred & (y == 1))), "fp": int(np.sum(pred & (y == 0))),
-            "tn": int(np.sum(~pred & (y == 0))), "fn": int(np.sum(~pred & (y == 1)))}
-
-
-def _ratio(num: int, den: int) -> float:
-    return num / den if den else float("nan")
-
-
-def threshold_metrics(y_true, y_score, threshold: float) -> dict:
-    """Accuracy, sensitivity, specificity, PPV, NPV and the confusion counts at a fixed cut-off.
-
-    A patient is positive when ``score >= threshold``. PPV (NPV) is NaN when nobody is called positive
-    (negative).
-    """
-    y, (s,) = check_binary(y_true, y_score)
-    c = _confusion(y, s, float(threshold))
-    tp, fp, tn, fn = c["tp"], c["fp"], c["tn"], c["fn"]
-    return {"accuracy": (tp + tn) / y.size, "sensitivity": _ratio(tp, tp + fn),
-            "specificity": _ratio(tn, tn + fp), "ppv": _ratio(tp, tp + fp), "npv": _ratio(tn, tn + fn), **c}
-
-
-def confusion_frame(y_true, y_score, threshold: float) -> pd.DataFrame:
-    """Confusion matrix as a tidy frame (actual, predicted, n) with all four cells, for plotting."""
-    y, (s,) = check_binary(y_true, y_score)
-    c = _confusion(y, s, float(threshold))
-    return pd.DataFrame({"actual": [1, 1, 0, 0], "predicted": [1, 0, 1, 0],
-                         "n": [c["tp"], c["fn"], c["fp"], c["tn"]]})
-
-
-# ---------------------------------------------------------------- odds ratios (unpenalised logistic regression)
-def _logit_fit(y: np.ndarray, X: pd.DataFrame):
-    """Unpenalised ML logistic fit (statsmodels Logit, Newton); clear error on separation/non-convergence."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            res = sm.Logit(y, X).fit(method="newton", maxiter=100, disp=0)
-        except np.linalg.LinAlgError as err:
-            raise ValueError(f"logistic fit failed (collinear predictors among {list(X.columns)}): {err}") from err
-    if not res.mle_retvals.get("converged", False) or not np.all(np.isfinite(res.bse)):
-        raise ValueError(f"logistic fit of {list(X.columns)} did not converge (complete or quasi-complete "
-                         "separation?); odds ratios would be infinite")
-    return res
-
-
-def _profile_llf(y: np.ndarray, X: np.ndarray, j: int, b: float) -> float:
-    """Max log-likelihood with coefficient j fixed at b (the others re-fitted; X[:, j] * b as offset)."""
-    offset = X[:, j] * b
-    rest = np.delete(X, j, axis=1)
-    if rest.shape[1] == 0:
-        p = special.expit(offset)
-        return float(np.sum(special.xlogy(y, p) + special.xlogy(1 - y, 1 - p)))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        # IRLS from its default start: warm starts at the MLE diverge far out on the profile
-        res = sm.GLM(y, rest, family=sm.families.Binomial(), offset=offset).fit(tol=1e-12, maxiter=200)
-    return float(res.llf)
-
-
-def profile_ci(y: np.ndarray, X: pd.DataFrame, alpha: float = 0.05, result=None) -> pd.DataFrame:
-    """Profile-likelihood (1 - alpha) CIs of every logistic coefficient (on the logit scale).
-
-    For each coefficient the exact roots of 2 * (llf_max - llf_profile(b)) = chi2_1(1 - alpha) are found
-    with Brent's method (R ``MASS::confint.glm`` interpolates a grid of the same profile; they agree to
-    ~1e-4). Profile CIs are preferable to Wald CIs in small samples and for skewed likelihoods.
-
-    Returns:
-        DataFrame indexed by term with columns ci_low, ci_high.
-    """
-    res = result if result is not None else _logit_fit(y, X)
-    Xa, beta, se = np.asarray(X, dtype=float), np.asarray(res.params), np.asarray(res.bse)
-    crit, llf = sps.chi2.ppf(1 - alpha, 1), float(res.llf)
-    rows = []
-    for j in range(Xa.shape[1]):
-        def dev(b: float, j: int = j) -> float:
-            return 2 * (llf - _profile_llf(y, Xa, j, b)) - crit
-        bounds = []
-        for sign in (-1, 1):
-            step = sign * se[j]
-            far = beta[j] + 2 * step
-            for _ in range(30):  # expand until the profile deviance exceeds the cut-off
-                if dev(far) > 0:
-                    break
-                step *= 2
-                far = beta[j] + 2 * step
-            else:
-                bounds.append(sign * np.inf)
-                continue
-            bounds.append(optimize.brentq(dev, beta[j], far, xtol=1e-10))
-        rows.append(bounds)
-    return pd.DataFrame(rows, index=X.columns, columns=["ci_low", "ci_high"])
-
-
-def odds_ratio_table(X: pd.DataFrame, y, ci: str = "wald", alpha: float = 0.05) -> pd.DataFrame:
-    """Odds ratios with (1 - alpha) CIs and Wald p-values from an unpenalised logistic regression.
-
-    The model is statsmodels ``Logit(y, [const, X])`` (ML, no penalty), as R ``glm(family=binomial)``.
-
-    Args:
-        X: numeric predictors, one column per term (encode categoricals as dummies first); no NaN.
-        y: 0/1 outcome aligned with X.
-        ci: ``"wald"`` (coef +- z * SE, R ``confint.default``) or ``"profile"`` (profile likelihood, R
-            ``confint``/MASS).
-        alpha: 1 - confidence level.
-
-    Returns:
-        One row per term, intercept first as ``const``: variable, coef, se, odds_ratio, ci_low, ci_high
-        (CI of the odds ratio), p_value (Wald z test).
-    """
-    if not isinstance(X, pd.DataFrame):
-        raise TypeError("X must be a pandas DataFrame with named predictor columns")
-    if ci not in ("wald", "profile"):
-        raise ValueError(f"ci must be 'wald' or 'profile', got {ci!r}")
-    yv = as_labels_aligned(y, len(X))
-    Xn = X.apply(pd.to_numeric, errors="coerce").astype(float)
-    bad = [c for c in Xn.columns if Xn[c].isna().any() or not np.isfinite(Xn[c]).all()]
-    if bad:
-        raise ValueError(f"predictor column(s) {bad} contain missing or non-numeric values")
-    Xc = sm.add_constant(Xn.reset_index(drop=True), prepend=True, has_constant="add")
-    res = _logit_fit(yv, Xc)
-    if ci == "wald":
-        bounds = res.conf_int(alpha=alpha)
-        bounds.columns = ["ci_low", "ci_high"]
-    else:
-        bounds = profile_ci(yv, Xc, alpha=alpha, result=res)
-    return pd.DataFrame({
-        "variable": Xc.columns, "coef": res.params.to_numpy(), "se": res.bse.to_numpy(),
-        "odds_ratio": np.exp(res.params.to_numpy()), "ci_low": np.exp(bounds["ci_low"].to_numpy()),
-        "ci_high": np.exp(bounds["ci_high"].to_numpy()), "p_value": res.pvalues.to_numpy()})
-
-
-def as_labels_aligned(y, n: int) -> np.ndarray:
-    """0/1 labels of length n (validated)."""
-    yv = as_labels(y)
-    if yv.size != n:
-        raise ValueError(f"y has {yv.size} values but X has {n} rows")
-    return yv

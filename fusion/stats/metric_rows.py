@@ -21,8 +21,9 @@ from scipy import stats as sps
 from statsmodels.stats.proportion import proportion_confint
 
 from p53hcc.fusion.inputs import check_binary, check_probability
-from p53hcc.fusion.stats.auc import AUCResult, auc_ci, delong_roc_variance, threshold_metrics
+from p53hcc.fusion.stats.auc import AUCResult, auc_ci, delong_roc_variance
 from p53hcc.fusion.stats.calibration import brier_score, calibration_slope_intercept, hosmer_lemeshow
+from p53hcc.fusion.stats.thresholds import threshold_metrics
 from p53hcc.tools.schema import METRIC_COLUMNS
 
 NAN = float("nan")

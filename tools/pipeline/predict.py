@@ -18,7 +18,7 @@ from p53hcc.fusion.models.factories import logit
 from p53hcc.fusion.models.harmonise import with_batch
 from p53hcc.fusion.models.nomogram import Nomogram
 from p53hcc.fusion.report.evaluation_page import write_evaluation_report
-from p53hcc.fusion.stats.auc import net_benefit
+from p53hcc.fusion.stats.decision import net_benefit
 from p53hcc.fusion.stats.metric_rows import model_metrics
 from p53hcc.tools.cohort.batches import batch_of
 from p53hcc.tools.cohort.manifest import read_cohort

@@ -18,9 +18,10 @@ import numpy as np
 import pandas as pd
 
 from p53hcc.fusion.report.figures import FINAL_MODELS
-from p53hcc.fusion.stats.auc import pairwise_delong, youden_threshold
+from p53hcc.fusion.stats.auc import pairwise_delong
 from p53hcc.fusion.stats.decision import net_benefit, threshold_grid
 from p53hcc.fusion.stats.metric_rows import degenerate_reason, model_metrics, nan_metrics, reference_metrics
+from p53hcc.fusion.stats.thresholds import youden_threshold
 from p53hcc.tools.io import atomic_write_table, read_table
 from p53hcc.tools.pipeline.choice import collect_dl_scores, write_paper_selection
 from p53hcc.tools.pipeline.fit import cohort_labels
