@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from p53hcc.tools.errors import InputError
+
 
 def _by_id(values) -> bool:
     """A Series whose index holds patient ids (not integer row numbers)."""
@@ -37,6 +39,27 @@ def align(values, index: pd.Index, name: str = "values") -> pd.Series:
     if arr.ndim != 1 or len(arr) != len(index):
         raise ValueError(f"{name} has {arr.size} values for {len(index)} patients")
     return pd.Series(arr, index=index)
+
+
+def patient_indexed(X: pd.DataFrame) -> pd.DataFrame:
+    """X indexed by string patient_id (taken from a ``patient_id`` column when present); a duplicate id is an error."""
+    has_column = "patient_id" in X.columns
+    if has_column:
+        X = X.set_index(X["patient_id"].astype(str), drop=False)
+    X = X.copy()
+    # keep the index unnamed when the column exists, so pandas never sees an ambiguous "patient_id"
+    X.index = X.index.astype(str).rename(None if has_column else "patient_id")
+    if X.index.duplicated().any():
+        raise InputError(str(X.index[X.index.duplicated()][0]), "duplicate patient_id")
+    return X
+
+
+def on_patients(values, index: pd.Index, name: str = "labels/splits") -> pd.Series:
+    """:func:`align`, with a mismatch reported as an :class:`~p53hcc.tools.errors.InputError`."""
+    try:
+        return align(values, index, name)
+    except ValueError as err:
+        raise InputError(None, str(err)) from err
 
 
 def _aligned(y_true, scores) -> tuple:

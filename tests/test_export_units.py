@@ -85,12 +85,12 @@ def test_metadata_names_installable_distributions():
 def test_bundle_code_is_scoped(tmp_path):
     """The app imports the bundle's ``scripts`` package only while it scores: afterwards sys.path and another
     ``scripts`` package (the repository's own) are as before (they leaked into later tests)."""
-    from p53hcc.tools.deploy.run import _bundle_code
+    from p53hcc.tools.deploy.run import bundle_code
 
     (tmp_path / "scripts").mkdir()
     (tmp_path / "scripts" / "__init__.py").write_text("WHO = 'bundle'\n")
     path, before = list(sys.path), sys.modules.get("scripts")
-    with _bundle_code(tmp_path):
+    with bundle_code(tmp_path):
         import scripts
 
         assert scripts.WHO == "bundle"

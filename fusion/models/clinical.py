@@ -129,7 +129,7 @@ def encode_clinical(df: pd.DataFrame, preoperative_only: bool = True) -> pd.Data
     return out.astype(float)
 
 
-def _as_target(y: pd.Series | np.ndarray | Sequence, index: pd.Index) -> np.ndarray:
+def outcome_on(y: pd.Series | np.ndarray | Sequence, index: pd.Index) -> np.ndarray:
     """Binary outcome on ``index`` (the package's alignment rule: Series by patient id, arrays by position)."""
     try:
         arr = align(y, index, "outcome").to_numpy(dtype=float)
@@ -144,7 +144,7 @@ _OR_COLUMNS = ["variable", "analysis", "coef", "odds_ratio", "ci_low", "ci_high"
 SEPARATION = "not estimable: separation"
 
 
-def _fit_logit(X: pd.DataFrame, y: np.ndarray):
+def fit_logit(X: pd.DataFrame, y: np.ndarray):
     """Unpenalised statsmodels Logit with intercept; returns the result or None when it cannot be fitted."""
     exog = sm.add_constant(X, has_constant="add")
     with warnings.catch_warnings():
@@ -160,14 +160,15 @@ def _fit_logit(X: pd.DataFrame, y: np.ndarray):
     return res
 
 
-def _or_rows(res, variables: Sequence[str], analysis: str) -> pd.DataFrame:
+def odds_ratio_rows(res, variables: Sequence[str], analysis: str) -> pd.DataFrame:
+    """Tidy odds-ratio rows (Wald 95% CI) of ``variables`` in a fitted :func:`fit_logit` result (Table 2)."""
     if not variables:
         return pd.DataFrame(columns=_OR_COLUMNS)
     with np.errstate(over="ignore"):  # near-separated variables: OR = inf is the honest value
-        return _or_rows_inner(res, variables, analysis)
+        return _odds_ratio_rows(res, variables, analysis)
 
 
-def _or_rows_inner(res, variables: Sequence[str], analysis: str) -> pd.DataFrame:
+def _odds_ratio_rows(res, variables: Sequence[str], analysis: str) -> pd.DataFrame:
     ci = res.conf_int(alpha=0.05)
     rows = [{"variable": v, "analysis": analysis, "coef": float(res.params[v]),
              "odds_ratio": float(np.exp(res.params[v])), "ci_low": float(np.exp(ci.loc[v, 0])),
@@ -220,15 +221,15 @@ def univariable_table(X: pd.DataFrame, y) -> pd.DataFrame:
         variable that separates the classes gets NaN estimates, the p-value of :func:`separation_p` and a note
         saying so; a constant one NaN throughout.
     """
-    y = _as_target(y, X.index)
+    y = outcome_on(y, X.index)
     frames = []
     for var in X.columns:
-        res = _fit_logit(X[[var]], y) if X[var].nunique() > 1 else None
+        res = fit_logit(X[[var]], y) if X[var].nunique() > 1 else None
         if res is None:
             p_value, note = separation_p(X[var].to_numpy(float), y)
             frames.append(_unestimable_row(var, "univariable", len(y), p_value, note))
         else:
-            frames.append(_or_rows(res, [var], "univariable"))
+            frames.append(odds_ratio_rows(res, [var], "univariable"))
     return pd.concat(frames, ignore_index=True)[_OR_COLUMNS]
 
 
@@ -242,16 +243,16 @@ def multivariable_table(X: pd.DataFrame, y, p_enter: float = 0.05) -> pd.DataFra
     entered = [v for v in X.columns if float(uni.set_index("variable").loc[v, "p_value"]) < p_enter]
     if not entered:
         return pd.DataFrame(columns=_OR_COLUMNS)
-    res = _fit_logit(X[entered], _as_target(y, X.index))
+    res = fit_logit(X[entered], outcome_on(y, X.index))
     if res is None:  # separation or collinearity: the joint odds ratios do not exist; say so on each row
         note = f"not estimable: the joint fit of {len(entered)} variables does not converge (separation or collinearity)"
         return pd.concat([_unestimable_row(v, "multivariable", len(X), np.nan, note) for v in entered],
                          ignore_index=True)[_OR_COLUMNS]
-    return _or_rows(res, entered, "multivariable")[_OR_COLUMNS]
+    return odds_ratio_rows(res, entered, "multivariable")[_OR_COLUMNS]
 
 
 def _aic(X: pd.DataFrame, y: np.ndarray, cols: Sequence[str]) -> float:
-    res = _fit_logit(X[list(cols)], y)
+    res = fit_logit(X[list(cols)], y)
     return float(res.aic) if res is not None else np.inf
 
 
@@ -275,7 +276,7 @@ def stepwise_aic(X: pd.DataFrame, y, direction: str = "both", start: Sequence[st
     """
     if direction not in ("both", "forward", "backward"):
         raise ValueError(f"direction must be both/forward/backward, got {direction!r}")
-    y = _as_target(y, X.index)
+    y = outcome_on(y, X.index)
     order = list(X.columns)
     current = list(start) if start is not None else ([] if direction != "backward" else order.copy())
     best = _aic(X, y, current)
@@ -326,17 +327,17 @@ class ClinicalModel(BaseEstimator, ClassifierMixin):
             raise InputError(None, "the clinical model's inputs contain the outcome column; pass the clinical "
                                    "variables only", column=OUTCOME)
         enc = self._encode(X)
-        target = _as_target(y, enc.index)
+        target = outcome_on(y, enc.index)
         self.classes_ = np.array([0, 1])
         self.univariable_ = univariable_table(enc, target)
         p = self.univariable_.set_index("variable")["p_value"]
         self.screened_ = [v for v in enc.columns if p[v] < self.p_enter]
         self.selected_ = stepwise_aic(enc[self.screened_], target, direction=self.direction) if self.screened_ else []
-        res = _fit_logit(enc[self.selected_], target)
+        res = fit_logit(enc[self.selected_], target)
         if res is None:  # should not happen: stepwise only keeps fittable sets
             raise InputError(None, f"clinical LR could not be fitted on {self.selected_}")
         self.params_ = res.params.rename({"const": "intercept"})
-        self.coef_table_ = _or_rows(res, self.selected_, "multivariable")[_OR_COLUMNS]
+        self.coef_table_ = odds_ratio_rows(res, self.selected_, "multivariable")[_OR_COLUMNS]
         self.n_features_in_ = enc.shape[1]
         return self
 

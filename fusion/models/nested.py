@@ -28,10 +28,31 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
-from p53hcc.fusion.models.oof import _fresh, _indexed, _labels, _proba
+from p53hcc.fusion.inputs import on_patients, patient_indexed
+from p53hcc.fusion.models.oof import fresh_estimator, positive_proba
 from p53hcc.tools.errors import InputError
 
+#: Columns of inner scores (``inner_scores.parquet``): the outer fold a score serves, the patient and the score.
 INNER_COLUMNS = ["outer", "patient_id", "score"]
+
+
+def fold_map(splits: Mapping) -> dict[str, int]:
+    """Training patient -> the fold that holds it out (``splits.json``'s ``fold_of``, ids as strings)."""
+    return {str(p): int(k) for p, k in splits["fold_of"].items()}
+
+
+def fold_pairs(splits: Mapping) -> list[tuple[int, int]]:
+    """Every pair of folds {k, m}, k < m: one inner model per pair, K (K - 1) / 2 of them."""
+    return list(combinations(sorted(int(f["fold"]) for f in splits["folds"]), 2))
+
+
+def pair_inner_scores(pair: tuple[int, int], scores: pd.DataFrame, folds: Mapping[str, int]) -> pd.DataFrame:
+    """The scores (``patient_id, score``) a pair model gave the patients of its folds k and m, as inner scores:
+    fold m's patients serve outer fold k, fold k's patients outer fold m (``folds``: :func:`fold_map`)."""
+    k, m = pair
+    ids = scores["patient_id"].astype(str)
+    return pd.DataFrame({"outer": np.where(ids.map(folds) == m, k, m), "patient_id": ids,
+                         "score": scores["score"].to_numpy(float)})[INNER_COLUMNS]
 
 
 def inner_scores(estimator_factory, X: pd.DataFrame, y, splits: Mapping) -> pd.DataFrame:
@@ -40,16 +61,17 @@ def inner_scores(estimator_factory, X: pd.DataFrame, y, splits: Mapping) -> pd.D
     For each pair of folds {k, m} one model is fitted on the training patients outside both; it scores fold m's
     patients for outer fold k and fold k's patients for outer fold m. K folds need K (K - 1) / 2 fits.
     """
-    X = _indexed(X)
-    y = _labels(y, X.index)
-    folds = {int(f["fold"]): [str(i) for i in f["val"]] for f in splits["folds"]}
-    training = [p for ids in folds.values() for p in ids]
+    X = patient_indexed(X)
+    y = on_patients(y, X.index)
+    folds = fold_map(splits)
+    training = [str(i) for f in splits["folds"] for i in f["val"]]
     rows = []
-    for k, m in combinations(sorted(folds), 2):
-        fit_ids = [p for p in training if p not in set(folds[k]) | set(folds[m])]
-        est = _fresh(estimator_factory).fit(X.loc[fit_ids], y.loc[fit_ids].astype(int))
-        for outer, held in ((k, folds[m]), (m, folds[k])):
-            rows.append(pd.DataFrame({"outer": outer, "patient_id": held, "score": _proba(est, X.loc[held])}))
+    for k, m in fold_pairs(splits):
+        fit_ids = [p for p in training if folds[p] not in (k, m)]
+        held = [p for p in training if folds[p] == m] + [p for p in training if folds[p] == k]
+        est = fresh_estimator(estimator_factory).fit(X.loc[fit_ids], y.loc[fit_ids].astype(int))
+        rows.append(pair_inner_scores((k, m), pd.DataFrame({"patient_id": held,
+                                                            "score": positive_proba(est, X.loc[held])}), folds))
     return pd.concat(rows, ignore_index=True)[INNER_COLUMNS]
 
 

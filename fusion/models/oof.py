@@ -18,40 +18,19 @@ import pandas as pd
 from sklearn.base import clone
 from tqdm.auto import tqdm
 
-from p53hcc.fusion.inputs import align
+from p53hcc.fusion.inputs import on_patients, patient_indexed
 from p53hcc.tools.errors import InputError
+from p53hcc.tools.schema import SCORE_COLUMNS
 
-SCORE_COLUMNS = ["patient_id", "model", "fold", "split", "score"]
 
-
-def _fresh(estimator_factory: Callable[[], Any] | Any):
+def fresh_estimator(estimator_factory: Callable[[], Any] | Any):
     """A new unfitted estimator: call the factory (or clone an estimator instance), then clone once more."""
     is_instance = hasattr(estimator_factory, "fit") and not isinstance(estimator_factory, type)
     return clone(estimator_factory if is_instance else estimator_factory())
 
 
-def _indexed(X: pd.DataFrame) -> pd.DataFrame:
-    """X indexed by string patient_id (taken from a ``patient_id`` column when present)."""
-    has_column = "patient_id" in X.columns
-    if has_column:
-        X = X.set_index(X["patient_id"].astype(str), drop=False)
-    X = X.copy()
-    # keep the index unnamed when the column exists, so pandas never sees an ambiguous "patient_id"
-    X.index = X.index.astype(str).rename(None if has_column else "patient_id")
-    if X.index.duplicated().any():
-        raise InputError(str(X.index[X.index.duplicated()][0]), "duplicate patient_id")
-    return X
-
-
-def _labels(y, index: pd.Index) -> pd.Series:
-    """Per-patient values on ``index`` (the package's alignment rule: Series by patient id, arrays by position)."""
-    try:
-        return align(y, index, "labels/splits")
-    except ValueError as err:
-        raise InputError(None, str(err)) from err
-
-
-def _proba(est, X: pd.DataFrame) -> np.ndarray:
+def positive_proba(est, X: pd.DataFrame) -> np.ndarray:
+    """P(class 1) of a fitted classifier for the rows of ``X``."""
     return np.asarray(est.predict_proba(X))[:, 1]
 
 
@@ -85,22 +64,22 @@ def crossfit_predict(estimator_factory, X: pd.DataFrame, y, splits: Mapping, pro
     Returns:
         Frame indexed by patient_id with columns ``fold`` and ``score`` (one row per held-out patient).
     """
-    X = _indexed(X)
-    y = _labels(y, X.index)
+    X = patient_indexed(X)
+    y = on_patients(y, X.index)
     parts = []
     for f in tqdm(_check_folds(splits, X), desc="cross-fit", disable=not progress):
         tr, va = [str(i) for i in f["train"]], [str(i) for i in f["val"]]
-        est = _fresh(estimator_factory).fit(X.loc[tr], y.loc[tr].astype(int))
-        parts.append(pd.DataFrame({"fold": int(f["fold"]), "score": _proba(est, X.loc[va])},
+        est = fresh_estimator(estimator_factory).fit(X.loc[tr], y.loc[tr].astype(int))
+        parts.append(pd.DataFrame({"fold": int(f["fold"]), "score": positive_proba(est, X.loc[va])},
                                   index=pd.Index(va, name="patient_id")))
     return pd.concat(parts)
 
 
 def fit_full(estimator_factory, X_train: pd.DataFrame, y_train):
     """A fresh estimator fitted on all training patients (used for validation/external/predict scores)."""
-    X_train = _indexed(X_train)
-    y_train = _labels(y_train, X_train.index).loc[X_train.index]
-    return _fresh(estimator_factory).fit(X_train, y_train.astype(int))
+    X_train = patient_indexed(X_train)
+    y_train = on_patients(y_train, X_train.index).loc[X_train.index]
+    return fresh_estimator(estimator_factory).fit(X_train, y_train.astype(int))
 
 
 def crossfit_scores(name: str, estimator_factory, X: pd.DataFrame, y, split, splits: Mapping,
@@ -122,9 +101,9 @@ def crossfit_scores(name: str, estimator_factory, X: pd.DataFrame, y, split, spl
     Returns:
         DataFrame with columns patient_id, model, fold, split, score.
     """
-    X = _indexed(X)
-    split = _labels(split, X.index).reindex(X.index)
-    y = _labels(y, X.index)
+    X = patient_indexed(X)
+    split = on_patients(split, X.index).reindex(X.index)
+    y = on_patients(y, X.index)
     train_ids = X.index[split == "train"]
     held = {str(i) for f in splits["folds"] for i in f["val"]}
     if held != set(train_ids):
@@ -135,7 +114,7 @@ def crossfit_scores(name: str, estimator_factory, X: pd.DataFrame, y, split, spl
     others = X.index[split != "train"]
     if len(others):
         full = fit_full(estimator_factory, X.loc[train_ids], y.loc[train_ids])
-        frames.append(pd.DataFrame({"patient_id": others, "fold": -1, "score": _proba(full, X.loc[others]),
+        frames.append(pd.DataFrame({"patient_id": others, "fold": -1, "score": positive_proba(full, X.loc[others]),
                                     "split": split.loc[others].to_numpy()}))
     out = pd.concat(frames, ignore_index=True).assign(model=name)
     out["fold"] = out["fold"].astype(int)

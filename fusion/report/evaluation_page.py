@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from p53hcc.fusion.report.labels import model_label
-from p53hcc.fusion.report.page import _df_html, _page
+from p53hcc.fusion.report.page import html_page, html_table
 from p53hcc.tools.io import atomic_write_text
 
 
@@ -52,5 +52,5 @@ def write_evaluation_report(dest: str | Path, metrics: pd.DataFrame, study_metri
             "calibration-in-the-large (0 ideal) and slope (1 ideal) by logistic recalibration; net benefit in "
             "net_benefit.csv. AUC train is the study's out-of-fold estimate, AUC validation its internal validation "
             "cohort; the drop is internal validation minus external AUC (positive: worse on the external cohort; "
-            "compare it with the width of the CIs).</p>" + _df_html(pd.DataFrame(rows)))
-    return atomic_write_text(dest, _page("External evaluation of the frozen model", body))
+            "compare it with the width of the CIs).</p>" + html_table(pd.DataFrame(rows)))
+    return atomic_write_text(dest, html_page("External evaluation of the frozen model", body))

@@ -76,7 +76,7 @@ def _img(path: Path, caption: str = "") -> str:
     return f'<figure{wide}><img alt="{html.escape(caption or path.stem)}" src="data:image/png;base64,{data}">{cap}</figure>'
 
 
-def _df_html(df: pd.DataFrame, group_col: str | None = None) -> str:
+def html_table(df: pd.DataFrame, group_col: str | None = None) -> str:
     """A DataFrame as an HTML table; with ``group_col``, repeated values are blanked (paper-style rows)."""
     cols = [c for c in df.columns]
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
@@ -105,7 +105,7 @@ def _ci(row) -> str:
         f"{row['estimate']:.3f} (CI not estimable)")
 
 
-def metric_rows(metrics: pd.DataFrame, models: list[str], labels: dict[str, str] | None = None,
+def paper_metric_table(metrics: pd.DataFrame, models: list[str], labels: dict[str, str] | None = None,
                 extra: dict[str, dict[str, Any]] | None = None, level: float = 0.95) -> pd.DataFrame:
     """Paper-style metric table (Tables 3-5): one row per model x cohort with accuracy, AUC (95% CI),
     sensitivity, specificity, and on a synthetic cohort the population reference of the same patients.
@@ -253,7 +253,7 @@ class _Report:
                f'(training out-of-fold AUC {ch["auc"]:.3f}), used for the validation cohort and the frozen model.'
                f'<br>Rule: {html.escape(s.get("rule", ""))}.<br>{html.escape(how)}<br>Combined model inputs: '
                f'{html.escape(", ".join(s.get("combined_inputs", [])))}; weights: '
-               f'{html.escape(str(s.get("stack_weights", "")))}.</div>' + _df_html(pd.DataFrame(rows)))
+               f'{html.escape(str(s.get("stack_weights", "")))}.</div>' + html_table(pd.DataFrame(rows)))
         out += self._excluded()
         paper = _load(self.dir / "selection_paper.json", lambda p: json.loads(p.read_text()))[0]
         if paper:
@@ -270,7 +270,7 @@ class _Report:
             return '<div class="ok">Every patient of the cohort was analysed: no stage dropped anybody.</div>'
         df = read_table(self.dir / "dropped.csv").fillna("")
         return (f'<div class="warn">{df["patient_id"].nunique()} patient(s) left out of every model and table '
-                "(<code>on_failure: record</code>).</div>" + _df_html(df, group_col="patient_id"))
+                "(<code>on_failure: record</code>).</div>" + html_table(df, group_col="patient_id"))
 
     def _excluded(self) -> str:
         excluded = (self.selection or {}).get("excluded") or {}
@@ -303,7 +303,7 @@ class _Report:
         self.table_csv(which, table)
         note = ("Training (TC) and validation (VC) cohorts by P53 status; tests as stated in p53hcc.fusion.tables."
                 if which == "table1" else "Training cohort; unpenalised logistic regression, Wald 95% CI.")
-        return _df_html(table) + f'<p class="note">{note}</p>'
+        return html_table(table) + f'<p class="note">{note}</p>'
 
     def metric_table(self, name: str, models: list[str], note: str, extra=None, labels=None) -> str:
         if self.metrics_err:
@@ -311,9 +311,9 @@ class _Report:
         if not models:
             return _na(f"no models for {name} in metrics.csv (stage not run)")
         level = float(self.cfg.get("statistics", {}).get("ci_level", 0.95))
-        table = metric_rows(self.metrics, models, labels=labels, extra=extra, level=level)
+        table = paper_metric_table(self.metrics, models, labels=labels, extra=extra, level=level)
         self.table_csv(name, table)
-        return _df_html(table, group_col="Model name") + f'<p class="note">{note}</p>'
+        return html_table(table, group_col="Model name") + f'<p class="note">{note}</p>'
 
     def table5_models(self) -> tuple[list[str], dict[str, str]]:
         dl = self.chosen_dl()
@@ -327,7 +327,7 @@ class _Report:
         out = []
         for sp, g in df.groupby("split", sort=False):
             g = g.assign(model_a=g["model_a"].map(model_label), model_b=g["model_b"].map(model_label))
-            out.append(f"<h3>{SPLIT_LABELS.get(sp, sp)}</h3>" + _df_html(
+            out.append(f"<h3>{SPLIT_LABELS.get(sp, sp)}</h3>" + html_table(
                 g[["model_a", "model_b", "auc_a", "auc_b", "z", "p_value"]].rename(columns={
                     "model_a": "Model A", "model_b": "Model B", "auc_a": "AUC A", "auc_b": "AUC B",
                     "p_value": "P value"})))
@@ -356,7 +356,7 @@ class _Report:
         if err:
             return _na(err)
         self.table_csv("radiomics_lasso", df)
-        return _df_html(df) + f'<p class="note">{len(df)} features retained by LASSO (fitted on the training cohort).</p>'
+        return html_table(df) + f'<p class="note">{len(df)} features retained by LASSO (fitted on the training cohort).</p>'
 
     def provenance(self) -> str:
         files = sorted(p.relative_to(self.dir).as_posix() for p in self.dir.rglob("*")
@@ -381,7 +381,7 @@ def _versions() -> str:
     return html.escape(", ".join(parts))
 
 
-def _page(title: str, body: str) -> str:
+def html_page(title: str, body: str) -> str:
     """A self-contained HTML page with the report's style."""
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{CSS}</style></head><body><main><h1>{html.escape(title)}</h1>{body}</main></body></html>")
@@ -447,4 +447,4 @@ def write_report(study_dir: str | Path, cohort: pd.DataFrame | None = None) -> P
     body = (f'<p class="sub">Study folder <code>{html.escape(study_dir.name)}</code>. Clinical, radiomics and '
             "deep-learning arms fused by logistic regression; every number below comes from this run.</p>"
             f"<nav>{nav}</nav>{''.join(parts)}")
-    return atomic_write_text(study_dir / "report.html", _page("P53-mutated HCC from DCE-MRI: study report", body))
+    return atomic_write_text(study_dir / "report.html", html_page("P53-mutated HCC from DCE-MRI: study report", body))

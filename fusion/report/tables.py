@@ -24,11 +24,11 @@ import pandas as pd
 from scipy import stats as sps
 
 from p53hcc.fusion.models.clinical import (
-    _as_target,
-    _fit_logit,
-    _or_rows,
     encode_clinical,
+    fit_logit,
     multivariable_table,
+    odds_ratio_rows,
+    outcome_on,
     stepwise_aic,
     univariable_table,
 )
@@ -277,13 +277,13 @@ def table2(df: pd.DataFrame, y=None, preoperative_only: bool = False, p_enter: f
         ci_high, p_value, n, note) with Wald 95% CIs from unpenalised statsmodels Logit fits.
     """
     X = encode_clinical(df, preoperative_only=preoperative_only)
-    target = _as_target(df["p53"].to_numpy() if y is None else y, X.index)
+    target = outcome_on(df["p53"].to_numpy() if y is None else y, X.index)
     uni = univariable_table(X, target)
     multi = multivariable_table(X, target, p_enter=p_enter)
     entered = list(multi["variable"])
     kept = stepwise_aic(X[entered], target) if entered else []
-    res = _fit_logit(X[kept], target)
-    step = _or_rows(res, kept, "stepwise") if kept and res is not None else pd.DataFrame(columns=uni.columns)
+    res = fit_logit(X[kept], target)
+    step = odds_ratio_rows(res, kept, "stepwise") if kept and res is not None else pd.DataFrame(columns=uni.columns)
     return pd.concat([uni, multi, step], ignore_index=True)
 
 

@@ -127,7 +127,7 @@ def combined_for(study: StudyInput, study_model: Path | None, dl_probability: fl
 
 
 @contextlib.contextmanager
-def _bundle_code(bundle: Path):
+def bundle_code(bundle: Path):
     """Inside: ``scripts.*`` is the bundle's own code. Afterwards ``sys.path`` and any other ``scripts`` package
     are as before (the parsed config keeps references to what it imported)."""
     def own(name: str) -> bool:
@@ -164,7 +164,7 @@ def bundle_inference(bundle: str | Path, volume, device: str = "cpu") -> dict:
     from monai.bundle import ConfigParser
 
     bundle = Path(bundle)
-    with _bundle_code(bundle):
+    with bundle_code(bundle):
         parser = ConfigParser()
         parser.read_config(str(bundle / "configs" / "deploy.json"))
         parser.update({"bundle_root": str(bundle), "device": device})
