@@ -32,7 +32,7 @@ import SimpleITK as sitk
 
 from p53hcc.tools.io import atomic_write_json, file_sha256, params_hash
 from p53hcc.tools.preprocessing.run import preprocess_cohort
-from p53hcc.tools.radiomics.extract import run_tasks
+from p53hcc.tools.radiomics.extract import extract_tasks
 from p53hcc.tools.radiomics.features import load_params, versions
 
 RESULTS = Path(__file__).parent / "results" / "radiomics.json"
@@ -91,7 +91,7 @@ def _cpu_s() -> float:
 def _extract(pairs, params, cache, workers) -> dict:
     tasks = _tasks(pairs, params, cache)
     t0, c0 = time.perf_counter(), _cpu_s()
-    res = run_tasks(tasks, workers=workers, progress=False)
+    res = extract_tasks(tasks, workers=workers, progress=False)
     wall, cpu = time.perf_counter() - t0, _cpu_s() - c0
     failed = [r for r in res if r["status"] != "ok"]
     task_secs = [r["seconds"] for r in res]
