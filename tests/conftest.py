@@ -144,7 +144,7 @@ def fake_image_stages(monkeypatch):
     monkeypatch.setattr(p53hcc.tools.radiomics.extract, "extract_cohort", extract_cohort)
     monkeypatch.setattr(p53hcc.tools.dl.crossfit, "train_arm", train_arm)
     monkeypatch.setattr("p53hcc.tools.preprocessing.run.preprocess_cohort", preprocess_cohort)
-    monkeypatch.setattr("p53hcc.tools.dl.gradcam.gradcam_command", gradcam_command)
+    monkeypatch.setattr("p53hcc.tools.pipeline.explain.gradcam_command", gradcam_command)
     return state
 
 

@@ -152,8 +152,8 @@ def gradcam(out: str, arm: str = "mc", net: str | None = None, patients: str | N
         n: number of patients when none are named.
         layer: target layer (default: the deepest stage with at least 7x7 cells at the model's input size).
     """
-    from p53hcc.tools.dl.gradcam import gradcam_command
     from p53hcc.tools.lock import folder_lock
+    from p53hcc.tools.pipeline.explain import gradcam_command
 
     with folder_lock(out):
         return gradcam_command(out, arm=arm, net=net, patients=patients, n=n, layer=layer)

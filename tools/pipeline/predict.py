@@ -23,11 +23,11 @@ from p53hcc.fusion.stats.metric_rows import model_metrics
 from p53hcc.tools.cohort.batches import batch_of
 from p53hcc.tools.cohort.manifest import read_cohort
 from p53hcc.tools.dl.frozen import predict_frozen
-from p53hcc.tools.dl.gradcam import gradcam_frozen
 from p53hcc.tools.errors import P53hccError
 from p53hcc.tools.io import atomic_write_table, atomic_write_text, read_table
 from p53hcc.tools.lock import folder_lock
 from p53hcc.tools.pipeline.checks import cohort_problems, image_requirements, raise_on_errors
+from p53hcc.tools.pipeline.explain import gradcam_frozen
 from p53hcc.tools.pipeline.freeze import load_model, read_manifest
 from p53hcc.tools.preprocessing.run import preprocess_cohort
 from p53hcc.tools.radiomics.extract import extract_cohort

@@ -107,7 +107,7 @@ def _stage_statistics(ctx: StageContext) -> None:
 
 
 def _stage_gradcam(ctx: StageContext) -> None:
-    from p53hcc.tools.dl.gradcam import gradcam_command
+    from p53hcc.tools.pipeline.explain import gradcam_command
 
     chosen = json.loads((ctx.study_dir / "selection.json").read_text())["chosen"]
     if not chosen:
