@@ -10,7 +10,6 @@ extraction with the frozen parameters and frozen fusion models), with the DL com
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import tempfile
@@ -18,6 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from p53hcc.tools.errors import P53hccError
+from p53hcc.tools.export.configs import weights_digest
 from p53hcc.tools.io import atomic_write_table
 from p53hcc.tools.schema import CLINICAL_COLUMNS, PHASES
 
@@ -27,15 +27,6 @@ STUDY_MODEL = "study_model"
 
 class DeployInputError(P53hccError):
     """Inputs of the app that do not fit together: clinical values, models folder, bundle and study model."""
-
-
-def weights_digest(files: Mapping[str, str]) -> str:
-    """One SHA-256 over ``{relative path: file sha256}`` of a network's ``full/`` folder (order-free).
-
-    The export records it for the study's files and the app recomputes it from the frozen study model's
-    manifest (which lists the same files with their hashes), so the two can be compared without the weights."""
-    text = "\n".join(f"{k}:{files[k]}" for k in sorted(files))
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def find_models(models: str | Path) -> tuple[Path, Path | None]:
@@ -86,7 +77,7 @@ def check_clinical_values(values: Mapping, patient_id: str, path: Path) -> None:
     import pandas as pd
 
     from p53hcc.tools.cohort.manifest import clinical_value_problems
-    from p53hcc.tools.pipeline.checks import clinical_problems
+    from p53hcc.tools.pipeline.predict import clinical_problems
 
     given = str(values.get("patient_id", patient_id))
     if given != str(patient_id):
@@ -150,8 +141,7 @@ def combined_result(study_model: Path, patient_id: str, images: Mapping[str, str
     score being the bundle's; nothing is written outside the scratch folder."""
     import pandas as pd
 
-    from p53hcc.tools.pipeline.freeze import read_manifest
-    from p53hcc.tools.pipeline.predict import predict_cohort
+    from p53hcc.tools.pipeline.predict import predict_cohort, read_manifest
 
     with tempfile.TemporaryDirectory(prefix="p53hcc-combined-") as scratch:
         scratch = Path(scratch)

@@ -39,7 +39,6 @@ from p53hcc.tools.deploy.dicom_study import (
     series_folders,
 )
 from p53hcc.tools.io import atomic_path, atomic_write_text
-from p53hcc.tools.pipeline.freeze import read_manifest
 from p53hcc.tools.schema import PHASES
 
 ENHANCED_SR = "1.2.840.10008.5.1.4.1.1.88.22"
@@ -105,6 +104,9 @@ def check_inputs(study: StudyInput, bundle: Path, study_model: Path | None) -> N
         raise DeployInputError(f"{study.folder / CLINICAL_JSON}: clinical values are given but the models folder has "
                                "no frozen study model (copy STUDY/model to MODELS/study_model beside the bundle)")
     if study_model is not None and study.clinical is not None:
+        # the predict entry point loads the whole pipeline: only when a study model is used
+        from p53hcc.tools.pipeline.predict import read_manifest
+
         check_same_network(_bundle_source(bundle), read_manifest(study_model), bundle, study_model)
         check_clinical_values(study.clinical, study.patient_id, study.folder / CLINICAL_JSON)
 
