@@ -1,6 +1,6 @@
 """Centre-shift benchmark: how much each arm loses on scanners it never saw, with and without ComBat harmonisation.
 
-For each scanner-effect strength (``--strengths``, :func:`p53hcc.tools.cohort.synth_images.scanner_profiles`):
+For each scanner-effect strength (``--strengths``, :func:`p53hcc.tools.cohort.synth.images.scanner_profiles`):
 
 1. a synthetic internal cohort (7 scanners, train/validation) and a synthetic external cohort (3 unseen scanners:
    other gain/offset, noise, bias, slice thickness) are generated at that strength (real images, demo size);

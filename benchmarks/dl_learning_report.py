@@ -2,8 +2,8 @@
 
 For every arm (``<arm>_<net>``) of the real cohort:
 
-* training-cohort out-of-fold AUC (mean of the fold AUCs, Nadeau-Bengio CI: :func:`p53hcc.fusion.metrics.crossfit_auc`;
-  the pooled AUC beside it) and validation AUC (DeLong CI: :func:`p53hcc.fusion.stats.auc_ci`);
+* training-cohort out-of-fold AUC (mean of the fold AUCs, Nadeau-Bengio CI: :func:`p53hcc.fusion.stats.metric_rows.crossfit_auc`;
+  the pooled AUC beside it) and validation AUC (DeLong CI: :func:`p53hcc.fusion.stats.auc.auc_ci`);
 * on the same patients: the image-only ceiling (``truth.csv`` ``image_bayes_prob``: size + enhancement findings +
   latent), the ceiling of a size-blind image model (findings + latent: the crops are resized to one size), the
   latent heterogeneity alone (``latent_bayes_prob``), the radiomics model, and the paired DeLong test arm vs

@@ -1,4 +1,4 @@
-"""FF head (p53hcc.fusion.ffhead): shape handling, agreement with a hand-built sklearn pipeline, and no leakage."""
+"""FF head (p53hcc.fusion.models.ffhead): shape handling, agreement with a hand-built sklearn pipeline, and no leakage."""
 from __future__ import annotations
 
 import numpy as np

@@ -55,7 +55,7 @@ class CombinedModel(BaseEstimator, ClassifierMixin):
     """Unpenalised LR on logit-transformed component scores (clinical, radiomics, DL).
 
     X is a DataFrame with one column per input score (probabilities), e.g. from
-    :func:`p53hcc.fusion.crossfit.scores_wide`. The inputs are standardised (on the training patients passed to
+    :func:`p53hcc.fusion.models.oof.scores_wide`. The inputs are standardised (on the training patients passed to
     ``fit``) and the maximum-likelihood weights found; with ``nonnegative=True`` every weight is kept >= 0.
 
     Why non-negative weights: each input is a probability of P53 mutation from a model trained for exactly that,
@@ -127,7 +127,7 @@ class CombinedModel(BaseEstimator, ClassifierMixin):
         return pd.DataFrame({"term": terms, "coef": coefs, "odds_ratio": np.exp(coefs)})
 
     def nomogram(self, X_train: pd.DataFrame | None = None, labels: dict[str, str] | None = None):
-        """A :class:`p53hcc.fusion.nomogram.Nomogram` of this model; each axis is labelled in input probabilities.
+        """A :class:`p53hcc.fusion.models.nomogram.Nomogram` of this model; each axis is labelled in input probabilities.
 
         Args:
             X_train: training scores; axis ranges span their 1st-99th percentiles (default 0.02-0.98).

@@ -81,7 +81,7 @@ class FFHead(ClassifierMixin, BaseEstimator):
         random_state: seed of the inner CV split, the PCA solver and liblinear's coordinate order (without it
             liblinear draws from numpy's global RNG, and a refit or a resumed run would give other scores).
         harmonise: ``combat``: ComBat on the deep features per scanner before the per-phase PCA
-            (:class:`~p53hcc.fusion.harmonise.ComBatHarmoniser`, fitted in ``fit`` only; the input then needs the
+            (:class:`~p53hcc.fusion.models.harmonise.ComBatHarmoniser`, fitted in ``fit`` only; the input then needs the
             ``batch`` column, which is consumed); ``none``: no harmonisation.
         min_batch: fewest patients of a scanner ComBat estimates a correction from.
 

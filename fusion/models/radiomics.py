@@ -155,7 +155,7 @@ def make_radiomics_model(spearman: float = 0.9, cv: int = 5, random_state: int =
         random_state: seed of those folds.
         Cs: LASSO inverse penalties to try (default ``logspace(-2.5, 1, 15)``).
         final_C: inverse L2 strength of the final LR.
-        harmonise: ``combat`` puts :class:`~p53hcc.fusion.harmonise.ComBatHarmoniser` first (its input then needs
+        harmonise: ``combat`` puts :class:`~p53hcc.fusion.models.harmonise.ComBatHarmoniser` first (its input then needs
             the ``batch`` column, which it consumes); ``none``: no harmonisation step.
         min_batch: fewest patients of a scanner ComBat estimates a correction from.
     """

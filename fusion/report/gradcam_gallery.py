@@ -3,7 +3,7 @@
 The note comes from the folder's ``gradcam.json`` (arm, network, target layer, its feature-map size and the input size, written
 by ``p53hcc.tools.dl.gradcam``) and ``sanity.csv`` (Spearman rho between the maps of the trained network and of
 the same network with re-initialised weights, per patient and phase). A folder without them (figures made by an
-older version) gets no note. The figures themselves (drawn by ``p53hcc.tools.dl.gradcam_figure``) carry their
+older version) gets no note. The figures themselves (drawn by ``p53hcc.fusion.report.gradcam_figure``) carry their
 caption: layer, resolution and the sanity check's rho per map.
 """
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Reads only the study folder's tidy outputs (``study.yaml``, ``scores.parquet``, ``metrics.csv``, ``delong.csv``,
 ``selection.json``, ``fusion/radiomics_lasso.csv``, ``dl/ff/<net>/lasso.json``, ``figures/*.png``, Grad-CAM
-folders (:mod:`p53hcc.fusion.gradcam_gallery`), the cohort's ``truth.csv``) and shows every table and figure of the
+folders (:mod:`p53hcc.fusion.report.gradcam_gallery`), the cohort's ``truth.csv``) and shows every table and figure of the
 paper. A piece that is missing (stage not run, module not available) becomes a visible "not available: reason" box,
 never a crash. Tables are also written as CSV under ``tables/``.
 """
@@ -301,7 +301,7 @@ class _Report:
             return _na(f"{which} could not be built: {type(err).__name__}: {err}")
         self.table_csv(f"{which}_tidy", tidy)
         self.table_csv(which, table)
-        note = ("Training (TC) and validation (VC) cohorts by P53 status; tests as stated in p53hcc.fusion.tables."
+        note = ("Training (TC) and validation (VC) cohorts by P53 status; tests as stated in p53hcc.fusion.report.tables."
                 if which == "table1" else "Training cohort; unpenalised logistic regression, Wald 95% CI.")
         return html_table(table) + f'<p class="note">{note}</p>'
 

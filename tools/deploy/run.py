@@ -2,10 +2,10 @@
 
 The steps of the MONAI Deploy application (``deploy/app.py``), kept here without the SDK so that they are tested
 and usable from Python: :func:`read_study` (series selection, masks as DICOM SEG or NIfTI, optional clinical
-values, the six-channel volume: :mod:`p53hcc.tools.export.dicom_study`), :func:`bundle_inference` (the bundle's
+values, the six-channel volume: :mod:`p53hcc.tools.deploy.dicom_study`), :func:`bundle_inference` (the bundle's
 ``configs/deploy.json`` preprocessing and postprocessing around its TorchScript ``models/model.ts``, as
 ``MonaiBundleInferenceOperator`` runs them), :func:`combined_for` (with the frozen study model beside the bundle
-and ``clinical.json``: the combined model and nomogram points, :mod:`p53hcc.tools.export.deploy_combined`) and
+and ``clinical.json``: the combined model and nomogram points, :mod:`p53hcc.tools.deploy.combined`) and
 :func:`write_outputs` (``result.json`` and ``result_sr.dcm``, an Enhanced SR, both written only once everything
 is computed, atomically).
 """

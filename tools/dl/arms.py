@@ -3,13 +3,13 @@
 * **MC** (multi-channel, paper "MC3"): AP|PVP|DP crops stacked as three channels, one CNN per fold; each fold
   model scores its held-out patients, the full-cohort model scores everybody else.
 * **FF** (feature fusion, paper "DL"): one one-channel CNN per phase and fold; each phase model exports the
-  penultimate features of every patient, and the FF head (:mod:`p53hcc.fusion.ffhead`: per-phase PCA -> LASSO ->
+  penultimate features of every patient, and the FF head (:mod:`p53hcc.fusion.models.ffhead`: per-phase PCA -> LASSO ->
   LR) is cross-fitted on them: the head of fold k is fit on the other folds' patients, using the features of the
   CNNs that never saw fold k.
 
 An arm defines its training *units* (MC: one network per fold; FF: one per phase), its crops, what a trained unit
 leaves behind (MC: scores; FF: features) and how the units become the arm's scores. For nested cross-fitting
-(:mod:`p53hcc.fusion.nested`) the arm also trains *pair* units: one per pair of folds {k, m}, fitted on the
+(:mod:`p53hcc.fusion.models.nested`) the arm also trains *pair* units: one per pair of folds {k, m}, fitted on the
 training patients outside both, which give the inner scores that the choice of network and the combined model of
 outer fold k (or m) are fitted on. Layout under ``STUDY/dl/<arm>/<net>/``::
 

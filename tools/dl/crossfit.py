@@ -128,9 +128,9 @@ def train_arm(cohort_csv: str | os.PathLike, out: str | os.PathLike, arm: str = 
             ``ConfigWorkflow``: SupervisedTrainer, handlers, TensorBoard).
         workers: units trained concurrently by the fast engine (threads, one CUDA stream each), for networks
             too small to fill the GPU alone.
-        head_kwargs: FF head parameters (``n_components``, ``cv``...), see :class:`p53hcc.fusion.ffhead.FFHead`.
+        head_kwargs: FF head parameters (``n_components``, ``cv``...), see :class:`p53hcc.fusion.models.ffhead.FFHead`.
         inner: also train the pair units (one per pair of folds, K (K - 1) / 2 more networks per unit) and write
-            ``inner_scores.parquet``, which nested cross-fitting (:mod:`p53hcc.fusion.nested`) needs; pair units
+            ``inner_scores.parquet``, which nested cross-fitting (:mod:`p53hcc.fusion.models.nested`) needs; pair units
             run when ``folds`` is None (fast engine only).
         batch_column: the cohort column with each patient's scanner (default ``scanner``), read when the FF head
             harmonises (``head_kwargs={"harmonise": "combat"}``).

@@ -41,7 +41,7 @@ def predict_frozen(weights: str | os.PathLike, cohort_csv: str | os.PathLike, wo
     features, then the saved head (per-phase PCA -> LASSO -> LR), the computation that gave validation patients
     their FF score in the study. A harmonising FF head reads each patient's scanner from ``batch_column`` of
     ``cohort_csv`` (default ``scanner``); scanners it was not fitted on follow its documented new-batch rule
-    (:mod:`p53hcc.fusion.harmonise`).
+    (:mod:`p53hcc.fusion.models.harmonise`).
 
     Returns:
         Series ``score`` indexed by ``patient_id``.

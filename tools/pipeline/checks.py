@@ -3,7 +3,7 @@
 
 On top of :func:`p53hcc.tools.cohort.manifest.validate_cohort` (every file and value) it checks
 
-* the clinical columns the clinical model encodes (:data:`p53hcc.fusion.clinical.RAW_COLUMNS`): present, with a
+* the clinical columns the clinical model encodes (:data:`p53hcc.fusion.models.clinical.RAW_COLUMNS`): present, with a
   value for every patient (``n/a`` and blanks are missing); pathology (grade, MVI, used by Table 2) warns;
 * the classes of each split: the training cohort needs ``folds`` patients of each class (stratified folds), a
   validation or external cohort with one class cannot give an AUC (warning: the statistics report it as NaN);

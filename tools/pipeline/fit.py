@@ -1,8 +1,8 @@
 """The fusion stage: clinical, radiomics, DL choice and combined models, cross-fitted; ``scores.parquet``.
 
 Every model is cross-fitted on the folds of ``splits.json``: training patients get out-of-fold scores, everybody
-else the score of the model fitted on all training patients (:mod:`p53hcc.fusion.crossfit`). What is chosen (the
-DL model, ``dl``) or stacked (the combined model) is nested (:mod:`p53hcc.fusion.nested`), so a training patient's
+else the score of the model fitted on all training patients (:mod:`p53hcc.fusion.models.oof`). What is chosen (the
+DL model, ``dl``) or stacked (the combined model) is nested (:mod:`p53hcc.fusion.models.nested`), so a training patient's
 ``dl`` and ``combined`` scores come from a choice and a stacking that never saw the patient. The
 full-training-cohort fits go to ``fusion/*.joblib`` for the frozen ``model/``; they are fitted exactly as the fold
 -1 models, so they reproduce the study's validation scores.
@@ -100,7 +100,7 @@ def run_fusion(study_dir: str | Path, cohort_csv: str | Path, cfg: dict) -> None
     """Clinical and radiomics models (out-of-fold), DL choice, combined LR; writes scores.parquet + selection.json.
 
     The chosen DL model (``dl``) and the combined model are nested (``fusion.nesting: nested``, see
-    :mod:`p53hcc.fusion.nested`) or, with ``apparent``, chosen and stacked on the same out-of-fold scores they
+    :mod:`p53hcc.fusion.models.nested`) or, with ``apparent``, chosen and stacked on the same out-of-fold scores they
     are reported with. Degenerate models (constant scores) are left out of the choice and of the stacking.
     """
     study_dir = Path(study_dir)

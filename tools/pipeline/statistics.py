@@ -1,6 +1,6 @@
 """The statistics stage: ``metrics.csv`` and ``delong.csv`` from ``scores.parquet`` (both tidy).
 
-metrics: :func:`p53hcc.fusion.metrics.model_metrics` per model and split, at the model's Youden threshold fitted
+metrics: :func:`p53hcc.fusion.stats.metric_rows.model_metrics` per model and split, at the model's Youden threshold fitted
 on its training out-of-fold scores (applied unchanged to the other splits), at the configured CI level. Training
 AUCs are cross-fitted estimates (fold mean, Nadeau-Bengio CI); a model whose scores are constant, or a split with
 one class, gets NaN rows that say why. On a synthetic cohort every model also gets its **population reference**
@@ -73,7 +73,7 @@ def _model_rows(model: str, g: pd.DataFrame, truth: pd.DataFrame | None, alpha: 
 
 
 def decision_curves(scores: pd.DataFrame, y: pd.Series, thresholds: np.ndarray) -> pd.DataFrame:
-    """Net benefit of the final models per split (``split`` + :func:`p53hcc.fusion.decision.net_benefit`
+    """Net benefit of the final models per split (``split`` + :func:`p53hcc.fusion.stats.decision.net_benefit`
     columns); a split with one class has no curve."""
     frames = []
     for sp, g in scores[scores["model"].isin(FINAL_MODELS)].groupby("split", sort=True):
@@ -132,7 +132,7 @@ def one_class_metrics(y: np.ndarray, score: np.ndarray, threshold: float, model:
     AUC, calibration and the class-conditional rate of the absent class are undefined there: NaN, never left out,
     so the split stays in metrics.csv and Table 5 (which says why). Accuracy, the rate of the present class
     (sensitivity or specificity, Wilson CI), PPV/NPV where defined, Brier, threshold, ``n`` and ``n_events`` are
-    computed as by :func:`p53hcc.fusion.metrics.model_metrics`.
+    computed as by :func:`p53hcc.fusion.stats.metric_rows.model_metrics`.
     """
     import logging
 

@@ -9,7 +9,7 @@ imaging-only latent "heterogeneity") are drawn independently, so the Bayes poste
 with each f_j the very distribution that was sampled (band probabilities, interval probabilities of the rounded
 truncated normals, the latent's normal densities). ``truth.csv`` keeps that posterior and its parts, so any model's
 AUC can be compared with the best achievable AUC on the same patients. The images are rendered by
-:mod:`p53hcc.tools.cohort.synth_images`; see ``docs/synthetic_cohort.md`` for the whole generative model.
+:mod:`p53hcc.tools.cohort.synth.images`; see ``docs/synthetic_cohort.md`` for the whole generative model.
 """
 from __future__ import annotations
 
@@ -145,7 +145,7 @@ def posterior_table(df: pd.DataFrame) -> pd.DataFrame:
     """Exact posteriors of P53+ from all variables and from subsets (``truth.csv`` columns).
 
     ``bayes_prob``: every generated variable (demographics, labs, pathology, MRI semantics, imaging latent).
-    ``clinical_bayes_prob``: preoperative clinical + semantic variables (what ``p53hcc.fusion.clinical`` uses by default;
+    ``clinical_bayes_prob``: preoperative clinical + semantic variables (what ``p53hcc.fusion.models.clinical`` uses by default;
     no pathology, no latent). ``clinical_pathology_bayes_prob``: all cohort.csv variables (adds grade and MVI).
     ``preop_bayes_prob``: everything known before surgery (clinical + semantic + imaging latent): the ceiling of
     the paper's combined model. ``image_bayes_prob``: what the images carry (tumour size and enhancement findings,
@@ -256,11 +256,11 @@ def make_cohort(n: int, out: str | os.PathLike, seed: int = 0, size: str = "demo
         second_reader: also write second-reader masks for 30 random patients (all if n < 30).
         profile: "internal" (7 scanners, train/validation) or "external" (3 other scanners, split external).
         scanner_effect: strength of the scanner effects (1: the tabulated profiles; 0: every scanner acquires like
-            a neutral reference; 2: departures doubled), see :func:`~p53hcc.tools.cohort.synth_images.scanner_profiles`.
+            a neutral reference; 2: departures doubled), see :func:`~p53hcc.tools.cohort.synth.images.scanner_profiles`.
             The patients, labels and scanner assignment do not depend on it; only the acquisition does.
         image_format: "nifti" (``images/``, ``masks/``) or "dicom" (the same voxels as one DICOM study per patient
             under ``dicom/<patient>/``: an MR series per phase and a DICOM SEG per mask,
-            :mod:`p53hcc.tools.cohort.synth_dicom`).
+            :mod:`p53hcc.tools.cohort.synth.dicom`).
 
     Returns:
         Path of ``cohort.csv``.

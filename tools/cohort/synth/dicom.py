@@ -1,7 +1,7 @@
 """The synthetic cohort as DICOM: one MR series per phase and a DICOM SEG per phase mask (``p53hcc synth --format
 dicom``).
 
-The voxels are the NIfTI cohort's (:func:`p53hcc.tools.cohort.synth_images.rendered`: same seed, same patient,
+The voxels are the NIfTI cohort's (:func:`p53hcc.tools.cohort.synth.images.rendered`: same seed, same patient,
 same values), written as a study per patient: three single-frame MR series on one frame of reference (the
 arterial, portal-venous and delayed acquisitions of one dynamic exam, told apart by their series description:
 ``AP arterial phase``, ``PVP portal venous phase``, ``DP delayed phase``) and one binary SEG per phase mask (a
