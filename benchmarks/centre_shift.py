@@ -1,6 +1,6 @@
 """Centre-shift benchmark: how much each arm loses on scanners it never saw, with and without ComBat harmonisation.
 
-For each scanner-effect strength (``--strengths``, :func:`p53hcc.tools.cohort.synth_images.scanner_profiles`):
+For each scanner-effect strength (``--strengths``, :func:`p53hcc.tools.cohort.synth.images.scanner_profiles`):
 
 1. a synthetic internal cohort (7 scanners, train/validation) and a synthetic external cohort (3 unseen scanners:
    other gain/offset, noise, bias, slice thickness) are generated at that strength (real images, demo size);
@@ -55,8 +55,8 @@ log = logging.getLogger("centre_shift")
 
 def _auc(y, s) -> dict:
     """AUC with DeLong's CI (NaN with a reason when a class is missing)."""
-    from p53hcc.fusion.metrics import degenerate_reason
-    from p53hcc.fusion.stats import auc_ci
+    from p53hcc.fusion.stats.auc import auc_ci
+    from p53hcc.fusion.stats.metric_rows import degenerate_reason
 
     y, s = np.asarray(y, int), np.asarray(s, float)
     if len(np.unique(y)) >= 2 and (reason := degenerate_reason(s)):
@@ -72,7 +72,7 @@ def _auc(y, s) -> dict:
 
 def _calibration(y, p) -> dict:
     """Calibration-in-the-large and slope (Wald CIs; NaN where a fit cannot be made)."""
-    from p53hcc.fusion.calibration import calibration_slope_intercept
+    from p53hcc.fusion.stats.calibration import calibration_slope_intercept
 
     out = calibration_slope_intercept(np.asarray(y, int), np.asarray(p, float))
     return {k: (float(v) if np.isscalar(v) else v) for k, v in out.items()}
@@ -88,7 +88,7 @@ def drop(internal: dict, external: dict) -> dict:
 
 def make_cohorts(work: Path, strength: float, args) -> tuple[Path, Path]:
     """The internal and external synthetic cohorts of one strength (made once; reused when present)."""
-    from p53hcc.tools.cohort.synth import make_cohort
+    from p53hcc.tools.cohort.synth.cohort import make_cohort
 
     paths = []
     for profile, n in (("internal", args.n_internal), ("external", args.n_external)):
@@ -188,7 +188,7 @@ def scanner_share(X: pd.DataFrame, batch: pd.Series) -> float:
 def scanner_shares(frozen: Path, internal: Path, external: Path, ext_radiomics: Path) -> dict:
     """How much of the radiomics features' variance is scanner after the image-level chain (N4, 1 mm, z-score),
     and after ComBat fitted on the internal training patients (new scanners: the label-free rule)."""
-    from p53hcc.fusion.harmonise import BATCH, ComBatHarmoniser
+    from p53hcc.fusion.models.harmonise import BATCH, ComBatHarmoniser
     from p53hcc.tools.io import read_table
 
     feats = json.loads((frozen / "model" / "radiomics_features.json").read_text())
@@ -257,7 +257,7 @@ def paired(results: dict) -> dict:
     difference); NaN with a reason where a cell lacks per-patient scores or a score is constant."""
     import dataclasses
 
-    from p53hcc.fusion.stats import delong_test
+    from p53hcc.fusion.stats.auc import delong_test
 
     out = {}
     for s in sorted({c["strength"] for c in results["cells"].values()}):
@@ -393,7 +393,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"{out} holds results of another configuration; use --force or another --out")
     import torch
 
-    import p53hcc.tools.cohort.synth_images as si
+    import p53hcc.tools.cohort.synth.images as si
 
     results.update(config=config, machine={"cpus": os.cpu_count(), "platform": platform.platform(),
                                            "python": sys.version.split()[0], "torch": torch.__version__,

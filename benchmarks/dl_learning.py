@@ -84,7 +84,7 @@ def prepare(work: Path, cfg: dict, workers: int = 1) -> tuple[Path, Path, dict]:
     work folder when done.
     """
     from p53hcc.tools.cohort.splits import write_datalist
-    from p53hcc.tools.cohort.synth import make_cohort
+    from p53hcc.tools.cohort.synth.cohort import make_cohort
     from p53hcc.tools.io import atomic_write_json
     from p53hcc.tools.preprocessing.run import preprocess_cohort
     from p53hcc.tools.radiomics.extract import extract_cohort

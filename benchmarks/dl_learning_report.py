@@ -2,8 +2,8 @@
 
 For every arm (``<arm>_<net>``) of the real cohort:
 
-* training-cohort out-of-fold AUC (mean of the fold AUCs, Nadeau-Bengio CI: :func:`p53hcc.fusion.metrics.crossfit_auc`;
-  the pooled AUC beside it) and validation AUC (DeLong CI: :func:`p53hcc.fusion.stats.auc_ci`);
+* training-cohort out-of-fold AUC (mean of the fold AUCs, Nadeau-Bengio CI: :func:`p53hcc.fusion.stats.metric_rows.crossfit_auc`;
+  the pooled AUC beside it) and validation AUC (DeLong CI: :func:`p53hcc.fusion.stats.auc.auc_ci`);
 * on the same patients: the image-only ceiling (``truth.csv`` ``image_bayes_prob``: size + enhancement findings +
   latent), the ceiling of a size-blind image model (findings + latent: the crops are resized to one size), the
   latent heterogeneity alone (``latent_bayes_prob``), the radiomics model, and the paired DeLong test arm vs
@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from p53hcc.fusion.crossfit import crossfit_scores
-from p53hcc.fusion.metrics import crossfit_auc
-from p53hcc.fusion.models import make_combined_model
-from p53hcc.fusion.stats import auc_ci, delong_test
+from p53hcc.fusion.models.factories import make_combined_model
+from p53hcc.fusion.models.oof import crossfit_scores
+from p53hcc.fusion.stats.auc import auc_ci, delong_test
+from p53hcc.fusion.stats.metric_rows import crossfit_auc
 from p53hcc.tools.cohort.manifest import read_cohort
 from p53hcc.tools.cohort.splits import load_splits
 from p53hcc.tools.io import read_table
@@ -61,7 +61,7 @@ def _spearman(a, b) -> dict:
 
 def truth_terms(csv: Path) -> pd.DataFrame | None:
     """Per patient: the posteriors of ``truth.csv`` and its image terms split into size and findings."""
-    from p53hcc.tools.cohort.synth import log_likelihood_ratios
+    from p53hcc.tools.cohort.synth.cohort import log_likelihood_ratios
 
     path = Path(csv).parent / "truth.csv"
     if not path.is_file():
@@ -212,7 +212,7 @@ def _forest_rows(record: dict) -> list[tuple[str, dict | None, dict | None]]:
 
 
 def _label(model: str) -> str:
-    from p53hcc.fusion.labels import model_label
+    from p53hcc.fusion.report.labels import model_label
 
     arm = model.split("_", 1)[0]
     return f"{model_label(model)} ({arm.upper()})" if arm in ("mc", "ff") else model_label(model)

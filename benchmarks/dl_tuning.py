@@ -92,8 +92,8 @@ def run_fold(study: Path, name: str, fold: int, work: Path) -> dict:
 
 def summarise(name: str, folds: list[dict]) -> dict:
     """Pooled and fold-mean held-out AUCs and the mean learning curve of one variant."""
-    from p53hcc.fusion.metrics import crossfit_auc
-    from p53hcc.fusion.stats import auc_ci
+    from p53hcc.fusion.stats.auc import auc_ci
+    from p53hcc.fusion.stats.metric_rows import crossfit_auc
 
     y = np.concatenate([f["label"] for f in folds])
     s = np.concatenate([f["score"] for f in folds])

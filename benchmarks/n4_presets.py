@@ -11,7 +11,7 @@ Error: RMS over the body (Otsu foreground of the image) of ``log(estimated field
 removing the median offset (N4 recovers the field only up to a constant factor; ``p53hcc.tools.preprocessing.n4.log_bias_error``).
 
 Usage: ``python benchmarks/n4_presets.py [--n-demo 12] [--n-paper 4] [--seed 0]``; prints a table and writes
-``benchmarks/results/n4_presets.json``. Patients are rendered in memory with ``p53hcc.tools.cohort.synth_images`` (scanners
+``benchmarks/results/n4_presets.json``. Patients are rendered in memory with ``p53hcc.tools.cohort.synth.images`` (scanners
 taken in turn, so every internal scanner profile and its bias strength is represented), one ITK thread.
 """
 from __future__ import annotations
@@ -49,8 +49,8 @@ SCHEDULES: dict[str, dict] = {
 def render(n: int, size: str, seed: int):
     """Yield ``(patient_id, scanner, phase, image (x, y, z) float32, spacing, true field)`` for n synthetic
     patients; patient ``i`` gets the ``i``-th internal scanner (sorted by name), cyclically."""
-    from p53hcc.tools.cohort import synth_images as si
-    from p53hcc.tools.cohort.synth import sample_patients
+    from p53hcc.tools.cohort.synth import images as si
+    from p53hcc.tools.cohort.synth.cohort import sample_patients
 
     cohort, truth = sample_patients(max(n, 2), seed=seed)
     scanners = si.scanner_profiles("internal")

@@ -32,7 +32,7 @@ import SimpleITK as sitk
 
 from p53hcc.tools.io import atomic_write_json, file_sha256, params_hash
 from p53hcc.tools.preprocessing.run import preprocess_cohort
-from p53hcc.tools.radiomics.extract import run_tasks
+from p53hcc.tools.radiomics.extract import extract_tasks
 from p53hcc.tools.radiomics.features import load_params, versions
 
 RESULTS = Path(__file__).parent / "results" / "radiomics.json"
@@ -41,7 +41,7 @@ RESULTS = Path(__file__).parent / "results" / "radiomics.json"
 def _cohort_csv(n: int, size: str, root: Path) -> Path:
     """A synthetic cohort file listing exactly ``n`` patients (the generator needs n >= 2)."""
     from p53hcc.tools.cohort.manifest import read_cohort
-    from p53hcc.tools.cohort.synth import make_cohort
+    from p53hcc.tools.cohort.synth.cohort import make_cohort
 
     csv = make_cohort(n=max(n, 2), out=root / f"synth_{size}_{n}", seed=1, size=size, second_reader=False)
     if n < 2:
@@ -91,7 +91,7 @@ def _cpu_s() -> float:
 def _extract(pairs, params, cache, workers) -> dict:
     tasks = _tasks(pairs, params, cache)
     t0, c0 = time.perf_counter(), _cpu_s()
-    res = run_tasks(tasks, workers=workers, progress=False)
+    res = extract_tasks(tasks, workers=workers, progress=False)
     wall, cpu = time.perf_counter() - t0, _cpu_s() - c0
     failed = [r for r in res if r["status"] != "ok"]
     task_secs = [r["seconds"] for r in res]

@@ -126,7 +126,7 @@ def make_study(out: Path, cfg: dict, gpu: bool, seed: int = 0) -> Path:
     from p53hcc.tools.cohort.splits import write_datalist
 
     if gpu:
-        from p53hcc.tools.cohort.synth import make_cohort
+        from p53hcc.tools.cohort.synth.cohort import make_cohort
 
         csv = Path(make_cohort(n=cfg["n"], out=out / "cohort", seed=seed, size="paper", second_reader=False))
         csv = csv if csv.suffix == ".csv" else csv / "cohort.csv"

@@ -8,10 +8,10 @@ folder holding it and the frozen study model (``STUDY/model``) as ``study_model/
 the model version and the input series UIDs; with clinical values and the study model, the combined model's
 probability, class and nomogram points too).
 
-Operators: read and check every input (:func:`p53hcc.tools.export.deploy_run.read_study`, nothing scored before
+Operators: read and check every input (:func:`p53hcc.tools.deploy.run.read_study`, nothing scored before
 all of it is known to fit), the SDK's ``MonaiBundleInferenceOperator`` with the bundle's ``configs/deploy.json``
-and TorchScript network, the combined model (:func:`~p53hcc.tools.export.deploy_run.combined_for`), then both
-outputs (:func:`~p53hcc.tools.export.deploy_run.write_outputs`, only once everything exists). A bad input stops
+and TorchScript network, the combined model (:func:`~p53hcc.tools.deploy.run.combined_for`), then both
+outputs (:func:`~p53hcc.tools.deploy.run.write_outputs`, only once everything exists). A bad input stops
 the app with an error naming the series or file, and nothing is written.
 
 Run locally: ``python deploy/app.py -i STUDY_DIR -m MODELS_DIR -o OUT_DIR``.
@@ -30,8 +30,8 @@ from monai.deploy.operators.monai_bundle_inference_operator import (
     MonaiBundleInferenceOperator,
 )
 
-from p53hcc.tools.export.deploy_combined import find_models
-from p53hcc.tools.export.deploy_run import (
+from p53hcc.tools.deploy.combined import find_models
+from p53hcc.tools.deploy.run import (
     bundle_result,
     check_inputs,
     combined_for,

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from p53hcc.tools.cohort.synth import make_cohort
+from p53hcc.tools.cohort.synth.cohort import make_cohort
+from p53hcc.tools.deploy.combined import clinical_json_values
 from p53hcc.tools.errors import P53hccError
 from p53hcc.tools.export.bundle import export_bundle
-from p53hcc.tools.export.deploy_combined import clinical_json_values
 from p53hcc.tools.pipeline.predict import predict_cohort
 
 REPO = Path(__file__).resolve().parents[1]

@@ -42,7 +42,7 @@ MAIN_VARIANTS = ("nested_nonnegative", "nested_free", "apparent_free")
 
 def fixed_tables(n: int = 320, seed: int = 0, n_radiomics: int = 40, n_deep: int = 16) -> dict:
     """The feature tables every permutation reuses (labels are drawn afresh per permutation)."""
-    from p53hcc.tools.cohort.synth import sample_patients
+    from p53hcc.tools.cohort.synth.cohort import sample_patients
 
     cohort, _ = sample_patients(n, seed=seed)
     for col in ("ap", "pvp", "dp", "ap_mask", "pvp_mask", "dp_mask"):
@@ -61,11 +61,11 @@ def _dl_scores(study: Path, tables: dict, labels: pd.Series, splits: dict, split
     pair-of-folds units); write dl/<arm>/<net>/scores.parquet and inner_scores.parquet."""
     from sklearn.linear_model import LogisticRegression
 
-    from p53hcc.tools.dl.arms import fold_pairs, inner_rows
+    from p53hcc.fusion.models.nested import fold_map, fold_pairs, pair_inner_scores
 
     ids = tables["cohort"]["patient_id"].to_numpy()
     pos = {p: i for i, p in enumerate(ids)}
-    fold_of = {str(p): int(k) for p, k in splits["fold_of"].items()}
+    fold_of = fold_map(splits)
     train_ids = [p for f in splits["folds"] for p in f["val"]]
     others = [p for p in ids if split[p] != "train"]
 
@@ -84,8 +84,8 @@ def _dl_scores(study: Path, tables: dict, labels: pd.Series, splits: dict, split
         for pair in fold_pairs(splits):
             held = [p for p in train_ids if fold_of[p] in pair]
             fit_ids = [p for p in train_ids if fold_of[p] not in pair]
-            inner.append(inner_rows(pair, pd.DataFrame({"patient_id": held, "score": unit(X, fit_ids, held)}),
-                                    fold_of))
+            inner.append(pair_inner_scores(pair, pd.DataFrame({"patient_id": held, "score": unit(X, fit_ids, held)}),
+                                           fold_of))
         dest = study / "dl" / arm / net
         dest.mkdir(parents=True, exist_ok=True)
         pd.concat(rows, ignore_index=True).to_parquet(dest / "scores.parquet", index=False)

@@ -22,10 +22,10 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-from p53hcc.fusion.selection import make_radiomics_model, rad_score, selected_features_table
-from p53hcc.fusion.stats import auc_ci
+from p53hcc.fusion.models.radiomics import make_radiomics_model, rad_score, selected_features_table
+from p53hcc.fusion.stats.auc import auc_ci
 from p53hcc.tools.cohort.manifest import read_cohort
-from p53hcc.tools.cohort.synth import make_cohort
+from p53hcc.tools.cohort.synth.cohort import make_cohort
 from p53hcc.tools.io import atomic_write_json
 from p53hcc.tools.preprocessing.run import preprocess_cohort
 from p53hcc.tools.radiomics.extract import extract_cohort

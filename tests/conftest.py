@@ -70,10 +70,10 @@ def fake_image_stages(monkeypatch):
     import matplotlib.pyplot as plt
 
     import p53hcc.tools.cohort.manifest
-    import p53hcc.tools.cohort.synth
+    import p53hcc.tools.cohort.synth.cohort
     import p53hcc.tools.dl.crossfit
     import p53hcc.tools.radiomics.extract
-    from p53hcc.tools.cohort.synth import sample_patients
+    from p53hcc.tools.cohort.synth.cohort import sample_patients
 
     state = {"kill": None, "calls": [], "drop": None}
 
@@ -138,13 +138,13 @@ def fake_image_stages(monkeypatch):
         fig.savefig(Path(out) / "gradcam" / f"{arm}_{net}.png")
         plt.close(fig)
 
-    monkeypatch.setattr(p53hcc.tools.cohort.synth, "make_cohort", make_cohort)
+    monkeypatch.setattr(p53hcc.tools.cohort.synth.cohort, "make_cohort", make_cohort)
     monkeypatch.setattr(p53hcc.tools.cohort.manifest, "validate_cohort", lambda path, **kw: [])
     monkeypatch.setattr("p53hcc.tools.pipeline.checks.validate_cohort", lambda path, **kw: [])
     monkeypatch.setattr(p53hcc.tools.radiomics.extract, "extract_cohort", extract_cohort)
     monkeypatch.setattr(p53hcc.tools.dl.crossfit, "train_arm", train_arm)
     monkeypatch.setattr("p53hcc.tools.preprocessing.run.preprocess_cohort", preprocess_cohort)
-    monkeypatch.setattr("p53hcc.tools.dl.gradcam.gradcam_command", gradcam_command)
+    monkeypatch.setattr("p53hcc.tools.pipeline.explain.gradcam_command", gradcam_command)
     return state
 
 
@@ -165,3 +165,67 @@ class TinyNet(torch.nn.Module):
 
     def forward(self, x):
         return self.fc(self.body(x))
+
+
+# ------------------------------------------------------------------ fusion -> statistics -> frozen model -> predict
+@pytest.fixture(scope="session")
+def fused_study(tmp_path_factory):
+    """A study folder up to the DL stages made from cheap fakes (radiomics with signal, DL scores from the truth),
+    then the real fusion, statistics and freeze stages; ``(root, cohort, radiomics)``. Tests only read it (or copy
+    it), so it is made once per session."""
+    import yaml
+
+    from p53hcc.tools.cohort.splits import write_datalist
+    from p53hcc.tools.cohort.synth.cohort import sample_patients
+    from p53hcc.tools.pipeline.config import resolve_config
+
+    root = tmp_path_factory.mktemp("fused")
+    cohort, truth = sample_patients(90, seed=5)
+    for col in ("ap", "pvp", "dp", "ap_mask", "pvp_mask", "dp_mask"):
+        cohort[col] = "x.nii.gz"
+    csv = root / "cohort" / "cohort.csv"
+    csv.parent.mkdir()
+    cohort.to_csv(csv, index=False)
+    truth.to_csv(csv.parent / "truth.csv", index=False)
+    write_datalist(csv, root, folds=3, seed=0)
+    splits = json.loads((root / "splits.json").read_text(encoding="utf-8"))
+    rng = np.random.default_rng(2)
+    ids, logit = truth["patient_id"].to_numpy(), truth["bayes_logit"].to_numpy()
+    rad = pd.DataFrame(rng.normal(size=(len(ids), 12)), columns=[f"ap_original_firstorder_F{i}" for i in range(12)])
+    rad.iloc[:, 0] += 0.8 * logit
+    rad.insert(0, "patient_id", ids)
+    rad.to_parquet(root / "radiomics.parquet", index=False)
+    fold_of = splits["fold_of"]
+    split = cohort.set_index("patient_id")["split"]
+    for arm, noise in (("mc", 8.0), ("ff", 0.5)):
+        s = 1 / (1 + np.exp(-(logit + rng.normal(0, noise, len(ids)))))
+        d = root / "dl" / arm / "resnet18"
+        d.mkdir(parents=True)
+        pd.DataFrame({"patient_id": ids, "model": f"{arm}_resnet18", "fold": [fold_of.get(p, -1) for p in ids],
+                      "split": split.loc[ids].to_numpy(), "score": s}).to_parquet(d / "scores.parquet")
+        (d / "full").mkdir()
+        (d / "full" / "model.pt").write_bytes(b"weights")
+    cfg = resolve_config(nets="resnet18", folds=3)
+    cfg.update(cohort=str(csv), cohort_generated=True)
+    (root / "study.yaml").write_text(yaml.safe_dump(cfg))
+    from p53hcc.tools.pipeline.fit import run_fusion
+    from p53hcc.tools.pipeline.freeze import freeze_model
+    from p53hcc.tools.pipeline.statistics import run_statistics
+
+    run_fusion(root, csv, cfg)
+    run_statistics(root, csv, cfg)
+    freeze_model(root)
+    return root, cohort, rad
+
+
+def snapshot(root) -> dict:
+    """Content hashes of every output (markers hold timings, so they are compared by key only; the log is a
+    record of the runs, not an output)."""
+    from p53hcc.tools.io import file_sha256
+
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.name != "study.log":
+            rel = p.relative_to(root).as_posix()
+            out[rel] = json.loads(p.read_text(encoding="utf-8"))["key"] if rel.startswith(".stages/") else file_sha256(p)
+    return out

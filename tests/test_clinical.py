@@ -9,7 +9,7 @@ import pytest
 import statsmodels.api as sm
 from sklearn.base import clone
 
-from p53hcc.fusion.clinical import (
+from p53hcc.fusion.models.clinical import (
     ClinicalModel,
     encode_clinical,
     multivariable_table,
@@ -127,7 +127,7 @@ def test_clinical_model_estimator():
 
 
 def test_synthetic_cohort_multivariable_like_paper():
-    synth = pytest.importorskip("p53hcc.tools.cohort.synth", reason="p53hcc.tools.cohort.synth (synthetic cohort generator) not available")
+    synth = pytest.importorskip("p53hcc.tools.cohort.synth.cohort", reason="p53hcc.tools.cohort.synth.cohort (synthetic cohort generator) not available")
     cohort, _ = synth.sample_patients(320, seed=0)
     train = cohort[cohort.split == "train"]
     tab = multivariable_table(encode_clinical(train, preoperative_only=False), train.p53).set_index("variable")
@@ -151,7 +151,7 @@ def test_separating_predictor_keeps_an_exact_p_value():
     """A predictor that separates the classes has no finite odds ratio, but its association is still tested."""
     from scipy.stats import chi2
 
-    from p53hcc.fusion.clinical import multivariable_table
+    from p53hcc.fusion.models.clinical import multivariable_table
 
     binary = pd.DataFrame({"x": [1, 1, 1, 0, 0, 0]}, index=[f"P{i}" for i in range(6)])
     uni = univariable_table(binary, [1, 1, 1, 0, 0, 0]).set_index("variable")

@@ -9,8 +9,8 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from p53hcc.fusion.crossfit import crossfit_predict, crossfit_scores, fit_full, scores_wide
-from p53hcc.fusion.models import CombinedModel, logit, make_clinical_model, make_combined_model
+from p53hcc.fusion.models.factories import CombinedModel, logit, make_clinical_model, make_combined_model
+from p53hcc.fusion.models.oof import crossfit_predict, crossfit_scores, fit_full, scores_wide
 from p53hcc.tools.errors import InputError
 from tests.test_clinical import raw_cohort
 

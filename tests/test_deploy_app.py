@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from p53hcc.tools.export.deploy_combined import DeployInputError, clinical_json_values
-from p53hcc.tools.export.deploy_run import RESULT_JSON, RESULT_SR, score_dicom_study
-from p53hcc.tools.export.dicom_study import DicomInputError
+from p53hcc.tools.deploy.combined import DeployInputError, clinical_json_values
+from p53hcc.tools.deploy.dicom_study import DicomInputError
+from p53hcc.tools.deploy.run import RESULT_JSON, RESULT_SR, score_dicom_study
 from tests.conftest import make_tiny_cohort
 
 pytest.importorskip("monai.deploy", reason="the MONAI Deploy App SDK is the deploy extra: pip install 'p53hcc[deploy]'")
@@ -34,7 +34,7 @@ STUDY = dict(profile="demo", nets="resnet18", folds=2, epochs=1, spatial_size=32
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory):
     """A study (MC arm), its exported bundle, a 3-patient synthetic DICOM cohort and `p53hcc predict` on it."""
-    from p53hcc.tools.cohort.synth import make_cohort
+    from p53hcc.tools.cohort.synth.cohort import make_cohort
     from p53hcc.tools.export.bundle import export_bundle
     from p53hcc.tools.pipeline.predict import predict_cohort
     from p53hcc.tools.pipeline.study import run_study
@@ -231,7 +231,7 @@ def _models_with_tampered_source(deployed, tmp_path) -> Path:
 @pytest.mark.parametrize("case", ["no_study_model", "other_network", "unknown_column", "bad_value",
                                   "missing_column", "other_patient"])
 def test_clinical_inputs_that_do_not_fit_are_named_errors_before_scoring(deployed, tmp_path, monkeypatch, case):
-    from p53hcc.tools.export import deploy_run
+    from p53hcc.tools.deploy import run as deploy_run
 
     def scored(*args, **kwargs):
         raise AssertionError("the bundle ran before every input was checked")

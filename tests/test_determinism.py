@@ -16,7 +16,7 @@ import torch
 
 import p53hcc.tools.preprocessing.run as pp
 from p53hcc.tools.io import file_sha256
-from tests.conftest import make_tiny_cohort
+from tests.conftest import make_tiny_cohort, snapshot
 
 FAST = {"n4": {"n_iterations": [10, 10]}}
 
@@ -122,12 +122,6 @@ def test_study_reruns_the_stages_a_changed_image_feeds(tmp_path, fake_image_stag
     assert fake_image_stages["calls"] == []
 
 
-def _snapshot(root: Path) -> dict:
-    from tests.test_study import _snapshot as snap
-
-    return snap(root)
-
-
 def test_study_interrupted_at_every_stage_in_turn_gives_the_same_files(tmp_path, fake_image_stages, monkeypatch):
     """A run killed after each stage's outputs (before its marker), resumed, killed at the next stage, ... ends
     with the files of an uninterrupted run (orchestration; the image stages' own resumes are tested above)."""
@@ -136,7 +130,7 @@ def test_study_interrupted_at_every_stage_in_turn_gives_the_same_files(tmp_path,
 
     kw = dict(out=tmp_path / "study", nets="resnet18", folds=3, epochs=1, **{"synth.n": 40})
     study.run_study(**kw)
-    clean = _snapshot(tmp_path / "study")
+    clean = snapshot(tmp_path / "study")
     shutil.rmtree(tmp_path / "study")
     real_build, target = study.build_stages, {"name": None}
 
@@ -158,7 +152,7 @@ def test_study_interrupted_at_every_stage_in_turn_gives_the_same_files(tmp_path,
             study.run_study(**kw)
     target["name"] = None
     study.run_study(**kw)
-    assert _snapshot(tmp_path / "study") == clean
+    assert snapshot(tmp_path / "study") == clean
     assert set(clean) >= {"metrics.csv", "scores.parquet", "selection.json", "report.html"}
 
 

@@ -12,7 +12,7 @@ pytest.importorskip("highdicom")
 from p53hcc.tools.cohort.dicomseg import is_dicom_seg, read_seg, seg_info
 from p53hcc.tools.cohort.imageio import read_geometry, read_image
 from p53hcc.tools.cohort.manifest import validate_cohort
-from p53hcc.tools.cohort.synth import make_cohort
+from p53hcc.tools.cohort.synth.cohort import make_cohort
 from p53hcc.tools.errors import P53hccError
 from p53hcc.tools.schema import PHASES
 

@@ -32,7 +32,7 @@ def bench():
 def _study(root: Path, seed: int, signal: float) -> tuple[Path, Path]:
     """A study folder as the benchmark leaves it: cohort + truth, folds, scores of every model, fold histories."""
     from p53hcc.tools.cohort.splits import write_datalist
-    from p53hcc.tools.cohort.synth import sample_patients
+    from p53hcc.tools.cohort.synth.cohort import sample_patients
 
     cohort, truth = sample_patients(200, seed=seed)
     for col in ("ap", "pvp", "dp", "ap_mask", "pvp_mask", "dp_mask"):
@@ -86,7 +86,7 @@ def test_analysis_compares_on_the_same_patients(bench, tmp_path):
     assert ref["latent_only"]["validation"]["auc"] == pytest.approx(
         roc_auc_score(y.loc[va.index], truth.loc[va.index, "latent_bayes_prob"]))
     # the size-blind ceiling ranks by findings + latent: the image posterior without the LTD term
-    from p53hcc.tools.cohort.synth import log_likelihood_ratios
+    from p53hcc.tools.cohort.synth.cohort import log_likelihood_ratios
 
     size = log_likelihood_ratios(pd.read_csv(csv).set_index("patient_id").loc[va.index].reset_index())["ltd_mm"]
     blind = truth.loc[va.index, "llr_semantic"] + truth.loc[va.index, "llr_latent"] - size.to_numpy()

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from p53hcc.tools.cohort.dicomseg import SEG_SOP_CLASS
+from p53hcc.tools.deploy.dicom_study import DicomInputError, Series, select_series
 from p53hcc.tools.dl.bundle import bundle_dir
-from p53hcc.tools.export.dicom_study import DicomInputError, Series, select_series
 from p53hcc.tools.export.scripts import generate_scripts, referenced_names
 
 MR = "1.2.840.10008.5.1.4.1.1.4"
@@ -85,12 +85,12 @@ def test_metadata_names_installable_distributions():
 def test_bundle_code_is_scoped(tmp_path):
     """The app imports the bundle's ``scripts`` package only while it scores: afterwards sys.path and another
     ``scripts`` package (the repository's own) are as before (they leaked into later tests)."""
-    from p53hcc.tools.export.deploy_run import _bundle_code
+    from p53hcc.tools.deploy.run import bundle_code
 
     (tmp_path / "scripts").mkdir()
     (tmp_path / "scripts" / "__init__.py").write_text("WHO = 'bundle'\n")
     path, before = list(sys.path), sys.modules.get("scripts")
-    with _bundle_code(tmp_path):
+    with bundle_code(tmp_path):
         import scripts
 
         assert scripts.WHO == "bundle"

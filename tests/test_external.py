@@ -21,7 +21,7 @@ STUDY = dict(nets="resnet18", epochs=1, spatial_size=32, batch_size=8, **{"synth
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
-    from p53hcc.tools.cohort.synth import make_cohort
+    from p53hcc.tools.cohort.synth.cohort import make_cohort
     from p53hcc.tools.pipeline.predict import evaluate_cohort
     from p53hcc.tools.pipeline.study import run_study
 

@@ -1,4 +1,4 @@
-"""FF head (p53hcc.fusion.ffhead): shape handling, agreement with a hand-built sklearn pipeline, and no leakage."""
+"""FF head (p53hcc.fusion.models.ffhead): shape handling, agreement with a hand-built sklearn pipeline, and no leakage."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,7 +11,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from p53hcc.fusion.ffhead import PHASES, FFHead, crossfit_ff_head, make_ff_head, wide_features
+from p53hcc.fusion.models.ffhead import PHASES, FFHead, crossfit_ff_head, make_ff_head, wide_features
 
 
 def _long(n: int, dim: int, seed: int, folds=(-1,), signal: np.ndarray | None = None) -> pd.DataFrame:

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from p53hcc.fusion.ffhead import make_ff_head, wide_features
+from p53hcc.fusion.models.ffhead import make_ff_head, wide_features
 from p53hcc.tools.dl.arms import features_frame
 from p53hcc.tools.dl.ffnet import FFNet, ff_network, headless
 from p53hcc.tools.dl.nets import build_net, feature_extractor

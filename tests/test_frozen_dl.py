@@ -15,8 +15,8 @@ from p53hcc.tools.cohort.splits import cohort_items, write_datalist
 from p53hcc.tools.dl import arms
 from p53hcc.tools.dl.crossfit import train_arm
 from p53hcc.tools.dl.frozen import predict_frozen
-from p53hcc.tools.dl.gradcam import gradcam_command, gradcam_frozen
 from p53hcc.tools.errors import P53hccError
+from p53hcc.tools.pipeline.explain import gradcam_command, gradcam_frozen
 from p53hcc.tools.preprocessing.run import preprocess_cohort, preprocessed_items
 from p53hcc.tools.schema import PHASES
 from tests.conftest import make_tiny_cohort

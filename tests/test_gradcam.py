@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from p53hcc.fusion.report.gradcam_figure import figure_caption, heat_rgba, radiological_view, save_overlay
 from p53hcc.tools.dl.gradcam import (
     TargetLayer,
     choose_layer,
@@ -17,7 +18,6 @@ from p53hcc.tools.dl.gradcam import (
     scale_maps,
     spearman,
 )
-from p53hcc.tools.dl.gradcam_figure import figure_caption, heat_rgba, radiological_view, save_overlay
 from p53hcc.tools.dl.nets import build_net, feature_map_sizes
 from p53hcc.tools.errors import P53hccError
 

@@ -1,4 +1,4 @@
-"""ComBat harmonisation (fusion/harmonise.py): the reference implementation's numbers, the frozen transform, the
+"""ComBat harmonisation (fusion/models/harmonise.py): the reference implementation's numbers, the frozen transform, the
 new-batch rule, no leak of held-out patients into the fit, and no signal added on null cohorts."""
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from p53hcc.fusion.crossfit import crossfit_scores
-from p53hcc.fusion.ffhead import FFHead
-from p53hcc.fusion.harmonise import BATCH, ComBatHarmoniser, harmonisation_record, with_batch
-from p53hcc.fusion.selection import make_radiomics_model
+from p53hcc.fusion.models.ffhead import FFHead
+from p53hcc.fusion.models.harmonise import BATCH, ComBatHarmoniser, harmonisation_record, with_batch
+from p53hcc.fusion.models.oof import crossfit_scores
+from p53hcc.fusion.models.radiomics import make_radiomics_model
 from p53hcc.tools.errors import InputError
 
 neuroCombat = pytest.importorskip("neuroCombat")
@@ -209,7 +209,7 @@ def _null_auc(leaky: bool, seed: int) -> float:
             X = neuroCombat.neuroCombat(X.T, pd.DataFrame({"b": df[BATCH].to_numpy(), "y": y.to_numpy()}), "b",
                                         categorical_cols=["y"])["data"].T
         df = pd.DataFrame(X, index=df.index).assign(**{BATCH: df[BATCH]})
-    aucs = []  # the mean of the per-fold AUCs: unbiased under the null (the pooled one is not, fusion/metrics.py)
+    aucs = []  # the mean of the per-fold AUCs: unbiased under the null (the pooled one is not, fusion/stats/metric_rows.py)
     for tr, va in StratifiedKFold(3, shuffle=True, random_state=seed).split(X, y):
         steps = [StandardScaler(), LogisticRegression(C=0.1)]
         model = make_pipeline(*steps) if leaky else make_pipeline(ComBatHarmoniser(), *steps)

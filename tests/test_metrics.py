@@ -9,9 +9,9 @@ import pytest
 from scipy import stats as sps
 from sklearn.metrics import roc_auc_score
 
-from p53hcc.fusion import stats
-from p53hcc.fusion.calibration import smooth_calibration
-from p53hcc.fusion.metrics import crossfit_auc, degenerate_reason, model_metrics
+from p53hcc.fusion.stats.auc import auc_ci, delong_roc_variance, delong_test, pairwise_delong
+from p53hcc.fusion.stats.calibration import smooth_calibration
+from p53hcc.fusion.stats.metric_rows import crossfit_auc, degenerate_reason, model_metrics
 
 
 def _sim(n=200, seed=0, signal=1.0):
@@ -24,7 +24,7 @@ def _sim(n=200, seed=0, signal=1.0):
 def test_auc_ci_with_one_case_is_nan_not_zero_to_one():
     y = np.array([1, 0, 0, 0, 0, 0])
     with pytest.warns(RuntimeWarning, match="2 cases and 2 controls"):
-        res = stats.auc_ci(y, [0.9, 0.1, 0.2, 0.3, 0.4, 0.5])
+        res = auc_ci(y, [0.9, 0.1, 0.2, 0.3, 0.4, 0.5])
     assert res.auc == 1.0 and np.isnan(res.ci_low) and np.isnan(res.ci_high) and np.isnan(res.se)
 
 
@@ -32,9 +32,9 @@ def test_delong_test_with_zero_variance_difference_is_undefined_not_p_one():
     y = np.array([0, 0, 0, 1, 1, 1])
     perfect, constant = np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9]), np.full(6, 0.5)
     with pytest.warns(RuntimeWarning, match="undefined"):
-        res = stats.delong_test(y, perfect, constant)
+        res = delong_test(y, perfect, constant)
     assert (res.auc_a, res.auc_b) == (1.0, 0.5) and np.isnan(res.p_value) and np.isnan(res.z)
-    same = stats.delong_test(y, perfect, perfect * 0.5)  # identical rankings: genuinely no difference
+    same = delong_test(y, perfect, perfect * 0.5)  # identical rankings: genuinely no difference
     assert same.z == 0.0 and same.p_value == 1.0
 
 
@@ -44,12 +44,12 @@ def test_every_ci_follows_alpha():
     z90, z95 = sps.norm.ppf(0.95), sps.norm.ppf(0.975)
     m90 = model_metrics(y, p, 0.5, "m", "validation", alpha=0.10).set_index("metric")
     m95 = model_metrics(y, p, 0.5, "m", "validation").set_index("metric")
-    _, var = stats.delong_roc_variance(y, p)
+    _, var = delong_roc_variance(y, p)
     for m, z in ((m90, z90), (m95, z95)):
         assert m.loc["auc", "ci_high"] - m.loc["auc", "estimate"] == pytest.approx(z * np.sqrt(var), rel=1e-9)
     rng = np.random.default_rng(1)
     other = p + rng.normal(0, 0.3, p.size)
-    d90, d95 = (stats.pairwise_delong(y, {"a": p, "b": other}, alpha=a).iloc[0] for a in (0.10, 0.05))
+    d90, d95 = (pairwise_delong(y, {"a": p, "b": other}, alpha=a).iloc[0] for a in (0.10, 0.05))
     assert (d90.diff_ci_high - d90.diff_ci_low) / (d95.diff_ci_high - d95.diff_ci_low) == pytest.approx(z90 / z95)
 
 
@@ -59,10 +59,10 @@ def test_labelled_series_are_matched_by_patient_id_everywhere():
     ids = [f"P{i:03d}" for i in range(80)]
     ys, ps = pd.Series(y, index=ids), pd.Series(p, index=ids)
     shuffled = ps.sample(frac=1.0, random_state=0)  # same patients, another order
-    assert stats.auc_ci(ys, shuffled).auc == pytest.approx(roc_auc_score(y, p))
-    assert stats.delong_test(ys, shuffled, ps).z == 0.0
+    assert auc_ci(ys, shuffled).auc == pytest.approx(roc_auc_score(y, p))
+    assert delong_test(ys, shuffled, ps).z == 0.0
     with pytest.raises(ValueError, match="no value for patient"):
-        stats.auc_ci(ys, shuffled.iloc[1:])
+        auc_ci(ys, shuffled.iloc[1:])
 
 
 # ------------------------------------------------------------------------------------------ degenerate models

@@ -15,7 +15,7 @@ SCANNERS = ("A", "B", "C", "D")
 
 
 def _cohort(n=120, seed=5):
-    from p53hcc.tools.cohort.synth import sample_patients
+    from p53hcc.tools.cohort.synth.cohort import sample_patients
 
     cohort, truth = sample_patients(n, seed=seed)
     rng = np.random.default_rng(seed)
@@ -71,7 +71,7 @@ def multicentre_study(tmp_path_factory):
     """A study folder with scanners and scanner effects on the radiomics features, DL scores faked from the truth,
     then the real fusion (ComBat, leave-one-scanner-out, nested: the pair-of-scanners models score two scanners
     they never saw), statistics, freeze and report stages."""
-    from p53hcc.fusion.report import write_report
+    from p53hcc.fusion.report.page import write_report
     from p53hcc.tools.cohort.splits import write_datalist
     from p53hcc.tools.pipeline.config import resolve_config
     from p53hcc.tools.pipeline.fit import run_fusion
@@ -127,7 +127,7 @@ def test_fusion_harmonises_inside_the_folds_and_records_it(multicentre_study):
 
 
 def test_leave_one_scanner_out_table(multicentre_study):
-    from p53hcc.fusion.stats import auc_ci
+    from p53hcc.fusion.stats.auc import auc_ci
 
     root, cohort, _ = multicentre_study
     table = pd.read_csv(root / "tables" / "leave_one_scanner_out.csv")
@@ -177,7 +177,7 @@ def test_frozen_model_on_known_and_new_scanners(multicentre_study):
 
 
 def test_scanner_effect_strength_scales_departures_from_the_reference():
-    from p53hcc.tools.cohort import synth_images as si
+    from p53hcc.tools.cohort.synth import images as si
 
     assert si.scanner_profiles("external", 1.0) is si.EXTERNAL_SCANNERS       # the default images are unchanged
     ref = si._reference_scanner()

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from p53hcc.fusion.models import make_combined_model
-from p53hcc.fusion.nested import choose, inner_from_oof, inner_scores, nested_choice_and_stack
+from p53hcc.fusion.models.factories import make_combined_model
+from p53hcc.fusion.models.nested import choose, inner_from_oof, inner_scores, nested_choice_and_stack
 from tests.test_crossfit import make_splits
 
 

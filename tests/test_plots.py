@@ -9,12 +9,13 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.text import Text
 
-from p53hcc.fusion.clinical import ClinicalModel, encode_clinical
-from p53hcc.fusion.models import make_combined_model
-from p53hcc.fusion.nomogram import Nomogram, nomogram_figure
+from p53hcc.fusion.models.clinical import ClinicalModel, encode_clinical
+from p53hcc.fusion.models.factories import make_combined_model
+from p53hcc.fusion.models.nomogram import Nomogram
+from p53hcc.fusion.report.nomogram_figure import nomogram_figure
 from tests.test_clinical import raw_cohort
 
-plots = pytest.importorskip("p53hcc.fusion.plots", reason="p53hcc.fusion.plots needs p53hcc.fusion.stats")
+plots = pytest.importorskip("p53hcc.fusion.report.plots", reason="p53hcc.fusion.report.plots needs p53hcc.fusion.stats")
 
 
 @pytest.fixture(scope="module")

@@ -16,13 +16,13 @@ import pytest
 import yaml
 from sklearn.metrics import roc_auc_score
 
-from p53hcc.fusion.crossfit import scores_wide
-from p53hcc.fusion.figures import make_figures
-from p53hcc.fusion.models import make_combined_model
-from p53hcc.fusion.report import SECTIONS, write_report
+from p53hcc.fusion.models.factories import make_combined_model
+from p53hcc.fusion.models.oof import scores_wide
+from p53hcc.fusion.report.figures import make_figures
+from p53hcc.fusion.report.page import SECTIONS, write_report
 from p53hcc.tools.io import atomic_write_json
+from p53hcc.tools.pipeline.choice import select_dl_model, write_paper_selection
 from p53hcc.tools.pipeline.config import resolve_config
-from p53hcc.tools.pipeline.selection import select_dl_model, write_paper_selection
 from p53hcc.tools.pipeline.statistics import run_statistics
 
 MODELS = ("clinical", "radiomics", "mc_resnet18", "ff_resnet18", "combined")
@@ -40,7 +40,7 @@ def _png(path, title):
 @pytest.fixture(scope="module")
 def fake_study(tmp_path_factory):
     """A study folder with tidy outputs as the stages write them (scores from the true probability + noise)."""
-    from p53hcc.tools.cohort.synth import sample_patients
+    from p53hcc.tools.cohort.synth.cohort import sample_patients
 
     root = tmp_path_factory.mktemp("study")
     cohort, truth = sample_patients(80, seed=3)

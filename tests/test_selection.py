@@ -7,7 +7,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict, cross_val_score
 
-from p53hcc.fusion.selection import (
+from p53hcc.fusion.models.radiomics import (
     LassoSelector,
     SpearmanFilter,
     make_radiomics_model,

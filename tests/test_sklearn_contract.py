@@ -23,11 +23,11 @@ from sklearn.base import BaseEstimator, ClassifierMixin, clone, is_classifier
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from p53hcc.fusion.clinical import ClinicalModel
-from p53hcc.fusion.combined import CombinedModel
-from p53hcc.fusion.ffhead import FFHead, wide_features
-from p53hcc.fusion.harmonise import BATCH, ComBatHarmoniser
-from p53hcc.fusion.selection import LassoSelector, SpearmanFilter
+from p53hcc.fusion.models.clinical import ClinicalModel
+from p53hcc.fusion.models.combined import CombinedModel
+from p53hcc.fusion.models.ffhead import FFHead, wide_features
+from p53hcc.fusion.models.harmonise import BATCH, ComBatHarmoniser
+from p53hcc.fusion.models.radiomics import LassoSelector, SpearmanFilter
 from tests.test_clinical import raw_cohort
 from tests.test_ffhead import _long
 
@@ -126,7 +126,7 @@ def test_every_fitted_model_is_checked():
     for path in [*(REPO / "fusion").rglob("*.py"), *(REPO / "tools").rglob("*.py")]:
         tree = ast.parse(path.read_text(encoding="utf-8"))
         based = {a.asname or a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
-                 and (node.module or "").startswith(("sklearn", "p53hcc.fusion._estimator")) for a in node.names}
+                 and (node.module or "").startswith(("sklearn", "p53hcc.fusion.models.contract")) for a in node.names}
         for node in ast.walk(tree):
             if isinstance(node, ast.ClassDef) and {getattr(b, "id", None) for b in node.bases} & based:
                 based.add(node.name)

@@ -8,8 +8,17 @@ import pytest
 from scipy.special import expit, logit
 from sklearn.metrics import brier_score_loss, roc_auc_score
 
-from p53hcc.fusion import stats
-from p53hcc.fusion.metrics import model_metrics
+from p53hcc.fusion.stats.auc import auc_ci, delong_roc_variance, delong_test, pairwise_delong
+from p53hcc.fusion.stats.calibration import (
+    brier_score,
+    calibration_curve,
+    calibration_slope_intercept,
+    hosmer_lemeshow,
+)
+from p53hcc.fusion.stats.decision import net_benefit
+from p53hcc.fusion.stats.metric_rows import model_metrics
+from p53hcc.fusion.stats.odds import odds_ratio_table
+from p53hcc.fusion.stats.thresholds import confusion_frame, threshold_metrics, youden_threshold
 
 
 # ------------------------------------------------------------------------------------------- AUC / DeLong
@@ -17,7 +26,7 @@ def test_delong_auc_matches_sklearn_with_ties():
     rng = np.random.default_rng(3)
     y = rng.integers(0, 2, 300)
     s = np.round(rng.normal(y * 0.7, 1.0), 1)  # many ties
-    auc, var = stats.delong_roc_variance(y, s)
+    auc, var = delong_roc_variance(y, s)
     assert auc == pytest.approx(roc_auc_score(y, s), abs=1e-12)
     assert 0 < var < 0.01
 
@@ -25,7 +34,7 @@ def test_delong_auc_matches_sklearn_with_ties():
 def test_delong_hand_computed_variance():
     """2 cases, 2 controls: placements by hand. cases {0.6, 0.9}, controls {0.1, 0.6} -> AUC (1.5+2)/4."""
     y, s = [1, 1, 0, 0], [0.6, 0.9, 0.1, 0.6]
-    auc, var = stats.delong_roc_variance(y, s)
+    auc, var = delong_roc_variance(y, s)
     v_case, v_ctrl = np.array([0.75, 1.0]), np.array([1.0, 0.75])  # tie counts 1/2
     assert auc == pytest.approx(0.875)
     assert var == pytest.approx(v_case.var(ddof=1) / 2 + v_ctrl.var(ddof=1) / 2)
@@ -35,26 +44,26 @@ def test_auc_reverses_and_identical_scores_test():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 100)
     s = rng.normal(y, 1.0)
-    assert stats.delong_roc_variance(y, -s)[0] == pytest.approx(1 - stats.delong_roc_variance(y, s)[0])
-    t = stats.delong_test(y, s, 2 * s + 1)  # same ranking -> no difference
+    assert delong_roc_variance(y, -s)[0] == pytest.approx(1 - delong_roc_variance(y, s)[0])
+    t = delong_test(y, s, 2 * s + 1)  # same ranking -> no difference
     assert (t.z, t.p_value) == (0.0, 1.0)
-    t2 = stats.delong_test(y, s, rng.normal(size=100))
+    t2 = delong_test(y, s, rng.normal(size=100))
     assert t2.z > 2 and t2.p_value < 0.05
     noise = rng.normal(size=100)
-    assert stats.delong_test(y, noise, s).z == pytest.approx(-stats.delong_test(y, s, noise).z)  # sign: a - b
+    assert delong_test(y, noise, s).z == pytest.approx(-delong_test(y, s, noise).z)  # sign: a - b
 
 
 def test_auc_ci_options_and_errors():
     rng = np.random.default_rng(1)
     y = np.r_[np.zeros(40), np.ones(40)]
     s = rng.normal(y * 3, 1.0)
-    res = stats.auc_ci(y, s)
+    res = auc_ci(y, s)
     assert res.ci_high <= 1.0 and res.ci_low < res.auc < res.ci_high
-    assert stats.auc_ci(y, s, alpha=0.01).ci_low < stats.auc_ci(y, s, alpha=0.1).ci_low
+    assert auc_ci(y, s, alpha=0.01).ci_low < auc_ci(y, s, alpha=0.1).ci_low
     with pytest.raises(ValueError, match="method"):
-        stats.auc_ci(y, s, method="hanley")
+        auc_ci(y, s, method="hanley")
     with pytest.raises(ValueError, match="at least 2"):
-        stats.pairwise_delong(y, {"a": s})
+        pairwise_delong(y, {"a": s})
 
 
 @pytest.mark.parametrize("y,s,match", [
@@ -66,12 +75,12 @@ def test_auc_ci_options_and_errors():
 ])
 def test_input_validation(y, s, match):
     with pytest.raises(ValueError, match=match):
-        stats.auc_ci(y, s)
+        auc_ci(y, s)
 
 
 def test_probability_range_checked_for_calibration():
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        stats.brier_score([0, 1, 1], [0.1, 1.2, 0.3])
+        brier_score([0, 1, 1], [0.1, 1.2, 0.3])
 
 
 # ------------------------------------------------------------------------------------------- thresholds
@@ -79,26 +88,26 @@ def test_youden_threshold_hand_example():
     # cut-offs (midpoints) .15 .25 .35 .45 .65 .85; J = .25 .5 .75 .4167 .6667 .3333 -> best .35
     y = [0, 0, 0, 0, 1, 1, 1]
     s = [0.1, 0.2, 0.3, 0.5, 0.4, 0.8, 0.9]
-    assert stats.youden_threshold(y, s) == pytest.approx(0.35)
-    m = stats.threshold_metrics(y, s, 0.35)
+    assert youden_threshold(y, s) == pytest.approx(0.35)
+    m = threshold_metrics(y, s, 0.35)
     assert (m["sensitivity"], m["specificity"]) == (1.0, 0.75)
 
 
 def test_youden_tie_goes_to_lowest_cutoff():
     # J = 2/3 at both 0.3 and 0.65
-    assert stats.youden_threshold([0, 0, 0, 1, 1, 1], [0.1, 0.2, 0.6, 0.4, 0.7, 0.9]) == pytest.approx(0.3)
+    assert youden_threshold([0, 0, 0, 1, 1, 1], [0.1, 0.2, 0.6, 0.4, 0.7, 0.9]) == pytest.approx(0.3)
 
 
 def test_threshold_metrics_hand_confusion():
     y = [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]
     s = [0.9, 0.8, 0.5, 0.2, 0.7, 0.6, 0.4, 0.3, 0.2, 0.1]  # 0.5 == threshold counts as positive
-    m = stats.threshold_metrics(y, s, 0.5)
+    m = threshold_metrics(y, s, 0.5)
     assert (m["tp"], m["fn"], m["fp"], m["tn"]) == (3, 1, 2, 4)
     assert m["accuracy"] == pytest.approx(0.7)
     assert m["sensitivity"] == pytest.approx(0.75) and m["specificity"] == pytest.approx(4 / 6)
     assert m["ppv"] == pytest.approx(3 / 5) and m["npv"] == pytest.approx(4 / 5)
-    assert np.isnan(stats.threshold_metrics(y, s, 2.0)["ppv"])  # nobody positive
-    cf = stats.confusion_frame(y, s, 0.5)
+    assert np.isnan(threshold_metrics(y, s, 2.0)["ppv"])  # nobody positive
+    cf = confusion_frame(y, s, 0.5)
     assert list(cf.columns) == ["actual", "predicted", "n"]
     assert cf.set_index(["actual", "predicted"])["n"].to_dict() == {(1, 1): 3, (1, 0): 1, (0, 1): 2, (0, 0): 4}
 
@@ -114,39 +123,39 @@ def simulated():
 
 def test_calibration_slope_intercept_simulated(simulated):
     y, p = simulated
-    good = stats.calibration_slope_intercept(y, p)
+    good = calibration_slope_intercept(y, p)
     assert good["slope"] == pytest.approx(1.0, abs=0.05) and good["slope_ci_low"] < 1 < good["slope_ci_high"]
     assert good["intercept"] == pytest.approx(0.0, abs=0.05)
-    over = stats.calibration_slope_intercept(y, expit(2 * logit(p)))  # too extreme
+    over = calibration_slope_intercept(y, expit(2 * logit(p)))  # too extreme
     assert over["slope"] == pytest.approx(0.5, abs=0.05) and over["slope_ci_high"] < 1
-    under = stats.calibration_slope_intercept(y, expit(logit(p) - 1))  # risks too low on average
+    under = calibration_slope_intercept(y, expit(logit(p) - 1))  # risks too low on average
     assert under["intercept"] > 0.8 and under["intercept_ci_low"] > 0
 
 
 def test_brier_and_calibration_curve(simulated):
     y, p = simulated
-    assert stats.brier_score(y, p) == pytest.approx(brier_score_loss(y, p), rel=1e-12)
+    assert brier_score(y, p) == pytest.approx(brier_score_loss(y, p), rel=1e-12)
     for strategy in ("quantile", "uniform"):
-        c = stats.calibration_curve(y, p, n_bins=10, strategy=strategy)
+        c = calibration_curve(y, p, n_bins=10, strategy=strategy)
         assert {"bin", "mean_predicted", "observed", "n", "ci_low", "ci_high"} <= set(c.columns)
         assert c["n"].sum() == y.size and len(c) == 10
         assert np.all(np.abs(c["observed"] - c["mean_predicted"]) < 0.03)  # well calibrated
         assert np.all((c["ci_low"] <= c["observed"]) & (c["observed"] <= c["ci_high"]))
-    q = stats.calibration_curve(y, p, strategy="quantile")
+    q = calibration_curve(y, p, strategy="quantile")
     assert q["n"].max() - q["n"].min() <= 1  # deciles of risk
 
 
 def test_hosmer_lemeshow_detects_miscalibration(simulated):
     y, p = simulated
-    assert stats.hosmer_lemeshow(y, expit(2 * logit(p))).p_value < 1e-6
+    assert hosmer_lemeshow(y, expit(2 * logit(p))).p_value < 1e-6
     with pytest.raises(ValueError, match="3 distinct"):
-        stats.hosmer_lemeshow([0, 1, 0, 1], [0.2, 0.2, 0.7, 0.7])
+        hosmer_lemeshow([0, 1, 0, 1], [0.2, 0.2, 0.7, 0.7])
 
 
 # ------------------------------------------------------------------------------------------- decision curves
 def test_net_benefit_reference_strategies_and_errors():
     y = np.array([1, 0, 0, 1, 0])
-    nb = stats.net_benefit(y, {"m": [0.9, 0.1, 0.4, 0.6, 0.0]}, thresholds=[0.2, 0.5])
+    nb = net_benefit(y, {"m": [0.9, 0.1, 0.4, 0.6, 0.0]}, thresholds=[0.2, 0.5])
     assert list(nb.columns[:5]) == ["model", "threshold", "net_benefit", "tp_rate", "fp_rate"]
     allr = nb[nb.model == "all"].set_index("threshold")["net_benefit"]
     assert allr[0.5] == pytest.approx(0.4 - 0.6 * 1.0) and allr[0.2] == pytest.approx(0.4 - 0.6 * 0.25)
@@ -155,20 +164,20 @@ def test_net_benefit_reference_strategies_and_errors():
     assert m.loc[0.5, "net_benefit"] == pytest.approx(2 / 5)  # both cases, no control >= 0.5
     assert m.loc[0.2, "net_benefit"] == pytest.approx(2 / 5 - 1 / 5 * 0.25)
     with pytest.raises(ValueError, match="reserved"):
-        stats.net_benefit(y, {"all": [0.5] * 5})
+        net_benefit(y, {"all": [0.5] * 5})
     with pytest.raises(ValueError, match="within"):
-        stats.net_benefit(y, {"m": [0.5] * 5}, thresholds=[0.5, 1.0])
+        net_benefit(y, {"m": [0.5] * 5}, thresholds=[0.5, 1.0])
 
 
 # ------------------------------------------------------------------------------------------- odds ratios
 def test_odds_ratio_table_errors():
     X = pd.DataFrame({"x": [0, 1, 2, 3, 4, 5]})
     with pytest.raises(ValueError, match="separation"):
-        stats.odds_ratio_table(X, [0, 0, 0, 1, 1, 1])  # x separates perfectly
+        odds_ratio_table(X, [0, 0, 0, 1, 1, 1])  # x separates perfectly
     with pytest.raises(ValueError, match="rows"):
-        stats.odds_ratio_table(X, [0, 1, 0, 1])
+        odds_ratio_table(X, [0, 1, 0, 1])
     with pytest.raises(ValueError, match="missing"):
-        stats.odds_ratio_table(X.assign(z=[1, np.nan, 0, 1, 0, 1]), [0, 1, 0, 1, 1, 0])
+        odds_ratio_table(X.assign(z=[1, np.nan, 0, 1, 0, 1]), [0, 1, 0, 1, 1, 0])
 
 
 # ------------------------------------------------------------------------------------------- metrics.csv rows
@@ -183,10 +192,10 @@ def test_model_metrics_rows(simulated):
             "calibration_intercept", "hl_p", "threshold"}
     assert need <= set(mm["metric"])
     row = mm.set_index("metric")
-    auc = stats.auc_ci(y, p)
+    auc = auc_ci(y, p)
     assert tuple(row.loc["auc", ["estimate", "ci_low", "ci_high"]]) == pytest.approx(
         (auc.auc, auc.ci_low, auc.ci_high))
-    tm = stats.threshold_metrics(y, p, thr)
+    tm = threshold_metrics(y, p, thr)
     for k in ("accuracy", "sensitivity", "specificity", "ppv", "npv"):
         assert row.loc[k, "estimate"] == pytest.approx(tm[k])
         assert row.loc[k, "ci_low"] <= tm[k] <= row.loc[k, "ci_high"]
@@ -196,7 +205,7 @@ def test_model_metrics_rows(simulated):
 def test_calibration_slope_nan_under_separation():
     y = np.r_[np.zeros(20), np.ones(20)]
     p = np.r_[np.linspace(0.01, 0.4, 20), np.linspace(0.6, 0.99, 20)]  # perfectly separating score
-    cal = stats.calibration_slope_intercept(y, p)
+    cal = calibration_slope_intercept(y, p)
     assert np.isnan(cal["slope"]) and np.isnan(cal["slope_ci_low"])
     assert np.isfinite(cal["intercept"])
     wide = model_metrics(y, p, 0.5, "m", "train", alpha=0.01).set_index("metric")

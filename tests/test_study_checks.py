@@ -99,7 +99,7 @@ def test_roi_rules_follow_the_radiomics_parameters():
 
 def test_swapped_phases_warn_on_the_synthetic_cohort(tmp_path):
     """On the synthetic cohort (known tissue levels) no patient warns; with AP and DP swapped, every one does."""
-    from p53hcc.tools.cohort.synth import make_cohort
+    from p53hcc.tools.cohort.synth.cohort import make_cohort
 
     csv = make_cohort(8, tmp_path / "syn", seed=4)
     req = ImageRequirements()

@@ -15,7 +15,8 @@ from scipy.spatial import ConvexHull
 from scipy.spatial.distance import pdist
 from sklearn.metrics import roc_auc_score
 
-from p53hcc.tools.cohort import synth, synth_images
+from p53hcc.tools.cohort.synth import cohort as synth
+from p53hcc.tools.cohort.synth import images as synth_images
 from p53hcc.tools.errors import P53hccError
 from p53hcc.tools.io import file_sha256
 
@@ -153,7 +154,7 @@ def test_same_seed_identical_files_different_seed_differs(tiny):
 
 def test_identical_across_processes(tiny, tmp_path):
     """A fresh interpreter with another hash seed writes the same bytes (no set/dict-order or time dependence)."""
-    code = f"from p53hcc.tools.cohort.synth import make_cohort; make_cohort(6, {str(tmp_path / 'd')!r}, seed=0)"
+    code = f"from p53hcc.tools.cohort.synth.cohort import make_cohort; make_cohort(6, {str(tmp_path / 'd')!r}, seed=0)"
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True, timeout=120)
     assert _files(tmp_path / "d" / "cohort.csv") == _files(tiny[0])

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from p53hcc.fusion.clinical import encode_clinical
-from p53hcc.fusion.tables import (
+from p53hcc.fusion.models.clinical import encode_clinical
+from p53hcc.fusion.report.tables import (
     TABLE1_VARIABLES,
     compare_categorical,
     compare_continuous,
@@ -19,6 +19,7 @@ from p53hcc.fusion.tables import (
     table1,
     table2,
 )
+from p53hcc.fusion.stats.odds import odds_ratio_table
 from tests.test_clinical import raw_cohort
 
 
@@ -119,17 +120,16 @@ def test_table1_structure_and_split_comparison():
 
 
 def test_table2_equals_odds_ratio_table():
-    stats = pytest.importorskip("p53hcc.fusion.stats", reason="p53hcc.fusion.stats not available")
     df = raw_cohort(260, seed=5)
     tab = table2(df)
     X = encode_clinical(df, preoperative_only=False)
     uni = tab[tab.analysis == "univariable"].set_index("variable")
     for var in ["ltd_mm", "rim_aphe", "age", "afp_band"]:
-        ref = stats.odds_ratio_table(X[[var]], df.p53).set_index("variable").loc[var]
+        ref = odds_ratio_table(X[[var]], df.p53).set_index("variable").loc[var]
         for col in ("odds_ratio", "ci_low", "ci_high", "p_value"):
             assert uni.loc[var, col] == pytest.approx(ref[col], rel=1e-6)
     multi = tab[tab.analysis == "multivariable"].set_index("variable")
-    ref = stats.odds_ratio_table(X[list(multi.index)], df.p53).set_index("variable")
+    ref = odds_ratio_table(X[list(multi.index)], df.p53).set_index("variable")
     for var in multi.index:
         assert multi.loc[var, "odds_ratio"] == pytest.approx(ref.loc[var, "odds_ratio"], rel=1e-6)
         assert multi.loc[var, "ci_high"] == pytest.approx(ref.loc[var, "ci_high"], rel=1e-6)

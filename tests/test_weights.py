@@ -107,12 +107,12 @@ def test_mismatched_weights_are_an_error_naming_the_tensors(tmp_path):
 
 
 def test_replaced_weights_change_the_resume_key(tmp_path):
-    from p53hcc.tools.dl.crossfit import _weights_digest
+    from p53hcc.tools.dl.crossfit import init_weights_digest
 
-    assert _weights_digest({"pretrained_path": None}, "resnet18") == {}  # from scratch: keys as before
+    assert init_weights_digest({"pretrained_path": None}, "resnet18") == {}  # from scratch: keys as before
     _, state = torchvision_checkpoint("resnet18")
     torch.save(state, tmp_path / "resnet18.pth")
-    first = _weights_digest({"pretrained_path": str(tmp_path)}, "resnet18")
+    first = init_weights_digest({"pretrained_path": str(tmp_path)}, "resnet18")
     state["conv1.weight"] += 1
     torch.save(state, tmp_path / "resnet18.pth")
-    assert _weights_digest({"pretrained_path": str(tmp_path)}, "resnet18") != first
+    assert init_weights_digest({"pretrained_path": str(tmp_path)}, "resnet18") != first

@@ -26,7 +26,7 @@ def synth(n: int = 320, out: str = "synthetic", seed: int = 0, size: str = "demo
         format: "nifti", or "dicom" (the same voxels as one DICOM study per patient: an MR series per phase and a
             DICOM SEG per mask, under dicom/<patient>/; needs p53hcc[deploy]).
     """
-    from p53hcc.tools.cohort.synth import make_cohort
+    from p53hcc.tools.cohort.synth.cohort import make_cohort
 
     return str(make_cohort(n=n, out=out, seed=seed, size=size, second_reader=second_reader, profile=profile,
                            image_format=format))
@@ -151,8 +151,8 @@ def gradcam(out: str, arm: str = "mc", net: str | None = None, patients: str | N
         n: number of patients when none are named.
         layer: target layer (default: the deepest stage with at least 7x7 cells at the model's input size).
     """
-    from p53hcc.tools.dl.gradcam import gradcam_command
     from p53hcc.tools.lock import folder_lock
+    from p53hcc.tools.pipeline.explain import gradcam_command
 
     with folder_lock(out):
         return gradcam_command(out, arm=arm, net=net, patients=patients, n=n, layer=layer)

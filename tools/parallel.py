@@ -6,17 +6,25 @@ the study keys on file contents, so a resumed or re-parallelised run would other
 one. :func:`fixed_threads` pins both thread counts for a block, in a pool worker, inline or in a threaded Dask
 worker alike; parallelism comes from running patients in separate processes.
 
-:func:`process_pool` is a ``ProcessPoolExecutor`` that stops at once on Ctrl-C: queued tasks are cancelled and
-running workers terminated (their outputs are written atomically, so the folder stays resumable), and the workers
-ignore SIGINT themselves, so the console shows one line from the parent instead of a traceback per worker.
+:func:`run_tasks` is the one executor of the image stages: it runs a function over tasks inline, in a pool of
+single-threaded local processes or on a Dask cluster, and yields the results as they finish. An interrupted run
+(Ctrl-C, or any error while results are awaited) stops the same way wherever it runs (:func:`_stopped_when_interrupted`):
+queued tasks are dropped and running local workers terminated (outputs are written atomically, so the folder stays
+resumable); the workers ignore SIGINT themselves (:func:`worker_init`), so the console shows one line from the
+parent instead of a traceback per worker. Those two functions are the only places that handle signals.
 """
 from __future__ import annotations
 
+import os
 import signal
 import threading
-from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 _LOCK = threading.Lock()
 _STACK: list[int] = []  # thread counts of the blocks now inside fixed_threads (innermost last)
@@ -72,7 +80,8 @@ def single_threaded():
 
 
 def worker_init() -> None:
-    """Initializer of worker processes: one ITK / torch thread, and Ctrl-C left to the parent."""
+    """Initializer of worker processes: one ITK / torch thread, and Ctrl-C left to the parent (the workers' one
+    place of signal handling)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _set_threads(1)
 
@@ -91,12 +100,68 @@ def stop_pool(pool: ProcessPoolExecutor) -> None:
 
 
 @contextmanager
+def _stopped_when_interrupted(stop: Callable[[], None]) -> Iterator[None]:
+    """The parent's one place of interrupt handling: Ctrl-C (or any error) inside the block calls ``stop`` (drop the
+    queued tasks, end the running ones), then the exception goes on to the caller, which reports it once."""
+    try:
+        yield
+    except BaseException:
+        stop()
+        raise
+
+
+@contextmanager
 def process_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
     """A process pool of single-threaded workers that is stopped at once when the block raises (Ctrl-C)."""
     pool = ProcessPoolExecutor(max_workers=int(workers), initializer=worker_init)
-    try:
+    with _stopped_when_interrupted(lambda: stop_pool(pool)):
         yield pool
-    except BaseException:
-        stop_pool(pool)
-        raise
     pool.shutdown(wait=True)
+
+
+def _on_cluster(fn: Callable[[T], R], tasks: Sequence[T], scheduler: Any) -> Iterator[R]:
+    from distributed import Client
+    from distributed import as_completed as completed
+
+    client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
+    futures: list = []
+    try:
+        with _stopped_when_interrupted(lambda: client.cancel(futures)):  # the cluster's queue goes too
+            futures = [client.submit(fn, t, pure=False) for t in tasks]
+            for fut in completed(futures):
+                yield fut.result()
+    finally:
+        if client is not scheduler:
+            client.close()
+
+
+def _on_processes(fn: Callable[[T], R], tasks: Sequence[T], workers: int) -> Iterator[R]:
+    with process_pool(workers) as pool:
+        for fut in as_completed([pool.submit(fn, t) for t in tasks]):
+            yield fut.result()
+
+
+def run_tasks(fn: Callable[[T], R], tasks: Sequence[T], workers: int | None = None, scheduler: Any = None,
+              progress: bool = True, desc: str | None = None, unit: str = "task") -> Iterator[R]:
+    """``fn(task)`` for every task, yielded as each finishes, with a progress bar.
+
+    Where: on a Dask cluster when ``scheduler`` is given (an address ``tcp://host:port`` or a
+    ``distributed.Client``; its workers should run one thread each: ``dask worker --nthreads 1``), else in
+    ``min(workers, len(tasks))`` local processes (``workers`` None: every core), else inline when one worker or one
+    task is left. ``fn`` must be picklable and should not raise for one bad task (return an error record instead).
+    """
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(tasks), desc=desc, unit=unit, disable=not progress or not tasks)
+    if scheduler is not None:
+        results = _on_cluster(fn, tasks, scheduler)
+    else:
+        workers = (os.cpu_count() or 1) if workers is None else int(workers)
+        results = (map(fn, tasks) if workers <= 1 or len(tasks) <= 1
+                   else _on_processes(fn, tasks, min(workers, len(tasks))))
+    try:
+        for result in results:
+            bar.update()
+            yield result
+    finally:
+        bar.close()

@@ -1,6 +1,6 @@
 """The batch (scanner / centre) of each patient: the one reader of ``cohort.csv``'s batch column.
 
-Harmonisation (:mod:`p53hcc.fusion.harmonise`) and leave-one-scanner-out validation
+Harmonisation (:mod:`p53hcc.fusion.models.harmonise`) and leave-one-scanner-out validation
 (:func:`p53hcc.tools.cohort.splits.make_splits`) both group patients by it; it is ``scanner`` unless the study
 names another column (``batch_column``).
 """

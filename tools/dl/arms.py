@@ -3,13 +3,13 @@
 * **MC** (multi-channel, paper "MC3"): AP|PVP|DP crops stacked as three channels, one CNN per fold; each fold
   model scores its held-out patients, the full-cohort model scores everybody else.
 * **FF** (feature fusion, paper "DL"): one one-channel CNN per phase and fold; each phase model exports the
-  penultimate features of every patient, and the FF head (:mod:`p53hcc.fusion.ffhead`: per-phase PCA -> LASSO ->
+  penultimate features of every patient, and the FF head (:mod:`p53hcc.fusion.models.ffhead`: per-phase PCA -> LASSO ->
   LR) is cross-fitted on them: the head of fold k is fit on the other folds' patients, using the features of the
   CNNs that never saw fold k.
 
 An arm defines its training *units* (MC: one network per fold; FF: one per phase), its crops, what a trained unit
 leaves behind (MC: scores; FF: features) and how the units become the arm's scores. For nested cross-fitting
-(:mod:`p53hcc.fusion.nested`) the arm also trains *pair* units: one per pair of folds {k, m}, fitted on the
+(:mod:`p53hcc.fusion.models.nested`) the arm also trains *pair* units: one per pair of folds {k, m}, fitted on the
 training patients outside both, which give the inner scores that the choice of network and the combined model of
 outer fold k (or m) are fitted on. Layout under ``STUDY/dl/<arm>/<net>/``::
 
@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from p53hcc.fusion.models.nested import fold_map, fold_pairs, pair_inner_scores
 from p53hcc.tools.dl.bundle import COMPONENT_KEYS, bundle_dir, run_workflow
 from p53hcc.tools.dl.engine import cached_crops, penultimate_features, predict_scores, resolve_device
 from p53hcc.tools.errors import P53hccError
@@ -41,7 +42,6 @@ from p53hcc.tools.schema import DATALIST_SECTIONS, PHASES, SCORE_COLUMNS
 
 #: ``Unit.fold`` of a pair unit (it belongs to no single fold).
 PAIR = -2
-INNER_COLUMNS = ["outer", "patient_id", "score"]
 
 
 def fold_dir(arm_dir: Path, fold: int, pair: tuple[int, int] | None = None) -> Path:
@@ -65,22 +65,6 @@ class Unit:
     def held(self) -> tuple[int, ...]:
         """The training folds this unit never trains on (and scores): none for the full-cohort unit."""
         return self.pair if self.pair is not None else ((self.fold,) if self.fold >= 0 else ())
-
-
-def fold_pairs(splits: dict) -> list[tuple[int, int]]:
-    """Every pair of folds {k, m}, k < m: K (K - 1) / 2 inner units per arm unit."""
-    from itertools import combinations
-
-    return list(combinations(sorted(int(f["fold"]) for f in splits["folds"]), 2))
-
-
-def inner_rows(pair: tuple[int, int], scores: pd.DataFrame, fold_of: dict[str, int]) -> pd.DataFrame:
-    """A pair model's scores (``patient_id, score`` of folds k and m) as inner scores: fold m's patients serve
-    outer fold k, fold k's patients outer fold m."""
-    k, m = pair
-    fold = scores["patient_id"].astype(str).map(fold_of)
-    return pd.DataFrame({"outer": np.where(fold == m, k, m), "patient_id": scores["patient_id"].astype(str),
-                         "score": scores["score"].to_numpy(float)})[INNER_COLUMNS]
 
 
 class Arm:
@@ -176,9 +160,9 @@ class MCArm(Arm):
         return scores[SCORE_COLUMNS]
 
     def collect_inner(self, arm_dir, splits, items, **options):
-        fold_of = {str(p): int(k) for p, k in splits["fold_of"].items()}
-        return pd.concat([inner_rows(pair, read_table(self.unit_dir(arm_dir, PAIR, None, pair) / "scores.parquet"),
-                                     fold_of) for pair in fold_pairs(splits)], ignore_index=True)
+        folds = fold_map(splits)
+        return pd.concat([pair_inner_scores(pair, read_table(self.unit_dir(arm_dir, PAIR, None, pair) / "scores.parquet"),
+                                            folds) for pair in fold_pairs(splits)], ignore_index=True)
 
 
 #: LASSO-retained FF features per network in the paper's Results (of 3 x 8 = 24 PCA features).
@@ -228,11 +212,11 @@ class FFArm(Arm):
                       batches: pd.Series | None = None, **options):
         """For each fold pair, the FF head fitted on the pair networks' features of the training patients outside
         both folds scores the two folds' patients (as :func:`fit_ff_head` does for one fold)."""
-        from p53hcc.fusion.ffhead import make_ff_head, wide_features
-        from p53hcc.fusion.harmonise import with_batch
+        from p53hcc.fusion.models.ffhead import make_ff_head, wide_features
+        from p53hcc.fusion.models.harmonise import with_batch
 
         labels = pd.Series({str(d["patient_id"]): int(d["label"]) for d in items if d.get("split") == "train"})
-        fold_of = {str(p): int(k) for p, k in splits["fold_of"].items()}
+        fold_of = fold_map(splits)
         parts = []
         for pair in fold_pairs(splits):
             feats = pd.concat([read_table(self.unit_dir(arm_dir, PAIR, p, pair) / "features.parquet")
@@ -243,8 +227,9 @@ class FFArm(Arm):
             held = [p for p in labels.index if fold_of[p] in pair]
             head = make_ff_head(phases=tuple(PHASES), **(head_kwargs or {})).fit(
                 wide.loc[fit_ids], labels.loc[fit_ids].to_numpy())
-            parts.append(inner_rows(pair, pd.DataFrame({"patient_id": held,
-                                                        "score": head.predict_proba(wide.loc[held])[:, 1]}), fold_of))
+            parts.append(pair_inner_scores(pair, pd.DataFrame({"patient_id": held,
+                                                               "score": head.predict_proba(wide.loc[held])[:, 1]}),
+                                           fold_of))
         return pd.concat(parts, ignore_index=True)
 
 
@@ -270,8 +255,8 @@ def fit_ff_head(arm_dir: Path, net: str, splits: dict, items: list[dict], head_k
     """Collect every phase model's features, cross-fit the FF head, write features/scores/lasso tables.
 
     ``batches`` (scanner per patient) feeds a harmonising head (``head_kwargs={"harmonise": "combat"}``)."""
-    from p53hcc.fusion.ffhead import crossfit_ff_head, feature_columns, make_ff_head, wide_features
-    from p53hcc.fusion.harmonise import with_batch
+    from p53hcc.fusion.models.ffhead import crossfit_ff_head, feature_columns, make_ff_head, wide_features
+    from p53hcc.fusion.models.harmonise import with_batch
 
     folds = [int(f["fold"]) for f in splits["folds"]]
     features = pd.concat([read_table(fold_dir(arm_dir, k) / p / "features.parquet")
@@ -280,7 +265,7 @@ def fit_ff_head(arm_dir: Path, net: str, splits: dict, items: list[dict], head_k
     atomic_write_table(arm_dir / "features.parquet", features)
     split_of = _split_of(items)
     labels = pd.Series({d["patient_id"]: int(d["label"]) for d in items if d.get("split") == "train"})
-    fold_of = {str(p): int(k) for p, k in splits["fold_of"].items()}
+    fold_of = fold_map(splits)
     others = [d["patient_id"] for d in items if d.get("split") != "train"]
     heads: list = []
 

@@ -19,9 +19,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from p53hcc.fusion.models.nested import fold_map, fold_pairs
 from p53hcc.tools.cohort.batches import batch_of
 from p53hcc.tools.cohort.splits import load_splits, select_items, write_datalist
-from p53hcc.tools.dl.arms import PAIR, Arm, Unit, fold_dir, fold_pairs, get_arm, score_sections
+from p53hcc.tools.dl.arms import PAIR, Arm, Unit, fold_dir, get_arm, score_sections
 from p53hcc.tools.dl.bundle import training_params
 from p53hcc.tools.dl.engine import fit, items_digest, resolve_device, source_items
 from p53hcc.tools.dl.nets import check_net_name
@@ -67,7 +68,7 @@ def check_inner(inner: pd.DataFrame, splits: dict) -> None:
     Raises:
         P53hccError: the bookkeeping is violated.
     """
-    fold_of = {str(p): int(k) for p, k in splits["fold_of"].items()}
+    fold_of = fold_map(splits)
     for f in splits["folds"]:
         k = int(f["fold"])
         got = inner.loc[inner["outer"] == k, "patient_id"].astype(str)
@@ -82,7 +83,7 @@ def _is_done(unit_dir: Path, tag: str) -> bool:
     return marker.is_file() and json.loads(marker.read_text()).get("params") == tag
 
 
-def _weights_digest(params: dict, net: str) -> dict:
+def init_weights_digest(params: dict, net: str) -> dict:
     """Content hash of the local initialisation weights (``pretrained_path``), so replaced weights retrain (empty
     without them, so the keys of units trained from scratch stay what they were)."""
     path = params.get("pretrained_path")
@@ -128,9 +129,9 @@ def train_arm(cohort_csv: str | os.PathLike, out: str | os.PathLike, arm: str = 
             ``ConfigWorkflow``: SupervisedTrainer, handlers, TensorBoard).
         workers: units trained concurrently by the fast engine (threads, one CUDA stream each), for networks
             too small to fill the GPU alone.
-        head_kwargs: FF head parameters (``n_components``, ``cv``...), see :class:`p53hcc.fusion.ffhead.FFHead`.
+        head_kwargs: FF head parameters (``n_components``, ``cv``...), see :class:`p53hcc.fusion.models.ffhead.FFHead`.
         inner: also train the pair units (one per pair of folds, K (K - 1) / 2 more networks per unit) and write
-            ``inner_scores.parquet``, which nested cross-fitting (:mod:`p53hcc.fusion.nested`) needs; pair units
+            ``inner_scores.parquet``, which nested cross-fitting (:mod:`p53hcc.fusion.models.nested`) needs; pair units
             run when ``folds`` is None (fast engine only).
         batch_column: the cohort column with each patient's scanner (default ``scanner``), read when the FF head
             harmonises (``head_kwargs={"harmonise": "combat"}``).
@@ -175,7 +176,7 @@ def _train_units(spec: Arm, out: Path, params: dict, splits: dict, net: str, eng
     # a unit is done for these parameters, folds, patients, labels and image contents (a replaced image retrains)
     network_head = {k: v for k, v in (head_kwargs or {}).items() if k not in HEAD_ONLY}
     tag = params_hash({**params, "engine": engine, "splits": splits, "head": network_head,
-                       "data": items_digest(items), **_weights_digest(params, net)})
+                       "data": items_digest(items), **init_weights_digest(params, net)})
     arm_dir = out / "dl" / spec.name / net
     plan = [Unit(k, unit, spec.unit_dir(arm_dir, k, unit))
             for k in [*(int(f["fold"]) for f in splits["folds"]), -1] for unit in spec.units]

@@ -1,7 +1,7 @@
 """The whole FF arm as one network: three phase CNNs and the fitted FF head (PCA -> LASSO -> LR) in torch.
 
 The study keeps the FF arm as three phase networks (``full/<phase>/model.pt``) and a scikit-learn head
-(``full/head.joblib``, :class:`p53hcc.fusion.ffhead.FFHead`). Model-zoo tools, TorchScript and MONAI Deploy's
+(``full/head.joblib``, :class:`p53hcc.fusion.models.ffhead.FFHead`). Model-zoo tools, TorchScript and MONAI Deploy's
 bundle operator expect one ``models/model.pt`` whose network maps the input image to the output, so
 :class:`FFNet` holds all of it: AP|PVP|DP crops ``[B, 3, S, S]`` -> each phase's network up to its pooled
 penultimate features -> that phase's standardisation and PCA -> the standardisation of the concatenated PCA
@@ -97,7 +97,7 @@ def ff_network(full_dir: str | Path, net: str, head) -> FFNet:
     Args:
         full_dir: ``STUDY/dl/ff/<net>/full``.
         net: the phase networks' architecture.
-        head: the fitted :class:`p53hcc.fusion.ffhead.FFHead` (``full/head.joblib``), read through its fitted
+        head: the fitted :class:`p53hcc.fusion.models.ffhead.FFHead` (``full/head.joblib``), read through its fitted
             attributes only (``phases``, ``pcas_``, ``post_scaler_``, ``selected_``, ``lr_``, ``prevalence_``).
     """
     from p53hcc.tools.dl.nets import load_net

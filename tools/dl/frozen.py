@@ -41,7 +41,7 @@ def predict_frozen(weights: str | os.PathLike, cohort_csv: str | os.PathLike, wo
     features, then the saved head (per-phase PCA -> LASSO -> LR), the computation that gave validation patients
     their FF score in the study. A harmonising FF head reads each patient's scanner from ``batch_column`` of
     ``cohort_csv`` (default ``scanner``); scanners it was not fitted on follow its documented new-batch rule
-    (:mod:`p53hcc.fusion.harmonise`).
+    (:mod:`p53hcc.fusion.models.harmonise`).
 
     Returns:
         Series ``score`` indexed by ``patient_id``.
@@ -63,7 +63,7 @@ def _predict_frozen(weights: Path, cohort_csv, work, arm: str, net: str | None, 
         return pd.Series(scores, index=pd.Index(ids, name="patient_id"), name="score")
     import joblib
 
-    from p53hcc.fusion.ffhead import wide_features
+    from p53hcc.fusion.models.ffhead import wide_features
 
     head_path = weights / "head.joblib"
     if not head_path.is_file():
@@ -77,7 +77,7 @@ def _predict_frozen(weights: Path, cohort_csv, work, arm: str, net: str | None, 
         parts.append(features_frame(ids, phase, -1, feats))
     wide = wide_features(pd.concat(parts, ignore_index=True), head.phases).loc[ids]
     if getattr(head, "harmoniser_", None) is not None:
-        from p53hcc.fusion.harmonise import with_batch
+        from p53hcc.fusion.models.harmonise import with_batch
         from p53hcc.tools.cohort.batches import batch_of
 
         wide = with_batch(wide, batch_of(cohort_csv, batch_column))

@@ -5,7 +5,8 @@ Maps come from ``monai.visualize.GradCAM`` for the class "P53 mutated", upsample
 the gradient-weighted activations): MONAI's default post-processing would min-max scale each map *and invert it*
 (``default_normalizer`` maps the maximum to 0; Project-MONAI/tutorials#1796), and a per-map scale would put the
 FF arm's three phase networks on different colour scales. Each patient's maps are scaled together by their
-common maximum when they are saved (``.npy``, in [0, 1]) and drawn (:mod:`p53hcc.tools.dl.gradcam_figure`).
+common maximum when they are saved (``.npy``, in [0, 1]) and drawn (:mod:`p53hcc.fusion.report.gradcam_figure`,
+called by :mod:`p53hcc.tools.pipeline.explain`).
 
 Target layer: the map has one cell per position of the layer's feature map, and each ResNet/DenseNet stage
 halves it; at the demo's 32 px input the last stage is 1x1 (one value: no location at all), at the paper's
@@ -39,7 +40,6 @@ from p53hcc.tools.dl.nets import check_net_name, feature_map_sizes
 from p53hcc.tools.errors import P53hccError
 from p53hcc.tools.io import atomic_path, atomic_write_json, atomic_write_table
 from p53hcc.tools.parallel import fixed_threads
-from p53hcc.tools.schema import NET_LABELS
 
 log = logging.getLogger(__name__)
 #: Smallest feature map (cells a side) the automatic choice of the target layer accepts.
@@ -165,7 +165,8 @@ def sanity_check(net: nn.Module, x: torch.Tensor, ids: list[str], seed: int = 0,
     return pd.DataFrame({"patient_id": ids, "spearman_rho": rho, "differs": differs, "reason": reason})
 
 
-def _choose(items: list[dict], patients: str | list | None, n: int) -> list[dict]:
+def choose_patients(items: list[dict], patients: str | list | None, n: int) -> list[dict]:
+    """The items of the named ``patients`` (comma-separated or a list), else the first ``n`` validation patients."""
     if patients:
         wanted = [p.strip() for p in patients.split(",")] if isinstance(patients, str) else [str(p) for p in patients]
         by_id = {d["patient_id"]: d for d in items}
@@ -177,24 +178,48 @@ def _choose(items: list[dict], patients: str | list | None, n: int) -> list[dict
     return pool[:n]
 
 
-def gradcam_model(weights: Path, items: list[dict], crop_root: Path, dest: Path, arm: str, net: str | None = None,
-                  layer: str | None = None) -> Path:
-    """Grad-CAM figures, ``.npy`` maps, ``sanity.csv``, ``captions.json`` and ``gradcam.json`` (the layer used)
-    of a trained full-cohort folder for ``items``.
+@dataclass
+class Explanation:
+    """Grad-CAM of one trained full-cohort folder for some patients: the maps and everything a figure shows.
+
+    Arrays are per patient (first axis, in ``ids`` order): ``images`` and ``masks`` the crops ``[N, C, S, S]``,
+    ``maps`` ``[N, units, S, S]`` scaled by each patient's maximum (in [0, 1]), ``probs`` ``[N, units]``, and the
+    sanity check's ``rho``, ``differs``, ``reason`` ``[N, units]``; ``sanity`` is the tidy ``sanity.csv``."""
+
+    arm: str
+    net: str
+    units: tuple[str | None, ...]
+    ids: list[str]
+    images: np.ndarray
+    masks: np.ndarray
+    maps: np.ndarray
+    probs: np.ndarray
+    rho: np.ndarray
+    differs: np.ndarray
+    reason: np.ndarray
+    sanity: pd.DataFrame
+    targets: list[TargetLayer]
+
+
+def explain(weights: Path, items: list[dict], crop_root: Path, arm: str, net: str | None = None,
+            layer: str | None = None) -> Explanation:
+    """Grad-CAM maps and their sanity check of a trained full-cohort folder for ``items``.
 
     Each arm explains itself on its own crops: MC one map per patient from the three-channel network; FF one map
-    per phase from that phase's network (``.npy`` holds ``[3, H, W]``; ``sanity.csv`` has a ``phase`` column).
-    Each patient's maps are scaled by their common maximum (``.npy`` in [0, 1]).
+    per phase from that phase's network. Each patient's maps are scaled by their common maximum.
     """
-    # the thread count the networks were trained and scored with in the study: the same maps on any machine
-    with fixed_threads(int(read_config(weights).get("cpu_threads", 1))):
-        return _gradcam_model(weights, items, crop_root, dest, arm, net, layer)
+    with model_threads(weights):
+        return _explain(weights, items, crop_root, arm, net, layer)
 
 
-def _gradcam_model(weights: Path, items: list[dict], crop_root: Path, dest: Path, arm: str, net: str | None,
-                   layer: str | None) -> Path:
-    from p53hcc.tools.dl.gradcam_figure import figure_caption, save_overlay
+def model_threads(weights: Path):
+    """:func:`~p53hcc.tools.parallel.fixed_threads` at the thread count the networks of a trained folder were
+    trained and scored with in the study, so maps (and their upsampled display) are the same bits on any machine."""
+    return fixed_threads(int(read_config(weights).get("cpu_threads", 1)))
 
+
+def _explain(weights: Path, items: list[dict], crop_root: Path, arm: str, net: str | None, layer: str | None
+             ) -> Explanation:
     spec = get_arm(arm)
     params = read_config(weights)
     net = net or params["net"]
@@ -212,65 +237,42 @@ def _gradcam_model(weights: Path, items: list[dict], crop_root: Path, dest: Path
         maps.append(m)
         probs.append(predict_scores(model, x, "cpu", precision="fp32"))
         targets.append(target)
-    images, masks = np.concatenate(images, axis=1), np.concatenate(masks, axis=1)
-    per_patient, probs = np.stack(maps, axis=1), np.stack(probs, axis=1)  # [N, units, H, W], [N, units]
+    per_patient = np.stack(maps, axis=1)  # [N, units, H, W]
     rho, differs, reason = (np.stack([s[c].to_numpy() for s in sanity], axis=1)
                             for c in ("spearman_rho", "differs", "reason"))
-    captions = {}
-    for i, pid in enumerate(ids):
-        scaled = scale_maps(per_patient[i])
+    return Explanation(spec.name, net, tuple(spec.units), ids, np.concatenate(images, axis=1),
+                       np.concatenate(masks, axis=1), np.stack([scale_maps(m) for m in per_patient]),
+                       np.stack(probs, axis=1), rho, differs, reason, pd.concat(sanity, ignore_index=True), targets)
+
+
+def write_maps(dest: Path, exp: Explanation) -> Path:
+    """The data of an explanation: ``<patient>.npy`` (``[H, W]`` for MC, ``[3, H, W]`` for FF, in [0, 1]),
+    ``sanity.csv`` and ``gradcam.json`` (the layer used per network)."""
+    for pid, scaled in zip(exp.ids, exp.maps):
         with atomic_path(dest / f"{pid}.npy") as tmp:
-            np.save(tmp, scaled[0] if len(spec.units) == 1 else scaled)
-        caption = figure_caption(spec.name, net, targets[0].describe(), rho[i], differs[i], reason[i], spec.units,
-                                 zero=not scaled.any())
-        warning = targets[0].warning()
-        captions[f"{pid}.png"] = caption + (f" WARNING: {warning}." if warning else "")
-        save_overlay(dest / f"{pid}.png", images[i], scaled, masks[i],
-                     title=f"{pid} · {spec.name.upper()} {NET_LABELS.get(net, net)}",
-                     panel_notes=[f"P(mutated) {p:.2f}" for p in probs[i]], caption=caption, warning=warning)
-    atomic_write_table(dest / "sanity.csv", pd.concat(sanity, ignore_index=True))
-    atomic_write_json(dest / "captions.json", captions)
-    atomic_write_json(dest / "gradcam.json", {"arm": spec.name, "net": net, "min_cells": MIN_CELLS,
-                                              "layers": {str(u or spec.name): asdict(t)
-                                                         for u, t in zip(spec.units, targets)}})
+            np.save(tmp, scaled[0] if len(exp.units) == 1 else scaled)
+    atomic_write_table(dest / "sanity.csv", exp.sanity)
+    atomic_write_json(dest / "gradcam.json", {"arm": exp.arm, "net": exp.net, "min_cells": MIN_CELLS,
+                                              "layers": {str(u or exp.arm): asdict(t)
+                                                         for u, t in zip(exp.units, exp.targets)}})
     return dest
 
 
-def gradcam_command(out: str | os.PathLike, arm: str = "mc", net: str | None = None, patients=None,
-                    n: int = 4, layer: str | None = None) -> str:
-    """Grad-CAM of the full-cohort model of one arm for chosen patients of a study.
-
-    Args:
-        out: study folder (the arm must be trained for ``net``).
-        arm: ``"mc"`` or ``"ff"``.
-        net: network name (default: the bundle's).
-        patients: comma-separated patient ids (default: the first ``n`` validation patients).
-        n: number of patients when none are named.
-        layer: target layer (default: the deepest stage with at least ``MIN_CELLS`` cells a side at the
-            study's input size; e.g. ``layer3`` for a ResNet, ``features.transition3.relu`` for DenseNet121).
-
-    Returns:
-        The output folder ``out/figures/gradcam/<arm>_<net>``.
-    """
+def study_patients(out: str | os.PathLike, arm: str = "mc", net: str | None = None, patients=None,
+                   n: int = 4) -> tuple[Path, list[dict], str, str]:
+    """``(full-cohort folder, items, arm, net)`` of a study's trained arm for the chosen patients (see
+    :func:`choose_patients`); the arm must be trained for ``net`` (default: the bundle's)."""
     out, spec = Path(out), get_arm(arm)
     net = check_net_name(net or training_defaults(spec.name)["net"])
     full = out / "dl" / spec.name / net / "full"
     if not full.is_dir():
         raise P53hccError(f"{full} not found: run `p53hcc train --arm {spec.name} --net {net}` first")
-    items = source_items(_choose(select_items(out / "datalist.json", "all"), patients, n), out, read_config(full))
-    return str(gradcam_model(full, items, out, out / "figures" / "gradcam" / f"{spec.name}_{net}", spec.name, net,
-                             layer=layer))
+    items = source_items(choose_patients(select_items(out / "datalist.json", "all"), patients, n), out,
+                         read_config(full))
+    return full, items, spec.name, net
 
 
-def gradcam_frozen(weights: str | os.PathLike, cohort_csv: str | os.PathLike, out: str | os.PathLike,
-                   arm: str = "mc", net: str | None = None, work: str | os.PathLike | None = None,
-                   layer: str | None = None) -> Path:
-    """Grad-CAM of a frozen full-cohort folder for the new patients of ``cohort_csv`` into ``out``.
-
-    ``work`` holds the new patients' ``preprocessed/`` volumes (needed when the model was trained on preprocessed
-    volumes) and the crop cache; default ``out``.
-    """
-    weights, work = Path(weights), Path(work or out)
-    items = source_items(cohort_items(cohort_csv), work, read_config(weights))
-    return gradcam_model(weights, items, work, Path(out), arm, net, layer=layer)
-
+def new_patients(weights: str | os.PathLike, cohort_csv: str | os.PathLike, work: str | os.PathLike) -> list[dict]:
+    """The items of a new cohort for a frozen full-cohort folder; ``work`` holds their ``preprocessed/`` volumes
+    (needed when the model was trained on preprocessed volumes) and the crop cache."""
+    return source_items(cohort_items(cohort_csv), Path(work), read_config(Path(weights)))

@@ -30,8 +30,7 @@ import yaml
 
 from p53hcc.tools.dl.bundle import bundle_dir, check_arm
 from p53hcc.tools.errors import P53hccError
-from p53hcc.tools.export.configs import exported_configs, to_bundle_module
-from p53hcc.tools.export.deploy_combined import weights_digest
+from p53hcc.tools.export.configs import exported_configs, to_bundle_module, weights_digest
 from p53hcc.tools.export.metadata import (
     cohort_description,
     eval_metrics,

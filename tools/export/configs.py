@@ -11,7 +11,9 @@ study's preprocessing itself), the DL threshold, and the shipped weights under `
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from p53hcc.tools.dl.bundle import bundle_dir
@@ -42,6 +44,16 @@ def ff_network_def(net: str, n_components: list[int], n_selected: int) -> dict:
             "n_selected": int(n_selected), "spatial_dims": 2}
 
 
+def weights_digest(files: Mapping[str, str]) -> str:
+    """One SHA-256 over ``{relative path: file sha256}`` of a network's ``full/`` folder (order-free).
+
+    The export records it for the study's files (``p53hcc_source.weights_sha256``) and the Deploy app recomputes
+    it from the frozen study model's manifest (which lists the same files with their hashes), so the two can be
+    compared without the weights."""
+    text = "\n".join(f"{k}:{files[k]}" for k in sorted(files))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def exported_configs(arm: str, name: str, params: dict, n4_params: dict, threshold: float | None,
                      ff_shape: tuple[list[int], int] | None = None, source: dict | None = None) -> dict[str, dict]:
     """``{file name: config}`` of an exported bundle.
@@ -54,7 +66,7 @@ def exported_configs(arm: str, name: str, params: dict, n4_params: dict, thresho
         threshold: the DL model's operating threshold (training Youden), or None when it has none.
         ff_shape: FF only: PCA components per phase and LASSO-retained features of the fitted head.
         source: where the weights come from (``arm``, ``net``, ``weights_sha256`` of the study's ``full/``
-            folder, :func:`p53hcc.tools.export.deploy_combined.weights_digest`), written as ``p53hcc_source`` in
+            folder, :func:`weights_digest`), written as ``p53hcc_source`` in
             the inference and deploy configs so the Deploy app can tie the bundle to the frozen study model.
     """
     values = {**{k: params[k] for k in CROP_KEYS}, "n4": True, "n4_params": dict(n4_params), "work_dir": work_dir(name)}

@@ -3,7 +3,7 @@
 
 On top of :func:`p53hcc.tools.cohort.manifest.validate_cohort` (every file and value) it checks
 
-* the clinical columns the clinical model encodes (:data:`p53hcc.fusion.clinical.RAW_COLUMNS`): present, with a
+* the clinical columns the clinical model encodes (:data:`p53hcc.fusion.models.clinical.RAW_COLUMNS`): present, with a
   value for every patient (``n/a`` and blanks are missing); pathology (grade, MVI, used by Table 2) warns;
 * the classes of each split: the training cohort needs ``folds`` patients of each class (stratified folds), a
   validation or external cohort with one class cannot give an AUC (warning: the statistics report it as NaN);
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from p53hcc.fusion.clinical import RAW_COLUMNS, RAW_PATHOLOGY
+from p53hcc.fusion.models.clinical import RAW_COLUMNS, RAW_PATHOLOGY
 from p53hcc.tools.cohort.imagechecks import ImageRequirements
 from p53hcc.tools.cohort.manifest import Problem, present, read_cohort, validate_cohort
 from p53hcc.tools.errors import P53hccError

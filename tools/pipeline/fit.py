@@ -1,8 +1,8 @@
 """The fusion stage: clinical, radiomics, DL choice and combined models, cross-fitted; ``scores.parquet``.
 
 Every model is cross-fitted on the folds of ``splits.json``: training patients get out-of-fold scores, everybody
-else the score of the model fitted on all training patients (:mod:`p53hcc.fusion.crossfit`). What is chosen (the
-DL model, ``dl``) or stacked (the combined model) is nested (:mod:`p53hcc.fusion.nested`), so a training patient's
+else the score of the model fitted on all training patients (:mod:`p53hcc.fusion.models.oof`). What is chosen (the
+DL model, ``dl``) or stacked (the combined model) is nested (:mod:`p53hcc.fusion.models.nested`), so a training patient's
 ``dl`` and ``combined`` scores come from a choice and a stacking that never saw the patient. The
 full-training-cohort fits go to ``fusion/*.joblib`` for the frozen ``model/``; they are fitted exactly as the fold
 -1 models, so they reproduce the study's validation scores.
@@ -16,18 +16,18 @@ from typing import Any
 
 import pandas as pd
 
-from p53hcc.fusion.crossfit import crossfit_predict, crossfit_scores, fit_full, scores_wide
-from p53hcc.fusion.harmonise import harmonisation_record, with_batch
-from p53hcc.fusion.metrics import degenerate_reason
-from p53hcc.fusion.models import make_clinical_model, make_combined_model, make_radiomics_model
-from p53hcc.fusion.nested import inner_from_oof, inner_scores, nested_choice_and_stack
-from p53hcc.fusion.selection import selected_features_table
+from p53hcc.fusion.models.factories import make_clinical_model, make_combined_model, make_radiomics_model
+from p53hcc.fusion.models.harmonise import harmonisation_record, with_batch
+from p53hcc.fusion.models.nested import inner_from_oof, inner_scores, nested_choice_and_stack
+from p53hcc.fusion.models.oof import crossfit_predict, crossfit_scores, fit_full, scores_wide
+from p53hcc.fusion.models.radiomics import selected_features_table
+from p53hcc.fusion.stats.metric_rows import degenerate_reason
 from p53hcc.tools.cohort.batches import batch_of
 from p53hcc.tools.cohort.dropped import dropped_patients
 from p53hcc.tools.cohort.manifest import read_cohort
 from p53hcc.tools.cohort.splits import load_splits
 from p53hcc.tools.io import atomic_path, atomic_write_json, atomic_write_table, read_table
-from p53hcc.tools.pipeline.selection import candidate_order, collect_dl_scores, select_dl_model, write_scores
+from p53hcc.tools.pipeline.choice import candidate_order, collect_dl_scores, select_dl_model, write_scores
 from p53hcc.tools.radiomics.icc import reliable_features
 from p53hcc.tools.schema import CLINICAL_COLUMNS, SCORE_COLUMNS
 
@@ -100,7 +100,7 @@ def run_fusion(study_dir: str | Path, cohort_csv: str | Path, cfg: dict) -> None
     """Clinical and radiomics models (out-of-fold), DL choice, combined LR; writes scores.parquet + selection.json.
 
     The chosen DL model (``dl``) and the combined model are nested (``fusion.nesting: nested``, see
-    :mod:`p53hcc.fusion.nested`) or, with ``apparent``, chosen and stacked on the same out-of-fold scores they
+    :mod:`p53hcc.fusion.models.nested`) or, with ``apparent``, chosen and stacked on the same out-of-fold scores they
     are reported with. Degenerate models (constant scores) are left out of the choice and of the stacking.
     """
     study_dir = Path(study_dir)

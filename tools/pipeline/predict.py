@@ -4,6 +4,10 @@
 three component scores and applies the frozen models; ``evaluate_cohort`` does the same on a labelled cohort and
 reports discrimination (AUC, DeLong CI), calibration-in-the-large and slope, and net benefit - external
 validation.
+
+This module is the documented entry point of applying a frozen model, the only part of the pipeline that the
+MONAI Deploy runtime (:mod:`p53hcc.tools.deploy`) uses: ``__all__`` lists it, with the two checks a caller makes
+first (:func:`read_manifest`: is the folder a frozen model; :func:`clinical_problems`: the clinical values it needs).
 """
 from __future__ import annotations
 
@@ -14,25 +18,31 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from p53hcc.fusion.evaluation_report import write_evaluation_report
-from p53hcc.fusion.harmonise import with_batch
-from p53hcc.fusion.metrics import model_metrics
-from p53hcc.fusion.models import logit
-from p53hcc.fusion.nomogram import Nomogram
-from p53hcc.fusion.stats import net_benefit
+from p53hcc.fusion.models.factories import logit
+from p53hcc.fusion.models.harmonise import with_batch
+from p53hcc.fusion.models.nomogram import Nomogram
+from p53hcc.fusion.report.evaluation_page import write_evaluation_report
+from p53hcc.fusion.stats.decision import net_benefit
+from p53hcc.fusion.stats.metric_rows import model_metrics
 from p53hcc.tools.cohort.batches import batch_of
 from p53hcc.tools.cohort.manifest import read_cohort
 from p53hcc.tools.dl.frozen import predict_frozen
-from p53hcc.tools.dl.gradcam import gradcam_frozen
 from p53hcc.tools.errors import P53hccError
 from p53hcc.tools.io import atomic_write_table, atomic_write_text, read_table
 from p53hcc.tools.lock import folder_lock
-from p53hcc.tools.pipeline.checks import cohort_problems, image_requirements, raise_on_errors
+from p53hcc.tools.pipeline.checks import (
+    clinical_problems,
+    cohort_problems,
+    image_requirements,
+    raise_on_errors,
+)
+from p53hcc.tools.pipeline.explain import gradcam_frozen
 from p53hcc.tools.pipeline.freeze import load_model, read_manifest
 from p53hcc.tools.preprocessing.run import preprocess_cohort
 from p53hcc.tools.radiomics.extract import extract_cohort
 from p53hcc.tools.schema import CLINICAL_COLUMNS
 
+__all__ = ["DlScorer", "clinical_problems", "evaluate_cohort", "predict_cohort", "read_manifest", "score_patients"]
 log = logging.getLogger(__name__)
 DlScorer = Callable[[Path, Path, Path, dict], pd.DataFrame]
 

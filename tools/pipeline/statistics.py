@@ -1,6 +1,6 @@
 """The statistics stage: ``metrics.csv`` and ``delong.csv`` from ``scores.parquet`` (both tidy).
 
-metrics: :func:`p53hcc.fusion.metrics.model_metrics` per model and split, at the model's Youden threshold fitted
+metrics: :func:`p53hcc.fusion.stats.metric_rows.model_metrics` per model and split, at the model's Youden threshold fitted
 on its training out-of-fold scores (applied unchanged to the other splits), at the configured CI level. Training
 AUCs are cross-fitted estimates (fold mean, Nadeau-Bengio CI); a model whose scores are constant, or a split with
 one class, gets NaN rows that say why. On a synthetic cohort every model also gets its **population reference**
@@ -17,13 +17,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from p53hcc.fusion.decision import net_benefit, threshold_grid
-from p53hcc.fusion.figures import FINAL_MODELS
-from p53hcc.fusion.metrics import degenerate_reason, model_metrics, nan_metrics, reference_metrics
-from p53hcc.fusion.stats import pairwise_delong, youden_threshold
+from p53hcc.fusion.report.figures import FINAL_MODELS
+from p53hcc.fusion.stats.auc import pairwise_delong
+from p53hcc.fusion.stats.decision import net_benefit, threshold_grid
+from p53hcc.fusion.stats.metric_rows import degenerate_reason, model_metrics, nan_metrics, reference_metrics
+from p53hcc.fusion.stats.thresholds import youden_threshold
 from p53hcc.tools.io import atomic_write_table, read_table
+from p53hcc.tools.pipeline.choice import collect_dl_scores, write_paper_selection
 from p53hcc.tools.pipeline.fit import cohort_labels
-from p53hcc.tools.pipeline.selection import collect_dl_scores, write_paper_selection
 from p53hcc.tools.schema import METRIC_COLUMNS
 
 #: The population posterior (a ``truth.csv`` column of the synthetic cohort) that conditions on exactly the inputs
@@ -72,7 +73,7 @@ def _model_rows(model: str, g: pd.DataFrame, truth: pd.DataFrame | None, alpha: 
 
 
 def decision_curves(scores: pd.DataFrame, y: pd.Series, thresholds: np.ndarray) -> pd.DataFrame:
-    """Net benefit of the final models per split (``split`` + :func:`p53hcc.fusion.decision.net_benefit`
+    """Net benefit of the final models per split (``split`` + :func:`p53hcc.fusion.stats.decision.net_benefit`
     columns); a split with one class has no curve."""
     frames = []
     for sp, g in scores[scores["model"].isin(FINAL_MODELS)].groupby("split", sort=True):
@@ -131,7 +132,7 @@ def one_class_metrics(y: np.ndarray, score: np.ndarray, threshold: float, model:
     AUC, calibration and the class-conditional rate of the absent class are undefined there: NaN, never left out,
     so the split stays in metrics.csv and Table 5 (which says why). Accuracy, the rate of the present class
     (sensitivity or specificity, Wilson CI), PPV/NPV where defined, Brier, threshold, ``n`` and ``n_events`` are
-    computed as by :func:`p53hcc.fusion.metrics.model_metrics`.
+    computed as by :func:`p53hcc.fusion.stats.metric_rows.model_metrics`.
     """
     import logging
 

@@ -36,7 +36,7 @@ def _cohort_csv(ctx: StageContext) -> Path:
 
 
 def _stage_synth(ctx: StageContext) -> None:
-    from p53hcc.tools.cohort.synth import make_cohort
+    from p53hcc.tools.cohort.synth.cohort import make_cohort
 
     p = ctx.params
     make_cohort(n=p["n"], out=ctx.study_dir / "cohort", seed=p["seed"], size=p["size"],
@@ -107,7 +107,7 @@ def _stage_statistics(ctx: StageContext) -> None:
 
 
 def _stage_gradcam(ctx: StageContext) -> None:
-    from p53hcc.tools.dl.gradcam import gradcam_command
+    from p53hcc.tools.pipeline.explain import gradcam_command
 
     chosen = json.loads((ctx.study_dir / "selection.json").read_text())["chosen"]
     if not chosen:
@@ -118,14 +118,14 @@ def _stage_gradcam(ctx: StageContext) -> None:
 
 
 def _stage_figures(ctx: StageContext) -> None:
-    from p53hcc.fusion.figures import make_figures
+    from p53hcc.fusion.report.figures import make_figures
     from p53hcc.tools.pipeline.fit import cohort_labels
 
     make_figures(ctx.study_dir, cohort_labels(_cohort_csv(ctx))[1])
 
 
 def _stage_report(ctx: StageContext) -> None:
-    from p53hcc.fusion.report import write_report
+    from p53hcc.fusion.report.page import write_report
     from p53hcc.tools.cohort.dropped import dropped_patients
     from p53hcc.tools.cohort.manifest import read_cohort
 

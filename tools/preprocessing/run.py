@@ -11,8 +11,8 @@ Layout under ``STUDY_DIR/preprocessed/`` (docs/contracts.md):
 
 Cache keys: ``n4_key = hash(sha256(image), orientation, N4 params)``; ``key = hash(n4_key, sha256(mask), pixdim,
 normalisation)``. Input hashing runs in the main process (threads), so a re-run with nothing to do starts no
-workers. Work is spread over local processes (``concurrent.futures``) or, given ``scheduler="tcp://..."``, over a
-Dask distributed cluster through the same task function.
+workers. Work is spread over local processes or, given ``scheduler="tcp://..."``, over a Dask distributed cluster,
+through the one executor :func:`p53hcc.tools.parallel.run_tasks`.
 """
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from p53hcc.tools.cohort.dropped import apply_policy, check_on_failure
 from p53hcc.tools.cohort.manifest import read_cohort
 from p53hcc.tools.errors import P53hccError
 from p53hcc.tools.io import atomic_path, atomic_write_json, atomic_write_table, file_sha256, params_hash
-from p53hcc.tools.parallel import process_pool, single_threaded
+from p53hcc.tools.parallel import run_tasks, single_threaded
 from p53hcc.tools.preprocessing.params import CACHE_VERSION, resolve_params
 from p53hcc.tools.schema import PHASES
 
@@ -144,36 +144,6 @@ def _process_one(task: dict) -> dict:
                 "path": task.get("_path", task["image"])}
 
 
-def _run(tasks: list[dict], workers: int | None, scheduler: Any, progress: bool) -> Iterator[dict]:
-    """Run ``process_one`` over tasks serially, on local processes or on a Dask cluster; yield as they finish."""
-    bar = {"total": len(tasks), "desc": "preprocess", "unit": "phase", "disable": not progress or not tasks}
-    if scheduler is not None:
-        from distributed import Client
-        from distributed import as_completed as dask_completed
-
-        client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
-        futures = []
-        try:
-            futures = [client.submit(process_one, t, pure=False) for t in tasks]
-            for fut in tqdm(dask_completed(futures), **bar):
-                yield fut.result()
-        except BaseException:  # Ctrl-C: the cluster's queue goes too
-            client.cancel(futures)
-            raise
-        finally:
-            if client is not scheduler:
-                client.close()
-        return
-    workers = (os.cpu_count() or 1) if workers is None else int(workers)
-    if workers <= 1 or len(tasks) <= 1:
-        for t in tqdm(tasks, **bar):
-            yield process_one(t)
-        return
-    with process_pool(min(workers, len(tasks))) as pool:  # stopped at once on Ctrl-C
-        for fut in tqdm(as_completed([pool.submit(process_one, t) for t in tasks]), **bar):
-            yield fut.result()
-
-
 def _hash_inputs(items: list[dict], progress: bool) -> list[dict]:
     """sha256 of every image and mask (threads: hashlib releases the GIL); unreadable files become failures."""
     def one(item: dict) -> dict:
@@ -258,7 +228,7 @@ def preprocess_cohort(cohort_csv: str | os.PathLike, out: str | os.PathLike, wor
             continue
         todo.append(dict(item, n4_key=n4_key, key=key, params=p, dest=str(dest),
                          n4_cache=str(root / ".cache" / "n4" / f"{n4_key}.nii.gz")))
-    for res in _run(todo, workers, scheduler, progress):
+    for res in run_tasks(process_one, todo, workers, scheduler, progress, desc="preprocess", unit="phase"):
         if "error" in res:
             failures.append(res)
             tqdm.write(f"FAILED {_format_failure(res)}", file=sys.stderr)

@@ -10,8 +10,8 @@ Input: the preprocessed volumes (N4 -> 1 mm -> z-score) listed in ``STUDY_DIR/pr
 * ``radiomics_r2.parquet`` and ``radiomics_icc.csv`` -- when the cohort has second-reader masks (``*_mask_r2``):
   their features (same layout) and ICC(2,1) per feature over the re-drawn training patients.
 
-Each patient x phase (x reader) is one task; tasks run in a local process pool or, given a Dask scheduler
-address, through ``distributed.Client.get_executor()`` -- the same ``concurrent.futures`` code path. A task's
+Each patient x phase (x reader) is one task; tasks run inline, in a local process pool or, given a Dask scheduler
+address, on the cluster, through the one executor of :func:`p53hcc.tools.parallel.run_tasks`. A task's
 result is cached as JSON under ``radiomics_cache/`` keyed by image hash + mask hash + params hash + pyradiomics
 version, so a re-run only hashes files. A failing task is reported with patient, phase and reason; the
 others are kept.
@@ -24,9 +24,6 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Iterator
-from concurrent.futures import Executor, as_completed
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +31,12 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from p53hcc.tools import parallel
 from p53hcc.tools.cohort.dropped import apply_policy, check_on_failure
 from p53hcc.tools.cohort.manifest import read_cohort
 from p53hcc.tools.errors import P53hccError
 from p53hcc.tools.io import atomic_path, atomic_write_table, file_sha256, params_hash, read_table
-from p53hcc.tools.parallel import process_pool, single_threaded
+from p53hcc.tools.parallel import single_threaded
 from p53hcc.tools.radiomics.features import DEFAULT_PARAMS, extract_with_diagnostics, load_params, versions
 from p53hcc.tools.radiomics.icc import icc_table
 from p53hcc.tools.schema import PHASES
@@ -49,7 +47,7 @@ log = logging.getLogger(__name__)
 _PYRADIOMICS = __import__("radiomics").__version__  # part of every cache key
 _TASK_LOCK = threading.Lock()
 
-__all__ = ["extract_cohort", "load_radiomics", "run_tasks"]
+__all__ = ["extract_cohort", "extract_tasks", "load_radiomics"]
 
 
 # ---------------------------------------------------------------------------------------------- tasks
@@ -108,43 +106,10 @@ def _extract_task(task: dict) -> dict:
     return rec
 
 
-@contextmanager
-def _executor(workers: int | None, scheduler: Any) -> Iterator[Executor | None]:
-    """Process pool (local) or Dask executor (``scheduler`` address or Client); None means run inline."""
-    if scheduler is not None:
-        from distributed import Client
-
-        if isinstance(scheduler, Client):
-            yield scheduler.get_executor()
-        else:
-            with Client(scheduler) as client:
-                yield client.get_executor()
-        return
-    workers = workers or os.cpu_count() or 1
-    if workers <= 1:
-        yield None
-        return
-    with process_pool(workers) as pool:  # stopped at once on Ctrl-C
-        yield pool
-
-
-def run_tasks(tasks: list[dict], workers: int | None = None, scheduler: Any = None,
-              progress: bool = True) -> list[dict]:
-    """Run extraction tasks in parallel with a progress bar; results in completion order."""
-    results = []
-    bar = tqdm(total=len(tasks), desc="radiomics", unit="task", disable=not progress or not tasks)
-    with _executor(workers, scheduler) as ex:
-        if ex is None:
-            for t in tasks:
-                results.append(_run_task(t))
-                bar.update()
-        else:
-            futures = [ex.submit(_run_task, t) for t in tasks]
-            for fut in as_completed(futures):
-                results.append(fut.result())
-                bar.update()
-    bar.close()
-    return results
+def extract_tasks(tasks: list[dict], workers: int | None = None, scheduler: Any = None,
+                  progress: bool = True) -> list[dict]:
+    """Run extraction tasks in parallel (:func:`p53hcc.tools.parallel.run_tasks`); results in completion order."""
+    return list(parallel.run_tasks(_run_task, tasks, workers, scheduler, progress, desc="radiomics", unit="task"))
 
 
 # ---------------------------------------------------------------------------------------------- cohort
@@ -282,7 +247,7 @@ def extract_cohort(cohort_csv: str | os.PathLike, out: str | os.PathLike, params
     tasks, unreadable = _build_tasks(cohort, index, settings, phash, out, progress)
     cached = {t["cache"]: c for t in tasks if (c := _load_cached(t)) is not None}
     todo = [t for t in tasks if t["cache"] not in cached]
-    results = list(cached.values()) + unreadable + (run_tasks(todo, workers, scheduler, progress) if todo else [])
+    results = list(cached.values()) + unreadable + (extract_tasks(todo, workers, scheduler, progress) if todo else [])
     failed = [r for r in results if r["status"] != "ok"]
     for r in (r for r in failed if r["reader"] != "r1"):  # r1 failures are named with the policy below
         log.warning("radiomics failed for patient %s, phase %s (second reader: left out of the ICC): %s",
