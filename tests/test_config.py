@@ -107,7 +107,7 @@ def test_every_source_is_merged_in_order_with_its_values_typed(tmp_path):
 
 
 def test_command_line_booleans_and_numbers_are_parsed_by_type(monkeypatch, tmp_path):
-    from p53hcc.tools.cohort import synth
+    from p53hcc.tools.cohort.synth import cohort as synth
     from p53hcc.tools.pipeline import study
 
     seen = {}
