@@ -14,7 +14,7 @@ from sklearn.preprocessing import StandardScaler
 from p53hcc.fusion.models.ffhead import PHASES, FFHead, crossfit_ff_head, make_ff_head, wide_features
 
 
-def _long(n: int, dim: int, seed: int, folds=(-1,), signal: np.ndarray | None = None) -> pd.DataFrame:
+def long_features(n: int, dim: int, seed: int, folds=(-1,), signal: np.ndarray | None = None) -> pd.DataFrame:
     """Tidy random features ``patient_id, phase, fold, f0..`` (``signal`` added to ap_f0..f4 if given)."""
     rng = np.random.default_rng(seed)
     ids = [f"P{i:03d}" for i in range(n)]
@@ -33,7 +33,7 @@ def _long(n: int, dim: int, seed: int, folds=(-1,), signal: np.ndarray | None = 
 
 
 def test_wide_features_shape_and_errors():
-    long = _long(10, 6, 0)
+    long = long_features(10, 6, 0)
     wide = wide_features(long)
     assert wide.shape == (10, 18)
     assert list(wide.columns[:2]) == ["ap_f0", "ap_f1"] and wide.columns[-1] == "dp_f5"
@@ -47,7 +47,7 @@ def test_wide_features_shape_and_errors():
 def test_head_matches_reference_sklearn_pipeline():
     """Fixed penalty: FFHead == StandardScaler+PCA per phase -> scaler -> L1 LR -> LR on kept columns."""
     y = np.tile([0, 1], 30)
-    wide = wide_features(_long(60, 12, 1, signal=y.astype(float)))
+    wide = wide_features(long_features(60, 12, 1, signal=y.astype(float)))
     head = FFHead(n_components=4, lasso_C=0.3).fit(wide, y)
     cols = {p: [f"{p}_f{j}" for j in range(12)] for p in PHASES}
     pcs = ColumnTransformer([(p, make_pipeline(StandardScaler(), PCA(4, random_state=0)), cols[p]) for p in PHASES])
@@ -63,7 +63,7 @@ def test_head_matches_reference_sklearn_pipeline():
 
 def test_pca_components_capped_and_nothing_selected_gives_prevalence():
     y = np.r_[np.zeros(12), np.ones(8)].astype(int)
-    wide = wide_features(_long(20, 40, 2))
+    wide = wide_features(long_features(20, 40, 2))
     head = make_ff_head(n_components=512, lasso_C=1e-4).fit(wide, y)  # 512 as in the paper's Methods
     assert head.n_components_ == [19, 19, 19]  # capped by n_samples - 1
     assert head.n_selected_ == 0 and head.lr_ is None
@@ -75,7 +75,7 @@ def test_null_cohort_out_of_fold_auc_near_half_while_leaky_fit_looks_good():
     n = 90
     rng = np.random.default_rng(3)
     y = rng.permutation(np.tile([0, 1], n // 2))
-    long = _long(n, 64, 4, folds=(0, 1, 2, -1))
+    long = long_features(n, 64, 4, folds=(0, 1, 2, -1))
     ids = sorted(long.patient_id.unique())
     labels = pd.Series(y, index=ids)
     fold_of = {p: i % 3 for i, p in enumerate(ids)}
@@ -93,7 +93,7 @@ def test_held_out_labels_never_reach_the_head():
     """Flipping the labels of fold 0's held-out patients leaves their scores unchanged; a training label does not."""
     n = 60
     y = np.tile([0, 1], n // 2)
-    long = _long(n, 16, 5, folds=(0, 1, -1), signal=y * 0.8)
+    long = long_features(n, 16, 5, folds=(0, 1, -1), signal=y * 0.8)
     ids = sorted(long.patient_id.unique())
     fold_of = {p: (i // 2) % 2 for i, p in enumerate(ids)}
     labels = pd.Series(y, index=ids)
@@ -115,7 +115,7 @@ def test_held_out_labels_never_reach_the_head():
 def test_cv_chosen_penalty_reports_n_selected():
     """Default head (paper: 8 PCs x 3 phases = 24 features, LASSO penalty by inner CV) keeps the planted signal."""
     y = np.tile([0, 1], 40)
-    wide = wide_features(_long(80, 32, 6, signal=y * 1.5))
+    wide = wide_features(long_features(80, 32, 6, signal=y * 1.5))
     head = make_ff_head().fit(wide, y)
     assert len(head.feature_names_) == 24
     assert 1 <= head.n_selected_ <= 24

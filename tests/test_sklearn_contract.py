@@ -29,7 +29,7 @@ from p53hcc.fusion.models.ffhead import FFHead, wide_features
 from p53hcc.fusion.models.harmonise import BATCH, ComBatHarmoniser
 from p53hcc.fusion.models.radiomics import LassoSelector, SpearmanFilter
 from tests.test_clinical import raw_cohort
-from tests.test_ffhead import _long
+from tests.test_ffhead import long_features
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSIFIERS = (ClinicalModel, CombinedModel, FFHead)
@@ -173,7 +173,7 @@ def _combined():
 
 def _ffhead():
     y = np.tile([0, 1], 20)
-    return FFHead(cv=3, Cs=3), wide_features(_long(40, 6, 3, signal=y.astype(float))), y
+    return FFHead(cv=3, Cs=3), wide_features(long_features(40, 6, 3, signal=y.astype(float))), y
 
 
 def _combat():
