@@ -24,7 +24,7 @@ from tests.conftest import make_tiny_cohort
 
 pytest.importorskip("monai.deploy", reason="the MONAI Deploy App SDK is the deploy extra: pip install 'p53hcc[deploy]'")
 pydicom = pytest.importorskip("pydicom")
-pytestmark = pytest.mark.slow  # a real study, an export, a DICOM cohort and `p53hcc predict` (~4 min)
+pytestmark = [pytest.mark.slow, pytest.mark.deploy]  # a study, an export, a DICOM cohort, `p53hcc predict` (~4 min)
 
 APP = Path(__file__).resolve().parents[1] / "deploy" / "app.py"
 STUDY = dict(profile="demo", nets="resnet18", folds=2, epochs=1, spatial_size=32, batch_size=4,

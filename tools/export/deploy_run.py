@@ -20,6 +20,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from p53hcc.tools.deploy.series_checks import DicomInputError, check_images, check_series
 from p53hcc.tools.export.deploy_combined import (
     CLINICAL_JSON,
     DeployInputError,
@@ -90,9 +91,15 @@ def read_study(folder: str | Path) -> StudyInput:
     """The checked input of one patient: series and masks chosen by the documented rules, ``clinical.json``
     read and checked, the six-channel volume loaded (every error names the series or file; nothing is written)."""
     folder = Path(folder)
+    if not folder.is_dir():
+        raise DicomInputError(f"input folder {folder} not found")
     clinical = read_clinical(folder)
-    images, masks = select_series(scan(folder), nifti_masks(folder))
+    found = scan(folder)
+    images, masks = select_series(found, nifti_masks(folder))
+    chosen = {s.uid for s in [*images.values(), *masks.values()] if isinstance(s, Series)}
+    check_series(images, masks, [s for s in found if s.uid not in chosen])
     study = StudyInput(folder, images, masks, clinical, *load_volume(images, masks))
+    check_images(study)
     if study.resampled:
         log.warning("%s: %s", folder, study.dl_note())
     return study

@@ -1,0 +1,136 @@
+"""The Deploy app's input checks on synthetic DICOM studies (no SDK, no model): another patient's phase, a damaged
+slice, a gap, a duplicated slice, mixed orientations, another study or frame of reference are each refused with
+one line naming the series and the file, before anything is loaded or scored; a sound study passes."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from p53hcc.tools.deploy.series_checks import DicomInputError
+from p53hcc.tools.export import deploy_run
+
+pydicom = pytest.importorskip("pydicom")
+pytest.importorskip("highdicom", reason="the synthetic DICOM cohort needs highdicom (pip install 'p53hcc[dicom]')")
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    """Two synthetic patients as DICOM studies (series + SEG per phase)."""
+    from p53hcc.tools.cohort.synth import make_cohort
+
+    root = tmp_path_factory.mktemp("dicom")
+    make_cohort(2, root, seed=5, second_reader=False, profile="external", image_format="dicom")
+    return root / "dicom"
+
+
+def _patient(cohort: Path, tmp_path: Path, which: int = 0) -> Path:
+    pid = sorted(p.name for p in cohort.iterdir())[which]
+    return Path(shutil.copytree(cohort / pid, tmp_path / "in" / pid))
+
+
+def _slices(folder: Path) -> list[Path]:
+    return sorted(folder.iterdir(), key=lambda f: float(
+        pydicom.dcmread(str(f), stop_before_pixels=True).ImagePositionPatient[2]))
+
+
+def _edit(files, **values) -> None:
+    for f in files:
+        ds = pydicom.dcmread(str(f))
+        for k, v in values.items():
+            setattr(ds, k, v)
+        ds.save_as(str(f))
+
+
+def _foreign_phase(study: Path, cohort: Path) -> str:
+    other = next(p for p in cohort.iterdir() if p.name != study.name)
+    shutil.rmtree(study / "pvp")
+    shutil.copytree(other / "pvp", study / "pvp")
+    shutil.copy(other / "seg" / "pvp.dcm", study / "seg" / "pvp.dcm")
+    return rf"two patients in one input: PatientID '{study.name}' .* and '{other.name}' \(.*PVP"
+
+
+def _damaged_slice(study: Path, cohort: Path) -> str:
+    victim = _slices(study / "dp")[10]
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) - 3000])  # the header is intact, the pixel data cut short
+    return rf"phase DP, series .*: file {victim}: pixel data unreadable"
+
+
+def _gap(study: Path, cohort: Path) -> str:
+    files = _slices(study / "ap")
+    files[20].unlink()
+    return rf"phase AP, series .*: between files {files[19]} and {files[21]} there is a gap of .* \(1.0 slice"
+
+
+def _duplicated_slice(study: Path, cohort: Path) -> str:
+    files = _slices(study / "pvp")
+    copy = study / "pvp" / "copy.dcm"
+    shutil.copy(files[5], copy)
+    _edit([copy], SOPInstanceUID=pydicom.uid.generate_uid())
+    return r"phase PVP, series .*: files .* are two slices at one position .*a duplicated slice"
+
+
+def _same_instance_twice(study: Path, cohort: Path) -> str:
+    files = _slices(study / "pvp")
+    shutil.copy(files[5], study / "pvp" / "again.dcm")
+    return r"phase PVP, series .*: files .* are one instance twice"
+
+
+def _mixed_orientation(study: Path, cohort: Path) -> str:
+    victim = _slices(study / "ap")[7]
+    _edit([victim], ImageOrientationPatient=[1, 0, 0, 0, 0.8, -0.6])
+    return rf"phase AP, series .*: file {victim}: orientation .* \(mixed orientations in one series\)"
+
+
+def _other_frame(study: Path, cohort: Path) -> str:
+    _edit((study / "dp").iterdir(), FrameOfReferenceUID=pydicom.uid.generate_uid())
+    return r"phase DP, series .* is in FrameOfReferenceUID .* the phases are in different coordinate spaces"
+
+
+def _other_study(study: Path, cohort: Path) -> str:
+    _edit((study / "dp").iterdir(), StudyInstanceUID=pydicom.uid.generate_uid(),
+          FrameOfReferenceUID=pydicom.uid.generate_uid())
+    return r"two studies in one input: StudyInstanceUID"
+
+
+def _other_birth_date(study: Path, cohort: Path) -> str:
+    _edit((study / "ap").iterdir(), PatientBirthDate="19600101")
+    _edit((study / "pvp").iterdir(), PatientBirthDate="19610101")
+    return r"two patients in one input: PatientBirthDate '19600101'"
+
+
+def _not_dicom_after_all(study: Path, cohort: Path) -> str:
+    victim = _slices(study / "ap")[3]
+    victim.write_bytes(victim.read_bytes()[:200])  # the preamble and 'DICM' survive, the header does not
+    return rf"file {victim}: not a readable DICOM file"
+
+
+@pytest.mark.parametrize("break_it", [_foreign_phase, _damaged_slice, _gap, _duplicated_slice, _same_instance_twice,
+                                      _mixed_orientation, _other_frame, _other_study, _other_birth_date,
+                                      _not_dicom_after_all])
+def test_a_broken_study_is_refused_naming_series_and_file_before_loading(cohort, tmp_path, monkeypatch, break_it):
+    def loaded(*args, **kwargs):
+        raise AssertionError("the volume was loaded before the series were checked")
+
+    monkeypatch.setattr(deploy_run, "load_volume", loaded)
+    study = _patient(cohort, tmp_path)
+    message = break_it(study, cohort)
+    with pytest.raises(DicomInputError, match=message) as err:
+        deploy_run.read_study(study)
+    assert "\n" not in str(err.value)
+
+
+def test_a_sound_study_passes_and_separate_studies_in_one_frame_are_accepted(cohort, tmp_path):
+    study = _patient(cohort, tmp_path)
+    _edit((study / "dp").iterdir(), StudyInstanceUID=pydicom.uid.generate_uid())  # one frame of reference
+    got = deploy_run.read_study(study)
+    assert got.volume.shape[0] == 6 and got.resampled == []
+    assert np.isfinite(got.volume.numpy()).all()
+
+
+def test_a_missing_input_folder_is_refused(tmp_path):
+    with pytest.raises(DicomInputError, match=f"input folder {tmp_path / 'nowhere'} not found"):
+        deploy_run.read_study(tmp_path / "nowhere")
