@@ -77,7 +77,7 @@ class CombinedOperator(Operator):
         result = bundle_result(self.bundle, float(op_input.receive("pred")["probabilities"][1]))
         result = {**result, "dl_note": study.dl_note(), "inputs": study.identities(),
                   **combined_for(study, self.study_model, result["probability"])}
-        op_output.emit({"result": result, "reference_file": study.reference_file}, "result")
+        op_output.emit({"result": result, "evidence": study.evidence}, "result")
 
 
 class ResultWriterOperator(Operator):
@@ -92,7 +92,7 @@ class ResultWriterOperator(Operator):
 
     def compute(self, op_input, op_output, context):
         got = op_input.receive("result")
-        paths = write_outputs(self.output_folder, got["result"], got["reference_file"])
+        paths = write_outputs(self.output_folder, got["result"], got["evidence"])
         logging.getLogger(__name__).info("P(P53 mutated) = %.6g -> %s", got["result"]["probability"], paths["json"])
 
 

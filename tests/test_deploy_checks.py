@@ -134,3 +134,63 @@ def test_a_sound_study_passes_and_separate_studies_in_one_frame_are_accepted(coh
 def test_a_missing_input_folder_is_refused(tmp_path):
     with pytest.raises(DicomInputError, match=f"input folder {tmp_path / 'nowhere'} not found"):
         deploy_run.read_study(tmp_path / "nowhere")
+
+
+def _result(study, combined: bool = True) -> dict:
+    """An app result for ``study`` (the numbers made up: the SR's structure is under test, not the model)."""
+    result = {"probability": 0.62, "threshold": 0.41, "predicted_class": 1, "model": "hcc_p53_mc_resnet18_mri",
+              "model_version": "0.1.0", "model_description": "test", "dl_note": None, "inputs": study.identities(),
+              "combined": None, "combined_note": "no frozen study model beside the bundle: DL arm only"}
+    if combined:
+        result["combined"] = {"probability": 0.3, "threshold": 0.5, "predicted_class": 0,
+                              "components": {"clinical": 0.2, "radiomics": 0.4, "dl": 0.62},
+                              "nomogram_points": {"clinical": 12.5, "radiomics": 40.0, "dl": 61.0},
+                              "total_points": 113.5, "study": "s1", "clinical": {}}
+        result["combined_note"] = None
+    return result
+
+
+@pytest.mark.parametrize("combined", [True, False])
+def test_sr_is_a_tid1500_report_citing_every_input_instance(cohort, tmp_path, combined):
+    """The SR: TID 1500 with the probabilities, class, points and algorithm as coded content, the private scheme
+    declared, evidence resolving to exactly the input series and SEGs, and dciodvfy (dicom3tools) without error."""
+    import subprocess
+
+    study = deploy_run.read_study(_patient(cohort, tmp_path))
+    result = _result(study, combined)
+    paths = deploy_run.write_outputs(tmp_path / "out", result, study.evidence)
+    sr = pydicom.dcmread(str(paths["sr"]))
+    assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR
+    assert sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
+    assert sr.StudyInstanceUID == study.images["ap"].study_uid and sr.PatientID == study.patient_id
+    assert [s.CodingSchemeDesignator for s in sr.CodingSchemeIdentificationSequence] == ["99P53HCC"]
+    cited = {(str(s.SeriesInstanceUID), str(i.ReferencedSOPInstanceUID)) for st in
+             sr.CurrentRequestedProcedureEvidenceSequence for s in st.ReferencedSeriesSequence
+             for i in s.ReferencedSOPSequence}
+    inputs = {(str(d.SeriesInstanceUID), str(d.SOPInstanceUID)) for d in
+              (pydicom.dcmread(f, stop_before_pixels=True) for f in study.evidence)}
+    assert cited == inputs and len({s for s, _ in cited}) == 6  # three phase series, three SEGs
+
+    def items(ds):
+        for item in getattr(ds, "ContentSequence", []):
+            yield item
+            yield from items(item)
+
+    nums = [(i.ConceptNameCodeSequence[0].CodeMeaning, float(i.MeasuredValueSequence[0].NumericValue))
+            for i in items(sr) if i.ValueType == "NUM"]
+    assert ("Probability", 0.62) in nums and ("Operating threshold (training Youden)", 0.41) in nums
+    algorithms = [i.TextValue for i in items(sr) if i.ValueType == "TEXT"
+                  and i.ConceptNameCodeSequence[0].CodeValue == "111001"]  # DCM Algorithm Name
+    assert "hcc_p53_mc_resnet18_mri" in algorithms
+    status = [i.ConceptCodeSequence[0].CodeMeaning for i in items(sr) if i.ValueType == "CODE"
+              and i.ConceptNameCodeSequence[0].CodeValue == "P53-CLASS"]
+    if combined:
+        assert ("Probability", 0.3) in nums and ("Nomogram total points", 113.5) in nums
+        assert status == ["Present", "Absent"]
+    else:
+        assert status == ["Present"] and len([n for n in nums if n[0] == "Probability"]) == 1
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy not installed (Debian package dicom3tools): the SR's IOD check is skipped")
+    done = subprocess.run(["dciodvfy", str(paths["sr"])], capture_output=True, text=True, timeout=120, check=False)
+    errors = [ln for ln in (done.stdout + done.stderr).splitlines() if ln.startswith("Error")]
+    assert errors == [], "\n".join(errors)

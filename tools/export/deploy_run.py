@@ -6,13 +6,12 @@ values, the six-channel volume: :mod:`p53hcc.tools.export.dicom_study`), :func:`
 ``configs/deploy.json`` preprocessing and postprocessing around its TorchScript ``models/model.ts``, as
 ``MonaiBundleInferenceOperator`` runs them), :func:`combined_for` (with the frozen study model beside the bundle
 and ``clinical.json``: the combined model and nomogram points, :mod:`p53hcc.tools.export.deploy_combined`) and
-:func:`write_outputs` (``result.json`` and ``result_sr.dcm``, an Enhanced SR, both written only once everything
+:func:`write_outputs` (``result.json`` and ``result_sr.dcm``, a TID 1500 SR, both written only once everything
 is computed, atomically).
 """
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
 import logging
 import sys
@@ -43,8 +42,6 @@ from p53hcc.tools.io import atomic_path, atomic_write_text
 from p53hcc.tools.pipeline.freeze import read_manifest
 from p53hcc.tools.schema import PHASES
 
-ENHANCED_SR = "1.2.840.10008.5.1.4.1.1.88.22"
-SCHEME = "99P53HCC"  # private coding scheme of the SR's concept names
 RESULT_JSON, RESULT_SR = "result.json", "result_sr.dcm"
 log = logging.getLogger(__name__)
 
@@ -65,8 +62,10 @@ class StudyInput:
         return self.images[PHASES[0]].patient_id
 
     @property
-    def reference_file(self) -> str:
-        return min(self.images[PHASES[0]].files)
+    def evidence(self) -> list[str]:
+        """Every DICOM file the result comes from: the phase series and the SEG masks."""
+        return sorted({f for s in [*self.images.values(), *self.masks.values()] if isinstance(s, Series)
+                       for f in s.files})
 
     def identities(self) -> dict:
         """What the result names as its inputs: patient, study, series and mask UIDs (a NIfTI mask by file)."""
@@ -192,95 +191,14 @@ def sdk_image(volume):
     return Image(volume.numpy(), metadata=meta)
 
 
-def _code(value: str, meaning: str):
-    from pydicom.dataset import Dataset
+def write_outputs(out: str | Path, result: dict, evidence: list[str]) -> dict[str, Path]:
+    """``result.json`` and ``result_sr.dcm`` (a TID 1500 Measurement Report citing ``evidence``: every DICOM file
+    the result comes from) in ``out``; the SR is built before either file is written."""
+    from p53hcc.tools.deploy.sr import measurement_report
+    from p53hcc.tools.export.metadata import release
 
-    code = Dataset()
-    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = value, SCHEME, meaning
-    return code
-
-
-def _item(value_type: str, concept: tuple[str, str], **values):
-    from pydicom.dataset import Dataset
-
-    item = Dataset()
-    item.RelationshipType, item.ValueType = "CONTAINS", value_type
-    item.ConceptNameCodeSequence = [_code(*concept)]
-    for k, v in values.items():
-        setattr(item, k, v)
-    return item
-
-
-def _num(concept: tuple[str, str], value: float):
-    from pydicom.dataset import Dataset
-
-    unit = _code("1", "no units")
-    unit.CodingSchemeDesignator = "UCUM"
-    measured = Dataset()
-    measured.NumericValue = f"{value:.10g}"[:16]
-    measured.MeasurementUnitsCodeSequence = [unit]
-    return _item("NUM", concept, MeasuredValueSequence=[measured])
-
-
-def _class_item(concept: tuple[str, str], predicted: int, threshold: float):
-    label = "P53 mutated" if predicted else "P53 wild type"
-    relation = ">=" if predicted else "<"
-    return _item("TEXT", concept, TextValue=f"{label} (probability {relation} threshold {threshold:.6g})")
-
-
-def structured_report(result: dict, reference_file: str):
-    """An Enhanced SR of the result in the patient's study (patient and study modules copied from the input)."""
-    import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    ref = pydicom.dcmread(reference_file, stop_before_pixels=True)
-    ds = Dataset()
-    for tag in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
-                "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName"):
-        setattr(ds, tag, getattr(ref, tag, ""))
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ds.SOPClassUID, ds.SOPInstanceUID = ENHANCED_SR, generate_uid()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.Modality, ds.SeriesInstanceUID, ds.SeriesNumber, ds.InstanceNumber = "SR", generate_uid(), 900, 1
-    ds.SeriesDescription = f"P53 prediction v{result['model_version']}"[:64]
-    ds.Manufacturer = "p53hcc"
-    ds.ContentDate, ds.ContentTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
-    ds.CompletionFlag, ds.VerificationFlag = "COMPLETE", "UNVERIFIED"
-    ds.ValueType, ds.ContinuityOfContent = "CONTAINER", "SEPARATE"
-    ds.ConceptNameCodeSequence = [_code("P53-REPORT", "P53 mutation prediction (research use only)")]
-    content = [_num(("P53-PROB", "P53 mutation probability"), result["probability"])]
-    if result["predicted_class"] is not None:
-        content.append(_class_item(("P53-CLASS", "Predicted class"), result["predicted_class"], result["threshold"]))
-    content.append(_item("TEXT", ("P53-MODEL", "Model"), TextValue=f"{result['model']} version "
-                         f"{result['model_version']}"))
-    for phase in PHASES:
-        content.append(_item("UIDREF", (f"P53-{phase.upper()}", f"{phase.upper()} series"),
-                             UID=result["inputs"]["series"][phase]))
-        mask = result["inputs"]["masks"][phase]
-        concept = (f"P53-{phase.upper()}-SEG", f"{phase.upper()} mask")
-        content.append(_item("TEXT", concept, TextValue=Path(mask).name) if mask.endswith((".nii", ".nii.gz"))
-                       else _item("UIDREF", concept, UID=mask))
-    if result.get("dl_note"):
-        content.append(_item("TEXT", ("P53-NOTE", "Processing note"), TextValue=result["dl_note"][:1024]))
-    combined = result.get("combined")
-    if combined:
-        content.append(_num(("P53-COMB-PROB", "Combined model probability"), combined["probability"]))
-        if combined["predicted_class"] is not None:
-            content.append(_class_item(("P53-COMB-CLASS", "Combined model class"), combined["predicted_class"],
-                                       combined["threshold"]))
-        if combined["total_points"] is not None:
-            content.append(_num(("P53-NOMO-TOTAL", "Nomogram total points"), combined["total_points"]))
-    ds.ContentSequence = content
-    return ds
-
-
-def write_outputs(out: str | Path, result: dict, reference_file: str) -> dict[str, Path]:
-    """``result.json`` and ``result_sr.dcm`` in ``out`` (the SR is built before either file is written)."""
     out = Path(out)
-    sr = structured_report(result, reference_file)
+    sr = measurement_report(result, evidence, f"p53hcc {release('p53hcc')}")
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / RESULT_SR) as tmp:
         sr.save_as(str(tmp), enforce_file_format=True)
@@ -298,5 +216,5 @@ def score_dicom_study(folder: str | Path, models: str | Path, out: str | Path, d
     result = bundle_inference(bundle, study.volume, device)
     result = {**result, "dl_note": study.dl_note(), "inputs": study.identities(),
               **combined_for(study, study_model, result["probability"])}
-    write_outputs(out, result, study.reference_file)
+    write_outputs(out, result, study.evidence)
     return result
