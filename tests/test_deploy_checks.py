@@ -194,3 +194,22 @@ def test_sr_is_a_tid1500_report_citing_every_input_instance(cohort, tmp_path, co
     done = subprocess.run(["dciodvfy", str(paths["sr"])], capture_output=True, text=True, timeout=120, check=False)
     errors = [ln for ln in (done.stdout + done.stderr).splitlines() if ln.startswith("Error")]
     assert errors == [], "\n".join(errors)
+
+
+def test_the_apps_reader_reads_as_the_studys_reader(cohort, tmp_path):
+    """read_volume (SimpleITK, no itk package) gives LoadImage(SeriesSpacingReader)'s voxels and affine exactly."""
+    import SimpleITK as sitk
+    import torch
+    from monai.transforms import LoadImage
+
+    from p53hcc.tools.cohort.dicomseg import read_seg
+    from p53hcc.tools.deploy.volumes import read_volume
+    from p53hcc.tools.preprocessing.chain import SeriesSpacingReader
+
+    study = _patient(cohort, tmp_path)
+    sitk.WriteImage(read_seg(study / "seg" / "dp.dcm"), str(tmp_path / "dp_mask.nii.gz"))
+    for path in (study / "ap", study / "seg" / "pvp.dcm", tmp_path / "dp_mask.nii.gz"):
+        want = LoadImage(reader=SeriesSpacingReader(), image_only=True, ensure_channel_first=True)(str(path))
+        got = read_volume(path)
+        assert got.shape == want.shape and torch.equal(got.as_tensor(), want.as_tensor()), path
+        np.testing.assert_array_equal(got.affine.numpy(), want.affine.numpy())

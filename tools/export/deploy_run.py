@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from p53hcc.tools.deploy.series_checks import DicomInputError, check_images, check_series
+from p53hcc.tools.deploy.shared_preprocessing import BUNDLE_OVERRIDES
 from p53hcc.tools.export.deploy_combined import (
     CLINICAL_JSON,
     DeployInputError,
@@ -56,6 +57,8 @@ class StudyInput:
     clinical: dict | None
     volume: object
     resampled: list[str]
+    #: each phase's preprocessed image and mask for the combined model's predict (:func:`prepare`), else None
+    preprocessed: dict | None = None
 
     @property
     def patient_id(self) -> str:
@@ -104,6 +107,25 @@ def read_study(folder: str | Path) -> StudyInput:
     return study
 
 
+def prepare(folder: str | Path, models: str | Path) -> tuple[Path, Path | None, StudyInput]:
+    """``(bundle, study_model, study)``: every input read and checked before anything is scored, then each phase
+    preprocessed once for both models with the bundle's settings (:mod:`p53hcc.tools.deploy.shared_preprocessing`):
+    the study's volume is then the bundle's preprocessed input and ``study.preprocessed`` holds each phase's result
+    for the combined model's ``predict`` when the frozen study preprocesses as the bundle does."""
+    from p53hcc.tools.deploy.shared_preprocessing import bundle_chain_params, preprocess_once, same_chain
+    from p53hcc.tools.preprocessing.params import resolve_params
+
+    bundle, study_model = find_models(models)
+    study = read_study(folder)
+    check_inputs(study, bundle, study_model)
+    chain = bundle_chain_params(json.loads((bundle / "configs" / "deploy.json").read_text(encoding="utf-8")))
+    study.volume, phases = preprocess_once(study.volume, chain)
+    if study_model is not None and study.clinical is not None and same_chain(chain, resolve_params(
+            read_manifest(study_model)["preprocessing"]["config"].get("params"))):
+        study.preprocessed = {p: v for p, v in phases.items() if p not in study.resampled}  # on their own grid
+    return bundle, study_model, study
+
+
 def check_inputs(study: StudyInput, bundle: Path, study_model: Path | None) -> None:
     """Inputs that do not fit together stop the app before any scoring: clinical values without a study model, a
     study model whose DL component is not the bundle's network, clinical values the study's checks refuse."""
@@ -128,7 +150,8 @@ def combined_for(study: StudyInput, study_model: Path | None, dl_probability: fl
     with tempfile.TemporaryDirectory(prefix="p53hcc-series-") as scratch:
         images = series_folders(study.images, Path(scratch))
         combined = combined_result(study_model, study.patient_id, images,
-                                   {p: mask_path(m) for p, m in study.masks.items()}, study.clinical, dl_probability)
+                                   {p: mask_path(m) for p, m in study.masks.items()}, study.clinical, dl_probability,
+                                   preprocessed=study.preprocessed)
     return {"combined": combined, "combined_note": None}
 
 
@@ -163,9 +186,9 @@ def bundle_result(bundle: str | Path, probability: float) -> dict:
             "model": bundle.name, "model_version": meta["version"], "model_description": meta["name"]}
 
 
-def bundle_inference(bundle: str | Path, volume, device: str = "cpu") -> dict:
+def bundle_inference(bundle: str | Path, volume, device: str = "cpu", overrides: dict | None = None) -> dict:
     """:func:`bundle_result` of one patient scored with the bundle's deploy config and TorchScript network (the
-    steps ``MonaiBundleInferenceOperator`` runs in the app, without the SDK)."""
+    steps ``MonaiBundleInferenceOperator`` runs in the app, without the SDK), with config ``overrides``."""
     import torch
     from monai.bundle import ConfigParser
 
@@ -173,7 +196,7 @@ def bundle_inference(bundle: str | Path, volume, device: str = "cpu") -> dict:
     with _bundle_code(bundle):
         parser = ConfigParser()
         parser.read_config(str(bundle / "configs" / "deploy.json"))
-        parser.update({"bundle_root": str(bundle), "device": device})
+        parser.update({"bundle_root": str(bundle), "device": device, **(overrides or {})})
         x = parser.get_parsed_content("preprocessing")({"image": volume})["image"]
         net = torch.jit.load(str(bundle / "models" / "model.ts"), map_location=device).eval()
         with torch.no_grad():
@@ -210,10 +233,8 @@ def score_dicom_study(folder: str | Path, models: str | Path, out: str | Path, d
     """The whole app: read and check the inputs, score them, write the outputs (nothing on any error).
 
     ``models`` is the exported bundle, or a folder holding it and the frozen study model in ``study_model/``."""
-    bundle, study_model = find_models(models)
-    study = read_study(folder)
-    check_inputs(study, bundle, study_model)
-    result = bundle_inference(bundle, study.volume, device)
+    bundle, study_model, study = prepare(folder, models)
+    result = bundle_inference(bundle, study.volume, device, BUNDLE_OVERRIDES)
     result = {**result, "dl_note": study.dl_note(), "inputs": study.identities(),
               **combined_for(study, study_model, result["probability"])}
     write_outputs(out, result, study.evidence)

@@ -175,15 +175,15 @@ def load_volume(images: dict[str, Series], masks: dict[str, Series | Path]) -> t
     each phase on its own grid instead, so for such a patient the two DL probabilities may differ slightly.
     """
     import torch
-    from monai.transforms import LoadImaged, ResampleToMatch
+    from monai.transforms import ResampleToMatch
 
-    from p53hcc.tools.preprocessing.chain import SeriesSpacingReader
+    from p53hcc.tools.deploy.volumes import read_volume
 
     keys = [*PHASES, *(f"{p}_mask" for p in PHASES)]
     with tempfile.TemporaryDirectory(prefix="p53hcc-dicom-") as scratch:
         paths = series_folders(images, Path(scratch))
         paths.update({f"{p}_mask": mask_path(m) for p, m in masks.items()})
-        data = LoadImaged(keys, reader=SeriesSpacingReader(), image_only=True, ensure_channel_first=True)(paths)
+        data = {k: read_volume(paths[k]) for k in keys}  # as LoadImaged(SeriesSpacingReader) reads them
     for phase in PHASES:
         if not _same_grid(data[f"{phase}_mask"], data[phase]):
             raise DicomInputError(f"phase {phase.upper()}: the mask {mask_path(masks[phase])} is not on the grid of "
