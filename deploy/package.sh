@@ -5,7 +5,7 @@
 # staged application folder, with its deploy extra. Needs a Docker daemon: without one it says so and exits 2.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-: "${MODELS:?set MODELS to the app's models folder (the exported bundle, or the bundle and study_model/)}"
+: "${MODELS:?set MODELS to the models folder of the app: the exported bundle, or the bundle and study_model}"
 [ -d "$MODELS" ] || { echo "make map: models folder $MODELS not found" >&2; exit 2; }
 wheel=$(ls -t dist/p53hcc-*-py3-none-any.whl 2>/dev/null | head -1)
 [ -n "$wheel" ] || { echo "make map: no wheel in dist/ (run make wheel)" >&2; exit 2; }
