@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# run as a script, this folder is sys.path[0] and its radiomics.py would shadow PyRadiomics (`import radiomics`)
+sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 TARGET_S = 30.0
 STUDY = dict(profile="demo", nets="resnet18", folds=2, epochs=1, spatial_size=256, batch_size=8,
              **{"dl.arms": "mc", "gradcam.n": 1, "fusion.nesting": "apparent", "preprocess.params": "paper",
@@ -48,7 +50,6 @@ def _study(work: Path, given: Path | None) -> Path:
     study = work / "study"
     if (study / "model" / "manifest.json").is_file():
         return study
-    sys.path.insert(0, str(REPO))
     from p53hcc.tools.pipeline.study import run_study
     from tests.conftest import make_tiny_cohort
 

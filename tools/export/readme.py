@@ -250,6 +250,19 @@ def sample_data(out):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.write_sample_data(out)
+
+
+class SampleDataCase(unittest.TestCase):
+    """A test with the bundle's sample data in ``dataset_dir`` and an empty ``work_dir``."""
+
+    def setUp(self):
+        self.dataset_dir = tempfile.mkdtemp()
+        self.work_dir = tempfile.mkdtemp()
+        sample_data(self.dataset_dir)
+
+    def tearDown(self):
+        shutil.rmtree(self.dataset_dir)
+        shutil.rmtree(self.work_dir)
 '''
 
 
@@ -282,16 +295,7 @@ def test_order(test_name1, test_name2):
     return get_order(test_name1) - get_order(test_name2)
 
 
-class TestP53HccBundle(unittest.TestCase):
-    def setUp(self):
-        self.dataset_dir = tempfile.mkdtemp()
-        self.work_dir = tempfile.mkdtemp()
-        sample_data(self.dataset_dir)
-
-    def tearDown(self):
-        shutil.rmtree(self.dataset_dir)
-        shutil.rmtree(self.work_dir)
-
+class TestP53HccBundle(SampleDataCase):
     def workflow(self, workflow_type, configs, override):
         override = {{**override, "dataset_dir": self.dataset_dir, "work_dir": self.work_dir, "device": "cpu"}}
         return ConfigWorkflow(
@@ -355,16 +359,7 @@ def unit_test_dist(name: str, arm: str) -> str:
 TEST_CASE_1 = [{{"bundle_root": BUNDLE_ROOT, "epochs": 1, "spatial_size": 32, "batch_size": 2, "fold": 0{phase}}}]
 
 
-class TestP53HccBundleMGPU(unittest.TestCase):
-    def setUp(self):
-        self.dataset_dir = tempfile.mkdtemp()
-        self.work_dir = tempfile.mkdtemp()
-        sample_data(self.dataset_dir)
-
-    def tearDown(self):
-        shutil.rmtree(self.dataset_dir)
-        shutil.rmtree(self.work_dir)
-
+class TestP53HccBundleMGPU(SampleDataCase):
     def test_train_mgpu_config(self):
         for override in TEST_CASE_1:
             override = {{**override, "dataset_dir": self.dataset_dir, "work_dir": self.work_dir,
