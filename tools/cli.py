@@ -24,7 +24,7 @@ def synth(n: int = 320, out: str = "synthetic", seed: int = 0, size: str = "demo
         second_reader: also write second-reader masks (for ICC).
         profile: "internal" scanner profiles, or "external" (different scanners, for external validation).
         format: "nifti", or "dicom" (the same voxels as one DICOM study per patient: an MR series per phase and a
-            DICOM SEG per mask, under dicom/<patient>/; needs p53hcc[deploy]).
+            DICOM SEG per mask, under dicom/<patient>/; needs p53hcc[dicom]).
     """
     from p53hcc.tools.cohort.synth import make_cohort
 

@@ -7,7 +7,7 @@ the source of exactly the definitions the configs reach: starting from names of
 constants, imports, also imports inside functions) through the p53hcc modules that define them. Each p53hcc
 module contributes one file ``scripts/<module>.py`` holding only what is needed, its ``p53hcc`` imports rewritten
 to ``scripts.<module>``; third-party imports are kept. The files are formatted with the model zoo's black and
-isort settings when those tools are installed (``p53hcc[deploy]``), so the zoo's code-format check passes.
+isort settings when those tools are installed (``p53hcc[zoo]``), so the zoo's code-format check passes.
 """
 from __future__ import annotations
 
@@ -234,7 +234,7 @@ def format_code(text: str) -> str:
         import black
         import isort
     except ImportError:
-        log.warning("black/isort are not installed (pip install 'p53hcc[deploy]'): scripts/ is not formatted as "
+        log.warning("black/isort are not installed (pip install 'p53hcc[zoo]'): scripts/ is not formatted as "
                     "the model zoo's code-format check requires")
         return text
     text = isort.code(text, config=isort.Config(profile="black", line_length=LINE_LENGTH,
