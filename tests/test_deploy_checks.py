@@ -213,3 +213,41 @@ def test_the_apps_reader_reads_as_the_studys_reader(cohort, tmp_path):
         got = read_volume(path)
         assert got.shape == want.shape and torch.equal(got.as_tensor(), want.as_tensor()), path
         np.testing.assert_array_equal(got.affine.numpy(), want.affine.numpy())
+
+
+def test_a_refusal_is_one_line_exit_1_and_leaves_no_output(tmp_path, capsys):
+    """refusals(): a P53hccError becomes one stderr line and exit code 1; an output folder the run made is gone,
+    one that existed keeps only what it had; an operator's error is kept (no SDK failure block) and re-raised."""
+    from p53hcc.tools.deploy.refusal import AppPaths, check_paths, guarded, raise_failure, refusals
+    from p53hcc.tools.errors import P53hccError
+
+    out = tmp_path / "new"
+    with pytest.raises(SystemExit) as done, refusals(out):
+        out.mkdir()
+        (out / "half.json").write_text("{}")
+        raise DicomInputError("phase AP, series 1.2: file x.dcm: pixel data unreadable")
+    assert done.value.code == 1 and not out.exists()
+    assert capsys.readouterr().err == "p53hcc-deploy: error: phase AP, series 1.2: file x.dcm: pixel data unreadable\n"
+    kept = tmp_path / "mounted"
+    kept.mkdir()
+    (kept / "theirs.txt").write_text("x")
+    with pytest.raises(SystemExit), refusals(kept):
+        (kept / "result.json").write_text("{}")
+        check_paths(AppPaths(tmp_path / "nowhere", tmp_path, kept))
+    assert [p.name for p in kept.iterdir()] == ["theirs.txt"]
+    assert "input folder" in capsys.readouterr().err
+
+    class App:
+        failure = None
+
+    class Operator:
+        app = App()
+
+        @guarded
+        def compute(self):
+            raise P53hccError("mask empty")
+
+    op = Operator()
+    assert op.compute() is None and isinstance(op.app.failure, P53hccError)
+    with pytest.raises(P53hccError, match="mask empty"):
+        raise_failure(op.app)

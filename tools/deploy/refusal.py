@@ -107,12 +107,12 @@ def refusals(output: Path) -> Iterator[None]:
 
 def guarded(compute: Callable) -> Callable:
     """An SDK operator's ``compute`` that keeps its error instead of raising it into the SDK's scheduler (which
-    would print its failure block): the error is stored on the operator's fragment (the application) as
-    ``failure``, nothing is emitted, so the operators after it never run, and the app raises it after the graph
+    would print its failure block): the error is stored on the operator's application (its ``app``, else its
+    ``fragment``) as ``failure``, nothing is emitted, so the operators after it never run, and the app raises it after the graph
     has stopped (:func:`raise_failure`)."""
     @functools.wraps(compute)
     def run(self, *args, **kwargs):
-        app = getattr(self, "fragment", None)
+        app = getattr(self, "app", None) or getattr(self, "fragment", None)
         if getattr(app, "failure", None) is not None:
             return None
         try:
