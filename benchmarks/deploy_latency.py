@@ -114,6 +114,9 @@ def _startup(python: Path) -> float:
 
 def _breakdown(folder: Path, models: Path, work: Path) -> dict:
     """The app's steps timed one by one in this process (no SDK: the same functions its operators call)."""
+    import monai.transforms  # noqa: F401 - imports are start-up's share, not the first step's
+
+    from p53hcc.tools.deploy import shared_preprocessing
     from p53hcc.tools.deploy.series_checks import check_series
     from p53hcc.tools.deploy.shared_preprocessing import BUNDLE_OVERRIDES
     from p53hcc.tools.export import deploy_run
@@ -135,10 +138,12 @@ def _breakdown(folder: Path, models: Path, work: Path) -> dict:
 
     images, masks = timed("read_and_check_series", read_and_check)
     timed("load_volumes", load_volume, images, masks)
-    t0 = time.perf_counter()
-    bundle, study_model, study = deploy_run.prepare(folder, models)  # reads again, then preprocesses once
-    times["preprocess_once"] = round(time.perf_counter() - t0 - times["read_and_check_series"]
-                                     - times["load_volumes"], 2)
+    real = shared_preprocessing.preprocess_once
+    shared_preprocessing.preprocess_once = lambda *a, **k: timed("preprocess_once", real, *a, **k)
+    try:
+        bundle, study_model, study = deploy_run.prepare(folder, models)  # reads again, then preprocesses once
+    finally:
+        shared_preprocessing.preprocess_once = real
     result = timed("bundle_roi_and_network", deploy_run.bundle_inference, bundle, study.volume, "cpu",
                    BUNDLE_OVERRIDES)
     result = {**result, "dl_note": study.dl_note(), "inputs": study.identities(),
