@@ -4,7 +4,7 @@ MONAI Deploy app, with the patient's clinical values and the frozen study model,
 model and its nomogram points. Prints the app's result beside ``p53hcc predict``'s for the same patient.
 
 Usage: ``python scripts/deploy_demo.py [--study study-demo] [--out STUDY/deploy-demo]`` (``make deploy-demo``
-after ``make demo``). Needs the ``deploy`` extra (``pip install 'p53hcc[deploy]'``, installed by ``make env``).
+after ``make demo``). Needs the ``deploy`` extra: ``make deploy-demo`` runs it in ``.venv-deploy``.
 """
 from __future__ import annotations
 

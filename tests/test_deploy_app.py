@@ -7,6 +7,7 @@ file or column, and nothing written."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -24,7 +25,7 @@ from tests.conftest import make_tiny_cohort
 
 pytest.importorskip("monai.deploy", reason="the MONAI Deploy App SDK is the deploy extra: pip install 'p53hcc[deploy]'")
 pydicom = pytest.importorskip("pydicom")
-pytestmark = pytest.mark.slow  # a real study, an export, a DICOM cohort and `p53hcc predict` (~4 min)
+pytestmark = [pytest.mark.slow, pytest.mark.deploy]  # a study, an export, a DICOM cohort, `p53hcc predict` (~4 min)
 
 APP = Path(__file__).resolve().parents[1] / "deploy" / "app.py"
 STUDY = dict(profile="demo", nets="resnet18", folds=2, epochs=1, spatial_size=32, batch_size=4,
@@ -64,13 +65,27 @@ def _app(study: Path, bundle: Path, out: Path, module: bool = False) -> subproce
                           capture_output=True, text=True, timeout=600, check=False, cwd=APP.parents[1])
 
 
-def _sr_values(path: Path) -> tuple[float, dict[str, str]]:
+def _sr_groups(path: Path) -> tuple[dict[str, dict[str, float]], set[str], list[str]]:
+    """The TID 1500 SR's measurement groups ``{tracking identifier: {concept: value}}``, the series its evidence
+    cites, and its text items."""
     sr = pydicom.dcmread(str(path))
-    assert sr.Modality == "SR" and sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.22"
-    num = [float(i.MeasuredValueSequence[0].NumericValue) for i in sr.ContentSequence if i.ValueType == "NUM"]
-    uids = {i.ConceptNameCodeSequence[0].CodeMeaning: str(i.UID) for i in sr.ContentSequence
-            if i.ValueType == "UIDREF"}
-    return num[0], uids
+    assert sr.Modality == "SR" and sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"
+
+    def items(ds):
+        for item in getattr(ds, "ContentSequence", []):
+            yield item
+            yield from items(item)
+
+    groups = {}
+    for group in items(sr):
+        if group.ValueType == "CONTAINER" and group.ConceptNameCodeSequence[0].CodeMeaning == "Measurement Group":
+            label = next(i.TextValue for i in group.ContentSequence if i.ValueType == "TEXT"
+                         and i.ConceptNameCodeSequence[0].CodeMeaning == "Tracking Identifier")
+            groups[label] = {i.ConceptNameCodeSequence[0].CodeMeaning: float(i.MeasuredValueSequence[0].NumericValue)
+                             for i in group.ContentSequence if i.ValueType == "NUM"}
+    cited = {str(s.SeriesInstanceUID) for st in sr.CurrentRequestedProcedureEvidenceSequence
+             for s in st.ReferencedSeriesSequence}
+    return groups, cited, [str(i.TextValue) for i in items(sr) if i.ValueType == "TEXT"]
 
 
 def test_app_writes_json_and_sr_with_predicts_probability(deployed, tmp_path):
@@ -85,10 +100,9 @@ def test_app_writes_json_and_sr_with_predicts_probability(deployed, tmp_path):
     series = {str(pydicom.dcmread(str(next((deployed["dicom"] / pid / p).iterdir())),
                                   stop_before_pixels=True).SeriesInstanceUID): p for p in ("ap", "pvp", "dp")}
     assert {v: k for k, v in result["inputs"]["series"].items()} == series
-    prob, uids = _sr_values(tmp_path / "out" / RESULT_SR)
-    np.testing.assert_allclose(prob, result["probability"], rtol=1e-8)
-    assert {uids[f"{p.upper()} series"] for p in ("ap", "pvp", "dp")} == set(series)
-    assert uids["AP mask"] == result["inputs"]["masks"]["ap"]
+    groups, cited, _ = _sr_groups(tmp_path / "out" / RESULT_SR)
+    np.testing.assert_allclose(groups["DL arm"]["Probability"], result["probability"], rtol=1e-8)
+    assert cited == set(series) | set(result["inputs"]["masks"].values())  # the three series and their SEGs
 
 
 def test_every_patient_scores_as_predict(deployed, tmp_path):
@@ -124,10 +138,8 @@ def test_app_with_clinical_values_gives_predicts_combined_model(deployed, tmp_pa
     for name, points in combined["nomogram_points"].items():
         np.testing.assert_allclose(points, want[f"points_{name}"], rtol=1e-4, atol=1e-6)
     assert result["inputs"]["clinical"] == "clinical.json" and result["combined_note"] is None
-    sr = pydicom.dcmread(str(tmp_path / "out" / RESULT_SR))
-    nums = {i.ConceptNameCodeSequence[0].CodeMeaning: float(i.MeasuredValueSequence[0].NumericValue)
-            for i in sr.ContentSequence if i.ValueType == "NUM"}
-    np.testing.assert_allclose(nums["Combined model probability"], combined["probability"], rtol=1e-8)
+    nums = _sr_groups(tmp_path / "out" / RESULT_SR)[0]["combined model"]
+    np.testing.assert_allclose(nums["Probability"], combined["probability"], rtol=1e-8)
     np.testing.assert_allclose(nums["Nomogram total points"], combined["total_points"], rtol=1e-8)
 
 
@@ -263,14 +275,58 @@ def test_clinical_inputs_that_do_not_fit_are_named_errors_before_scoring(deploye
     assert not (tmp_path / "out").exists()
 
 
-def test_app_stops_with_the_named_error(deployed, tmp_path):
-    """The app run as a module (``python -m deploy``, the folder's ``__main__``): a bad input is the named error and
-    no output."""
+def _foreign_phase(deployed, study: Path) -> str:
+    other = next(p for p in sorted(deployed["predicted"].index) if p != study.name)
+    shutil.rmtree(study / "pvp")
+    shutil.copytree(deployed["dicom"] / other / "pvp", study / "pvp")
+    shutil.copy(deployed["dicom"] / other / "seg" / "pvp.dcm", study / "seg" / "pvp.dcm")
+    return f"two patients in one input: PatientID '{study.name}'"
+
+
+def _damaged_slice(deployed, study: Path) -> str:
+    victim = sorted((study / "ap").iterdir())[4]
+    victim.write_bytes(victim.read_bytes()[:-2000])
+    return f"file {victim}: pixel data unreadable"
+
+
+def _gap(deployed, study: Path) -> str:
+    files = sorted((study / "dp").iterdir(), key=lambda f: float(
+        pydicom.dcmread(str(f), stop_before_pixels=True).ImagePositionPatient[2]))
+    files[len(files) // 2].unlink()
+    return "there is a gap of"
+
+
+def _read_only_output(deployed, study: Path) -> str:
+    return "is not writable"
+
+
+@pytest.mark.parametrize("break_it", [_foreign_phase, _damaged_slice, _gap, _read_only_output, _wrong_modality])
+def test_app_refuses_with_one_line_and_no_output(deployed, tmp_path, break_it):
+    """The app itself (``python -m deploy``): a bad input is one named line on stderr and exit code 1, with no
+    traceback, no SDK failure block and no output folder (a read-only one left as it was, empty)."""
     study = _copy(deployed, tmp_path)
-    message = _wrong_modality(study)
-    done = _app(study, deployed["bundle"], tmp_path / "out", module=True)
-    assert done.returncode != 0 and "DicomInputError" in done.stderr and message in done.stderr
-    assert not (tmp_path / "out" / RESULT_JSON).exists() and not (tmp_path / "out" / RESULT_SR).exists()
+    message = break_it(deployed, study) if break_it is not _wrong_modality else break_it(study)
+    out = tmp_path / "out"
+    if break_it is _read_only_output:
+        out.mkdir()
+        if subprocess.run(["chattr", "+i", str(out)], capture_output=True, check=False).returncode != 0:
+            if os.geteuid() == 0:
+                pytest.skip("chattr +i is not available and root writes into any folder: no read-only folder")
+            out.chmod(0o555)
+    try:
+        done = _app(study, deployed["bundle"], out, module=True)
+    finally:
+        if break_it is _read_only_output:
+            subprocess.run(["chattr", "-i", str(out)], capture_output=True, check=False)
+            out.chmod(0o755)
+    lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert [ln for ln in lines if "error" in ln.lower()] == [ln for ln in lines if ln.startswith("p53hcc-deploy: error:")]
+    assert any(message in ln for ln in lines), done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and "GXF" not in done.stderr and "holoscan" not in done.stderr.lower()
+    assert not out.exists() or not list(out.iterdir())
+    if break_it is not _read_only_output:
+        assert not out.exists()
 
 
 def _crop_dp(study: Path) -> None:
@@ -303,8 +359,7 @@ def test_a_phase_on_another_grid_is_resampled_onto_ap_and_said(deployed, tmp_pat
     _crop_dp(study)
     result = score_dicom_study(study, deployed["models"], tmp_path / "out")
     assert result["inputs"]["resampled_onto_ap_grid"] == ["dp"] and result["dl_note"].startswith("DP resampled")
-    sr = pydicom.dcmread(str(tmp_path / "out" / RESULT_SR))
-    assert any(i.ValueType == "TEXT" and i.TextValue == result["dl_note"] for i in sr.ContentSequence)
+    assert any(result["dl_note"] in text for text in _sr_groups(tmp_path / "out" / RESULT_SR)[2])
     row = {"patient_id": pid, "split": "predict", "p53": "", **{p: str(study / p) for p in ("ap", "pvp", "dp")},
            "ap_mask": str(study / "seg" / "ap.dcm"), "pvp_mask": str(study / "seg" / "pvp.dcm"),
            "dp_mask": str(study / "dp_mask.nii.gz"), **json.loads((study / "clinical.json").read_text())}

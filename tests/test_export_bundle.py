@@ -11,6 +11,7 @@ give the study's scores (rtol 1e-4) and write nothing into the bundle.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -67,7 +68,8 @@ def _build_zoo(root: Path) -> dict:
         bundle = export_bundle(root / "study", arm=arm, out=root / "export")
         names[arm] = bundle.name
         shutil.copytree(bundle, zoo / "models" / bundle.name)
-        shutil.copy(root / "export" / "ci" / "unit_tests" / f"test_{bundle.name}.py", zoo / "ci" / "unit_tests")
+        for test in (f"test_{bundle.name}.py", f"test_{bundle.name}_dist.py"):
+            shutil.copy(root / "export" / "ci" / "unit_tests" / test, zoo / "ci" / "unit_tests")
         (zoo / "models" / bundle.name / "eval").mkdir()
         shutil.copy(SCHEMA, zoo / "models" / bundle.name / "eval" / "schema.json")  # what prepare_schema.py writes
     requirements = {arm: (zoo / _run([sys.executable, "ci/get_bundle_requirements.py", "--b", name], zoo).strip())
@@ -110,6 +112,35 @@ def test_zoo_unit_test_passes(zoo, arm):
                           capture_output=True, text=True, timeout=900, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
     assert re.search(r"Ran 3 tests", done.stderr) and "OK" in done.stderr
+
+
+def test_zoo_dist_unit_test_trains_with_two_processes(zoo):
+    """The exported ``_dist`` test (multi_gpu_train.json under torchrun; two gloo processes without a GPU)."""
+    env = {**os.environ, "PATH": f"{zoo['python'].parent}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([str(zoo["python"]), "ci/unit_tests/runner.py", "--b", zoo["names"]["mc"], "--dist", "True"],
+                          cwd=zoo["zoo"], capture_output=True, text=True, timeout=900, check=False, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+    assert re.search(r"Ran 1 test", done.stderr) and "OK" in done.stderr
+
+
+@pytest.mark.parametrize("arm", ARMS)
+def test_network_instantiates_from_another_folder_with_only_its_own_code(zoo, arm, tmp_path):
+    """With ``bundle_root`` from another working directory: MC's network is stock MONAI (no bundle code
+    imported), FF's comes from the minimal network modules (whose sources import no pandas, itk or pydicom:
+    test_export_units); the inference workflow's transforms load the bundle's scripts from bundle_root too."""
+    bundle = zoo["zoo"] / "models" / zoo["names"][arm]
+    probe = ("import sys, json; from monai.bundle import ConfigParser; p = ConfigParser(); "
+             "p.read_config(sys.argv[1] + '/configs/inference.json'); p.update({'bundle_root': sys.argv[1]}); "
+             "net = p.get_parsed_content('network_def'); "
+             "print(json.dumps([type(net).__name__, sorted(m for m in sys.modules if m.startswith('scripts'))])); "
+             "print(p.get_parsed_content('p53').SeriesSpacingReader.__module__)")
+    name, scripts = json.loads(_run([zoo["python"], "-c", probe, bundle], tmp_path).splitlines()[0])
+    if arm == "mc":
+        assert name == "ResNet" and scripts == []
+    else:
+        assert name == "FFNet" and set(scripts) <= {"scripts", "scripts.ffnet", "scripts.nets", "scripts.errors",
+                                                    "scripts.schema", "scripts.weights"}
+        assert "scripts.components" not in scripts  # pandas, itk, pydicom: loaded by MONAI itself, not the bundle
 
 
 def _readme_inference_command(bundle: Path) -> list[str]:
@@ -160,13 +191,17 @@ def test_bundle_layout_hashes_and_code_format(zoo, arm):
     large = (bundle / "large_files.yml").read_text()
     for rel in ("models/model.pt", "models/model.ts"):
         assert f'hash_val: "{md5(bundle / rel)}"' in large
+    assert "not published yet" in large and "--weights_url" in large  # no real URL given: says how to publish
+    readme = (bundle / "docs" / "README.md").read_text()
+    assert "TensorRT: not provided" in readme and "python scripts/sample_data.py" in readme
     code = [*bundle.glob("configs/*.json"), *bundle.glob("scripts/*.py")]
     uses_p53hcc = re.compile(r"^\s*(from|import) p53hcc|\$import p53hcc|\"p53hcc\.tools", re.MULTILINE)
     assert not [p.name for p in code if uses_p53hcc.search(p.read_text())]
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())
     assert meta["eval_metrics"]["val_n"] == 7 and meta["eval_metrics"]["val_auc"] is not None
     assert meta["version"] in meta["changelog"]
-    files = [str(p) for p in bundle.glob("scripts/*.py")] + [str(zoo["zoo"] / "ci" / "unit_tests" / f"test_{name}.py")]
+    files = [str(p) for p in bundle.glob("scripts/*.py")] + [
+        str(zoo["zoo"] / "ci" / "unit_tests" / f"test_{name}{tail}.py") for tail in ("", "_dist")]
     cfg = str(ZOO / "setup.cfg")
     _run([sys.executable, "-m", "flake8", "--config", cfg, *files], bundle)
     _run([sys.executable, "-m", "isort", "--check", "--settings-path", cfg, *files], bundle)

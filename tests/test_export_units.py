@@ -95,3 +95,61 @@ def test_bundle_code_is_scoped(tmp_path):
 
         assert scripts.WHO == "bundle"
     assert sys.path == path and sys.modules.get("scripts") is before
+
+
+def test_generated_code_passes_the_zoos_flake8(tmp_path):
+    """Every generated file (scripts/ for both arms' exported configs, the sample-data script, both unit tests)
+    passes the zoo's flake8 config: black leaves joined implicit concatenations that bugbear's B914 refuses."""
+    pytest.importorskip("flake8", reason="the zoo's code checks are the zoo extra: pip install 'p53hcc[zoo]'")
+    from p53hcc.tools.export.configs import exported_configs, script_names
+    from p53hcc.tools.export.readme import sample_data_script, unit_test, unit_test_dist
+    from p53hcc.tools.export.scripts import format_code
+
+    params = {"net": "resnet18", "spatial_size": 32, "margin": 10, "pixdim": 1.0, "amp": False, "epochs": 1}
+    needed: dict[str, set[str]] = {}
+    for arm, shape in (("mc", None), ("ff", ([4, 4, 4], 2))):
+        for cfg in exported_configs(arm, "x", params, {}, None, shape, {"arm": arm}).values():
+            for module, names in script_names(cfg).items():
+                needed.setdefault(module, set()).update(names)
+    assert {"p53hcc.tools.dl.nets", "p53hcc.tools.dl.ffnet"} <= set(needed)
+    files = {**generate_scripts(needed, "test"), "scripts/sample_data.py": format_code(sample_data_script()),
+             "test_x.py": format_code(unit_test("x", "ff")), "test_x_dist.py": format_code(unit_test_dist("x", "mc"))}
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    ffnet = files["scripts/ffnet.py"] + files["scripts/nets.py"]
+    assert not re.search(r"^\s*(from|import) (pandas|itk|pydicom|SimpleITK|scripts\.components)", ffnet, re.MULTILINE)
+    cfg = Path(__file__).parent / "data" / "model-zoo-ci" / "setup.cfg"
+    done = subprocess.run([sys.executable, "-m", "flake8", "--config", str(cfg), "."], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout[-3000:]
+
+
+def test_adjacent_strings_are_joined_into_one_literal():
+    from p53hcc.tools.export.scripts import join_adjacent_strings
+
+    src = 'x = f("a {b} " "c", r"d" r"e")\ny = f"{a} " "{{lit}}"\nz = """doc"""\n'
+    out = join_adjacent_strings(src)
+    assert out == 'x = f("a {b} c", r"de")\ny = f"{a} {{{{lit}}}}"\nz = """doc"""\n'
+    scope = {"a": 1}
+    assert eval(out.splitlines()[1].split(" = ")[1], scope) == eval(src.splitlines()[1].split(" = ")[1], scope)
+
+
+def test_weights_url_must_be_public_https():
+    from p53hcc.tools.errors import P53hccError
+    from p53hcc.tools.export.metadata import check_weights_url
+
+    assert check_weights_url("https://example.org/w/v1") == "https://example.org/w/v1"
+    for bad in ("http://example.org/w", "REPLACE-ME", "https://UNPUBLISHED.invalid/x"):
+        with pytest.raises(P53hccError, match="not a public https:// URL"):
+            check_weights_url(bad)
+
+
+def test_large_files_without_url_say_how_to_publish(tmp_path):
+    from p53hcc.tools.export.metadata import large_files_yaml
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "model.pt").write_bytes(b"w")
+    text = large_files_yaml(tmp_path, ["models/model.pt"], None, "b", "0.1.0")
+    assert "not published yet" in text and "--weights_url" in text and ".invalid/b_v0.1.0/models/model.pt" in text
+    assert "# " not in large_files_yaml(tmp_path, ["models/model.pt"], "https://h/p", "b", "0.1.0")

@@ -21,10 +21,11 @@ def synth(n: int = 320, out: str = "synthetic", seed: int = 0, size: str = "demo
         out: output folder (cohort.csv, truth.csv, images/, masks/).
         seed: random seed; the same seed gives byte-identical files.
         size: "demo" (small volumes, fast) or "paper" (realistic size).
-        second_reader: also write second-reader masks (for ICC).
+        second_reader: also write second-reader masks (for ICC); with ``--format dicom`` that is a second SEG per
+            phase, which the Deploy app refuses (two masks for a series): pass false for app inputs.
         profile: "internal" scanner profiles, or "external" (different scanners, for external validation).
         format: "nifti", or "dicom" (the same voxels as one DICOM study per patient: an MR series per phase and a
-            DICOM SEG per mask, under dicom/<patient>/; needs p53hcc[deploy]).
+            DICOM SEG per mask, under dicom/<patient>/; needs p53hcc[dicom]).
     """
     from p53hcc.tools.cohort.synth.cohort import make_cohort
 

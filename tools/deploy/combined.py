@@ -134,25 +134,30 @@ def _number(value):
 
 
 def combined_result(study_model: Path, patient_id: str, images: Mapping[str, str], masks: Mapping[str, str],
-                    clinical: Mapping, dl_probability: float) -> dict:
+                    clinical: Mapping, dl_probability: float, preprocessed: Mapping | None = None) -> dict:
     """The combined model's result for one patient (``images``: phase series folders, ``masks``: SEG or NIfTI files).
 
     Runs :func:`p53hcc.tools.pipeline.predict.predict_cohort` on a one-patient cohort in a scratch folder, the DL
-    score being the bundle's; nothing is written outside the scratch folder."""
+    score being the bundle's; nothing is written outside the scratch folder. ``preprocessed``: phases the app has
+    preprocessed already with the study's parameters (``{"image", "mask"}`` each), which predict then reuses."""
     import pandas as pd
 
     from p53hcc.tools.pipeline.predict import predict_cohort, read_manifest
+    from p53hcc.tools.preprocessing.run import seed_preprocessed
 
+    manifest = read_manifest(study_model)
     with tempfile.TemporaryDirectory(prefix="p53hcc-combined-") as scratch:
         scratch = Path(scratch)
         cohort = _cohort_csv(scratch / "cohort.csv", str(patient_id), images, masks, clinical)
+        for phase, data in (preprocessed or {}).items():  # predict's work folder: scratch/predict/work
+            seed_preprocessed(scratch / "predict" / "work", str(patient_id), phase, images[phase], masks[phase],
+                              data, manifest["preprocessing"]["config"].get("params"))
 
         def bundle_dl(*_args) -> pd.Series:
             return pd.Series({str(patient_id): float(dl_probability)})
 
         pred = pd.read_csv(predict_cohort(study_model, cohort, scratch / "predict", dl_scorer=bundle_dl,
-                                          gradcam=False), dtype={"patient_id": str}).iloc[0]
-    manifest = read_manifest(study_model)
+                                          gradcam=False, workers=1), dtype={"patient_id": str}).iloc[0]
     points = {c[len("points_"):]: _number(pred[c]) for c in pred.index if c.startswith("points_")}
     cls = pred.get("predicted_class")
     return {"probability": float(pred["probability"]), "threshold": manifest["threshold"],

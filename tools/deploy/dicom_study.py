@@ -24,15 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from p53hcc.tools.cohort.dicomseg import SEG_SOP_CLASS, is_dicom_file
-from p53hcc.tools.errors import P53hccError
+from p53hcc.tools.deploy.series_checks import DicomInputError
 from p53hcc.tools.schema import PHASES
 
 #: SeriesDescription words that name each phase (regular expressions, case-insensitive).
 PHASE_RULES = {"ap": r"\b(ap|arterial)\b", "pvp": r"\b(pvp|portal)\b", "dp": r"\b(dp|delayed|equilibrium)\b"}
-
-
-class DicomInputError(P53hccError):
-    """A DICOM study the app cannot score: missing or ambiguous phase, wrong modality, mask not referencing."""
 
 
 @dataclass
@@ -58,7 +54,12 @@ def scan(folder: str | Path) -> list[Series]:
 
     found: dict[str, Series] = {}
     for path in sorted(p for p in Path(folder).rglob("*") if p.is_file() and is_dicom_file(p)):
-        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+        try:
+            ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+        except Exception as err:  # a damaged header: a refusal naming the file
+            raise DicomInputError(f"file {path}: not a readable DICOM file ({type(err).__name__}: {err})") from err
+        if "SeriesInstanceUID" not in ds:
+            raise DicomInputError(f"file {path}: not a readable DICOM file (no SeriesInstanceUID: a damaged header)")
         uid = str(ds.SeriesInstanceUID)
         if uid not in found:
             refs = tuple(str(r.SeriesInstanceUID) for r in getattr(ds, "ReferencedSeriesSequence", []))
@@ -174,15 +175,15 @@ def load_volume(images: dict[str, Series], masks: dict[str, Series | Path]) -> t
     each phase on its own grid instead, so for such a patient the two DL probabilities may differ slightly.
     """
     import torch
-    from monai.transforms import LoadImaged, ResampleToMatch
+    from monai.transforms import ResampleToMatch
 
-    from p53hcc.tools.preprocessing.chain import SeriesSpacingReader
+    from p53hcc.tools.deploy.volumes import read_volume
 
     keys = [*PHASES, *(f"{p}_mask" for p in PHASES)]
     with tempfile.TemporaryDirectory(prefix="p53hcc-dicom-") as scratch:
         paths = series_folders(images, Path(scratch))
         paths.update({f"{p}_mask": mask_path(m) for p, m in masks.items()})
-        data = LoadImaged(keys, reader=SeriesSpacingReader(), image_only=True, ensure_channel_first=True)(paths)
+        data = {k: read_volume(paths[k]) for k in keys}  # as LoadImaged(SeriesSpacingReader) reads them
     for phase in PHASES:
         if not _same_grid(data[f"{phase}_mask"], data[phase]):
             raise DicomInputError(f"phase {phase.upper()}: the mask {mask_path(masks[phase])} is not on the grid of "

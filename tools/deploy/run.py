@@ -6,13 +6,12 @@ values, the six-channel volume: :mod:`p53hcc.tools.deploy.dicom_study`), :func:`
 ``configs/deploy.json`` preprocessing and postprocessing around its TorchScript ``models/model.ts``, as
 ``MonaiBundleInferenceOperator`` runs them), :func:`combined_for` (with the frozen study model beside the bundle
 and ``clinical.json``: the combined model and nomogram points, :mod:`p53hcc.tools.deploy.combined`) and
-:func:`write_outputs` (``result.json`` and ``result_sr.dcm``, an Enhanced SR, both written only once everything
+:func:`write_outputs` (``result.json`` and ``result_sr.dcm``, a TID 1500 SR, both written only once everything
 is computed, atomically).
 """
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
 import logging
 import sys
@@ -20,6 +19,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from p53hcc.tools.deploy.series_checks import DicomInputError, check_images, check_series
+from p53hcc.tools.deploy.shared_preprocessing import BUNDLE_OVERRIDES
 from p53hcc.tools.deploy.combined import (
     CLINICAL_JSON,
     DeployInputError,
@@ -41,8 +42,6 @@ from p53hcc.tools.deploy.dicom_study import (
 from p53hcc.tools.io import atomic_path, atomic_write_text
 from p53hcc.tools.schema import PHASES
 
-ENHANCED_SR = "1.2.840.10008.5.1.4.1.1.88.22"
-SCHEME = "99P53HCC"  # private coding scheme of the SR's concept names
 RESULT_JSON, RESULT_SR = "result.json", "result_sr.dcm"
 log = logging.getLogger(__name__)
 
@@ -57,14 +56,18 @@ class StudyInput:
     clinical: dict | None
     volume: object
     resampled: list[str]
+    #: each phase's preprocessed image and mask for the combined model's predict (:func:`prepare`), else None
+    preprocessed: dict | None = None
 
     @property
     def patient_id(self) -> str:
         return self.images[PHASES[0]].patient_id
 
     @property
-    def reference_file(self) -> str:
-        return min(self.images[PHASES[0]].files)
+    def evidence(self) -> list[str]:
+        """Every DICOM file the result comes from: the phase series and the SEG masks."""
+        return sorted({f for s in [*self.images.values(), *self.masks.values()] if isinstance(s, Series)
+                       for f in s.files})
 
     def identities(self) -> dict:
         """What the result names as its inputs: patient, study, series and mask UIDs (a NIfTI mask by file)."""
@@ -89,12 +92,37 @@ def read_study(folder: str | Path) -> StudyInput:
     """The checked input of one patient: series and masks chosen by the documented rules, ``clinical.json``
     read and checked, the six-channel volume loaded (every error names the series or file; nothing is written)."""
     folder = Path(folder)
+    if not folder.is_dir():
+        raise DicomInputError(f"input folder {folder} not found")
     clinical = read_clinical(folder)
-    images, masks = select_series(scan(folder), nifti_masks(folder))
+    found = scan(folder)
+    images, masks = select_series(found, nifti_masks(folder))
+    chosen = {s.uid for s in [*images.values(), *masks.values()] if isinstance(s, Series)}
+    check_series(images, masks, [s for s in found if s.uid not in chosen])
     study = StudyInput(folder, images, masks, clinical, *load_volume(images, masks))
+    check_images(study)
     if study.resampled:
         log.warning("%s: %s", folder, study.dl_note())
     return study
+
+
+def prepare(folder: str | Path, models: str | Path) -> tuple[Path, Path | None, StudyInput]:
+    """``(bundle, study_model, study)``: every input read and checked before anything is scored, then each phase
+    preprocessed once for both models with the bundle's settings (:mod:`p53hcc.tools.deploy.shared_preprocessing`):
+    the study's volume is then the bundle's preprocessed input and ``study.preprocessed`` holds each phase's result
+    for the combined model's ``predict`` when the frozen study preprocesses as the bundle does."""
+    from p53hcc.tools.deploy.shared_preprocessing import bundle_chain_params, preprocess_once, same_chain
+    from p53hcc.tools.preprocessing.params import resolve_params
+
+    bundle, study_model = find_models(models)
+    study = read_study(folder)
+    check_inputs(study, bundle, study_model)
+    chain = bundle_chain_params(json.loads((bundle / "configs" / "deploy.json").read_text(encoding="utf-8")))
+    study.volume, phases = preprocess_once(study.volume, chain)
+    if study_model is not None and study.clinical is not None and same_chain(chain, resolve_params(
+            read_manifest(study_model)["preprocessing"]["config"].get("params"))):
+        study.preprocessed = {p: v for p, v in phases.items() if p not in study.resampled}  # on their own grid
+    return bundle, study_model, study
 
 
 def check_inputs(study: StudyInput, bundle: Path, study_model: Path | None) -> None:
@@ -124,7 +152,8 @@ def combined_for(study: StudyInput, study_model: Path | None, dl_probability: fl
     with tempfile.TemporaryDirectory(prefix="p53hcc-series-") as scratch:
         images = series_folders(study.images, Path(scratch))
         combined = combined_result(study_model, study.patient_id, images,
-                                   {p: mask_path(m) for p, m in study.masks.items()}, study.clinical, dl_probability)
+                                   {p: mask_path(m) for p, m in study.masks.items()}, study.clinical, dl_probability,
+                                   preprocessed=study.preprocessed)
     return {"combined": combined, "combined_note": None}
 
 
@@ -159,9 +188,9 @@ def bundle_result(bundle: str | Path, probability: float) -> dict:
             "model": bundle.name, "model_version": meta["version"], "model_description": meta["name"]}
 
 
-def bundle_inference(bundle: str | Path, volume, device: str = "cpu") -> dict:
+def bundle_inference(bundle: str | Path, volume, device: str = "cpu", overrides: dict | None = None) -> dict:
     """:func:`bundle_result` of one patient scored with the bundle's deploy config and TorchScript network (the
-    steps ``MonaiBundleInferenceOperator`` runs in the app, without the SDK)."""
+    steps ``MonaiBundleInferenceOperator`` runs in the app, without the SDK), with config ``overrides``."""
     import torch
     from monai.bundle import ConfigParser
 
@@ -169,7 +198,7 @@ def bundle_inference(bundle: str | Path, volume, device: str = "cpu") -> dict:
     with bundle_code(bundle):
         parser = ConfigParser()
         parser.read_config(str(bundle / "configs" / "deploy.json"))
-        parser.update({"bundle_root": str(bundle), "device": device})
+        parser.update({"bundle_root": str(bundle), "device": device, **(overrides or {})})
         x = parser.get_parsed_content("preprocessing")({"image": volume})["image"]
         net = torch.jit.load(str(bundle / "models" / "model.ts"), map_location=device).eval()
         with torch.no_grad():
@@ -187,95 +216,14 @@ def sdk_image(volume):
     return Image(volume.numpy(), metadata=meta)
 
 
-def _code(value: str, meaning: str):
-    from pydicom.dataset import Dataset
+def write_outputs(out: str | Path, result: dict, evidence: list[str]) -> dict[str, Path]:
+    """``result.json`` and ``result_sr.dcm`` (a TID 1500 Measurement Report citing ``evidence``: every DICOM file
+    the result comes from) in ``out``; the SR is built before either file is written."""
+    from p53hcc.tools.deploy.sr import measurement_report
+    from p53hcc.tools.export.metadata import release
 
-    code = Dataset()
-    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = value, SCHEME, meaning
-    return code
-
-
-def _item(value_type: str, concept: tuple[str, str], **values):
-    from pydicom.dataset import Dataset
-
-    item = Dataset()
-    item.RelationshipType, item.ValueType = "CONTAINS", value_type
-    item.ConceptNameCodeSequence = [_code(*concept)]
-    for k, v in values.items():
-        setattr(item, k, v)
-    return item
-
-
-def _num(concept: tuple[str, str], value: float):
-    from pydicom.dataset import Dataset
-
-    unit = _code("1", "no units")
-    unit.CodingSchemeDesignator = "UCUM"
-    measured = Dataset()
-    measured.NumericValue = f"{value:.10g}"[:16]
-    measured.MeasurementUnitsCodeSequence = [unit]
-    return _item("NUM", concept, MeasuredValueSequence=[measured])
-
-
-def _class_item(concept: tuple[str, str], predicted: int, threshold: float):
-    label = "P53 mutated" if predicted else "P53 wild type"
-    relation = ">=" if predicted else "<"
-    return _item("TEXT", concept, TextValue=f"{label} (probability {relation} threshold {threshold:.6g})")
-
-
-def structured_report(result: dict, reference_file: str):
-    """An Enhanced SR of the result in the patient's study (patient and study modules copied from the input)."""
-    import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    ref = pydicom.dcmread(reference_file, stop_before_pixels=True)
-    ds = Dataset()
-    for tag in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
-                "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName"):
-        setattr(ds, tag, getattr(ref, tag, ""))
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ds.SOPClassUID, ds.SOPInstanceUID = ENHANCED_SR, generate_uid()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.Modality, ds.SeriesInstanceUID, ds.SeriesNumber, ds.InstanceNumber = "SR", generate_uid(), 900, 1
-    ds.SeriesDescription = f"P53 prediction v{result['model_version']}"[:64]
-    ds.Manufacturer = "p53hcc"
-    ds.ContentDate, ds.ContentTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
-    ds.CompletionFlag, ds.VerificationFlag = "COMPLETE", "UNVERIFIED"
-    ds.ValueType, ds.ContinuityOfContent = "CONTAINER", "SEPARATE"
-    ds.ConceptNameCodeSequence = [_code("P53-REPORT", "P53 mutation prediction (research use only)")]
-    content = [_num(("P53-PROB", "P53 mutation probability"), result["probability"])]
-    if result["predicted_class"] is not None:
-        content.append(_class_item(("P53-CLASS", "Predicted class"), result["predicted_class"], result["threshold"]))
-    content.append(_item("TEXT", ("P53-MODEL", "Model"), TextValue=f"{result['model']} version "
-                         f"{result['model_version']}"))
-    for phase in PHASES:
-        content.append(_item("UIDREF", (f"P53-{phase.upper()}", f"{phase.upper()} series"),
-                             UID=result["inputs"]["series"][phase]))
-        mask = result["inputs"]["masks"][phase]
-        concept = (f"P53-{phase.upper()}-SEG", f"{phase.upper()} mask")
-        content.append(_item("TEXT", concept, TextValue=Path(mask).name) if mask.endswith((".nii", ".nii.gz"))
-                       else _item("UIDREF", concept, UID=mask))
-    if result.get("dl_note"):
-        content.append(_item("TEXT", ("P53-NOTE", "Processing note"), TextValue=result["dl_note"][:1024]))
-    combined = result.get("combined")
-    if combined:
-        content.append(_num(("P53-COMB-PROB", "Combined model probability"), combined["probability"]))
-        if combined["predicted_class"] is not None:
-            content.append(_class_item(("P53-COMB-CLASS", "Combined model class"), combined["predicted_class"],
-                                       combined["threshold"]))
-        if combined["total_points"] is not None:
-            content.append(_num(("P53-NOMO-TOTAL", "Nomogram total points"), combined["total_points"]))
-    ds.ContentSequence = content
-    return ds
-
-
-def write_outputs(out: str | Path, result: dict, reference_file: str) -> dict[str, Path]:
-    """``result.json`` and ``result_sr.dcm`` in ``out`` (the SR is built before either file is written)."""
     out = Path(out)
-    sr = structured_report(result, reference_file)
+    sr = measurement_report(result, evidence, f"p53hcc {release('p53hcc')}")
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / RESULT_SR) as tmp:
         sr.save_as(str(tmp), enforce_file_format=True)
@@ -287,11 +235,9 @@ def score_dicom_study(folder: str | Path, models: str | Path, out: str | Path, d
     """The whole app: read and check the inputs, score them, write the outputs (nothing on any error).
 
     ``models`` is the exported bundle, or a folder holding it and the frozen study model in ``study_model/``."""
-    bundle, study_model = find_models(models)
-    study = read_study(folder)
-    check_inputs(study, bundle, study_model)
-    result = bundle_inference(bundle, study.volume, device)
+    bundle, study_model, study = prepare(folder, models)
+    result = bundle_inference(bundle, study.volume, device, BUNDLE_OVERRIDES)
     result = {**result, "dl_note": study.dl_note(), "inputs": study.identities(),
               **combined_for(study, study_model, result["probability"])}
-    write_outputs(out, result, study.reference_file)
+    write_outputs(out, result, study.evidence)
     return result

@@ -35,6 +35,17 @@ def penultimate_dim(name: str) -> int:
     return _PENULTIMATE[check_net_name(name)]
 
 
+def network_config(name: str = "resnet34", in_channels: int = 3, num_classes: int = 2, spatial_dims: int = 2) -> dict:
+    """The MONAI network ``name`` with the standard stem as a bundle config item: a stock MONAI ``_target_`` and
+    its arguments (what :func:`build_net` builds, and what an exported bundle names as its ``network_def``)."""
+    key = check_net_name(name)
+    if key == "densenet121":
+        return {"_target_": "monai.networks.nets.DenseNet121", "spatial_dims": spatial_dims,
+                "in_channels": in_channels, "out_channels": num_classes}
+    return {"_target_": f"monai.networks.nets.{key}", "spatial_dims": spatial_dims, "n_input_channels": in_channels,
+            "num_classes": num_classes, "conv1_t_size": 7, "conv1_t_stride": 2, "pretrained": False}
+
+
 def build_net(name: str = "resnet34", in_channels: int = 3, num_classes: int = 2, spatial_dims: int = 2,
               pretrained_path: str | None = None) -> nn.Module:
     """Build one of the six networks with a standard (torchvision-like) stem.
@@ -54,11 +65,8 @@ def build_net(name: str = "resnet34", in_channels: int = 3, num_classes: int = 2
     from monai.networks import nets
 
     key = check_net_name(name)
-    if key == "densenet121":
-        net = nets.DenseNet121(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=num_classes)
-    else:
-        net = getattr(nets, key)(spatial_dims=spatial_dims, n_input_channels=in_channels, num_classes=num_classes,
-                                 conv1_t_size=7, conv1_t_stride=2, pretrained=False)
+    spec = network_config(key, in_channels, num_classes, spatial_dims)
+    net = getattr(nets, spec.pop("_target_").rpartition(".")[2])(**spec)
     if pretrained_path:
         load_pretrained(net, pretrained_path, name=key)
     return net

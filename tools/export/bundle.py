@@ -30,8 +30,9 @@ import yaml
 
 from p53hcc.tools.dl.bundle import bundle_dir, check_arm
 from p53hcc.tools.errors import P53hccError
-from p53hcc.tools.export.configs import exported_configs, to_bundle_module, weights_digest
+from p53hcc.tools.export.configs import exported_configs, script_names, to_bundle_module, weights_digest
 from p53hcc.tools.export.metadata import (
+    check_weights_url,
     cohort_description,
     eval_metrics,
     large_files_yaml,
@@ -39,8 +40,8 @@ from p53hcc.tools.export.metadata import (
     release,
     required_packages,
 )
-from p53hcc.tools.export.readme import data_license, readme, unit_test
-from p53hcc.tools.export.scripts import format_code, generate_scripts, referenced_names
+from p53hcc.tools.export.readme import data_license, readme, sample_data_script, unit_test, unit_test_dist
+from p53hcc.tools.export.scripts import format_code, generate_scripts
 from p53hcc.tools.io import atomic_path, file_sha256, read_table
 from p53hcc.tools.schema import PHASES
 
@@ -48,7 +49,6 @@ log = logging.getLogger(__name__)
 #: Relative tolerance of the exported network's scores against the study's.
 RTOL = 1e-4
 WEIGHTS = ("models/model.pt", "models/model.ts")
-PLACEHOLDER_URL = "https://REPLACE-WITH-THE-PUBLIC-LOCATION-OF/{name}_v{version}"
 
 
 def choose_net(study_dir: Path, arm: str, net: str | None = None) -> str:
@@ -159,6 +159,7 @@ def export_bundle(study: str | os.PathLike, arm: str = "mc", out: str | os.PathL
         The bundle folder ``out/models/<name>``.
     """
     study_dir, arm, out = Path(study), check_arm(arm), Path(out)
+    weights_url = check_weights_url(weights_url) if weights_url else None
     net = choose_net(study_dir, arm, net)
     name = name or f"hcc_p53_{arm}_{net}_mri_classification"
     full = study_dir / "dl" / arm / net / "full"
@@ -176,8 +177,11 @@ def export_bundle(study: str | os.PathLike, arm: str = "mc", out: str | os.PathL
     configs = exported_configs(arm, name, params, chain["n4"], threshold, ff_shape, source)
     texts = {f"configs/{k}": to_bundle_module(v) for k, v in configs.items()}
     p53hcc_version = release("p53hcc")
-    scripts = generate_scripts(set().union(*(referenced_names(t, "scripts.components") for t in texts.values())),
-                               p53hcc_version)
+    needed: dict[str, set[str]] = {}
+    for cfg in configs.values():
+        for module, names in script_names(cfg).items():
+            needed.setdefault(module, set()).update(names)
+    scripts = generate_scripts(needed, p53hcc_version)
     dest = out / "models" / name
     changelog = {}
     if (dest / "configs" / "metadata.json").is_file():
@@ -191,9 +195,11 @@ def export_bundle(study: str | os.PathLike, arm: str = "mc", out: str | os.PathL
     texts["configs/metadata.json"] = json.dumps(meta, indent=4) + "\n"
     texts["configs/logging.conf"] = (bundle_dir("mc") / "configs" / "logging.conf").read_text(encoding="utf-8")
     texts.update(scripts)
+    texts["scripts/sample_data.py"] = format_code(sample_data_script())
     texts["LICENSE"] = (bundle_dir("mc") / "LICENSE").read_text(encoding="utf-8")
     synthetic = "SYNTHETIC" in meta["data_source"]
-    texts["docs/README.md"] = readme(name, arm, net, version, meta, params, chain["n4"], study_dir.name)
+    texts["docs/README.md"] = readme(name, arm, net, version, meta, params, chain["n4"], study_dir.name,
+                                     "multi_gpu_evaluate.json" in configs)
     texts["docs/data_license.txt"] = data_license(meta["data_source"], synthetic)
 
     out.mkdir(parents=True, exist_ok=True)
@@ -207,8 +213,7 @@ def export_bundle(study: str | os.PathLike, arm: str = "mc", out: str | os.PathL
         extra = {"metadata.json": texts["configs/metadata.json"], "inference.json": texts["configs/inference.json"],
                  "deploy.json": texts["configs/deploy.json"]}
         torch.jit.save(scripted, str(tmp / "models" / "model.ts"), _extra_files=extra)
-        url = weights_url or PLACEHOLDER_URL.format(name=name, version=version)
-        _write(tmp / "large_files.yml", large_files_yaml(tmp, WEIGHTS, url))
+        _write(tmp / "large_files.yml", large_files_yaml(tmp, WEIGHTS, weights_url, name, version))
         if dest.exists():
             shutil.rmtree(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -216,8 +221,10 @@ def export_bundle(study: str | os.PathLike, arm: str = "mc", out: str | os.PathL
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     _write(out / "ci" / "unit_tests" / f"test_{name}.py", format_code(unit_test(name, arm)))
+    _write(out / "ci" / "unit_tests" / f"test_{name}_dist.py", format_code(unit_test_dist(name, arm)))
     _zip(dest, out / f"{name}_v{version}.zip")
     if not weights_url:
-        log.warning("large_files.yml names a placeholder URL: pass --weights_url with the weights' public location "
+        log.warning("large_files.yml names no public URL yet (it says how to publish): pass --weights_url with the "
+                    "weights' public location "
                     "before submitting the bundle to the model zoo")
     return dest

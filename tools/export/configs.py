@@ -13,16 +13,19 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from p53hcc.tools.dl.bundle import bundle_dir
 from p53hcc.tools.dl.engine import precision_of
-from p53hcc.tools.export.scripts import ROOT
+from p53hcc.tools.export.scripts import ROOT, script_module
 
 #: Configs each exported bundle carries: (file, the arm whose shipped config it starts from; None: the exported arm).
 CONFIG_SOURCES = {"inference.json": "mc", "deploy.json": "mc", "train.json": None, "evaluate.json": None,
                   "multi_gpu_train.json": None, "multi_gpu_evaluate.json": None}
+#: Configs exported when the shipped bundle has them (multi-GPU evaluation: the shipped bundles' own file).
+OPTIONAL = {"multi_gpu_evaluate.json"}
 #: Training values copied from the study into train.json (the recipe its networks were trained with).
 RECIPE_KEYS = ("epochs", "batch_size", "learning_rate", "weight_decay", "min_scale", "seed", "precision", "optimizer",
                "loss", "lr_scheduler", "batch_augmentation")
@@ -38,9 +41,14 @@ def work_dir(name: str) -> str:
     return f"$os.path.join(os.path.expanduser('~'), 'p53hcc-work', '{name}')"
 
 
+#: p53hcc modules an exported config may take names from -> the config item holding the bundle's copy of it.
+#: The network modules are their own items, so building a network imports only what the network needs.
+SCRIPT_ITEMS = {ROOT: "p53", "p53hcc.tools.dl.nets": "p53_nets", "p53hcc.tools.dl.ffnet": "p53_ffnet"}
+
+
 def ff_network_def(net: str, n_components: list[int], n_selected: int) -> dict:
     """``network_def`` of the FF arm as one network (the shape of its head's fitted parts)."""
-    return {"_target_": f"{ROOT}.FFNet", "net": "@net", "n_components": list(n_components),
+    return {"_target_": "p53hcc.tools.dl.ffnet.FFNet", "net": "@net", "n_components": list(n_components),
             "n_selected": int(n_selected), "spatial_dims": 2}
 
 
@@ -52,6 +60,17 @@ def weights_digest(files: Mapping[str, str]) -> str:
     compared without the weights."""
     text = "\n".join(f"{k}:{files[k]}" for k in sorted(files))
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _network_def(cfg: dict, arm: str, net: str, file: str) -> dict:
+    """The exported ``network_def``: the MC network as the stock MONAI network it is (inference and deploy);
+    otherwise ``build_net`` from the bundle's minimal network module (training keeps its pretrained weights)."""
+    old = cfg["network_def"]
+    if arm == "mc" and file in ("inference.json", "deploy.json"):
+        from p53hcc.tools.dl.nets import network_config
+
+        return network_config(net, int(old["in_channels"]), int(old["num_classes"]), int(old["spatial_dims"]))
+    return {**old, "_target_": "p53hcc.tools.dl.nets.build_net"}
 
 
 def exported_configs(arm: str, name: str, params: dict, n4_params: dict, threshold: float | None,
@@ -72,6 +91,8 @@ def exported_configs(arm: str, name: str, params: dict, n4_params: dict, thresho
     values = {**{k: params[k] for k in CROP_KEYS}, "n4": True, "n4_params": dict(n4_params), "work_dir": work_dir(name)}
     out: dict[str, dict] = {}
     for file, source_arm in CONFIG_SOURCES.items():
+        if file in OPTIONAL and not (bundle_dir(source_arm or arm) / "configs" / file).is_file():
+            continue
         cfg = copy.deepcopy(_shipped(source_arm or arm, file))
         if "network_def" in cfg:  # a whole config, not an override of train.json
             cfg.update(values)
@@ -86,6 +107,8 @@ def exported_configs(arm: str, name: str, params: dict, n4_params: dict, thresho
                 cfg["precision"] = precision_of(params)
             if arm == "ff":
                 cfg["network_def"] = ff_network_def(params["net"], *ff_shape)
+        if "network_def" in cfg and str(cfg["network_def"].get("_target_", "")).endswith(".build_net"):
+            cfg["network_def"] = _network_def(cfg, arm, params["net"], file)
         for handler in cfg.get("handlers", []) if file == "inference.json" else []:
             if handler["_target_"].endswith("PatientTableWriter"):
                 handler["threshold"] = "@threshold"
@@ -93,6 +116,34 @@ def exported_configs(arm: str, name: str, params: dict, n4_params: dict, thresho
     return out
 
 
+def script_names(config: dict[str, Any]) -> dict[str, set[str]]:
+    """``{p53hcc module: names}`` a config takes from p53hcc (``_target_`` paths and the ``p53.`` alias)."""
+    text = json.dumps(config)
+    out = {m: set(re.findall(rf"{re.escape(m)}\.(\w+)", text)) for m in SCRIPT_ITEMS}
+    out[ROOT] |= set(re.findall(r"(?<![@\w.])p53\.(\w+)", text))
+    return {m: names for m, names in out.items() if names}
+
+
+def _loader(module: str) -> str:
+    """A config expression giving the bundle's copy of ``module`` (``scripts.<name>``), with the bundle root on
+    ``sys.path`` first: the bundle runs with ``--bundle_root`` from any working directory. (An expression, not an
+    ``$import``: MONAI evaluates every import statement before any other item.)"""
+    return ("$(sys.path.insert(0, @bundle_root) if @bundle_root not in sys.path else None, "
+            f"pkgutil.resolve_name('{script_module(module)}'))[1]")
+
+
 def to_bundle_module(config: dict[str, Any]) -> str:
-    """A config as JSON text naming the bundle's own ``scripts.components`` instead of the p53hcc module."""
-    return json.dumps(config, indent=4).replace(ROOT, "scripts.components") + "\n"
+    """A config as JSON text that names the bundle's own ``scripts`` package instead of p53hcc: each p53hcc module
+    becomes a config item (:data:`SCRIPT_ITEMS`) loading its copy from the bundle root, ``_target_`` paths become
+    references to it (``"$@p53.SplitChannelsd"``), and expressions use ``@p53.<name>``."""
+    used = script_names(config)
+    text = json.dumps(config, indent=4)
+    for module, item in SCRIPT_ITEMS.items():
+        text = re.sub(rf'"{re.escape(module)}\.(\w+)"', rf'"$@{item}.\1"', text)
+    text = re.sub(r"(?<![@\w.])p53\.(\w+)", r"@p53.\1", text)
+    cfg = json.loads(text)
+    if "imports" in cfg:  # a whole config: it defines the items (an override config uses its base config's)
+        imports = [i for i in cfg["imports"] if "p53hcc" not in i]
+        cfg["imports"] = imports + [i for i in ("$import sys", "$import pkgutil") if i not in imports]
+        cfg.update({SCRIPT_ITEMS[m]: _loader(m) for m in SCRIPT_ITEMS if m in used})
+    return json.dumps(cfg, indent=4) + "\n"

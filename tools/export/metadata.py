@@ -178,13 +178,39 @@ def md5(path: Path) -> str:
     return h.hexdigest()
 
 
-def large_files_yaml(bundle: Path, files: Iterable[str], base_url: str) -> str:
-    """``large_files.yml``: each weights file's URL (``base_url`` + its path) and MD5."""
+#: Where the weights are said to be until they are published (``large_files.yml`` without ``--weights_url``).
+UNPUBLISHED_URL = "https://UNPUBLISHED.invalid/{name}_v{version}"
+HOW_TO_PUBLISH = """# The weights are not published yet: the URLs below point nowhere (.invalid). Before this bundle goes to the
+# MONAI Model Zoo, upload models/model.pt and models/model.ts to a public HTTPS location that keeps them (a
+# release asset of your fork, an institutional data repository), then rerun
+#     p53hcc export-bundle STUDY --arm ARM --weights_url https://host/path/{name}_v{version}
+# (each file is then expected at <weights_url>/models/<file>) or edit the url fields. The zoo keeps files over
+# 25 MB out of its repository: commit this file, not the weights. The md5 hashes are those of the exported files.
+"""
+
+
+def check_weights_url(url: str) -> str:
+    """A public location of the weights: an ``https://`` URL (the zoo downloads from it)."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(str(url))
+    if parsed.scheme != "https" or not parsed.netloc or parsed.netloc.endswith(".invalid"):
+        raise P53hccError(f"--weights_url {url!r} is not a public https:// URL of the weights (e.g. "
+                          "https://github.com/ORG/REPO/releases/download/v0.1.0)")
+    return str(url)
+
+
+def large_files_yaml(bundle: Path, files: Iterable[str], base_url: str | None, name: str = "",
+                     version: str = "") -> str:
+    """``large_files.yml``: each weights file's URL (``base_url`` + its path) and MD5; without ``base_url`` the
+    URLs are unpublished placeholders and the file says how to publish the weights."""
+    head = "" if base_url else HOW_TO_PUBLISH.format(name=name, version=version)
+    base = base_url or UNPUBLISHED_URL.format(name=name, version=version)
     lines = ["large_files:"]
     for rel in files:
-        lines += [f'  - path: "{rel}"', f'    url: "{base_url.rstrip("/")}/{rel}"',
+        lines += [f'  - path: "{rel}"', f'    url: "{base.rstrip("/")}/{rel}"',
                   f'    hash_val: "{md5(bundle / rel)}"', '    hash_type: "md5"']
-    return "\n".join(lines) + "\n"
+    return head + "\n".join(lines) + "\n"
 
 
 def study_table(study_dir: Path, name: str) -> pd.DataFrame:

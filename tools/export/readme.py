@@ -19,8 +19,15 @@ def _metrics_table(ev: dict) -> str:
     return "| metric (study validation cohort) | value |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows)
 
 
+def _mgpu_evaluate(ff: bool) -> str:
+    phase = " --phase pvp" if ff else ""
+    return ("Multi-GPU evaluation (DDP) of a trained network:\n```bash\ntorchrun --nproc_per_node=2 -m monai.bundle run "
+            "--config_file \"['configs/train.json','configs/evaluate.json','configs/multi_gpu_evaluate.json']\" "
+            f"--dataset_dir /data/study --fold 0{phase} --work_dir /data/train\n```\n")
+
+
 def readme(name: str, arm: str, net: str, version: str, meta: dict, params: dict, n4_params: dict,
-           study_name: str) -> str:
+           study_name: str, mgpu_evaluate: bool = False) -> str:
     """The bundle's ``docs/README.md`` (Authors, Tags, Model Description, Data, Performance, Additional Usage
     Steps, System Configuration, Limitations, Citation Info, References, License), commands relative to the
     bundle root."""
@@ -71,8 +78,15 @@ cohort (never used for fitting or for choosing):
 on a synthetic cohort they say nothing about real patients.
 
 ## **Additional Usage Steps**
-Run every command from this folder (the bundle root). Outputs, caches and trained networks go to `--work_dir`
-(default `~/p53hcc-work/{name}`), never into the bundle.
+Run every command from this folder (the bundle root), or from anywhere with `--bundle_root PATH/TO/{name}` (the
+configs load the bundle's `scripts/` from `bundle_root` themselves). Outputs, caches and trained networks go to
+`--work_dir` (default `~/p53hcc-work/{name}`), never into the bundle.
+
+Sample data (synthetic volumes and masks of 10 patients and their `datalist.json`, for trying the commands and
+for the unit tests; they carry no information about P53):
+```bash
+python scripts/sample_data.py /data/sample
+```
 
 Inference on the `predict` section of `/data/new/datalist.json` -> `/data/out/eval/scores.csv`
 (`patient_id, label, score, predicted_class`):
@@ -106,7 +120,7 @@ Multi-GPU training (DDP):
 ```bash
 torchrun --nproc_per_node=2 -m monai.bundle run --config_file "['configs/train.json','configs/multi_gpu_train.json']" --dataset_dir /data/study{train_extra} --work_dir /data/train
 ```
-Checks (the model zoo's):
+{_mgpu_evaluate(ff) if mgpu_evaluate else ""}Checks (the model zoo's):
 ```bash
 python -m monai.bundle verify_metadata --meta_file configs/metadata.json --filepath eval/schema.json
 python -m monai.bundle verify_net_in_out network_def --meta_file configs/metadata.json --config_file configs/inference.json
@@ -117,6 +131,13 @@ The code the configs use is in `scripts/` (generated from p53hcc; the bundle doe
 ## **System Configuration**
 Trained on the exporting study's machine; inference runs on a CPU (a few seconds per patient, N4 dominating) or a
 CUDA GPU (`--device cuda`). Packages: `configs/metadata.json` (`required_packages_version`).
+
+TensorRT: not provided. The network scores one stack of three 2D crops per patient, milliseconds on a CPU; the
+time goes to reading, N4 bias correction and resampling, which TensorRT does not accelerate. There is no
+`configs/inference_trt.json` and no TensorRT benchmark.
+
+Publishing: the weights (`models/model.pt`, `models/model.ts`) are listed in `large_files.yml` with their MD5;
+the model zoo keeps files over 25 MB out of its repository and downloads them from the URLs there.
 
 ## **Limitations**
 Research use only; not a medical device and not for clinical decisions. The weights were fitted to one study's
@@ -145,10 +166,7 @@ def data_license(data_source: str, synthetic: bool) -> str:
             "bundle is shared.\n")
 
 
-def unit_test(name: str, arm: str) -> str:
-    """``ci/unit_tests/test_<name>.py``: the bundle's configs on synthetic volumes, in the model zoo's style."""
-    phase = ', "phase": "pvp"' if arm == "ff" else ""
-    return f'''# Copyright (c) p53hcc project contributors
+LICENSE_HEADER = """# Copyright (c) p53hcc project contributors
 # Licensed under the Apache License, Version 2.0 (the "License");
 # you may not use this file except in compliance with the License.
 # You may obtain a copy of the License at
@@ -158,21 +176,110 @@ def unit_test(name: str, arm: str) -> str:
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
+"""
 
+
+def sample_data_script() -> str:
+    """``scripts/sample_data.py``: synthetic sample data in the layout the bundle's configs read (the zoo asks a
+    bundle to ship or generate sample data; the unit tests use it)."""
+    return LICENSE_HEADER + '''"""Synthetic sample data for this bundle: three-phase volumes with a bright sphere, its masks, a datalist.
+
+Usage: ``python scripts/sample_data.py OUT_DIR [--n 10]`` writes ``OUT_DIR/datalist.json`` (``training``: folds 0 and
+1, ``predict``: the last two patients) and a NIfTI volume and mask per patient and phase. The images are made up:
+they exercise the configs (shapes, files, steps), they say nothing about P53.
+"""
+
+import argparse
 import json
 import os
-import shutil
-import sys
-import tempfile
-import unittest
 
 import numpy as np
 import SimpleITK as sitk  # noqa: N813
-import torch
-from monai.bundle import ConfigParser, ConfigWorkflow
-from utils import check_workflow
+
+PHASES = ("ap", "pvp", "dp")
+SPACING = (1.5, 1.5, 4.0)
+
+
+def write_volume(path, array, spacing=SPACING):
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))
+    image.SetSpacing(spacing)
+    sitk.WriteImage(image, path)
+
+
+def write_sample_data(out, n=10, seed=0, shape=(32, 32, 8)):
+    """Write ``n`` patients (the last two to ``predict``) under ``out``; returns the datalist's path."""
+    os.makedirs(out, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.arange(k) for k in shape], indexing="ij"))
+    datalist = {"training": [], "validation": [], "external": [], "predict": []}
+    for i in range(n):
+        pid, label = f"P{i:03d}", i % 2
+        centre = np.array(shape) / 2 + rng.uniform(-2, 2, 3)
+        mask = (np.sqrt((((grid.T - centre) * SPACING) ** 2).sum(-1)).T < 9).astype(np.uint8)
+        item = {"patient_id": pid, "label": label, "fold": i % 2 if i < n - 2 else -1}
+        for phase in PHASES:
+            image = rng.normal(100, 5, mask.shape) + mask * (30 + 20 * label)
+            write_volume(os.path.join(out, f"{pid}_{phase}.nii.gz"), image.astype(np.float32))
+            write_volume(os.path.join(out, f"{pid}_{phase}_mask.nii.gz"), mask)
+            item[phase] = f"{pid}_{phase}.nii.gz"
+            item[f"{phase}_mask"] = f"{pid}_{phase}_mask.nii.gz"
+        datalist["training" if i < n - 2 else "predict"].append(item)
+    path = os.path.join(out, "datalist.json")
+    with open(path, "w") as f:
+        json.dump(datalist, f, indent=2)
+    return path
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out")
+    parser.add_argument("--n", type=int, default=10)
+    args = parser.parse_args()
+    print(write_sample_data(args.out, args.n))
+'''
+
+
+_SAMPLE_DATA = '''
 
 BUNDLE_ROOT = "models/{name}"
+
+
+def sample_data(out):
+    """The bundle's own sample-data generator (scripts/sample_data.py), loaded from its file."""
+    spec = importlib.util.spec_from_file_location("sample_data", os.path.join(BUNDLE_ROOT, "scripts/sample_data.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.write_sample_data(out)
+
+
+class SampleDataCase(unittest.TestCase):
+    """A test with the bundle's sample data in ``dataset_dir`` and an empty ``work_dir``."""
+
+    def setUp(self):
+        self.dataset_dir = tempfile.mkdtemp()
+        self.work_dir = tempfile.mkdtemp()
+        sample_data(self.dataset_dir)
+
+    def tearDown(self):
+        shutil.rmtree(self.dataset_dir)
+        shutil.rmtree(self.work_dir)
+'''
+
+
+def _test_module(name: str, imports: list[str], body: str) -> str:
+    """A zoo unit test: licence header, the imports (isort orders them), the shared sample-data helper, ``body``."""
+    common = ["import importlib.util", "import os", "import shutil", "import tempfile", "import unittest", "",
+              "import torch"]
+    return LICENSE_HEADER + "\n" + "\n".join(common + imports) + _SAMPLE_DATA.format(name=name) + body
+
+
+def unit_test(name: str, arm: str) -> str:
+    """``ci/unit_tests/test_<name>.py``: the bundle's configs on its sample data, in the model zoo's style. No
+    ``sys.path`` change: the configs load the bundle's ``scripts`` from ``bundle_root`` themselves."""
+    phase = ', "phase": "pvp"' if arm == "ff" else ""
+    return _test_module(name, ["import json", "from monai.bundle import ConfigParser, ConfigWorkflow",
+                               "from utils import check_workflow"], f'''
+
 TEST_CASE_TRAIN = [{{"bundle_root": BUNDLE_ROOT, "epochs": 1, "spatial_size": 32, "batch_size": 4, "fold": 0{phase}}}]
 TEST_CASE_INFER = [{{"bundle_root": BUNDLE_ROOT, "infer_part": "predict"}}]
 
@@ -188,39 +295,7 @@ def test_order(test_name1, test_name2):
     return get_order(test_name1) - get_order(test_name2)
 
 
-def write_volume(path, array, spacing=(1.5, 1.5, 4.0)):
-    image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))
-    image.SetSpacing(spacing)
-    sitk.WriteImage(image, path)
-
-
-class TestP53HccBundle(unittest.TestCase):
-    def setUp(self):
-        sys.path.insert(0, os.path.abspath(BUNDLE_ROOT))  # the configs import scripts.components
-        self.dataset_dir = tempfile.mkdtemp()
-        self.work_dir = tempfile.mkdtemp()
-        rng = np.random.default_rng(0)
-        grid = np.stack(np.meshgrid(*[np.arange(n) for n in (32, 32, 8)], indexing="ij"))
-        datalist = {{"training": [], "validation": [], "external": [], "predict": []}}
-        for i in range(10):
-            pid, label = f"P{{i:03d}}", i % 2
-            centre = np.array([16, 16, 4]) + rng.uniform(-2, 2, 3)
-            mask = (np.sqrt((((grid.T - centre) * [1.5, 1.5, 4.0]) ** 2).sum(-1)).T < 9).astype(np.uint8)
-            item = {{"patient_id": pid, "label": label, "fold": i % 2 if i < 8 else -1}}
-            for phase in ("ap", "pvp", "dp"):
-                image = rng.normal(100, 5, mask.shape) + mask * (30 + 20 * label)
-                write_volume(os.path.join(self.dataset_dir, f"{{pid}}_{{phase}}.nii.gz"), image.astype(np.float32))
-                write_volume(os.path.join(self.dataset_dir, f"{{pid}}_{{phase}}_mask.nii.gz"), mask)
-                item[phase] = f"{{pid}}_{{phase}}.nii.gz"
-                item[f"{{phase}}_mask"] = f"{{pid}}_{{phase}}_mask.nii.gz"
-            datalist["training" if i < 8 else "predict"].append(item)
-        with open(os.path.join(self.dataset_dir, "datalist.json"), "w") as f:
-            json.dump(datalist, f)
-
-    def tearDown(self):
-        shutil.rmtree(self.dataset_dir)
-        shutil.rmtree(self.work_dir)
-
+class TestP53HccBundle(SampleDataCase):
     def workflow(self, workflow_type, configs, override):
         override = {{**override, "dataset_dir": self.dataset_dir, "work_dir": self.work_dir, "device": "cpu"}}
         return ConfigWorkflow(
@@ -237,13 +312,16 @@ class TestP53HccBundle(unittest.TestCase):
             check_workflow(self.workflow("train", ["train.json", "evaluate.json"], override), check_properties=True)
 
     def test_infer_config(self):
+        with open(os.path.join(BUNDLE_ROOT, "configs/inference.json")) as f:
+            threshold = json.load(f).get("threshold")  # None: no operating point, no predicted class
         for override in TEST_CASE_INFER:
             scores = os.path.join(self.work_dir, "scores.csv")
             check_workflow(self.workflow("infer", ["inference.json"], {{**override, "predictions_path": scores}}), True)
             with open(scores) as f:
                 rows = f.read().strip().splitlines()
             self.assertEqual(len(rows), 3)
-            self.assertEqual(rows[0], "patient_id,label,score,predicted_class")
+            header = "patient_id,label,score" + (",predicted_class" if threshold is not None else "")
+            self.assertEqual(rows[0], header)
 
     def test_deploy_config_in_memory(self):
         parser = ConfigParser()
@@ -251,10 +329,10 @@ class TestP53HccBundle(unittest.TestCase):
         parser.update({{"bundle_root": BUNDLE_ROOT, "device": "cpu"}})
         item = ConfigParser.load_config_file(os.path.join(self.dataset_dir, "datalist.json"))["predict"][0]
         from monai.transforms import LoadImaged
-        from scripts.components import SeriesSpacingReader  # the reader the bundle's inference uses
 
+        reader = parser.get_parsed_content("p53").SeriesSpacingReader()  # the reader the bundle's inference uses
         keys = ["ap", "pvp", "dp", "ap_mask", "pvp_mask", "dp_mask"]
-        data = LoadImaged(keys, reader=SeriesSpacingReader(), image_only=True, ensure_channel_first=True)(
+        data = LoadImaged(keys, reader=reader, image_only=True, ensure_channel_first=True)(
             {{k: os.path.join(self.dataset_dir, item[k]) for k in keys}}
         )
         x = parser.get_parsed_content("preprocessing")({{"image": torch.cat([data[k] for k in keys])}})["image"]
@@ -269,4 +347,34 @@ if __name__ == "__main__":
     loader = unittest.TestLoader()
     loader.sortTestMethodsUsing = test_order
     unittest.main(testLoader=loader)
-'''
+''')
+
+
+def unit_test_dist(name: str, arm: str) -> str:
+    """``ci/unit_tests/test_<name>_dist.py``: ``multi_gpu_train.json`` under torchrun, as the zoo's multi-GPU
+    tests run it (one process per GPU; two gloo processes on a machine without one)."""
+    phase = ', "phase": "pvp"' if arm == "ff" else ""
+    return _test_module(name, ["from utils import export_config_and_run_mgpu_cmd"], f'''
+
+TEST_CASE_1 = [{{"bundle_root": BUNDLE_ROOT, "epochs": 1, "spatial_size": 32, "batch_size": 2, "fold": 0{phase}}}]
+
+
+class TestP53HccBundleMGPU(SampleDataCase):
+    def test_train_mgpu_config(self):
+        for override in TEST_CASE_1:
+            override = {{**override, "dataset_dir": self.dataset_dir, "work_dir": self.work_dir,
+                        "ckpt_dir": os.path.join(self.work_dir, "models")}}
+            export_config_and_run_mgpu_cmd(
+                config_file=[os.path.join(BUNDLE_ROOT, "configs", c) for c in ("train.json", "multi_gpu_train.json")],
+                logging_file=os.path.join(BUNDLE_ROOT, "configs/logging.conf"),
+                meta_file=os.path.join(BUNDLE_ROOT, "configs/metadata.json"),
+                override_dict=override,
+                output_path=os.path.join(self.work_dir, "train_override.json"),
+                ngpu=torch.cuda.device_count() or 2,
+            )
+            self.assertTrue(os.path.isfile(os.path.join(self.work_dir, "models", "model.pt")))
+
+
+if __name__ == "__main__":
+    unittest.main()
+''')

@@ -7,7 +7,7 @@ the source of exactly the definitions the configs reach: starting from names of
 constants, imports, also imports inside functions) through the p53hcc modules that define them. Each p53hcc
 module contributes one file ``scripts/<module>.py`` holding only what is needed, its ``p53hcc`` imports rewritten
 to ``scripts.<module>``; third-party imports are kept. The files are formatted with the model zoo's black and
-isort settings when those tools are installed (``p53hcc[deploy]``), so the zoo's code-format check passes.
+isort settings when those tools are installed (``p53hcc[zoo]``), so the zoo's code-format check passes.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import ast
 import importlib.util
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -170,36 +170,98 @@ def module_text(module: str, plan: _Plan, version: str, exports: Iterable[str] =
     return text
 
 
+def _literal(token: str) -> tuple[str, str, str] | None:
+    """``(prefix, quote, body)`` of a one-line string literal token (None for triple-quoted ones)."""
+    m = re.fullmatch(r"([rRfFbBuU]*)(['\"])(.*)\2", token, re.DOTALL)
+    if m is None or token.endswith(('"""', "'''")) or "\n" in token:
+        return None
+    return m.group(1).lower(), m.group(2), m.group(3)
+
+
+def _merged(a: tuple[str, str, str], b: tuple[str, str, str]) -> str | None:
+    """Two adjacent literals as one (None where prefixes or quotes differ in a way that needs care)."""
+    (pa, qa, ba), (pb, qb, bb) = a, b
+    if qa != qb or ("r" in pa) != ("r" in pb) or ("b" in pa) != ("b" in pb):
+        return None
+    if ("f" in pa) != ("f" in pb):  # the plain part's braces become literal braces of the f-string
+        ba, bb = (ba, bb.replace("{", "{{").replace("}", "}}")) if "f" in pa else (
+            ba.replace("{", "{{").replace("}", "}}"), bb)
+    prefix = "".join(sorted(set(pa + pb) - {"u"}))
+    return f"{prefix}{qa}{ba}{bb}{qa}"
+
+
+def join_adjacent_strings(text: str) -> str:
+    """Adjacent string literals on one line merged into one (``"a " "b"`` -> ``"a b"``): black joins a wrapped
+    message onto one line and leaves the implicit concatenation, which the zoo's flake8 (bugbear B914) refuses."""
+    import io
+    import tokenize
+
+    tokens = [t for t in tokenize.generate_tokens(io.StringIO(text).readline)]
+    lines = text.splitlines(keepends=True)
+    offsets = [0]
+    for line in lines:
+        offsets.append(offsets[-1] + len(line))
+    edits = []
+    i = 0
+    while i < len(tokens):
+        run = [tokens[i]] if tokens[i].type == tokenize.STRING else []
+        while run and i + 1 < len(tokens) and tokens[i + 1].type == tokenize.STRING and \
+                tokens[i + 1].start[0] == run[-1].end[0] == run[0].start[0]:
+            run.append(tokens[i + 1])
+            i += 1
+        i += 1
+        if len(run) < 2 or any(_literal(t.string) is None for t in run):
+            continue
+        merged = _literal(run[0].string)
+        text_out = run[0].string
+        for t in run[1:]:
+            joined = _merged(merged, _literal(t.string))
+            if joined is None:
+                break
+            text_out, merged = joined, _literal(joined)
+        else:
+            start = offsets[run[0].start[0] - 1] + run[0].start[1]
+            end = offsets[run[-1].end[0] - 1] + run[-1].end[1]
+            edits.append((start, end, text_out))
+    for start, end, new in reversed(edits):
+        text = text[:start] + new + text[end:]
+    return text
+
+
 def format_code(text: str) -> str:
     """``text`` formatted like the model zoo's code (isort, black at 120 columns), when the tools are installed."""
     try:
         import black
         import isort
     except ImportError:
-        log.warning("black/isort are not installed (pip install 'p53hcc[deploy]'): scripts/ is not formatted as "
+        log.warning("black/isort are not installed (pip install 'p53hcc[zoo]'): scripts/ is not formatted as "
                     "the model zoo's code-format check requires")
         return text
     text = isort.code(text, config=isort.Config(profile="black", line_length=LINE_LENGTH,
                                                 known_first_party=["models"], known_third_party=[PACKAGE]))
     mode = black.Mode(line_length=LINE_LENGTH, magic_trailing_comma=False,
                       target_versions={black.TargetVersion.PY39})
-    return black.format_str(text, mode=mode)
+    return join_adjacent_strings(black.format_str(text, mode=mode))
 
 
-def generate_scripts(names: Iterable[str], version: str, root: str = ROOT) -> dict[str, str]:
-    """``{relative path: text}`` of the ``scripts/`` package that defines ``names`` of ``root``.
+def generate_scripts(names: Mapping[str, Iterable[str]] | Iterable[str], version: str) -> dict[str, str]:
+    """``{relative path: text}`` of the ``scripts/`` package that defines ``names``: ``{p53hcc module: names}``
+    (a plain iterable: names of :data:`ROOT`).
 
-    ``scripts/components.py`` exposes every requested name, as the p53hcc module does, so configs that used
-    ``p53hcc.tools.dl.components`` work with ``scripts.components`` after a rename of the module alone.
+    Each requested module's file exposes its requested names as ``__all__``, so configs that used
+    ``p53hcc.tools.dl.components.X`` work with ``scripts.components.X``; a network module (``scripts/nets.py``,
+    ``scripts/ffnet.py``) holds only what building the network needs.
     """
-    names, plan = sorted(set(names)), _Plan()
-    for name in names:
-        _resolve(plan, root, name)
-    plan.imported.setdefault(root, set())
+    roots = {k: sorted(set(v)) for k, v in names.items()} if isinstance(names, Mapping) else {ROOT: sorted(set(names))}
+    plan = _Plan()
+    for root, wanted in roots.items():
+        for name in wanted:
+            _resolve(plan, root, name)
+        plan.imported.setdefault(root, set())
     files = {f"{PACKAGE}/__init__.py": f'"""This bundle\'s code, generated by `p53hcc export-bundle` (p53hcc {version})."""\n'}
     for module in sorted(set(plan.statements) | set(plan.imported)):
         path = script_module(module).replace(".", "/") + ".py"
-        files[path] = format_code(module_text(module, plan, version, set(names) if module == root else ()))
+        files[path] = format_code(module_text(module, plan, version, set(roots.get(module, ()))))
     return files
 
 

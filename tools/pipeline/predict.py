@@ -121,19 +121,22 @@ def default_dl_scorer(model_dir: Path, cohort_csv: Path, work: Path, manifest: d
 
 
 def predict_cohort(model_dir: str | Path, cohort_csv: str | Path, out: str | Path,
-                   dl_scorer: DlScorer = default_dl_scorer, gradcam: bool = True, purpose: str = "cohort") -> Path:
+                   dl_scorer: DlScorer = default_dl_scorer, gradcam: bool = True, purpose: str = "cohort",
+                   workers: int | None = None) -> Path:
     """Frozen model -> ``out/predictions.csv`` for new patients (and Grad-CAM images under ``out/gradcam/``).
 
     The new cohort is validated (files, values, every clinical column the frozen clinical model needs, ROIs
     against the frozen radiomics parameters; ``purpose="evaluate"`` also needs both classes), then preprocessed
-    and radiomics-extracted with the frozen parameters into ``out/work/``; nothing is refitted.
+    and radiomics-extracted with the frozen parameters into ``out/work/``; nothing is refitted. ``workers``: local
+    processes of those steps (default all cores; 1 runs them inline, as the Deploy app does for one patient).
     """
     model_dir, cohort_csv, out = Path(model_dir), Path(cohort_csv).resolve(), Path(out)
     with folder_lock(out):
-        return _predict(model_dir, cohort_csv, out, dl_scorer, gradcam, purpose)
+        return _predict(model_dir, cohort_csv, out, dl_scorer, gradcam, purpose, workers)
 
 
-def _predict(model_dir: Path, cohort_csv: Path, out: Path, dl_scorer: DlScorer, gradcam: bool, purpose: str) -> Path:
+def _predict(model_dir: Path, cohort_csv: Path, out: Path, dl_scorer: DlScorer, gradcam: bool, purpose: str,
+             workers: int | None = None) -> Path:
     bundle = load_model(model_dir)
     requirements = image_requirements(model_dir / "radiomics_params.yaml")
     problems = cohort_problems(cohort_csv, requirements, purpose=purpose, progress=False)
@@ -143,8 +146,9 @@ def _predict(model_dir: Path, cohort_csv: Path, out: Path, dl_scorer: DlScorer, 
         batch_of(cohort_csv, harmonisation["batch_column"])
     (out / "predictions.csv").unlink(missing_ok=True)  # never leave an earlier cohort's predictions beside a failure
     work = out / "work"
-    preprocess_cohort(cohort_csv, work, params=bundle["manifest"]["preprocessing"]["config"].get("params"))
-    radiomics = extract_cohort(cohort_csv, work, params=str(model_dir / "radiomics_params.yaml"))
+    preprocess_cohort(cohort_csv, work, workers=workers,
+                      params=bundle["manifest"]["preprocessing"]["config"].get("params"))
+    radiomics = extract_cohort(cohort_csv, work, params=str(model_dir / "radiomics_params.yaml"), workers=workers)
     dl = dl_scorer(model_dir, cohort_csv, work, bundle["manifest"]) if bundle["manifest"].get("dl") else None
     pred = score_patients(bundle, read_cohort(cohort_csv), radiomics, dl)
     dest = atomic_write_table(out / "predictions.csv", pred)

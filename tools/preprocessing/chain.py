@@ -6,6 +6,8 @@ checks that the two agree).
 """
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,12 @@ from p53hcc.tools.cohort.dicomseg import is_dicom_seg, read_seg
 from p53hcc.tools.cohort.imageio import dicom_files, series_spacing
 from p53hcc.tools.preprocessing.n4 import N4BiasFieldCorrectiond
 from p53hcc.tools.preprocessing.params import RAS_LABELS, chain_params
+
+# MONAI's LoadImage registers every reader it knows, the GPU DICOM decoder (nvImageCodec) included, and each time
+# warns that the decoder is absent: two lines per image read, hundreds in a study log. p53hcc reads DICOM through
+# ITK and pydicom on the CPU, so the absent GPU decoder is not news.
+warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader: nvImageCodec decoder plugin did not register")
+logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
 
 
 class SeriesSpacingReader(ITKReader):

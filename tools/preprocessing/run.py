@@ -58,12 +58,12 @@ def _sidecar_key(sidecar: Path) -> str | None:
     return found.get("key") if isinstance(found, dict) else None
 
 
-def _save_nifti(dest: Path, tensor: Any, dtype) -> None:
+def _save_nifti(dest: Path, tensor: Any, dtype, stored: bool = False) -> None:
     """Write a channel-first MetaTensor (one channel) as NIfTI with its RAS affine, atomically.
 
     Huffman-only gzip: z-scored float32 barely compresses, and full deflate here cost more than N4 itself.
     The gzip header carries no timestamp, so identical voxels give identical bytes (downstream caches key on
-    file content).
+    file content). ``stored``: gzip without compression (a scratch copy read once, where time counts).
     """
     import zlib
 
@@ -71,7 +71,8 @@ def _save_nifti(dest: Path, tensor: Any, dtype) -> None:
 
     arr = np.asarray(tensor.detach().cpu().numpy()[0], dtype=dtype)
     affine = np.asarray(tensor.affine.detach().cpu().numpy(), dtype=np.float64)
-    packer = zlib.compressobj(1, zlib.DEFLATED, 31, 8, zlib.Z_HUFFMAN_ONLY)  # wbits 31: gzip container
+    packer = (zlib.compressobj(0, zlib.DEFLATED, 31) if stored  # wbits 31: gzip container
+              else zlib.compressobj(1, zlib.DEFLATED, 31, 8, zlib.Z_HUFFMAN_ONLY))
     payload = packer.compress(nib.Nifti1Image(arr, affine).to_bytes()) + packer.flush()
     with atomic_path(dest) as tmp:
         tmp.write_bytes(payload)
@@ -101,6 +102,14 @@ def _check_grid(img: Any, mask: Any) -> None:
                          "(size/spacing/origin/direction differ)")
 
 
+def _save_result(dest: Path, phase: str, data: Mapping[str, Any], sidecar: dict, stored: bool = False) -> None:
+    """One patient-phase's preprocessed image (and mask, binarised) and, last, its sidecar (cache key)."""
+    _save_nifti(dest / f"{phase}.nii.gz", data["image"], np.float32, stored)
+    if "mask" in data:
+        _save_nifti(dest / f"{phase}_mask.nii.gz", data["mask"] > 0.5, np.uint8, stored)
+    atomic_write_json(dest / f"{phase}.json", sidecar)
+
+
 def process_one(task: dict) -> dict:
     """Preprocess one patient-phase (runs in a worker). Never raises: failures come back as ``error`` records.
 
@@ -127,17 +136,13 @@ def _process_one(task: dict) -> dict:
             data["mask"] = mask["mask"]
         task["_stage"], task["_path"] = "resampling/normalisation", task["image"]
         data = preprocessing_chain(p, ["image"], ["mask"] if task["mask"] else [], load=False, n4=False)(data)
-        dest = Path(task["dest"])
-        _save_nifti(dest / f"{task['phase']}.nii.gz", data["image"], np.float32)
-        if task["mask"]:
-            if not bool((data["mask"] > 0.5).any()):
-                task["_path"] = task["mask"]
-                raise ValueError("mask is empty on the 1 mm grid")
-            _save_nifti(dest / f"{task['phase']}_mask.nii.gz", data["mask"] > 0.5, np.uint8)
+        if task["mask"] and not bool((data["mask"] > 0.5).any()):
+            task["_path"] = task["mask"]
+            raise ValueError("mask is empty on the 1 mm grid")
         out.update(seconds_n4=n4_seconds, n4_cached=n4_cached, seconds=time.perf_counter() - t0, cached=False)
-        atomic_write_json(dest / f"{task['phase']}.json", {**out, "n4_key": task["n4_key"], "params": p,
-                                                            "image_source": task["image"],
-                                                            "mask_source": task["mask"]})
+        _save_result(Path(task["dest"]), task["phase"], data, {**out, "n4_key": task["n4_key"], "params": p,
+                                                               "image_source": task["image"],
+                                                               "mask_source": task["mask"]})
         return out
     except Exception as exc:  # noqa: BLE001 - reported per patient, the others go on
         return {**out, "error": f"{task.get('_stage', 'preprocessing')} failed: {type(exc).__name__}: {exc}",
@@ -249,6 +254,22 @@ def preprocess_cohort(cohort_csv: str | os.PathLike, out: str | os.PathLike, wor
     apply_policy(out, "preprocess", [{"patient_id": f["patient_id"], "phase": f["phase"], "reason": _reason(f)}
                                      for f in failures], len(items), on_failure, "patient-phase(s)")
     return df
+
+
+def seed_preprocessed(out: str | os.PathLike, patient_id: str, phase: str, image: str | os.PathLike,
+                      mask: str | os.PathLike, data: Mapping[str, Any],
+                      params: Mapping[str, Any] | str | None = None) -> None:
+    """Store ``data`` (the chain's output for ``image`` and ``mask``: N4 -> 1 mm -> z-score, mask resampled) as the
+    cached result :func:`preprocess_cohort` with ``out`` and ``params`` finds for that patient-phase, so it
+    preprocesses nothing again. The Deploy app preprocesses each phase once for its bundle and seeds its combined
+    model's one-patient ``predict`` with it (:mod:`p53hcc.tools.deploy.shared_preprocessing`)."""
+    p = resolve_params(params)
+    if not bool((data["mask"] > 0.5).any()):
+        raise P53hccError(f"patient {patient_id} phase {phase}: file {mask}: mask is empty on the 1 mm grid")
+    n4_key, key = _keys(file_sha256(image), file_sha256(mask), p)
+    _save_result(Path(out) / "preprocessed" / str(patient_id), phase, data,
+                 {"patient_id": str(patient_id), "phase": phase, "key": key, "n4_key": n4_key, "params": p,
+                  "image_source": str(image), "mask_source": str(mask), "seeded": True}, stored=True)
 
 
 def preprocessed_items(items: list[dict], study_dir: str | os.PathLike) -> list[dict]:

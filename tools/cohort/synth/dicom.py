@@ -30,7 +30,7 @@ def _modules():
         import highdicom
         import pydicom
     except ImportError as err:
-        raise P53hccError("synth --format dicom needs pydicom and highdicom: pip install 'p53hcc[deploy]'") from err
+        raise P53hccError("synth --format dicom needs pydicom and highdicom: pip install 'p53hcc[dicom]'") from err
     return pydicom, highdicom
 
 
