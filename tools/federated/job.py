@@ -1,0 +1,154 @@
+"""``p53hcc federated``: the study as an NVIDIA FLARE job, run in FLARE's simulator or exported for a real
+(provisioned) deployment; the same job either way.
+
+The job: the server runs :class:`~p53hcc.tools.federated.controller.StudyController` (the protocol of
+:mod:`.server`); every site runs the Client API script :mod:`.client`, which reads only its own cohort CSV and
+images. In the simulator each site is its own process and the cohort is split by ``site_column`` into one CSV per
+site (``OUT/sites/<site>/cohort.csv``, the stand-in for each hospital's own table). On a real deployment each
+site keeps its CSV where it likes and says where through ``P53HCC_SITE_COHORT`` (docs/federated.md).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from p53hcc.tools.errors import InputError, P53hccError
+from p53hcc.tools.federated.settings import FederatedSettings
+from p53hcc.tools.io import atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+JOB_NAME = "p53hcc_federated"
+#: FLARE's polling intervals (seconds): the defaults (0.5-2 s) make every protocol round cost ~3 s.
+TASK_CHECK_PERIOD = 0.02
+TASK_REQUEST_INTERVAL = 0.05
+
+
+def site_name(value: str) -> str:
+    """A FLARE client name for a site value (letters, digits, ``-``, ``_``; ``site-`` prefix)."""
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", str(value)).strip("-")
+    if not slug:
+        raise InputError(None, f"site value {value!r} gives an empty site name")
+    return f"site-{slug}"
+
+
+def split_cohort(cohort_csv: str | Path, site_column: str, out: str | Path) -> dict[str, Path]:
+    """One cohort CSV per site (absolute image paths) under ``out/<site>/cohort.csv``; ``{site name: csv}``."""
+    from p53hcc.tools.cohort.manifest import read_cohort
+
+    df = read_cohort(cohort_csv)
+    if site_column not in df.columns:
+        raise InputError(None, f"the site column is not in {cohort_csv}", column=site_column)
+    blank = df[site_column].isna() | (df[site_column].astype(str).str.strip() == "")
+    if blank.any():
+        raise InputError(str(df.loc[blank, "patient_id"].iloc[0]), "no site value", column=site_column)
+    raw = pd.read_csv(cohort_csv, dtype=str, keep_default_na=False)
+    for col in [c for c in raw.columns if c in df.columns and c.endswith(("ap", "pvp", "dp", "mask", "_r2"))]:
+        raw[col] = [v if not v else str((Path(cohort_csv).resolve().parent / v).resolve()) for v in raw[col]]
+    names = {v: site_name(v) for v in sorted(df[site_column].astype(str).unique())}
+    if len(set(names.values())) < len(names):
+        raise InputError(None, f"site values {sorted(names)} give clashing site names", column=site_column)
+    out = Path(out)
+    paths = {}
+    for value, name in names.items():
+        path = out / name / "cohort.csv"
+        atomic_write_text(path, raw[raw[site_column].astype(str) == value].to_csv(index=False))
+        paths[name] = path
+    return paths
+
+
+def build_job(cfg: dict, fl: FederatedSettings, site_csvs: dict[str, Path] | None, out: Path,
+              sites: list[str] | None = None):
+    """The FLARE job: the study controller on the server, the client script on every site.
+
+    ``site_csvs`` (the simulator) passes each site its CSV; without it (a real deployment) each site reads
+    ``P53HCC_SITE_COHORT``.
+    """
+    from nvflare.job_config.api import FedJob
+    from nvflare.job_config.script_runner import FrameworkType, ScriptRunner
+
+    from p53hcc.tools.federated import client
+    from p53hcc.tools.federated.controller import StudyController
+
+    names = list(site_csvs) if site_csvs else list(sites or [])
+    job = FedJob(name=JOB_NAME, min_clients=len(names))
+    job.to_server(StudyController(cfg=cfg, fl=fl.model_dump(), out=str(out / "server"), sites=names,
+                                  task_check_period=TASK_CHECK_PERIOD))
+    job.to_server({"server": {"task_request_interval": TASK_REQUEST_INTERVAL}})
+    for name in names:
+        args = [] if not site_csvs else ["--cohort", str(site_csvs[name]), "--work", str(out / "sites" / name / "work")]
+        job.to(ScriptRunner(script=client.__file__, script_args=args, framework=FrameworkType.RAW), name)
+    return job
+
+
+def run_federated(cohort: str | Path, out: str | Path, cfg: dict, fl: FederatedSettings,
+                  export_only: bool = False) -> Path:
+    """Split the cohort by site, run the job in FLARE's simulator (one process per site), write the report.
+
+    With ``export_only`` the job is written to ``OUT/job`` for a real deployment instead of being run.
+    """
+    out = Path(out).resolve()
+    site_csvs = split_cohort(cohort, fl.site_column, out / "sites")
+    if len(site_csvs) < 2:
+        raise P53hccError(f"column {fl.site_column!r} has {len(site_csvs)} site(s); a federation needs two or more")
+    job = build_job(cfg, fl, site_csvs, out)
+    atomic_write_json(out / "federated.json", {"cohort": str(cohort), "sites": {k: str(v) for k, v in site_csvs.items()},
+                                               "settings": fl.model_dump()})
+    if export_only:
+        job.export_job(str(out / "job"))
+        return out / "job" / JOB_NAME
+    workspace = out / "flare"
+    shutil.rmtree(workspace, ignore_errors=True)
+    t0 = time.perf_counter()
+    log.info("federated: %d sites in FLARE's simulator (%s)", len(site_csvs), ", ".join(site_csvs))
+    status = job.simulator_run(str(workspace), threads=len(site_csvs))
+    summary_path = out / "server" / "summary.json"
+    if status not in (None, 0) or not summary_path.is_file():
+        raise P53hccError(f"the federated job failed (status {status}); logs: {workspace}/server/log.txt and "
+                          f"{workspace}/<site>/log.txt")
+    summary = json.loads(summary_path.read_text())
+    summary["simulator_wall_s"] = time.perf_counter() - t0
+    atomic_write_json(summary_path, summary)
+    from p53hcc.fusion.federated_report import write_federated_report
+
+    return write_federated_report(out, summary)
+
+
+def study_config(config: str | Path | None, profile: str, **overrides: Any) -> tuple[dict, FederatedSettings]:
+    """The study configuration (as ``p53hcc study``) and the federated settings (its ``federated`` section and
+    ``--fl.*`` flags)."""
+    from p53hcc.tools.federated.settings import federated_settings
+    from p53hcc.tools.pipeline.config import resolve_config
+
+    fl_flags = {k.split(".", 1)[1]: v for k, v in overrides.items() if k.startswith("fl.")}
+    rest = {k: v for k, v in overrides.items() if not k.startswith("fl.")}
+    section = {}
+    if config:
+        import yaml
+
+        section = (yaml.safe_load(Path(config).read_text()) or {}).pop("federated", {}) or {}
+    cfg = resolve_config(config, profile=profile, **rest) if not section else _resolve_without_section(
+        config, profile, rest)
+    return cfg, federated_settings(section, **fl_flags)
+
+
+def _resolve_without_section(config: str | Path, profile: str, rest: dict) -> dict:
+    """resolve_config on the user YAML minus its ``federated`` section (which is ours, not the study's)."""
+    import tempfile
+
+    import yaml
+
+    from p53hcc.tools.pipeline.config import resolve_config
+
+    data = yaml.safe_load(Path(config).read_text()) or {}
+    data.pop("federated", None)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "study.yaml"
+        path.write_text(yaml.safe_dump(data))
+        return resolve_config(path, profile=profile, **rest)
