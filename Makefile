@@ -14,12 +14,13 @@ env: $(VENV)/.installed
 # torch is pinned to the CPU build that lies on local disk (a bare `torch` would pull a multi-GB CUDA build);
 # pyradiomics imports numpy in setup.py, so it is built without build isolation after numpy is in place.
 # (The 3.1.0 sdist fails to compile: it lacks cmatrices.h; pip then settles on 3.0.1, which builds with numpy 2.)
+# torch==2.13.0 is repeated in the last install so no extra (nvflare's dependencies) can pull another torch.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q torch==2.13.0 "numpy>=1.26" versioneer
 	$(PY) -m pip install -q --no-build-isolation pyradiomics
-	$(PY) -m pip install -q -e ".[test,deploy]"
+	$(PY) -m pip install -q torch==2.13.0 -e ".[test,deploy,federated]"
 	touch $@
 
 demo: env

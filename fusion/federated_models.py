@@ -45,6 +45,11 @@ FF_HEAD_CS = tuple(np.logspace(-2, 1, 15))
 Spec = dict[str, Any]
 
 
+def feature_table_name(fold: int) -> str:
+    """The site table of the FF penultimate features of the networks of ``fold`` (-1: the full-cohort ones)."""
+    return f"features{fold}"
+
+
 def score_spec(table: pd.DataFrame, spec: Spec) -> np.ndarray:
     """A site's scores of its own patients (``table`` rows) under a fitted spec."""
     if spec.get("constant") is not None:
@@ -168,9 +173,10 @@ def radiomics_protocol(rows: Mapping[str, Any], features: Sequence[str], cv_fold
 
 # --------------------------------------------------------------------------------------------- FF head
 def ff_head_protocol(rows: Mapping[str, Any], phase_columns: Mapping[str, Sequence[str]], cv_folds: Sequence[int],
-                     n_components: int = 8, Cs: Sequence[float] = FF_HEAD_CS) -> Protocol:
-    """The FF head: per-phase z-score + PCA from pooled cross-products, LASSO (CV), unpenalised LR."""
-    src = "features"
+                     n_components: int = 8, Cs: Sequence[float] = FF_HEAD_CS, source: str = "features") -> Protocol:
+    """The FF head on the site table ``source``: per-phase z-score + PCA from pooled cross-products, LASSO (CV),
+    unpenalised LR."""
+    src = source
     sums = yield from parallel({ph: ask({"kind": "crossprod", "source": src, "rows": dict(rows),
                                         "ops": [{"op": "select", "columns": list(cols)}]})
                                 for ph, cols in phase_columns.items()})
@@ -196,7 +202,7 @@ def ff_head_protocol(rows: Mapping[str, Any], phase_columns: Mapping[str, Sequen
         counts = yield from ask({"kind": "logit", "source": src, "rows": dict(rows),
                                  "ops": [{"op": "select", "columns": []}], "beta": np.zeros(1)})
         rate = 0.5 + float(counts["grad"][0]) / max(float(counts["n"]), 1.0)  # sum(y - 1/2) / n + 1/2
-        return {"constant": rate, "n_selected": 0, "lasso_C": lasso["C"]}
+        return {"constant": rate, "n_selected": 0, "lasso_C": lasso["C"], "source": src}
     sel = np.flatnonzero(support)
     W = np.zeros((p, len(sel)))
     W[sel, np.arange(len(sel))] = 1.0
@@ -223,10 +229,10 @@ def combined_protocol(rows: Mapping[str, Any], inputs: Sequence[str], nonnegativ
 
 
 # ------------------------------------------------------------------------------------------ cross-fitting
-def crossfit_protocol(fit: Callable[[dict, list[int]], Protocol], folds: Sequence[int]) -> Protocol:
+def crossfit_protocol(fit: Callable[[dict, list[int], int], Protocol], folds: Sequence[int]) -> Protocol:
     """Fit one model per outer fold k (training rows outside k; its CV folds the other outer folds) and on every
-    training row (key -1; CV over all folds), side by side. Returns ``{fold: spec}``."""
+    training row (key -1; CV over all folds), side by side: ``fit(rows, cv_folds, k)``. Returns ``{fold: spec}``."""
     folds = [int(k) for k in folds]
-    res = yield from parallel({str(k): fit({"split": "train", "folds_out": [k]}, [j for j in folds if j != k])
-                               for k in folds} | {"-1": fit({"split": "train"}, folds)})
+    res = yield from parallel({str(k): fit({"split": "train", "folds_out": [k]}, [j for j in folds if j != k], k)
+                               for k in folds} | {"-1": fit({"split": "train"}, folds, -1)})
     return {int(k): v for k, v in res.items()}

@@ -16,7 +16,7 @@ FUSION_MAY_IMPORT = {"p53hcc.tools.errors", "p53hcc.tools.io", "p53hcc.tools.sch
 LEAVES = {"p53hcc.tools.errors", "p53hcc.tools.io", "p53hcc.tools.schema", "p53hcc.tools.logs",
           "p53hcc.tools.parallel"}
 #: Stage packages in data-flow order: a package may import only packages before it (and leaves).
-STAGE_ORDER = ["cohort", "preprocessing", "radiomics", "dl", "pipeline", "export", "cli"]
+STAGE_ORDER = ["cohort", "preprocessing", "radiomics", "dl", "pipeline", "federated", "export", "cli"]
 MAX_LINES = 450
 
 

@@ -182,6 +182,38 @@ def study(cohort: str | None = None, out: str = "study-demo", nets: str | None =
                          paper_selection=as_bool(paper_selection, "paper_selection"), profile=profile, **overrides))
 
 
+def federated(cohort: str | None = None, out: str = "federated-demo", config: str | None = None,
+              profile: str | None = None, export: bool = False, **overrides):
+    """Run the study federated: the cohort's sites (``--fl.site_column``, default ``scanner``) become NVIDIA FLARE
+    clients in FLARE's simulator, each reading only its own rows and images; writes OUT/report.html.
+
+    Args:
+        cohort: path to cohort.csv (default: generate the synthetic demo cohort in OUT/cohort).
+        out: output folder (OUT/sites/<site>/ holds each site's own work, OUT/server/ what the server kept).
+        config: YAML of study parameters; its ``federated:`` section holds the federated settings.
+        profile: "paper" or "demo" (default: demo for the generated cohort, paper for your own).
+        export: write the FLARE job to OUT/job for a real deployment instead of running the simulator.
+        overrides: study parameters (--dl.spatial_size 32) and federated settings (--fl.rounds 3,
+            --fl.site_column centre, --fl.arms mc; see p53hcc.tools.federated.settings).
+    """
+    from pathlib import Path
+
+    from p53hcc.tools.federated.job import run_federated, study_config
+
+    profile = profile or ("demo" if cohort is None else "paper")
+    cfg, fl = study_config(config, profile, **overrides)
+    if cohort is None:
+        from p53hcc.tools.cohort.synth import make_cohort
+
+        s = cfg["synth"]
+        csv = Path(out) / "cohort" / "cohort.csv"
+        if not csv.is_file():
+            make_cohort(n=s["n"], out=csv.parent, seed=s["seed"], size=s["size"], second_reader=False,
+                        profile=s["profile"])
+        cohort = str(csv)
+    return str(run_federated(cohort, out, cfg, fl, export_only=as_bool(export, "export")))
+
+
 def predict(model: str, cohort: str, out: str):
     """Apply a frozen study model to new patients: probability, class, nomogram points, Grad-CAM.
 
@@ -227,7 +259,7 @@ def export_bundle(study: str, arm: str = "mc", out: str = "bundle-export", net: 
     return str(export(study, arm=arm, out=out, net=net, name=name, version=str(version), weights_url=weights_url))
 
 
-COMMANDS = {f.__name__: f for f in (synth, validate, datalist, preprocess, radiomics, train, gradcam, study,
+COMMANDS = {f.__name__: f for f in (synth, validate, datalist, preprocess, radiomics, train, gradcam, study, federated,
                                      predict, evaluate)}
 COMMANDS["export-bundle"] = export_bundle
 VERBOSE, QUIET = ("--verbose", "-v"), ("--quiet", "-q")

@@ -22,11 +22,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from p53hcc.fusion.federated_models import feature_table_name
 from p53hcc.tools.dl.arms import features_frame, get_arm
 from p53hcc.tools.dl.bundle import bundle_dir, training_params
 from p53hcc.tools.dl.engine import penultimate_features, predict_scores, source_items
 from p53hcc.tools.dl.nets import build_net
-from p53hcc.tools.federated.site import feature_table_name
 from p53hcc.tools.io import atomic_write_json
 
 log = logging.getLogger(__name__)

@@ -25,11 +25,12 @@ from p53hcc.fusion.federated_models import (
     clinical_protocol,
     combined_protocol,
     crossfit_protocol,
+    feature_table_name,
     ff_head_protocol,
     radiomics_protocol,
 )
 from p53hcc.tools.errors import P53hccError
-from p53hcc.tools.federated.site import feature_table_name, unflatten
+from p53hcc.tools.federated.site import unflatten
 from p53hcc.tools.schema import PHASES
 
 log = logging.getLogger(__name__)
@@ -91,8 +92,15 @@ def _evaluate(fed: Federation, models: list[str], split: str, fl: dict) -> dict[
                   "calibration_slope_se": float(fit.bse[1]) if ok else float("nan"),
                   "calibration": calibration_from_bins(total, fl["calibration_groups"]).to_dict("list")
                   if auc.auc == auc.auc else {},
-                  "note": "" if auc.auc == auc.auc else "needs cases and controls"}
+                  "roc": _roc(total), "note": "" if auc.auc == auc.auc else "needs cases and controls"}
     return out
+
+
+def _roc(total: dict) -> dict:
+    """ROC points of binned scores (a threshold between every two bins)."""
+    c1, c0 = np.asarray(total["cases"], float)[::-1], np.asarray(total["controls"], float)[::-1]
+    n1, n0 = max(c1.sum(), 1.0), max(c0.sum(), 1.0)
+    return {"fpr": np.r_[0.0, np.cumsum(c0) / n0].tolist(), "tpr": np.r_[0.0, np.cumsum(c1) / n1].tolist()}
 
 
 def _fedavg_unit(fed: Federation, cfg: dict, fl: dict, arm: str, unit: str | None, folds: list[int]) -> dict:
@@ -138,7 +146,7 @@ def run_server(fed: Federation, cfg: dict, fl: dict, out: str | Path | None = No
     for arm in fl["arms"]:
         units = [None] if arm == "mc" else list(PHASES)
         for unit in units:
-            networks[(arm, unit)] = _fedavg_unit(fed, cfg, fl, arm, unit, [*folds, -1])
+            networks[(arm, unit)] = _fedavg_unit(fed, cfg, fl, arm, unit, [-1, *folds])  # -1 first: it caches every crop
         net = networks[(arm, units[0])]["net"]
         if arm == "ff":
             cols = {p: [f"{p}_f{j}" for j in range(_feature_width(networks[("ff", p)]["weights"]))] for p in PHASES}

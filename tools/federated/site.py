@@ -24,7 +24,6 @@ from p53hcc.fusion.federated import SiteTables, answer
 from p53hcc.fusion.federated_models import score_spec
 from p53hcc.tools.errors import P53hccError
 from p53hcc.tools.io import atomic_write_json, atomic_write_table
-from p53hcc.tools.schema import PHASES
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +56,10 @@ class Site:
         preprocess_cohort(self.cohort_csv, self.dir, params=self.cfg["preprocess"]["params"], progress=False,
                           workers=1)
         extract_cohort(self.cohort_csv, self.dir, params=self.cfg["radiomics"]["params"], progress=False, workers=1)
-        write_datalist(self.cohort_csv, self.dir, folds=int(self.fl["folds"]), seed=int(self.fl["seed"]))
+        try:
+            write_datalist(self.cohort_csv, self.dir, folds=int(self.fl["folds"]), seed=int(self.fl["seed"]))
+        except P53hccError as err:
+            raise P53hccError(f"site {self.name}: {err}") from None
         fold_of = {str(k): int(v) for k, v in load_splits(self.dir)["fold_of"].items()}
         ids = pd.Index(cohort["patient_id"].astype(str), name="patient_id")
         rad = read_table(self.dir / "radiomics.parquet").astype({"patient_id": str}).set_index("patient_id")
@@ -134,11 +136,3 @@ def unflatten(arrays: dict[str, np.ndarray], n: int) -> list[dict[str, np.ndarra
         i, name = key.split("/", 1)
         out[int(i)][name] = np.asarray(v)
     return out
-
-
-def feature_table_name(fold: int) -> str:
-    """The site table of the FF penultimate features of the networks of ``fold`` (-1: the full-cohort ones)."""
-    return f"features{fold}"
-
-
-PHASE_PREFIXES = {p: f"{p}_f" for p in PHASES}
