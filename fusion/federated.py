@@ -53,11 +53,13 @@ class SiteTables:
     y: pd.Series
     split: pd.Series
     fold: pd.Series = field(default_factory=lambda: pd.Series(dtype=int))
+    trains: bool = True
 
     def rows(self, sel: Mapping[str, Any]) -> pd.Index:
-        """Patient ids matching a row selector ``{split, folds_in, folds_out, labelled}``."""
+        """Patient ids matching a row selector ``{split, folds_in, folds_out, labelled}``; none of the training
+        patients of a site that does not train (``trains=False``: it only scores and evaluates)."""
         ids = self.split.index
-        mask = np.ones(len(ids), bool)
+        mask = np.ones(len(ids), bool) if self.trains else (self.split != "train").to_numpy()
         if sel.get("split") is not None:
             mask &= (self.split == sel["split"]).to_numpy()
         fold = self.fold.reindex(ids).fillna(-1).astype(int).to_numpy()

@@ -133,3 +133,37 @@ def test_auc_and_delong_from_bins_equal_the_pooled_delong_of_binned_scores():
     assert (got.ci_low, got.ci_high) == pytest.approx((ref.ci_low, ref.ci_high), abs=1e-12)
     assert abs(got.auc - auc_ci(y, s).auc) < 0.02  # the binning costs little at 50 bins
     assert brier_from_bins(total) == pytest.approx(np.mean((s - y) ** 2), abs=1e-12)
+
+
+def test_federated_settings_are_typed_and_reject_unknown_keys():
+    from p53hcc.tools.errors import P53hccError
+    from p53hcc.tools.federated.settings import federated_settings
+
+    s = federated_settings({"rounds": 3}, arms="mc", nonnegative="false")
+    assert (s.rounds, s.arms, s.nonnegative) == (3, ["mc"], False)
+    for bad in ({"roundz": 1}, {"folds": 2}, {"bins": 15}, {"arms": ["cnn"]}, {"rounds": "many"}):
+        with pytest.raises(P53hccError, match="federated settings"):
+            federated_settings(bad)
+
+
+def test_split_cohort_gives_each_site_its_own_rows_with_absolute_paths(tmp_path):
+    from p53hcc.tools.errors import InputError
+    from p53hcc.tools.federated.job import split_cohort
+
+    (tmp_path / "img").mkdir()
+    rows = []
+    for i in range(6):
+        rows.append({"patient_id": f"P{i}", "split": "train", "p53": i % 2, **{p: f"img/P{i}_{p}.nii.gz" for p in
+                     ("ap", "pvp", "dp")}, "mask": f"img/P{i}_mask.nii.gz", "centre": "North" if i < 4 else "South b"})
+    pd.DataFrame(rows).to_csv(tmp_path / "cohort.csv", index=False)
+    out = split_cohort(tmp_path / "cohort.csv", "centre", tmp_path / "sites")
+    assert set(out) == {"site-North", "site-South-b"}
+    north = pd.read_csv(out["site-North"])
+    assert list(north["patient_id"]) == ["P0", "P1", "P2", "P3"]
+    for col in ("ap", "mask"):
+        assert north[col].str.startswith(str(tmp_path.resolve())).all()
+    with pytest.raises(InputError, match="site column"):
+        split_cohort(tmp_path / "cohort.csv", "hospital", tmp_path / "other")
+    pd.DataFrame([{**rows[0], "centre": ""}, *rows[1:]]).to_csv(tmp_path / "blank.csv", index=False)
+    with pytest.raises(InputError, match="P0"):
+        split_cohort(tmp_path / "blank.csv", "centre", tmp_path / "blank")

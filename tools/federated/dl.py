@@ -8,6 +8,10 @@ weights, trains ``local_epochs`` epochs and returns the weight difference (``sen
 round the site computes, with the global networks, the MC scores or the FF penultimate features of its own
 patients and keeps them (:meth:`SiteDL.outputs`): nothing per patient goes back.
 
+The bundle's ``gpu_aug: true`` is set (its batch augmentation, the study's fast engine's): with the per-item CPU
+augmentation a batch of cached items mixes MONAI MetaTensors and plain tensors whenever a random crop comes out
+full size, and MONAI's collate fails (seen from the second network of a site on).
+
 Server side (:func:`initial_weights`, :func:`fedavg`): the same seeded initial weights for every site, and the
 weighted mean of the updates.
 """
@@ -91,7 +95,7 @@ class SiteDL:
             work = self.site.dir / "fl" / key.replace("/", "_")
             over = {"dataset_dir": str(self.site.dir), "datalist": str(self._datalist()), "fold": int(fold),
                     "net": params["net"], "n4": False, "amp": False, "device": "cpu", "num_workers": 0,
-                    "val_interval": 10 ** 6, "ckpt_dir": str(work / "models"), "output_dir": str(work / "logs"),
+                    "val_interval": 10 ** 6, "gpu_aug": True, "ckpt_dir": str(work / "models"), "output_dir": str(work / "logs"),
                     "cache_dir": str(self.site.dir / "fl" / "cache" / arm),
                     "pretrained_path": params.get("pretrained_path"),
                     **{k: params[k] for k in BUNDLE_KEYS}, **({"phase": unit} if unit else {})}
@@ -112,6 +116,8 @@ class SiteDL:
         for fold in payload["folds"]:
             prefix = f"{fold}/"
             weights = {k[len(prefix):]: torch.as_tensor(v) for k, v in arrays.items() if k.startswith(prefix)}
+            if task == "dl_train" and not self.site.trains:  # an evaluating-only site (benchmark: site alone)
+                continue
             if task == "dl_train":
                 algo = self._algo(arm, unit, int(fold), params)
                 algo.train(ExchangeObject(weights=weights))

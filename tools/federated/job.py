@@ -22,6 +22,7 @@ import pandas as pd
 from p53hcc.tools.errors import InputError, P53hccError
 from p53hcc.tools.federated.settings import FederatedSettings
 from p53hcc.tools.io import atomic_write_json, atomic_write_text
+from p53hcc.tools.schema import IMAGE_COLUMNS, R2_MASK_COLUMNS
 
 log = logging.getLogger(__name__)
 JOB_NAME = "p53hcc_federated"
@@ -49,7 +50,7 @@ def split_cohort(cohort_csv: str | Path, site_column: str, out: str | Path) -> d
     if blank.any():
         raise InputError(str(df.loc[blank, "patient_id"].iloc[0]), "no site value", column=site_column)
     raw = pd.read_csv(cohort_csv, dtype=str, keep_default_na=False)
-    for col in [c for c in raw.columns if c in df.columns and c.endswith(("ap", "pvp", "dp", "mask", "_r2"))]:
+    for col in [c for c in raw.columns if c in (*IMAGE_COLUMNS, *R2_MASK_COLUMNS, "mask", "mask_r2")]:
         raw[col] = [v if not v else str((Path(cohort_csv).resolve().parent / v).resolve()) for v in raw[col]]
     names = {v: site_name(v) for v in sorted(df[site_column].astype(str).unique())}
     if len(set(names.values())) < len(names):

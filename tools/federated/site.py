@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 class Site:
     """A site's data and task handlers (``cfg``: the resolved study config; ``fl``: the federated settings)."""
 
-    def __init__(self, name: str, cohort_csv: str | Path, work_dir: str | Path, cfg: dict, fl: dict):
-        self.name, self.cohort_csv, self.dir = name, Path(cohort_csv), Path(work_dir)
+    def __init__(self, name: str, cohort_csv: str | Path, work_dir: str | Path, cfg: dict, fl: dict,
+                 trains: bool = True):
+        self.name, self.cohort_csv, self.dir, self.trains = name, Path(cohort_csv), Path(work_dir), trains
         self.cfg, self.fl = cfg, fl
         self.tables: SiteTables | None = None
         self._dl = None
@@ -68,7 +69,8 @@ class Site:
             tables={"clinical": encode_clinical(cohort).set_axis(ids),
                     "radiomics": rad.select_dtypes("number").reindex(ids),
                     "scores": pd.DataFrame(index=ids)},
-            y=y, split=cohort["split"].set_axis(ids), fold=pd.Series(fold_of).reindex(ids).fillna(-1).astype(int))
+            y=y, split=cohort["split"].set_axis(ids), fold=pd.Series(fold_of).reindex(ids).fillna(-1).astype(int),
+            trains=self.trains)
         counts = {f"{s}_{c}": int(((self.tables.split == s) & (y == c)).sum())
                   for s in ("train", "validation", "external") for c in (0, 1)}
         return {"site": self.name, **counts, "radiomics_features": list(self.tables.tables["radiomics"].columns)}

@@ -1,0 +1,142 @@
+"""Federated benchmark: pooled (centralised) vs federated (FLARE) vs each site alone, on the synthetic cohort split by
+scanner.
+
+The internal synthetic cohort (7 scanners, train/validation) is split by ``scanner``; scanners with too few
+training patients for ``--folds`` stratified folds are merged into one site (said in the record). Then:
+
+* **federated**: ``p53hcc federated`` (FLARE's simulator, one process per site): every model fitted from the
+  sites' sums, the DL arms by FedAvg of the bundles' train config (MONAI FL);
+* **pooled**: the same protocol with one site holding every patient (in-process): the centralised fit of the same
+  models (for the DL arms: local training of ``rounds x local_epochs`` epochs);
+* **site alone**: each site trains alone (in-process; the others only score and evaluate), evaluated on every
+  validation patient of every site, like the two above.
+
+Per arm: validation AUC with DeLong CI (binned to 1/``bins``, identical for all three), rounds, bytes each site
+sent, wall time. Output: ``benchmarks/results/federated.json`` and ``federated.png``. Made with (niced, shared
+2-core machine)::
+
+    nice -n 10 python benchmarks/federated.py --work /tmp/fedbench --n 200 --rounds 2 --spatial-size 32
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _sites_by_scanner(csv: Path, folds: int) -> pd.DataFrame:
+    """The cohort with a ``site`` column: its scanner, small scanners (fewer than ``folds`` training patients of a
+    class) merged into ``merged``."""
+    df = pd.read_csv(csv)
+    t = df[df["split"] == "train"]
+    counts = t.groupby("scanner")["p53"].agg(lambda s: min((s == 1).sum(), (s == 0).sum()))
+    small = set(counts[counts < folds].index) | (set(df["scanner"]) - set(counts.index))
+    df["site"] = [("merged" if s in small else s) for s in df["scanner"]]
+    df.to_csv(csv, index=False)
+    return df
+
+
+def _local(csvs: dict[str, Path], work: Path, cfg: dict, fl: dict, trains: set[str] | None = None) -> dict:
+    from p53hcc.tools.federated.local import LocalFederation
+    from p53hcc.tools.federated.server import run_server
+    from p53hcc.tools.federated.site import Site
+
+    sites = {n: Site(n, p, work / n / "work", cfg, fl, trains=trains is None or n in trains) for n, p in csvs.items()}
+    fed = LocalFederation(sites, keep_values=False)
+    return run_server(fed, cfg, fl, None)
+
+
+def _row(arm: str, s: dict) -> dict:
+    return {"arm": arm, "rounds": s["rounds"], "wall_s": s.get("simulator_wall_s", s["wall_s"]),
+            "bytes_per_site": s["bytes_per_site"], "chosen_dl": s.get("chosen_dl"),
+            "validation": {m: {k: v[k] for k in ("auc", "ci_low", "ci_high", "n_cases", "n_controls", "brier",
+                                                  "calibration_slope")} for m, v in s["validation"].items()}}
+
+
+def _figure(record: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = [r["arm"] for r in record["runs"]]
+    models = list(record["runs"][0]["validation"])
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    width = 0.8 / len(arms)
+    for i, r in enumerate(record["runs"]):
+        auc = np.array([r["validation"][m]["auc"] for m in models], float)
+        lo = np.array([r["validation"][m]["ci_low"] for m in models], float)
+        hi = np.array([r["validation"][m]["ci_high"] for m in models], float)
+        x = np.arange(len(models)) + (i - (len(arms) - 1) / 2) * width
+        ax.errorbar(x, auc, yerr=[auc - lo, hi - auc], fmt="o", capsize=3, label=r["arm"])
+    ax.axhline(0.5, color="grey", ls=":")
+    ax.set_xticks(np.arange(len(models)), models)
+    ax.set(ylabel="validation AUC (95% DeLong CI)", ylim=(0, 1),
+           title=f"Pooled vs federated vs site alone (synthetic, n={record['n']}, {len(record['sites'])} sites)")
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", default="/tmp/fedbench")
+    ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--spatial-size", type=int, default=32)
+    ap.add_argument("--arms", default="mc,ff")
+    ap.add_argument("--folds", type=int, default=3)
+    ap.add_argument("--no-alone", action="store_true", help="skip the site-alone arms")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+
+    from p53hcc.tools.cohort.synth import make_cohort
+    from p53hcc.tools.federated.job import run_federated, split_cohort, study_config
+
+    work = Path(args.work)
+    csv = work / "cohort" / "cohort.csv"
+    if not csv.is_file():
+        make_cohort(args.n, csv.parent, seed=0, size="demo", second_reader=False)
+    df = _sites_by_scanner(csv, args.folds)
+    cfg, fl = study_config(None, "demo", **{"dl.spatial_size": args.spatial_size, "fl.site_column": "site",
+                                            "fl.rounds": args.rounds, "fl.arms": args.arms,
+                                            "fl.net": "resnet18", "fl.folds": args.folds})
+    record = {"n": args.n, "sites": df.groupby("site").size().to_dict(), "settings": fl.model_dump(),
+              "dl": {"spatial_size": args.spatial_size, "net": "resnet18"}, "machine": platform.platform(),
+              "load_before": os.getloadavg(), "runs": []}
+    t0 = time.perf_counter()
+    run_federated(csv, work / "federated", cfg, fl)
+    fed = json.loads((work / "federated" / "server" / "summary.json").read_text())
+    record["runs"].append(_row("federated (FLARE)", fed))
+    sites_dir = work / "federated" / "sites"
+    csvs = split_cohort(csv, "site", sites_dir)  # the federated run's own site CSVs (its caches are reused)
+    pool_csv = csv.parent / "cohort_pooled.csv"
+    df.assign(pool="all").to_csv(pool_csv, index=False)
+    pooled = split_cohort(pool_csv, "pool", work / "pooled")
+    fl_d = fl.model_dump()
+    record["runs"].insert(0, _row("pooled (centralised)", _local(pooled, work / "pooled", cfg, fl_d)))
+    if not args.no_alone:
+        for name in csvs:
+            s = _local(csvs, sites_dir, cfg, fl_d, trains={name})
+            record["runs"].append(_row(f"{name} alone", s))
+    record["wall_s_total"] = time.perf_counter() - t0
+    record["load_after"] = os.getloadavg()
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "federated.json").write_text(json.dumps(record, indent=1, default=float))
+    _figure(record, RESULTS / "federated.png")
+    print(json.dumps({r["arm"]: {m: round(v["auc"], 3) for m, v in r["validation"].items()} for r in record["runs"]},
+                     indent=1))
+
+
+if __name__ == "__main__":
+    main()
