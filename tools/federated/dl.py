@@ -8,9 +8,10 @@ weights, trains ``local_epochs`` epochs and returns the weight difference (``sen
 round the site computes, with the global networks, the MC scores or the FF penultimate features of its own
 patients and keeps them (:meth:`SiteDL.outputs`): nothing per patient goes back.
 
-The bundle's ``gpu_aug: true`` is set (its batch augmentation, the study's fast engine's): with the per-item CPU
-augmentation a batch of cached items mixes MONAI MetaTensors and plain tensors whenever a random crop comes out
-full size, and MONAI's collate fails (seen from the second network of a site on).
+Two overrides of the bundle's values keep a batch of one tensor type (MONAI's collate refuses a batch that mixes
+MetaTensors and plain tensors, which the bundle's per-item augmentation and its PersistentDataset cache produce
+once several networks share a site's cache): ``gpu_aug: true`` (its batch augmentation, as the study's fast
+engine) and :data:`PLAIN_TENSORS` as ``final_transforms``.
 
 Server side (:func:`initial_weights`, :func:`fedavg`): the same seeded initial weights for every site, and the
 weighted mean of the updates.
@@ -36,6 +37,15 @@ from p53hcc.tools.io import atomic_write_json
 log = logging.getLogger(__name__)
 #: Values of the study's ``dl`` section passed to the bundle as config overrides.
 BUNDLE_KEYS = ("batch_size", "learning_rate", "weight_decay", "spatial_size", "margin", "pixdim", "min_scale", "seed")
+
+
+#: The bundle's ``final_transforms`` plus every image/mask key as a plain tensor: a batch must not mix a freshly
+#: transformed item (MetaTensors) with one read back from the PersistentDataset cache (plain tensors), which
+#: MONAI's collate refuses (seen from a site's third network on).
+PLAIN_TENSORS = [
+    {"_target_": "EnsureTyped", "keys": "image", "dtype": "$torch.float32", "track_meta": False},
+    {"_target_": "EnsureTyped", "keys": "$@image_keys + @mask_keys", "track_meta": False, "allow_missing_keys": True},
+]
 
 
 def unit_key(arm: str, unit: str | None, fold: int) -> str:
@@ -95,7 +105,7 @@ class SiteDL:
             work = self.site.dir / "fl" / key.replace("/", "_")
             over = {"dataset_dir": str(self.site.dir), "datalist": str(self._datalist()), "fold": int(fold),
                     "net": params["net"], "n4": False, "amp": False, "device": "cpu", "num_workers": 0,
-                    "val_interval": 10 ** 6, "gpu_aug": True, "ckpt_dir": str(work / "models"), "output_dir": str(work / "logs"),
+                    "val_interval": 10 ** 6, "gpu_aug": True, "final_transforms": PLAIN_TENSORS, "ckpt_dir": str(work / "models"), "output_dir": str(work / "logs"),
                     "cache_dir": str(self.site.dir / "fl" / "cache" / arm),
                     "pretrained_path": params.get("pretrained_path"),
                     **{k: params[k] for k in BUNDLE_KEYS}, **({"phase": unit} if unit else {})}
