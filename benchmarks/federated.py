@@ -88,6 +88,15 @@ def _figure(record: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _save(record: dict, t0: float) -> None:
+    """The record so far (each finished arm is kept if a later one is interrupted)."""
+    record["wall_s_total"] = time.perf_counter() - t0
+    record["load_after"] = os.getloadavg()
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "federated.json").write_text(json.dumps(record, indent=1, default=float))
+    _figure(record, RESULTS / "federated.png")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", default="/tmp/fedbench")
@@ -124,16 +133,14 @@ def main(argv: list[str] | None = None) -> None:
     df.assign(pool="all").to_csv(pool_csv, index=False)
     pooled = split_cohort(pool_csv, "pool", work / "pooled")
     fl_d = fl.model_dump()
+    _save(record, t0)
     record["runs"].insert(0, _row("pooled (centralised)", _local(pooled, work / "pooled", cfg, fl_d)))
+    _save(record, t0)
     if not args.no_alone:
         for name in csvs:
             s = _local(csvs, sites_dir, cfg, fl_d, trains={name})
             record["runs"].append(_row(f"{name} alone", s))
-    record["wall_s_total"] = time.perf_counter() - t0
-    record["load_after"] = os.getloadavg()
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "federated.json").write_text(json.dumps(record, indent=1, default=float))
-    _figure(record, RESULTS / "federated.png")
+            _save(record, t0)
     print(json.dumps({r["arm"]: {m: round(v["auc"], 3) for m, v in r["validation"].items()} for r in record["runs"]},
                      indent=1))
 

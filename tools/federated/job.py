@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shlex
 import shutil
 import time
 from pathlib import Path
@@ -64,28 +65,38 @@ def split_cohort(cohort_csv: str | Path, site_column: str, out: str | Path) -> d
     return paths
 
 
-def build_job(cfg: dict, fl: FederatedSettings, site_csvs: dict[str, Path] | None, out: Path,
-              sites: list[str] | None = None):
-    """The FLARE job: the study controller on the server, the client script on every site.
+def write_job(cfg: dict, fl: FederatedSettings, sites: list[str], dest: Path, out: Path,
+              site_csvs: dict[str, Path] | None = None) -> Path:
+    """Write the FLARE job folder (``dest/<JOB_NAME>``): the study controller on the server, the Client API script
+    on every site; returns its path.
 
-    ``site_csvs`` (the simulator) passes each site its CSV; without it (a real deployment) each site reads
-    ``P53HCC_SITE_COHORT``.
+    FLARE's ``FedJob`` writes the folder (client apps, meta, the server's polling interval); the server's workflow
+    entry is then pointed at :class:`~p53hcc.tools.federated.controller.StudyController` by its import path:
+    ``FedJob`` would copy the controller's source file into the job instead, which fails for a package installed
+    in development mode and is not wanted anyway (every site and the server install p53hcc). ``site_csvs`` (the
+    simulator) passes each site its CSV; without it (a real deployment) each site reads ``P53HCC_SITE_COHORT``.
     """
+    from nvflare.app_common.workflows.fedavg import FedAvg
     from nvflare.job_config.api import FedJob
     from nvflare.job_config.script_runner import FrameworkType, ScriptRunner
 
     from p53hcc.tools.federated import client
-    from p53hcc.tools.federated.controller import StudyController
 
-    names = list(site_csvs) if site_csvs else list(sites or [])
-    job = FedJob(name=JOB_NAME, min_clients=len(names))
-    job.to_server(StudyController(cfg=cfg, fl=fl.model_dump(), out=str(out / "server"), sites=names,
-                                  task_check_period=TASK_CHECK_PERIOD))
+    job = FedJob(name=JOB_NAME, min_clients=len(sites))
+    job.to_server(FedAvg(num_clients=len(sites), num_rounds=1))  # placeholder, replaced below
     job.to_server({"server": {"task_request_interval": TASK_REQUEST_INTERVAL}})
-    for name in names:
+    for name in sites:
         args = [] if not site_csvs else ["--cohort", str(site_csvs[name]), "--work", str(out / "sites" / name / "work")]
-        job.to(ScriptRunner(script=client.__file__, script_args=args, framework=FrameworkType.RAW), name)
-    return job
+        job.to(ScriptRunner(script=client.__file__, script_args=shlex.join(args), framework=FrameworkType.RAW), name)
+    shutil.rmtree(dest / JOB_NAME, ignore_errors=True)
+    job.export_job(str(dest))
+    config = dest / JOB_NAME / "app_server" / "config" / "config_fed_server.json"
+    server = json.loads(config.read_text())
+    server["workflows"] = [{"id": "controller", "path": "p53hcc.tools.federated.controller.StudyController",
+                            "args": {"cfg": cfg, "fl": fl.model_dump(), "out": str(out / "server"), "sites": sites,
+                                     "task_check_period": TASK_CHECK_PERIOD}}]
+    atomic_write_json(config, server)
+    return dest / JOB_NAME
 
 
 def run_federated(cohort: str | Path, out: str | Path, cfg: dict, fl: FederatedSettings,
@@ -94,23 +105,28 @@ def run_federated(cohort: str | Path, out: str | Path, cfg: dict, fl: FederatedS
 
     With ``export_only`` the job is written to ``OUT/job`` for a real deployment instead of being run.
     """
+    import subprocess
+    import sys
+
     out = Path(out).resolve()
     site_csvs = split_cohort(cohort, fl.site_column, out / "sites")
     if len(site_csvs) < 2:
         raise P53hccError(f"column {fl.site_column!r} has {len(site_csvs)} site(s); a federation needs two or more")
-    job = build_job(cfg, fl, site_csvs, out)
     atomic_write_json(out / "federated.json", {"cohort": str(cohort), "sites": {k: str(v) for k, v in site_csvs.items()},
                                                "settings": fl.model_dump()})
     if export_only:
-        job.export_job(str(out / "job"))
-        return out / "job" / JOB_NAME
+        return write_job(cfg, fl, list(site_csvs), out / "job", out)
+    job = write_job(cfg, fl, list(site_csvs), out / "flare_job", out, site_csvs)
     workspace = out / "flare"
     shutil.rmtree(workspace, ignore_errors=True)
+    summary_path = out / "server" / "summary.json"
+    summary_path.unlink(missing_ok=True)  # never report an earlier run's summary
     t0 = time.perf_counter()
     log.info("federated: %d sites in FLARE's simulator (%s)", len(site_csvs), ", ".join(site_csvs))
-    status = job.simulator_run(str(workspace), threads=len(site_csvs))
-    summary_path = out / "server" / "summary.json"
-    if status not in (None, 0) or not summary_path.is_file():
+    status = subprocess.run([sys.executable, "-m", "nvflare.private.fed.app.simulator.simulator", str(job),
+                             "-w", str(workspace), "-c", ",".join(site_csvs), "-t", str(len(site_csvs))],
+                            check=False).returncode
+    if status != 0 or not summary_path.is_file():
         raise P53hccError(f"the federated job failed (status {status}); logs: {workspace}/server/log.txt and "
                           f"{workspace}/<site>/log.txt")
     summary = json.loads(summary_path.read_text())
