@@ -1,8 +1,8 @@
 """Federated benchmark: pooled (centralised) vs federated (FLARE) vs each site alone, on the synthetic cohort split by
 scanner.
 
-The internal synthetic cohort (7 scanners, train/validation) is split by ``scanner``; scanners with too few
-training patients for ``--folds`` stratified folds are merged into one site (said in the record). Then:
+The internal synthetic cohort (7 scanners, train/validation) is split by ``scanner``; scanners with fewer than
+``--min-site`` training patients are merged into one site ``merged`` (the record lists the sites). Then:
 
 * **federated**: ``p53hcc federated`` (FLARE's simulator, one process per site): every model fitted from the
   sites' sums, the DL arms by FedAvg of the bundles' train config (MONAI FL);
@@ -33,14 +33,13 @@ import pandas as pd
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def _sites_by_scanner(csv: Path, folds: int) -> pd.DataFrame:
-    """The cohort with a ``site`` column: its scanner, small scanners (fewer than ``folds`` training patients of a
-    class) merged into ``merged``."""
+def _sites_by_scanner(csv: Path, min_train: int) -> pd.DataFrame:
+    """The cohort with a ``site`` column: its scanner when the scanner has at least ``min_train`` training
+    patients, else ``merged`` (the small scanners together, as a hospital network would pool them)."""
     df = pd.read_csv(csv)
-    t = df[df["split"] == "train"]
-    counts = t.groupby("scanner")["p53"].agg(lambda s: min((s == 1).sum(), (s == 0).sum()))
-    small = set(counts[counts < folds].index) | (set(df["scanner"]) - set(counts.index))
-    df["site"] = [("merged" if s in small else s) for s in df["scanner"]]
+    n_train = df[df["split"] == "train"].groupby("scanner").size()
+    big = set(n_train[n_train >= min_train].index)
+    df["site"] = [s if s in big else "merged" for s in df["scanner"]]
     df.to_csv(csv, index=False)
     return df
 
@@ -105,6 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--spatial-size", type=int, default=32)
     ap.add_argument("--arms", default="mc,ff")
     ap.add_argument("--folds", type=int, default=3)
+    ap.add_argument("--min-site", type=int, default=15, help="training patients a scanner needs to be its own site")
     ap.add_argument("--no-alone", action="store_true", help="skip the site-alone arms")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     csv = work / "cohort" / "cohort.csv"
     if not csv.is_file():
         make_cohort(args.n, csv.parent, seed=0, size="demo", second_reader=False)
-    df = _sites_by_scanner(csv, args.folds)
+    df = _sites_by_scanner(csv, args.min_site)
     cfg, fl = study_config(None, "demo", **{"dl.spatial_size": args.spatial_size, "fl.site_column": "site",
                                             "fl.rounds": args.rounds, "fl.arms": args.arms,
                                             "fl.net": "resnet18", "fl.folds": args.folds})

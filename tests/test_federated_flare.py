@@ -1,7 +1,10 @@
 """The federated study end to end in NVIDIA FLARE's simulator (one process per site), and what the server received.
 
-One small run (2 centres, 40 patients, 16 px crops, one FedAvg round of one local epoch, both DL arms) from the
+One small run (2 centres, 40 patients, 16 px crops, one FedAvg round of one local epoch, the MC arm) from the
 ``p53hcc federated`` command; the privacy test reads the server's ledger of every reply (``server/ledger.jsonl``).
+The FF arm (12 more networks per site, the FF head protocol) takes this run from ~6 to ~18 minutes on 2 loaded
+cores, so it runs in the benchmark (benchmarks/federated.py) rather than in CI; its head's maths is covered by
+tests/test_federated.py.
 """
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ def federated_run(tmp_path_factory):
     df.to_csv(csv, index=False)
     out = root / "out"
     rc = main(["federated", str(csv), "--out", str(out), "--profile", "demo", "--fl.site_column", "centre",
-               "--fl.rounds", "1", "--fl.net", "resnet18", "--dl.spatial_size", "16", "--dl.batch_size", "8",
+               "--fl.rounds", "1", "--fl.net", "resnet18", "--fl.arms", "mc", "--dl.spatial_size", "16", "--dl.batch_size", "8",
                "--quiet"])
     assert rc == 0
     return out, df
@@ -44,14 +47,14 @@ def test_federated_study_runs_in_flare_and_writes_the_report(federated_run):
     out, _ = federated_run
     summary = json.loads((out / "server" / "summary.json").read_text())
     assert set(summary["sites"]) == {"site-Hospital-A", "site-Hospital-B"}
-    assert {"clinical", "radiomics", "mc_resnet18", "ff_resnet18", "combined"} <= set(summary["validation"])
+    assert set(summary["validation"]) == {"clinical", "radiomics", "mc_resnet18", "combined"}
     for model, r in summary["validation"].items():
         assert r["n_cases"] + r["n_controls"] == 12, model  # 30 % of 40 patients, every site's together
         assert 0 <= r["auc"] <= 1, model
     assert summary["rounds"] > 0 and all(b > 0 for b in summary["bytes_per_site"].values())
     page = (out / "report.html").read_text()
     assert "Federated" in page and "What each site revealed" in page
-    assert (out / "models" / "mc" / "model.pt").is_file()  # the full-cohort global network of each arm
+    assert (out / "server" / "models" / "mc" / "model.pt").is_file()  # the full-cohort global network of each arm
 
 
 def test_nothing_per_patient_reaches_the_server(federated_run):
@@ -70,6 +73,7 @@ def test_nothing_per_patient_reaches_the_server(federated_run):
         rad = read_table(work / "radiomics.parquet").set_index("patient_id").select_dtypes("number")
         own = pd.read_csv(out / "sites" / site / "cohort.csv")
         for r in (r for r in rows if r["site"] == site):
+            assert r["values"] or not r["arrays"] or r["task"].startswith("dl_"), r["task"]
             assert set(r["payload"]) <= PAYLOAD_KEYS[r["task"]], r["task"]
             if r["task"] == "sums":
                 assert {k.split("/", 1)[1] for k in r["arrays"]} <= SUM_NAMES

@@ -46,7 +46,9 @@ def main(argv: list[str] | None = None) -> None:
             reply, back = site.handle(task, payload, arrays)
         except Exception as err:  # noqa: BLE001 - the server stops the study naming this site and the error
             traceback.print_exc()
-            reply, back = {"error": f"{type(err).__name__}: {err}"}, {}
+            from p53hcc.tools.errors import P53hccError
+
+            reply, back = {"error": str(err) if isinstance(err, P53hccError) else f"{type(err).__name__}: {err}"}, {}
         flare.send(flare.FLModel(params=pack(reply, back), meta={"site": name}))
 
 

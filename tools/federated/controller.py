@@ -40,7 +40,8 @@ class FlareFederation(Federation):
             site = res.meta.get("site")
             reply, back = unpack(res.params)
             if "error" in reply:
-                raise P53hccError(f"site {site}: {reply['error']}")
+                msg = str(reply["error"])
+                raise P53hccError(msg if msg.startswith(f"site {site}") else f"site {site}: {msg}")
             self.record(task, site, reply, back, keep=not task.startswith("dl_"))
             out[site] = (reply, back)
         missing = set(self.sites) - set(out)

@@ -35,6 +35,8 @@ from p53hcc.tools.schema import PHASES
 
 log = logging.getLogger(__name__)
 Reply = tuple[dict, dict[str, np.ndarray]]
+#: Arrays of at most this many numbers are kept with their values in the ledger (``server/ledger.jsonl``).
+LEDGER_VALUES_MAX = 4096
 
 
 class Federation:
@@ -51,9 +53,16 @@ class Federation:
         raise NotImplementedError
 
     def record(self, task: str, site: str, payload: dict, arrays: dict[str, np.ndarray], keep: bool) -> None:
+        """One reply in the ledger; with ``keep`` the values of its arrays of at most :data:`LEDGER_VALUES_MAX`
+        numbers (vectors over features, counts, bins; not the large Hessians and cross-products, whose shapes and
+        sha256 are kept), so an audit sees what the server received."""
+        import hashlib
+
+        small = {k: np.asarray(v).tolist() for k, v in arrays.items() if np.size(v) <= LEDGER_VALUES_MAX} if keep else {}
         self.ledger.append({"task": task, "site": site, "payload": payload,
-                            "arrays": {k: list(np.shape(v)) for k, v in arrays.items()},
-                            "values": {k: np.asarray(v).tolist() for k, v in arrays.items()} if keep else None,
+                            "arrays": {k: list(np.shape(v)) for k, v in arrays.items()}, "values": small,
+                            "sha256": {k: hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest()[:16]
+                                       for k, v in arrays.items() if k not in small} if keep else {},
                             "bytes": len(encode(payload)) + int(sum(np.asarray(v).nbytes for v in arrays.values()))})
 
 
@@ -156,7 +165,8 @@ def run_server(fed: Federation, cfg: dict, fl: dict, out: str | Path | None = No
             fed.broadcast("score", {"model": f"ff_{net}", "specs": json.loads(encode(tab["ff"]))})
         dl_models.append(f"{arm}_{net}")
     train_eval = _evaluate(fed, ["clinical", "radiomics", *dl_models], "train", fl) if dl_models else {}
-    chosen = max(dl_models, key=lambda m: train_eval[m]["auc"]) if dl_models else None
+    ranked = [m for m in dl_models if np.isfinite(train_eval[m]["auc"])]  # a degenerate arm is never chosen
+    chosen = max(ranked, key=lambda m: train_eval[m]["auc"]) if ranked else None
     inputs = ["clinical", "radiomics", *([chosen] if chosen else [])]
     comb, _ = lockstep({"c": crossfit_protocol(lambda rows, cv, k: combined_protocol(
         rows, inputs, nonnegative=bool(fl["nonnegative"])), folds)}, transport)
