@@ -189,30 +189,15 @@ def lockstep(protocols: Mapping[str, Protocol], transport) -> tuple[dict[str, An
     ``transport(requests) -> answers`` sends a list of requests to every site and returns the per-request sums.
     Returns each protocol's result and the number of rounds used.
     """
-    pending: dict[str, list[Request]] = {}
-    results: dict[str, Any] = {}
-    running = dict(protocols)
-    for name, gen in list(running.items()):
-        try:
-            pending[name] = next(gen)
-        except StopIteration as stop:
-            results[name] = stop.value
-            del running[name]
-    rounds = 0
-    while running:
-        batch = [(name, req) for name in running for req in pending[name]]
-        answers = transport([req for _, req in batch]) if batch else []
-        rounds += 1
-        by_name: dict[str, list[Answer]] = {name: [] for name in running}
-        for (name, _), ans in zip(batch, answers):
-            by_name[name].append(ans)
-        for name, gen in list(running.items()):
-            try:
-                pending[name] = gen.send(by_name[name])
-            except StopIteration as stop:
-                results[name] = stop.value
-                del running[name]
-    return results, rounds
+    gen, rounds = parallel(protocols), 0
+    try:
+        requests = next(gen)
+        while True:
+            answers = transport(requests) if requests else []
+            rounds += 1
+            requests = gen.send(answers)
+    except StopIteration as stop:
+        return stop.value, rounds
 
 
 def parallel(protocols: Mapping[str, Protocol]) -> Protocol:
