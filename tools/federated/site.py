@@ -54,6 +54,8 @@ class Site:
         if n_train < int(self.fl["min_site_patients"]):
             raise P53hccError(f"site {self.name}: {n_train} training patients, fewer than min_site_patients "
                               f"({self.fl['min_site_patients']}); merge it with another site or leave it out")
+        ids = pd.Index(cohort["patient_id"].astype(str), name="patient_id")
+        clinical = encode_clinical(cohort).set_axis(ids)  # a bad clinical value stops the site before image work
         preprocess_cohort(self.cohort_csv, self.dir, params=self.cfg["preprocess"]["params"], progress=False,
                           workers=1)
         extract_cohort(self.cohort_csv, self.dir, params=self.cfg["radiomics"]["params"], progress=False, workers=1)
@@ -62,11 +64,10 @@ class Site:
         except P53hccError as err:
             raise P53hccError(f"site {self.name}: {err}") from None
         fold_of = {str(k): int(v) for k, v in load_splits(self.dir)["fold_of"].items()}
-        ids = pd.Index(cohort["patient_id"].astype(str), name="patient_id")
         rad = read_table(self.dir / "radiomics.parquet").astype({"patient_id": str}).set_index("patient_id")
         y = pd.to_numeric(cohort["p53"], errors="coerce").set_axis(ids)
         self.tables = SiteTables(
-            tables={"clinical": encode_clinical(cohort).set_axis(ids),
+            tables={"clinical": clinical,
                     "radiomics": rad.select_dtypes("number").reindex(ids),
                     "scores": pd.DataFrame(index=ids)},
             y=y, split=cohort["split"].set_axis(ids), fold=pd.Series(fold_of).reindex(ids).fillna(-1).astype(int),
