@@ -54,7 +54,13 @@ def test_federated_study_runs_in_flare_and_writes_the_report(federated_run):
     assert summary["rounds"] > 0 and all(b > 0 for b in summary["bytes_per_site"].values())
     page = (out / "report.html").read_text()
     assert "Federated" in page and "What each site revealed" in page
-    assert (out / "server" / "models" / "mc" / "model.pt").is_file()  # the full-cohort global network of each arm
+    import torch
+
+    from p53hcc.tools.dl.nets import build_net
+
+    # the full-cohort global network: the weights the bundle's network_def (MC: 3 channels) loads
+    build_net("resnet18", in_channels=3).load_state_dict(
+        torch.load(out / "server" / "models" / "mc" / "model.pt", weights_only=True))
 
 
 def test_nothing_per_patient_reaches_the_server(federated_run):
