@@ -167,3 +167,15 @@ def test_split_cohort_gives_each_site_its_own_rows_with_absolute_paths(tmp_path)
     pd.DataFrame([{**rows[0], "centre": ""}, *rows[1:]]).to_csv(tmp_path / "blank.csv", index=False)
     with pytest.raises(InputError, match="P0"):
         split_cohort(tmp_path / "blank.csv", "centre", tmp_path / "blank")
+
+
+def test_demo_centres_cover_every_internal_scanner_with_enough_patients_per_site():
+    from p53hcc.tools.cohort.synth import sample_patients
+    from p53hcc.tools.cohort.synth_images import INTERNAL_SCANNERS
+    from p53hcc.tools.federated.job import DEMO_CENTRES
+
+    assert set(DEMO_CENTRES) == set(INTERNAL_SCANNERS)
+    cohort, _ = sample_patients(120, seed=0)  # the demo's size (scanners drawn by their weights, as make_cohort)
+    weights = np.array([INTERNAL_SCANNERS[s]["weight"] for s in DEMO_CENTRES], float)
+    share = pd.Series(weights / weights.sum(), index=list(DEMO_CENTRES)).groupby(DEMO_CENTRES).sum()
+    assert (share * (cohort["split"] == "train").sum() >= 20).all()  # each centre ~20+ training patients

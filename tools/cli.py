@@ -188,7 +188,8 @@ def federated(cohort: str | None = None, out: str = "federated-demo", config: st
     clients in FLARE's simulator, each reading only its own rows and images; writes OUT/report.html.
 
     Args:
-        cohort: path to cohort.csv (default: generate the synthetic demo cohort in OUT/cohort).
+        cohort: path to cohort.csv (default: generate the synthetic demo cohort in OUT/cohort, its seven scanners
+            grouped into three centres, the sites).
         out: output folder (OUT/sites/<site>/ holds each site's own work, OUT/server/ what the server kept).
         config: YAML of study parameters; its ``federated:`` section holds the federated settings.
         profile: "paper" or "demo" (default: demo for the generated cohort, paper for your own).
@@ -196,21 +197,16 @@ def federated(cohort: str | None = None, out: str = "federated-demo", config: st
         overrides: study parameters (--dl.spatial_size 32) and federated settings (--fl.rounds 3,
             --fl.site_column centre, --fl.arms mc; see p53hcc.tools.federated.settings).
     """
-    from pathlib import Path
-
     from p53hcc.tools.federated.job import run_federated, study_config
 
     profile = profile or ("demo" if cohort is None else "paper")
+    if cohort is None:  # the demo's sites: its scanners grouped into three centres
+        overrides.setdefault("fl.site_column", "centre")
     cfg, fl = study_config(config, profile, **overrides)
     if cohort is None:
-        from p53hcc.tools.cohort.synth import make_cohort
+        from p53hcc.tools.federated.job import demo_cohort
 
-        s = cfg["synth"]
-        csv = Path(out) / "cohort" / "cohort.csv"
-        if not csv.is_file():
-            make_cohort(n=s["n"], out=csv.parent, seed=s["seed"], size=s["size"], second_reader=False,
-                        profile=s["profile"])
-        cohort = str(csv)
+        cohort = str(demo_cohort(out, cfg["synth"]))
     return str(run_federated(cohort, out, cfg, fl, export_only=as_bool(export, "export")))
 
 

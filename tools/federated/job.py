@@ -32,6 +32,28 @@ TASK_CHECK_PERIOD = 0.02
 TASK_REQUEST_INTERVAL = 0.05
 
 
+#: The demo's hospitals: the synthetic cohort's seven internal scanners grouped into three centres (a scanner
+#: alone has too few patients at the demo's 120 for three stratified folds).
+DEMO_CENTRES = {"S1_Aera_1.5T": "centre-1", "S4_Prisma_3T": "centre-1", "S7_Ingenia_3T": "centre-1",
+                "S2_Skyra_3T": "centre-2", "S5_uMR770_3T": "centre-2",
+                "S3_Avanto_1.5T": "centre-3", "S6_SignaHDxt_1.5T": "centre-3"}
+
+
+def demo_cohort(out: str | Path, synth: dict) -> Path:
+    """The synthetic demo cohort (``study``'s ``synth`` settings) with a ``centre`` column (:data:`DEMO_CENTRES`)."""
+    from p53hcc.tools.cohort.synth import make_cohort
+
+    csv = Path(out) / "cohort" / "cohort.csv"
+    if not csv.is_file():
+        make_cohort(n=synth["n"], out=csv.parent, seed=synth["seed"], size=synth["size"], second_reader=False,
+                    profile=synth["profile"])
+    df = pd.read_csv(csv)
+    if "centre" not in df.columns:
+        df["centre"] = df["scanner"].map(DEMO_CENTRES)
+        atomic_write_text(csv, df.to_csv(index=False))
+    return csv
+
+
 def site_name(value: str) -> str:
     """A FLARE client name for a site value (letters, digits, ``-``, ``_``; ``site-`` prefix)."""
     slug = re.sub(r"[^A-Za-z0-9_-]+", "-", str(value)).strip("-")
