@@ -15,7 +15,7 @@ Per arm: validation AUC with DeLong CI (binned to 1/``bins``, identical for all 
 sent, wall time. Output: ``benchmarks/results/federated.json`` and ``federated.png``. Made with (niced, shared
 2-core machine)::
 
-    nice -n 10 python benchmarks/federated.py --work /tmp/fedbench --n 200 --rounds 2 --spatial-size 32
+    nice -n 10 python benchmarks/federated.py --work /tmp/fedbench --n 120 --rounds 1 --spatial-size 32 --arms mc
 """
 from __future__ import annotations
 

@@ -179,3 +179,25 @@ def test_demo_centres_cover_every_internal_scanner_with_enough_patients_per_site
     weights = np.array([INTERNAL_SCANNERS[s]["weight"] for s in DEMO_CENTRES], float)
     share = pd.Series(weights / weights.sum(), index=list(DEMO_CENTRES)).groupby(DEMO_CENTRES).sum()
     assert (share * (cohort["split"] == "train").sum() >= 20).all()  # each centre ~20+ training patients
+
+
+def test_exported_job_is_portable_to_provisioned_sites(tmp_path):
+    """The job for a real deployment: the server runs StudyController by import path, each site the script its
+    app ships (not this checkout's path), and no site's cohort path is written into it."""
+    import json
+
+    from p53hcc.tools.federated.job import run_federated, study_config
+
+    rows = [{"patient_id": f"P{i}", "split": "train", "p53": i % 2, **{p: f"img/P{i}_{p}.nii.gz" for p in
+             ("ap", "pvp", "dp")}, "mask": f"img/P{i}_mask.nii.gz", "centre": "N" if i < 4 else "S"} for i in range(8)]
+    pd.DataFrame(rows).to_csv(tmp_path / "cohort.csv", index=False)
+    cfg, fl = study_config(None, "demo", **{"fl.site_column": "centre"})
+    job = run_federated(tmp_path / "cohort.csv", tmp_path / "out", cfg, fl, export_only=True)
+    server = json.loads((job / "app_server" / "config" / "config_fed_server.json").read_text())
+    assert server["workflows"][0]["path"] == "p53hcc.tools.federated.controller.StudyController"
+    assert server["workflows"][0]["args"]["sites"] == ["site-N", "site-S"]
+    for site in ("site-N", "site-S"):
+        text = (job / f"app_{site}" / "config" / "config_fed_client.json").read_text()
+        assert json.loads(text)["executors"][0]["executor"]["args"]["task_script_path"] == "client.py"
+        assert "cohort.csv" not in text
+        assert list((job / f"app_{site}" / "custom").rglob("client.py"))  # found there by name (FLARE's rule)

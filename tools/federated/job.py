@@ -115,9 +115,19 @@ def write_job(cfg: dict, fl: FederatedSettings, sites: list[str], dest: Path, ou
     config = dest / JOB_NAME / "app_server" / "config" / "config_fed_server.json"
     server = json.loads(config.read_text())
     server["workflows"] = [{"id": "controller", "path": "p53hcc.tools.federated.controller.StudyController",
-                            "args": {"cfg": cfg, "fl": fl.model_dump(), "out": str(out / "server"), "sites": sites,
+                            "args": {"cfg": cfg, "fl": fl.model_dump(), "sites": sites,
+                                     # a deployment's server writes into its run folder
+                                     "out": str(out / "server") if site_csvs else "p53hcc-server",
                                      "task_check_period": TASK_CHECK_PERIOD}}]
     atomic_write_json(config, server)
+    if not site_csvs:  # a deployment: each site runs the script shipped in its app's custom/, not this checkout's
+        for path in (dest / JOB_NAME).glob("app_*/config/config_fed_client.json"):
+            client_cfg = json.loads(path.read_text())
+            for ex in client_cfg.get("executors", []):
+                args = ex.get("executor", {}).get("args", {})
+                if "task_script_path" in args:
+                    args["task_script_path"] = Path(args["task_script_path"]).name
+            atomic_write_json(path, client_cfg)
     return dest / JOB_NAME
 
 
