@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -31,6 +32,8 @@ import numpy as np
 import pandas as pd
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# run as a script, this folder is first on sys.path and its radiomics.py would shadow PyRadiomics' `radiomics`
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 
 def _sites_by_scanner(csv: Path, min_train: int) -> pd.DataFrame:
@@ -105,6 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--arms", default="mc,ff")
     ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--min-site", type=int, default=15, help="training patients a scanner needs to be its own site")
+    ap.add_argument("--rerun", action="store_true", help="rerun the federated arm even if WORK holds one")
     ap.add_argument("--no-alone", action="store_true", help="skip the site-alone arms")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -124,7 +128,8 @@ def main(argv: list[str] | None = None) -> None:
               "dl": {"spatial_size": args.spatial_size, "net": "resnet18"}, "machine": platform.platform(),
               "load_before": os.getloadavg(), "runs": []}
     t0 = time.perf_counter()
-    run_federated(csv, work / "federated", cfg, fl)
+    if args.rerun or not (work / "federated" / "server" / "summary.json").is_file():  # resumable: a finished
+        run_federated(csv, work / "federated", cfg, fl)                              # federated run is kept
     fed = json.loads((work / "federated" / "server" / "summary.json").read_text())
     record["runs"].append(_row("federated (FLARE)", fed))
     sites_dir = work / "federated" / "sites"

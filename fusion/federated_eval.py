@@ -51,6 +51,8 @@ def auc_from_bins(cases: np.ndarray, controls: np.ndarray, alpha: float = 0.05) 
     nan = float("nan")
     if n1 == 0 or n0 == 0:
         return AUCResult(nan, nan, nan, nan, "delong (binned, federated): needs cases and controls")
+    if np.count_nonzero(c1 + c0) == 1:  # every score in one bin: a constant model ranks nobody
+        return AUCResult(nan, nan, nan, nan, "delong (binned, federated): every score in one bin (constant model)")
     below0 = np.cumsum(c0) - c0
     above1 = c1.sum() - np.cumsum(c1)
     v10 = (below0 + 0.5 * c0) / n0  # placement of a case in each bin

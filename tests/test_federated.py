@@ -133,6 +133,8 @@ def test_auc_and_delong_from_bins_equal_the_pooled_delong_of_binned_scores():
     assert (got.ci_low, got.ci_high) == pytest.approx((ref.ci_low, ref.ci_high), abs=1e-12)
     assert abs(got.auc - auc_ci(y, s).auc) < 0.02  # the binning costs little at 50 bins
     assert brier_from_bins(total) == pytest.approx(np.mean((s - y) ** 2), abs=1e-12)
+    constant = binned_terms(np.full(150, 0.3), y, 50)  # a constant model: no AUC, not 0.5 with a zero-width CI
+    assert np.isnan(auc_from_bins(constant["cases"], constant["controls"]).auc)
 
 
 def test_federated_settings_are_typed_and_reject_unknown_keys():

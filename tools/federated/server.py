@@ -101,7 +101,7 @@ def _evaluate(fed: Federation, models: list[str], split: str, fl: dict) -> dict[
                   "calibration_slope_se": float(fit.bse[1]) if ok else float("nan"),
                   "calibration": calibration_from_bins(total, fl["calibration_groups"]).to_dict("list")
                   if auc.auc == auc.auc else {},
-                  "roc": _roc(total), "note": "" if auc.auc == auc.auc else "needs cases and controls"}
+                  "roc": _roc(total), "note": "" if auc.auc == auc.auc else auc.method.split(": ", 1)[-1]}
     return out
 
 
