@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 DEPLOY_VENV ?= .venv-deploy
 DEPLOY_PY := $(DEPLOY_VENV)/bin/python
 STUDY ?= study-demo
-STUDY_EXTRAS := test,dicom,zoo
+STUDY_EXTRAS := test,dicom,zoo,federated
 DEPLOY_EXTRAS := test,dicom,zoo,deploy
 # UTF-8 everywhere, whatever the machine locale (reports and tables contain ±, ×, Greek letters).
 export PYTHONUTF8 := 1
@@ -21,13 +21,14 @@ deploy-env: $(DEPLOY_VENV)/.installed
 # torch is pinned to the CPU build that lies on local disk (a bare `torch` would pull a multi-GB CUDA build);
 # pyradiomics imports numpy in setup.py, so it is built without build isolation after numpy is in place.
 # (The 3.1.0 sdist fails to compile: it lacks cmatrices.h; pip then settles on 3.0.1, which builds with numpy 2.)
-# $(1): the environment's folder, $(2): the extras. pip's cache serves the second build.
+# $(1): the environment's folder, $(2): the extras. pip's cache serves the second build. torch==2.13.0 is repeated in
+# the last install so that no extra (nvflare's dependencies) can pull another torch.
 define make_venv
 	$(PYTHON) -m venv $(1)
 	$(1)/bin/python -m pip install -q --upgrade pip setuptools wheel
 	$(1)/bin/python -m pip install -q torch==2.13.0 "numpy>=1.26" versioneer
 	$(1)/bin/python -m pip install -q --no-build-isolation pyradiomics
-	$(1)/bin/python -m pip install -q -e ".[$(2)]"
+	$(1)/bin/python -m pip install -q torch==2.13.0 -e ".[$(2)]"
 	touch $(1)/.installed
 endef
 

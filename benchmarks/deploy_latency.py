@@ -116,11 +116,11 @@ def _breakdown(folder: Path, models: Path, work: Path) -> dict:
     """The app's steps timed one by one in this process (no SDK: the same functions its operators call)."""
     import monai.transforms  # noqa: F401 - imports are start-up's share, not the first step's
 
+    from p53hcc.tools.deploy import run as deploy_run
     from p53hcc.tools.deploy import shared_preprocessing
+    from p53hcc.tools.deploy.dicom_study import load_volume, nifti_masks, scan, select_series
     from p53hcc.tools.deploy.series_checks import check_series
     from p53hcc.tools.deploy.shared_preprocessing import BUNDLE_OVERRIDES
-    from p53hcc.tools.deploy import run as deploy_run
-    from p53hcc.tools.deploy.dicom_study import load_volume, nifti_masks, scan, select_series
 
     times: dict[str, float] = {}
 

@@ -46,7 +46,6 @@ from monai.deploy.operators.monai_bundle_inference_operator import (
 )
 
 from p53hcc.tools.deploy.refusal import app_paths, check_paths, guarded, raise_failure, refusals
-from p53hcc.tools.deploy.shared_preprocessing import BUNDLE_OVERRIDES
 from p53hcc.tools.deploy.run import (
     bundle_result,
     combined_for,
@@ -54,6 +53,7 @@ from p53hcc.tools.deploy.run import (
     sdk_image,
     write_outputs,
 )
+from p53hcc.tools.deploy.shared_preprocessing import BUNDLE_OVERRIDES
 
 
 class StudyReaderOperator(Operator):

@@ -21,12 +21,13 @@ FUSION_MAY_IMPORT = {"p53hcc.tools.errors", "p53hcc.tools.io", "p53hcc.tools.sch
 LEAVES = {"p53hcc.tools.errors", "p53hcc.tools.io", "p53hcc.tools.schema", "p53hcc.tools.logs",
           "p53hcc.tools.parallel"}
 #: Stage packages in data-flow order: a package may import only packages before it (and leaves).
-STAGE_ORDER = ["cohort", "preprocessing", "radiomics", "dl", "pipeline", "export", "deploy", "cli"]
+STAGE_ORDER = ["cohort", "preprocessing", "radiomics", "dl", "pipeline", "federated", "export", "deploy", "cli"]
 #: The layers of p53hcc.fusion and the fusion layers each may import (``report`` may import every layer).
 FUSION_LAYERS = {"inputs": set(), "models": {"inputs", "models"}, "stats": {"inputs", "stats"},
                  "report": {"inputs", "models", "stats", "report"}}
 #: The fusion layers each stage package may import; a stage not named here imports none.
-FUSION_FOR_STAGE = {"dl": {"inputs", "models"}, "pipeline": set(FUSION_LAYERS), "cli": set(FUSION_LAYERS)}
+FUSION_FOR_STAGE = {"dl": {"inputs", "models"}, "pipeline": set(FUSION_LAYERS), "federated": set(FUSION_LAYERS),
+                    "cli": set(FUSION_LAYERS)}
 #: The one module of the pipeline the Deploy runtime may use: the documented predict entry point.
 DEPLOY_ENTRY_POINT = "p53hcc.tools.pipeline.predict"
 #: The study configuration package (typed schema, checks) imports only these leaves (and itself).

@@ -138,6 +138,8 @@ def test_p53hcc_config_lists_every_setting_and_its_yaml_round_trips(tmp_path, ca
     template = tmp_path / "defaults.yaml"
     template.write_text(capsys.readouterr().out, encoding="utf-8")
     assert resolve_config(template, profile="demo") == resolve_config(profile="demo")
+    assert main(["config", "--federated", "true"]) == 0
+    assert "\nfl.rounds " in capsys.readouterr().out
 
 
 def test_study_help_is_the_commands_help_not_a_setting(capsys):

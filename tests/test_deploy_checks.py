@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from p53hcc.tools.deploy.series_checks import DicomInputError
 from p53hcc.tools.deploy import run as deploy_run
+from p53hcc.tools.deploy.series_checks import DicomInputError
 
 pydicom = pytest.importorskip("pydicom")
 pytest.importorskip("highdicom", reason="the synthetic DICOM cohort needs highdicom (pip install 'p53hcc[dicom]')")

@@ -183,6 +183,34 @@ def study(cohort: str | None = None, out: str = "study-demo", nets: str | None =
                          profile=profile, source="command line", **overrides))
 
 
+def federated(cohort: str | None = None, out: str = "federated-demo", config: str | None = None,
+              profile: str | None = None, export: bool = False, **overrides):
+    """Run the study federated: the cohort's sites (``--fl.site_column``, default ``scanner``) become NVIDIA FLARE
+    clients in FLARE's simulator, each reading only its own rows and images; writes OUT/report.html.
+
+    Args:
+        cohort: path to cohort.csv (default: generate the synthetic demo cohort in OUT/cohort, its seven scanners
+            grouped into three centres, the sites).
+        out: output folder (OUT/sites/<site>/ holds each site's own work, OUT/server/ what the server kept).
+        config: YAML of study settings; its ``fl:`` section holds the federation's settings.
+        profile: "paper" or "demo" (default: demo for the generated cohort, paper for your own).
+        export: write the FLARE job to OUT/job for a real deployment instead of running the simulator.
+        overrides: study parameters (--dl.spatial_size 32) and federated settings (--fl.rounds 3,
+            --fl.site_column centre, --fl.arms mc; the `fl` section of `p53hcc config`).
+    """
+    from p53hcc.tools.federated.job import run_federated, study_config
+
+    profile = profile or ("demo" if cohort is None else "paper")
+    if cohort is None:  # the demo's sites: its scanners grouped into three centres
+        overrides.setdefault("fl.site_column", "centre")
+    cfg, fl = study_config(config, profile, source="command line", **overrides)
+    if cohort is None:
+        from p53hcc.tools.federated.job import demo_cohort
+
+        cohort = str(demo_cohort(out, cfg["synth"]))
+    return str(run_federated(cohort, out, cfg, fl, export_only=export))
+
+
 def predict(model: str, cohort: str, out: str):
     """Apply a frozen study model to new patients: probability, class, nomogram points, Grad-CAM.
 
@@ -228,17 +256,18 @@ def export_bundle(study: str, arm: str = "mc", out: str = "bundle-export", net: 
     return str(export(study, arm=arm, out=out, net=net, name=name, version=str(version), weights_url=weights_url))
 
 
-def config(format: str = "table", profile: str = "paper"):
+def config(format: str = "table", profile: str = "paper", federated: bool = False):
     """Every study setting: key, type and allowed values, default and meaning (the typed schema).
 
     Args:
         format: "table" (one line per setting) or "yaml" (a commented study YAML of the defaults to start a
             --config file from).
         profile: the profile whose values the defaults column shows ("paper" or "demo").
+        federated: also the federation's settings (the `fl` section of `p53hcc federated`).
     """
     from p53hcc.tools.pipeline.settings_doc import settings_text
 
-    print(settings_text(format=format, profile=profile))
+    print(settings_text(format=format, profile=profile, federated=federated))
 
 
 def _typed(command):
@@ -249,7 +278,7 @@ def _typed(command):
 
 
 COMMANDS = {f.__name__: _typed(f) for f in (synth, validate, datalist, preprocess, radiomics, train, gradcam, study,
-                                             predict, evaluate, config)}
+                                             federated, predict, evaluate, config)}
 COMMANDS["export-bundle"] = _typed(export_bundle)
 VERBOSE, QUIET, HELP = ("--verbose", "-v"), ("--quiet", "-q"), ("--help", "-h")
 

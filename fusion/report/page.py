@@ -63,11 +63,13 @@ def _load(path: Path, reader: Callable[[Path], Any]) -> tuple[Any, str | None]:
         return None, f"{path.name} could not be read: {err}"
 
 
-def _na(reason: str) -> str:
+def not_available(reason: str) -> str:
+    """A visible "not available: reason" box (a missing piece of a report never crashes it)."""
     return f'<div class="na"><b>Not available:</b> {html.escape(reason)}</div>'
 
 
-def _img(path: Path, caption: str = "") -> str:
+def image_html(path: Path, caption: str = "") -> str:
+    """A PNG inlined as a figure (base64: the page stays self-contained), wide figures marked for full width."""
     raw = path.read_bytes()
     data = base64.b64encode(raw).decode("ascii")
     cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
@@ -200,18 +202,18 @@ class _Report:
     # --- sections
     def methods(self) -> str:
         if self.cfg_err:
-            return _na(self.cfg_err)
+            return not_available(self.cfg_err)
         return methods_html(self.dir, self.cfg, methods_note(self.cfg))  # leave-one-scanner-out, harmonisation
 
     def choice(self) -> str:
         if self.selection_err:
-            return _na(self.selection_err)
+            return not_available(self.selection_err)
         s = self.selection
         rows = [{"Arm": a.upper(), "Best network": NET_LABELS.get(v["net"], v["net"]), "Training OOF AUC": v["auc"]}
                 for a, v in s.get("best_per_arm", {}).items()]
         ch = s.get("chosen")
         if not ch:
-            return _na("no DL model could be chosen (no arm trained, or every network degenerate)") + self._excluded()
+            return not_available("no DL model could be chosen (no arm trained, or every network degenerate)") + self._excluded()
         folds = s.get("fold_choices", {})
         nested = s.get("nesting") == "nested"
         per_fold = ", ".join(f"fold {k}: {model_label(v) if v else 'none'}" for k, v in sorted(folds.items()))
@@ -259,7 +261,7 @@ class _Report:
 
     def _clinical_table(self, which: str) -> str:
         if self.cohort is None:
-            return _na("no cohort table was given to the report")
+            return not_available("no cohort table was given to the report")
         try:
             df = self.cohort[self.cohort["split"].isin(["train", "validation"])]
             if which == "table1":
@@ -269,7 +271,7 @@ class _Report:
                 tidy = ft.table2(df[df["split"] == "train"])
                 table = ft.render_table2(tidy)
         except Exception as err:  # noqa: BLE001 - module missing or failing: say so, keep the report
-            return _na(f"{which} could not be built: {type(err).__name__}: {err}")
+            return not_available(f"{which} could not be built: {type(err).__name__}: {err}")
         self.table_csv(f"{which}_tidy", tidy)
         self.table_csv(which, table)
         note = ("Training (TC) and validation (VC) cohorts by P53 status; tests as stated in p53hcc.fusion.report.tables."
@@ -278,9 +280,9 @@ class _Report:
 
     def metric_table(self, name: str, models: list[str], note: str, extra=None, labels=None) -> str:
         if self.metrics_err:
-            return _na(self.metrics_err)
+            return not_available(self.metrics_err)
         if not models:
-            return _na(f"no models for {name} in metrics.csv (stage not run)")
+            return not_available(f"no models for {name} in metrics.csv (stage not run)")
         level = float(self.cfg.get("statistics", {}).get("ci_level", 0.95))
         table = paper_metric_table(self.metrics, models, labels=labels, extra=extra, level=level)
         self.table_csv(name, table)
@@ -294,7 +296,7 @@ class _Report:
     def delong(self) -> str:
         df, err = _load(self.dir / "delong.csv", read_table)
         if err:
-            return _na(err)
+            return not_available(err)
         out = []
         for sp, g in df.groupby("split", sort=False):
             g = g.assign(model_a=g["model_a"].map(model_label), model_b=g["model_b"].map(model_label))
@@ -310,22 +312,22 @@ class _Report:
         if not files:
             missing = _load(self.figures / "missing.json", lambda p: json.loads(p.read_text()))[0] or {}
             reason = missing.get(what) or "figures stage has not produced it"
-            return _na(f"{what}: {reason}")
+            return not_available(f"{what}: {reason}")
         caps = _load(self.figures / "captions.json", lambda p: json.loads(p.read_text()))[0] or {}
         order = {name: i for i, name in enumerate(caps)}  # make_figures' logical order (cohort, then MC/FF/final)
         files.sort(key=lambda f: (order.get(f.name, len(order)), f.name))
-        return "".join(_img(f, caps.get(f.name, f.stem.replace("_", " "))) for f in files)
+        return "".join(image_html(f, caps.get(f.name, f.stem.replace("_", " "))) for f in files)
 
     def gradcam(self) -> str:
         files = gradcam_files(self.dir)
         if not files:
-            return _na("no Grad-CAM images under figures/gradcam/ (gradcam stage not run)")
-        return gallery_html(files, _img)
+            return not_available("no Grad-CAM images under figures/gradcam/ (gradcam stage not run)")
+        return gallery_html(files, image_html)
 
     def lasso(self) -> str:
         df, err = _load(self.dir / "fusion" / "radiomics_lasso.csv", read_table)
         if err:
-            return _na(err)
+            return not_available(err)
         self.table_csv("radiomics_lasso", df)
         return html_table(df) + f'<p class="note">{len(df)} features retained by LASSO (fitted on the training cohort).</p>'
 
@@ -410,7 +412,7 @@ def write_report(study_dir: str | Path, cohort: pd.DataFrame | None = None) -> P
         try:
             body = builders[name]()
         except Exception as err:  # noqa: BLE001 - one broken section must not hide the others
-            body = _na(f"{type(err).__name__}: {err}")
+            body = not_available(f"{type(err).__name__}: {err}")
         sections.append({"name": name, "subtitle": subtitles.get(name), "html": body})
     subtitle = (f"Study folder {study_dir.name}. Clinical, radiomics and deep-learning arms fused by logistic "
                 "regression; every number below comes from this run.")

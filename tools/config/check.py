@@ -50,7 +50,7 @@ def check_keys(raw: Mapping[str, Any], source: str, model: type[BaseModel] = Stu
     problems = _unknown(raw, key_tree(model), "")
     if problems:
         raise unknown_key(problems[0], source, model, what)
-    recorded = [k for k in raw if k in RECORDED] if model is StudyConfig else []
+    recorded = [k for k in raw if k in RECORDED] if issubclass(model, StudyConfig) else []
     if recorded:
         raise P53hccError(f"{source}: {recorded[0]} is recorded by the run, not a setting (the cohort is the "
                           "command's argument, the profile --profile)")

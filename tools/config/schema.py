@@ -265,6 +265,42 @@ class StudyConfig(Section):
         return self
 
 
+class Federated(Section):
+    """``p53hcc federated`` (docs/federated.md): how the cohort's sites train and evaluate together."""
+
+    site_column: str = Field("scanner", min_length=1, description="cohort.csv column whose values are the sites "
+                             "(FLARE clients); never a model input")
+    folds: int = Field(3, ge=3, description="site-local stratified folds of every site's training patients (fold k "
+                       "of the federation = every site's fold k); >= 3: the LASSO penalty is cross-validated over "
+                       "the other outer folds")
+    rounds: int = Field(2, ge=1, description="FedAvg rounds of every DL network")
+    local_epochs: int = Field(1, ge=1, description="local epochs of a site per FedAvg round (MonaiAlgo's "
+                              "local_epochs)")
+    arms: Annotated[list[Literal["mc", "ff"]], BeforeValidator(_names), AfterValidator(_unique)] = Field(
+        ["mc", "ff"], description="DL arms trained federated (empty: clinical, radiomics and combined only)")
+    net: str | None = Field(None, description="network of both arms (null: the bundles' net)")
+    bins: int = Field(100, ge=10, description="score bins of the federated evaluation (ROC, DeLong, "
+                      "calibration); a multiple of calibration_groups")
+    calibration_groups: int = Field(10, ge=2, description="equal-width risk groups of the calibration curve")
+    min_site_patients: int = Field(6, ge=1, description="a site with fewer training patients is refused (its "
+                                   "sums would be nearly per-patient)")
+    nonnegative: bool = Field(True, description="non-negative weights of the combined model (as "
+                              "fusion.stack_weights: nonnegative)")
+    seed: int = Field(0, ge=0, description="seed of the sites' folds and of the DL networks' initial weights")
+
+    @model_validator(mode="after")
+    def _bins_in_groups(self) -> Federated:
+        if self.bins % self.calibration_groups:
+            raise ValueError(f"bins: must be a multiple of calibration_groups ({self.calibration_groups})")
+        return self
+
+
+class FederatedStudyConfig(StudyConfig):
+    """The settings of ``p53hcc federated``: a study's, and the federation's own (``fl``)."""
+
+    fl: Federated = Field(default_factory=Federated)
+
+
 # ------------------------------------------------------------------------------------------------ the key tree
 def _model_of(annotation: Any) -> type[BaseModel] | None:
     return annotation if isinstance(annotation, type) and issubclass(annotation, Section) else None

@@ -19,8 +19,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from p53hcc.tools.deploy.series_checks import DicomInputError, check_images, check_series
-from p53hcc.tools.deploy.shared_preprocessing import BUNDLE_OVERRIDES
 from p53hcc.tools.deploy.combined import (
     CLINICAL_JSON,
     DeployInputError,
@@ -39,6 +37,8 @@ from p53hcc.tools.deploy.dicom_study import (
     select_series,
     series_folders,
 )
+from p53hcc.tools.deploy.series_checks import DicomInputError, check_images, check_series
+from p53hcc.tools.deploy.shared_preprocessing import BUNDLE_OVERRIDES
 from p53hcc.tools.io import atomic_path, atomic_write_text
 from p53hcc.tools.schema import PHASES
 
@@ -120,9 +120,16 @@ def prepare(folder: str | Path, models: str | Path) -> tuple[Path, Path | None, 
     chain = bundle_chain_params(json.loads((bundle / "configs" / "deploy.json").read_text(encoding="utf-8")))
     study.volume, phases = preprocess_once(study.volume, chain)
     if study_model is not None and study.clinical is not None and same_chain(chain, resolve_params(
-            read_manifest(study_model)["preprocessing"]["config"].get("params"))):
+            _frozen_manifest(study_model)["preprocessing"]["config"].get("params"))):
         study.preprocessed = {p: v for p, v in phases.items() if p not in study.resampled}  # on their own grid
     return bundle, study_model, study
+
+
+def _frozen_manifest(study_model: Path) -> dict:
+    """The frozen study model's manifest (the predict entry point loads the whole pipeline: only when one is used)."""
+    from p53hcc.tools.pipeline.predict import read_manifest
+
+    return read_manifest(study_model)
 
 
 def check_inputs(study: StudyInput, bundle: Path, study_model: Path | None) -> None:
@@ -132,10 +139,7 @@ def check_inputs(study: StudyInput, bundle: Path, study_model: Path | None) -> N
         raise DeployInputError(f"{study.folder / CLINICAL_JSON}: clinical values are given but the models folder has "
                                "no frozen study model (copy STUDY/model to MODELS/study_model beside the bundle)")
     if study_model is not None and study.clinical is not None:
-        # the predict entry point loads the whole pipeline: only when a study model is used
-        from p53hcc.tools.pipeline.predict import read_manifest
-
-        check_same_network(_bundle_source(bundle), read_manifest(study_model), bundle, study_model)
+        check_same_network(_bundle_source(bundle), _frozen_manifest(study_model), bundle, study_model)
         check_clinical_values(study.clinical, study.patient_id, study.folder / CLINICAL_JSON)
 
 

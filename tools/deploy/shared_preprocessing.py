@@ -28,7 +28,7 @@ BUNDLE_OVERRIDES = {"n4": False, "spatial_transforms": []}
 def bundle_chain_params(deploy_config: Mapping[str, Any]) -> dict:
     """The chain parameters (:data:`p53hcc.tools.preprocessing.params.CHAIN_DEFAULTS` layout) the bundle's deploy
     config applies: RAS, its N4 (None when off), its voxel size, z-score over non-zero voxels."""
-    from p53hcc.tools.errors import as_bool
+    from p53hcc.tools.dl.components import as_bool
     from p53hcc.tools.preprocessing.params import N4Params
 
     n4 = N4Params.from_dict(deploy_config.get("n4_params") or {}).to_dict() if as_bool(

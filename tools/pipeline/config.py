@@ -48,10 +48,10 @@ def merge(base: dict, extra: dict | None) -> dict:
     return out
 
 
-def overrides_tree(overrides: dict[str, Any], source: str) -> dict:
+def overrides_tree(overrides: dict[str, Any], source: str, model: type[StudyConfig] = StudyConfig) -> dict:
     """``{"dl.epochs": 3, "epochs": 3, "seed": 1}`` as a nested dict; a bare name must be a top-level setting or
     belong to exactly one section."""
-    tree, out = key_tree(), {}
+    tree, out = key_tree(model), {}
     for key, value in overrides.items():
         if "." in key:
             path = key.split(".")
@@ -63,7 +63,7 @@ def overrides_tree(overrides: dict[str, Any], source: str) -> dict:
                 raise P53hccError(f"{source}: study setting {'--' if source == COMMAND_LINE else ''}{key} is in "
                                   f"sections {', '.join(owners)}: write section.{key}")
             if not owners:
-                raise unknown_key(key, source)
+                raise unknown_key(key, source, model)
             path = [owners[0], key]
         node = out
         for p in path[:-1]:
@@ -111,7 +111,8 @@ def _read_yaml(config: str | Path) -> dict:
 
 
 def resolve_config(config: str | Path | None = None, nets: Any = None, paper_selection: bool | None = None,
-                   profile: str = "paper", source: str = ARGUMENT, **overrides: Any) -> dict:
+                   profile: str = "paper", source: str = ARGUMENT, model: type[StudyConfig] = StudyConfig,
+                   **overrides: Any) -> dict:
     """Defaults <- profile <- user YAML <- overrides; returns every setting of the study, checked and resolved.
 
     Args:
@@ -120,6 +121,7 @@ def resolve_config(config: str | Path | None = None, nets: Any = None, paper_sel
         paper_selection: also report the paper's optimistic choice of network by validation AUC.
         profile: ``paper`` (the defaults, faithful to the paper) or ``demo`` (fast settings for the synthetic demo).
         source: where ``overrides`` come from, for error messages (``command line`` or ``argument``).
+        model: the schema (``StudyConfig``; ``FederatedStudyConfig`` adds the federation's ``fl`` section).
         overrides: any setting, ``epochs=3`` or ``**{"dl.epochs": 3}``.
 
     Raises:
@@ -136,18 +138,18 @@ def resolve_config(config: str | Path | None = None, nets: Any = None, paper_sel
         extra["dl.nets"] = nets
     if paper_selection:
         extra["paper_selection"] = True
-    layers.append((overrides_tree(extra, source), source))
+    layers.append((overrides_tree(extra, source, model), source))
 
-    cfg = StudyConfig().model_dump(by_alias=True)
+    cfg = model().model_dump(by_alias=True)
     _fill(cfg, _stage_defaults())  # the bundle's components first: an explicit null in a source then means "none"
     sources: dict[str, str] = {}
     for raw, where in layers:
-        check_keys(raw, where)
+        check_keys(raw, where, model)
         cfg = merge(cfg, raw)
-        sources.update(dict.fromkeys(leaf_keys(raw), where))
+        sources.update(dict.fromkeys(leaf_keys(raw, key_tree(model)), where))
     _fill(cfg, _stage_defaults(), skip=NULLABLE_TRAINING)  # a null meaning "the stage's default"
     cfg["profile"] = profile
-    resolved = validated(StudyConfig, cfg, sources).model_dump(by_alias=True, mode="json")
+    resolved = validated(model, cfg, sources).model_dump(by_alias=True, mode="json")
     _check_names(resolved, sources)
     return resolved
 

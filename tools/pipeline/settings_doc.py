@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from p53hcc.tools.config.schema import StudyConfig, field_info, flat_keys
+from p53hcc.tools.config.schema import FederatedStudyConfig, StudyConfig, field_info, flat_keys
 
 
 def _type_text(annotation: Any) -> str:
@@ -43,14 +43,16 @@ def _bounds(field) -> str:
     return f" ({', '.join(marks)})" if marks else ""
 
 
-def settings_rows(profile: str = "paper") -> list[dict[str, str]]:
-    """One row per setting: ``key``, ``type``, ``default`` (as the profile resolves it) and ``meaning``."""
+def settings_rows(profile: str = "paper", federated: bool = False) -> list[dict[str, str]]:
+    """One row per setting: ``key``, ``type``, ``default`` (as the profile resolves it) and ``meaning``; with
+    ``federated`` also the federation's ``fl`` section (``p53hcc federated``)."""
     from p53hcc.tools.pipeline.config import resolve_config
 
-    resolved = resolve_config(profile=profile)
+    model = FederatedStudyConfig if federated else StudyConfig
+    resolved = resolve_config(profile=profile, model=model)
     rows = []
-    for key in flat_keys(StudyConfig):
-        field = field_info(key)
+    for key in flat_keys(model):
+        field = field_info(key, model)
         value: Any = resolved
         for part in key.split("."):
             value = value.get(part) if isinstance(value, dict) else None
@@ -59,9 +61,9 @@ def settings_rows(profile: str = "paper") -> list[dict[str, str]]:
     return rows
 
 
-def settings_text(format: str = "table", profile: str = "paper") -> str:
+def settings_text(format: str = "table", profile: str = "paper", federated: bool = False) -> str:
     """The schema as a table (``format="table"``) or as a commented YAML of the defaults (``"yaml"``)."""
-    rows = settings_rows(profile)
+    rows = settings_rows(profile, federated)
     if format == "yaml":
         return _commented_yaml(rows)
     if format != "table":
