@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
-    from p53hcc.tools.cohort.synth import make_cohort
+    from p53hcc.tools.cohort.synth.cohort import make_cohort
     from p53hcc.tools.federated.job import run_federated, split_cohort, study_config
 
     work = Path(args.work)

@@ -9,8 +9,8 @@ import pytest
 import statsmodels.api as sm
 from sklearn.linear_model import LogisticRegression
 
-from p53hcc.fusion.clinical import ClinicalModel, encode_clinical
-from p53hcc.fusion.combined import CombinedModel
+from p53hcc.fusion.models.clinical import ClinicalModel, encode_clinical
+from p53hcc.fusion.models.combined import CombinedModel
 from p53hcc.fusion.models.federated import (
     SiteTables,
     bin_of,
@@ -21,8 +21,8 @@ from p53hcc.fusion.models.federated import (
     newton_logit,
 )
 from p53hcc.fusion.models.federated_fits import clinical_protocol, combined_protocol, radiomics_protocol
-from p53hcc.fusion.selection import SpearmanFilter
-from p53hcc.fusion.stats import auc_ci
+from p53hcc.fusion.models.radiomics import SpearmanFilter
+from p53hcc.fusion.stats.auc import auc_ci
 from p53hcc.fusion.stats.federated import auc_from_bins, brier_from_bins
 
 
@@ -79,7 +79,7 @@ def test_federated_l2_and_nonnegative_fits_equal_scikit_learn_and_the_combined_m
 
 
 def test_federated_clinical_model_equals_the_pooled_clinical_model():
-    from p53hcc.tools.cohort.synth import sample_patients
+    from p53hcc.tools.cohort.synth.cohort import sample_patients
 
     cohort, _ = sample_patients(160, seed=3)
     cohort = cohort.set_index("patient_id", drop=False)
@@ -190,7 +190,7 @@ def test_split_cohort_gives_each_site_its_own_rows_with_absolute_paths(tmp_path)
 
 
 def test_demo_centres_cover_every_internal_scanner_with_enough_patients_per_site():
-    from p53hcc.tools.cohort.synth import sample_patients
+    from p53hcc.tools.cohort.synth.cohort import sample_patients
     from p53hcc.tools.cohort.synth_images import INTERNAL_SCANNERS
     from p53hcc.tools.federated.job import DEMO_CENTRES
 

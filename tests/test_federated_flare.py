@@ -28,7 +28,7 @@ SUM_NAMES = {"grad", "hess", "llf", "n", "max_eta", "sum", "sumsq", "xtx", "n_rh
 @pytest.fixture(scope="module")
 def federated_run(tmp_path_factory):
     from p53hcc.tools.cli import main
-    from p53hcc.tools.cohort.synth import make_cohort
+    from p53hcc.tools.cohort.synth.cohort import make_cohort
 
     root = tmp_path_factory.mktemp("fed")
     csv = make_cohort(40, root / "cohort", seed=1, size="demo", second_reader=False)

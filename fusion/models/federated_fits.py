@@ -4,18 +4,18 @@ Each ``*_protocol`` takes the rows it fits on (a row selector: training patients
 and returns a *scoring spec*: the transform chain and coefficients a site applies to its own patients
 (:func:`score_spec`). Cross-fitting (:func:`crossfit_protocol`) runs the fold fits side by side.
 
-* **Clinical** (:class:`~p53hcc.fusion.clinical.ClinicalModel`): univariable Wald screen, stepwise AIC and the
+* **Clinical** (:class:`~p53hcc.fusion.models.clinical.ClinicalModel`): univariable Wald screen, stepwise AIC and the
   final LR, every fit a federated Newton: the pooled selection and coefficients (tested). A variable that
   separates the classes gets Fisher's exact p from the pooled 2 x 2 table (binary; exact); a non-binary one gets
   NaN (the pooled model's supremum likelihood-ratio test needs the rows) and is not screened in.
-* **Radiomics** (:func:`~p53hcc.fusion.selection.make_radiomics_model`): variance filter and z-scores from pooled
+* **Radiomics** (:func:`~p53hcc.fusion.models.radiomics.make_radiomics_model`): variance filter and z-scores from pooled
   moments (exact); the Spearman filter on the n-weighted mean of the sites' Spearman matrices and the pooled
   within-site AUC as relevance (not the pooled ranks: an approximation, exact for one site); the LASSO by proximal
   Newton (the pooled optimum for a given penalty) with the penalty chosen by cross-validation over the *outer*
   folds (sites keep their own fold labels); the final L2 LR exact.
-* **FF head** (:class:`~p53hcc.fusion.ffhead.FFHead`): per-phase standardisation and PCA from pooled
+* **FF head** (:class:`~p53hcc.fusion.models.ffhead.FFHead`): per-phase standardisation and PCA from pooled
   cross-products (exact up to component signs), LASSO as above, final unpenalised LR exact.
-* **Combined** (:class:`~p53hcc.fusion.combined.CombinedModel`): standardised logits from pooled moments,
+* **Combined** (:class:`~p53hcc.fusion.models.combined.CombinedModel`): standardised logits from pooled moments,
   non-negative weights by projected Newton (the pooled bound-constrained MLE).
 """
 from __future__ import annotations

@@ -7,7 +7,7 @@ The server adds the sites' answers. From those counts:
 * the ROC AUC and DeLong's variance are exactly those of the *binned* scores (every score replaced by its bin,
   ties counted 1/2): a case in bin b has placement (controls below b + half the controls in b) / n0, and
   DeLong's variance is the variance of those placements (tests/test_federated.py checks this against
-  :func:`p53hcc.fusion.stats.auc_ci` on the binned scores). The binning moves the AUC by at most the share of
+  :func:`p53hcc.fusion.stats.auc.auc_ci` on the binned scores). The binning moves the AUC by at most the share of
   case-control pairs that share a bin;
 * the calibration curve (mean predicted vs observed rate per bin, Wilson CI), the Brier score (exact) and, by
   federated Newton on the logit of the scores, the calibration slope and intercept (exact).
@@ -52,7 +52,7 @@ def auc_from_bins(cases: np.ndarray, controls: np.ndarray, alpha: float = 0.05) 
 def calibration_from_bins(total: dict[str, np.ndarray], groups: int = 10) -> pd.DataFrame:
     """Calibration curve on ``groups`` equal-width risk groups (the fine ROC bins merged), Wilson 95% CI.
 
-    Columns as :func:`p53hcc.fusion.calibration.calibration_curve` (``strategy="uniform"``): bin, mean_predicted,
+    Columns as :func:`p53hcc.fusion.stats.calibration.calibration_curve` (``strategy="uniform"``): bin, mean_predicted,
     observed, n, n_events, ci_low, ci_high; empty groups dropped.
     """
     bins = len(total["cases"])

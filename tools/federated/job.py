@@ -41,7 +41,7 @@ DEMO_CENTRES = {"S1_Aera_1.5T": "centre-1", "S4_Prisma_3T": "centre-1", "S7_Inge
 
 def demo_cohort(out: str | Path, synth: dict) -> Path:
     """The synthetic demo cohort (``study``'s ``synth`` settings) with a ``centre`` column (:data:`DEMO_CENTRES`)."""
-    from p53hcc.tools.cohort.synth import make_cohort
+    from p53hcc.tools.cohort.synth.cohort import make_cohort
 
     csv = Path(out) / "cohort" / "cohort.csv"
     if not csv.is_file():

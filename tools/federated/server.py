@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from p53hcc.fusion.clinical import PREOPERATIVE_VARIABLES
+from p53hcc.fusion.models.clinical import PREOPERATIVE_VARIABLES
 from p53hcc.fusion.models.federated import lockstep, newton_logit, sum_answers
 from p53hcc.fusion.models.federated_fits import (
     clinical_protocol,

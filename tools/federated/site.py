@@ -41,7 +41,7 @@ class Site:
     # ------------------------------------------------------------------------------------------ preparation
     def prepare(self) -> dict[str, Any]:
         """The study's stages on this site's own patients; the tables the answers are computed from."""
-        from p53hcc.fusion.clinical import encode_clinical
+        from p53hcc.fusion.models.clinical import encode_clinical
         from p53hcc.tools.cohort.manifest import read_cohort
         from p53hcc.tools.cohort.splits import load_splits, write_datalist
         from p53hcc.tools.io import read_table
