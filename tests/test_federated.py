@@ -191,7 +191,7 @@ def test_split_cohort_gives_each_site_its_own_rows_with_absolute_paths(tmp_path)
 
 def test_demo_centres_cover_every_internal_scanner_with_enough_patients_per_site():
     from p53hcc.tools.cohort.synth.cohort import sample_patients
-    from p53hcc.tools.cohort.synth_images import INTERNAL_SCANNERS
+    from p53hcc.tools.cohort.synth.images import INTERNAL_SCANNERS
     from p53hcc.tools.federated.job import DEMO_CENTRES
 
     assert set(DEMO_CENTRES) == set(INTERNAL_SCANNERS)
