@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from p53hcc.tools.cohort.ids import id_problems
 from p53hcc.tools.cohort.imagechecks import ImageRequirements, phase_order_problem, ring_median, roi_problem
 from p53hcc.tools.cohort.imageio import read_geometry, read_voxels_strict
 from p53hcc.tools.errors import InputError, P53hccError
@@ -44,15 +45,21 @@ class Problem:
         return str(InputError(self.patient_id, self.problem, self.column, self.path))
 
 
-def read_cohort(path: str | Path) -> pd.DataFrame:
+def read_cohort(path: str | Path, check_ids: bool = True) -> pd.DataFrame:
     """Read ``cohort.csv``: paths made absolute (relative to the CSV), one ``mask`` column expanded per phase.
 
     Rows whose every cell is blank (trailing ``,,,,`` lines of a spreadsheet export) are dropped; their line
     numbers are kept in ``df.attrs["blank_lines"]`` so validation can say so.
 
+    Args:
+        path: the cohort CSV.
+        check_ids: refuse ids that cannot name a file (:mod:`p53hcc.tools.cohort.ids`); validation, which lists
+            them with every other problem, reads with False.
+
     Raises:
         P53hccError: the file is missing, empty, not UTF-8, not comma-separated, has no patients, a row without
-            ``patient_id``, or lacks required columns.
+            ``patient_id``, a patient id outside the safe alphabet or differing from another only by case, or
+            lacks required columns.
     """
     path = Path(path)
     if not path.is_file():
@@ -71,6 +78,11 @@ def read_cohort(path: str | Path) -> pd.DataFrame:
         raise P53hccError(f"{path}: no patient_id on line(s) {', '.join(map(str, no_id[:10]))}"
                           f"{' ...' if len(no_id) > 10 else ''}")
     df["patient_id"] = df["patient_id"].astype(str).str.strip()
+    bad = id_problems(df["patient_id"]) if check_ids else []
+    if bad:
+        listed = "; ".join(f"patient {pid}: {why}" for pid, why in bad[:5])
+        raise P53hccError(f"{path}: {len(bad)} unusable patient id(s): {listed}"
+                          f"{' ...' if len(bad) > 5 else ''} (run `p53hcc validate {path}` for every problem)")
     df["split"] = df["split"].astype(str).str.strip().str.lower()
     base = path.resolve().parent
     for col in (*PHASES, *MASK_COLUMNS, *R2_MASK_COLUMNS):
@@ -148,7 +160,7 @@ def validate_cohort(path: str | Path, check_voxels: bool = True, workers: int = 
             (:mod:`p53hcc.tools.cohort.imagechecks`; implies ``check_voxels``).
     """
     check_voxels = check_voxels or requirements is not None
-    df = read_cohort(path)
+    df = read_cohort(path, check_ids=False)
     problems = _table_problems(df)
     if df.attrs.get("blank_lines"):
         lines = df.attrs["blank_lines"]
@@ -164,7 +176,7 @@ def validate_cohort(path: str | Path, check_voxels: bool = True, workers: int = 
 
 def _table_problems(df: pd.DataFrame) -> list[Problem]:
     """Problems visible in the table itself: ids, splits, labels, clinical values, missing phases."""
-    out: list[Problem] = []
+    out = [Problem(pid, "patient_id", None, why) for pid, why in id_problems(df["patient_id"])]
     for pid in df.loc[df["patient_id"].duplicated(), "patient_id"].unique():
         out.append(Problem(pid, "patient_id", None, f"duplicate patient_id ({(df['patient_id'] == pid).sum()} rows)"))
     for row in df.itertuples(index=False):

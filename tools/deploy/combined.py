@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from p53hcc.tools.cohort.ids import path_safe_id
 from p53hcc.tools.errors import P53hccError
 from p53hcc.tools.export.configs import weights_digest
 from p53hcc.tools.io import atomic_write_table
@@ -146,15 +147,16 @@ def combined_result(study_model: Path, patient_id: str, images: Mapping[str, str
     from p53hcc.tools.preprocessing.run import seed_preprocessed
 
     manifest = read_manifest(study_model)
+    key = path_safe_id(patient_id)  # a DICOM PatientID may hold '/', spaces...: it never names a scratch folder
     with tempfile.TemporaryDirectory(prefix="p53hcc-combined-") as scratch:
         scratch = Path(scratch)
-        cohort = _cohort_csv(scratch / "cohort.csv", str(patient_id), images, masks, clinical)
+        cohort = _cohort_csv(scratch / "cohort.csv", key, images, masks, clinical)
         for phase, data in (preprocessed or {}).items():  # predict's work folder: scratch/predict/work
-            seed_preprocessed(scratch / "predict" / "work", str(patient_id), phase, images[phase], masks[phase],
+            seed_preprocessed(scratch / "predict" / "work", key, phase, images[phase], masks[phase],
                               data, manifest["preprocessing"]["config"].get("params"))
 
         def bundle_dl(*_args) -> pd.Series:
-            return pd.Series({str(patient_id): float(dl_probability)})
+            return pd.Series({key: float(dl_probability)})
 
         pred = pd.read_csv(predict_cohort(study_model, cohort, scratch / "predict", dl_scorer=bundle_dl,
                                           gradcam=False, workers=1), dtype={"patient_id": str}).iloc[0]

@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from p53hcc.tools.cohort.ids import patient_path
 from p53hcc.tools.cohort.splits import cohort_items, select_items
 from p53hcc.tools.dl.arms import get_arm, load_unit_network, read_config
 from p53hcc.tools.dl.bundle import training_defaults
@@ -249,7 +250,7 @@ def write_maps(dest: Path, exp: Explanation) -> Path:
     """The data of an explanation: ``<patient>.npy`` (``[H, W]`` for MC, ``[3, H, W]`` for FF, in [0, 1]),
     ``sanity.csv`` and ``gradcam.json`` (the layer used per network)."""
     for pid, scaled in zip(exp.ids, exp.maps):
-        with atomic_path(dest / f"{pid}.npy") as tmp:
+        with atomic_path(patient_path(dest, pid, ".npy")) as tmp:
             np.save(tmp, scaled[0] if len(exp.units) == 1 else scaled)
     atomic_write_table(dest / "sanity.csv", exp.sanity)
     atomic_write_json(dest / "gradcam.json", {"arm": exp.arm, "net": exp.net, "min_cells": MIN_CELLS,

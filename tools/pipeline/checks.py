@@ -144,7 +144,7 @@ def cohort_problems(cohort_csv: str | Path, requirements: ImageRequirements, fol
     """Every problem of the cohort's files and values plus what ``purpose`` needs (clinical, classes, ROIs)."""
     if purpose not in PURPOSES:
         raise P53hccError(f"unknown purpose {purpose!r}; choose one of {', '.join(PURPOSES)}")
-    df = read_cohort(cohort_csv)
+    df = read_cohort(cohort_csv, check_ids=False)
     problems = validate_cohort(cohort_csv, progress=progress, requirements=requirements)
     return problems + clinical_problems(df) + class_problems(df, int(folds), purpose, int(seed), int(inner_cv),
                                                              group_column)
@@ -180,7 +180,7 @@ def validate_study_command(cohort: str | Path, config: str | Path | None = None,
     problems = cohort_problems(cohort, ImageRequirements(**checks.pop("requirements")), purpose=purpose, **checks)
     for p in problems:
         print(f"{p.severity.upper()}: {p}")
-    n_patients = len(read_cohort(cohort))
+    n_patients = len(read_cohort(cohort, check_ids=False))
     n_errors = sum(p.severity == "error" for p in problems)
     if n_errors:
         raise P53hccError(f"{cohort}: {n_errors} problem(s) in {n_patients} patients (listed above)")

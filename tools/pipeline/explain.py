@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from p53hcc.fusion.report.gradcam_figure import figure_caption, save_overlay
+from p53hcc.tools.cohort.ids import patient_path
 from p53hcc.tools.dl.gradcam import (
     Explanation,
     explain,
@@ -31,7 +32,7 @@ def draw(dest: Path, exp: Explanation) -> Path:
         caption = figure_caption(exp.arm, exp.net, exp.targets[0].describe(), exp.rho[i], exp.differs[i],
                                  exp.reason[i], exp.units, zero=not exp.maps[i].any())
         captions[f"{pid}.png"] = caption + (f" WARNING: {warning}." if warning else "")
-        save_overlay(dest / f"{pid}.png", exp.images[i], exp.maps[i], exp.masks[i],
+        save_overlay(patient_path(dest, pid, ".png"), exp.images[i], exp.maps[i], exp.masks[i],
                      title=f"{pid} · {exp.arm.upper()} {NET_LABELS.get(exp.net, exp.net)}",
                      panel_notes=[f"P(mutated) {p:.2f}" for p in exp.probs[i]], caption=caption, warning=warning)
     atomic_write_json(dest / "captions.json", captions)

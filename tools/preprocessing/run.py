@@ -30,6 +30,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from p53hcc.tools.cohort.dropped import apply_policy, check_on_failure
+from p53hcc.tools.cohort.ids import patient_path
 from p53hcc.tools.cohort.manifest import read_cohort
 from p53hcc.tools.errors import P53hccError
 from p53hcc.tools.io import atomic_path, atomic_write_json, atomic_write_table, file_sha256, params_hash
@@ -225,7 +226,7 @@ def preprocess_cohort(cohort_csv: str | os.PathLike, out: str | os.PathLike, wor
     rows, todo = [], []
     for item in (i for i in items if "error" not in i):
         n4_key, key = _keys(item["image_sha"], item["mask_sha"], p)
-        dest = root / item["patient_id"]
+        dest = patient_path(root, item["patient_id"])
         files = [dest / f"{item['phase']}.nii.gz"] + ([dest / f"{item['phase']}_mask.nii.gz"] if item["mask"] else [])
         if _sidecar_key(dest / f"{item['phase']}.json") == key and all(f.is_file() for f in files):
             rows.append({"patient_id": item["patient_id"], "phase": item["phase"], "key": key, "cached": True,
@@ -263,11 +264,11 @@ def seed_preprocessed(out: str | os.PathLike, patient_id: str, phase: str, image
     cached result :func:`preprocess_cohort` with ``out`` and ``params`` finds for that patient-phase, so it
     preprocesses nothing again. The Deploy app preprocesses each phase once for its bundle and seeds its combined
     model's one-patient ``predict`` with it (:mod:`p53hcc.tools.deploy.shared_preprocessing`)."""
-    p = resolve_params(params)
+    p, dest = resolve_params(params), patient_path(Path(out) / "preprocessed", patient_id)
     if not bool((data["mask"] > 0.5).any()):
         raise P53hccError(f"patient {patient_id} phase {phase}: file {mask}: mask is empty on the 1 mm grid")
     n4_key, key = _keys(file_sha256(image), file_sha256(mask), p)
-    _save_result(Path(out) / "preprocessed" / str(patient_id), phase, data,
+    _save_result(dest, phase, data,
                  {"patient_id": str(patient_id), "phase": phase, "key": key, "n4_key": n4_key, "params": p,
                   "image_source": str(image), "mask_source": str(mask), "seeded": True}, stored=True)
 

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from p53hcc.tools import parallel
 from p53hcc.tools.cohort.dropped import apply_policy, check_on_failure
+from p53hcc.tools.cohort.ids import patient_path
 from p53hcc.tools.cohort.manifest import read_cohort
 from p53hcc.tools.errors import P53hccError
 from p53hcc.tools.io import atomic_path, atomic_write_table, file_sha256, params_hash, read_table
@@ -139,7 +140,7 @@ def _resolve(p: str, out: Path) -> str:
 
 def _task(pid, phase, reader, image, mask, img_sha, mask_sha, params, phash, out: Path, **extra) -> dict:
     key = params_hash([img_sha, mask_sha, phash, _PYRADIOMICS])
-    cache = out / CACHE_DIR / pid / f"{phase}-{reader}-{key}.json"
+    cache = patient_path(out / CACHE_DIR, pid) / f"{phase}-{reader}-{key}.json"
     return dict(patient_id=pid, phase=phase, reader=reader, image=image, mask=mask, image_sha256=img_sha,
                 mask_sha256=mask_sha, params=params, params_hash=phash, cache=str(cache), **extra)
 
@@ -157,7 +158,7 @@ def _build_tasks(cohort: pd.DataFrame, index: pd.DataFrame, params: dict, phash:
         pairs = [("r1", r.mask, {})]
         if isinstance(native, str) and native:
             # resampled onto the preprocessed grid; the key (native mask + preprocessed image) fixes that grid
-            resampled = out / R2_MASK_DIR / pid / f"{phase}_mask_r2.nii.gz"
+            resampled = patient_path(out / R2_MASK_DIR, pid) / f"{phase}_mask_r2.nii.gz"
             pairs.append(("r2", native, {"resample_mask_to": r.image, "resampled_mask": str(resampled)}))
         for reader, mask, extra in pairs:
             try:
