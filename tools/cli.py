@@ -293,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from p53hcc.tools.errors import P53hccError
     from p53hcc.tools.logs import configure_logging
+    from p53hcc.tools.parallel import EXIT_TERMINATED, Terminated, terminated_as_interrupt
 
     argv = list(sys.argv[1:] if argv is None else argv)
     configure_logging(verbose=any(a in VERBOSE for a in argv), quiet=any(a in QUIET for a in argv))
@@ -301,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
         argv = [a for a in argv if a not in HELP] + ["--", "--help"]
     log = logging.getLogger("p53hcc.cli")
     try:
-        fire.Fire(COMMANDS, command=argv, name="p53hcc")
+        with terminated_as_interrupt():  # SIGTERM (batch schedulers, kill) unwinds like Ctrl-C
+            fire.Fire(COMMANDS, command=argv, name="p53hcc")
     except fire.core.FireExit as done:  # --help, or fire's own usage error (it has printed why)
         return int(done.code or 0)
     except (P53hccError, FileNotFoundError) as err:
@@ -315,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
         hint = " (is the folder read-only?)" if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else ""
         log.error("%s%s", err, hint)
         return 1
+    except Terminated:
+        log.error("terminated (SIGTERM); workers stopped, nothing half-written: run the same command again to resume")
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         log.error("interrupted; run the same command again to resume")
         return 130

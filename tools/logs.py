@@ -76,8 +76,9 @@ def study_log(path: str | os.PathLike) -> Iterator[Path]:
         handler.handle(logger.makeRecord(ROOT, logging.ERROR, __file__, 0, "%s: %s", (type(err).__name__, err),
                                          None))
         raise
-    except KeyboardInterrupt:
-        handler.handle(logger.makeRecord(ROOT, logging.ERROR, __file__, 0, "interrupted (Ctrl-C)", (), None))
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (parallel.Terminated)
+        handler.handle(logger.makeRecord(ROOT, logging.ERROR, __file__, 0, "interrupted (%s)",
+                                         (str(err) or "Ctrl-C",), None))
         raise
     finally:
         logger.removeHandler(handler)

@@ -10,8 +10,14 @@ worker alike; parallelism comes from running patients in separate processes.
 single-threaded local processes or on a Dask cluster, and yields the results as they finish. An interrupted run
 (Ctrl-C, or any error while results are awaited) stops the same way wherever it runs (:func:`_stopped_when_interrupted`):
 queued tasks are dropped and running local workers terminated (outputs are written atomically, so the folder stays
-resumable); the workers ignore SIGINT themselves (:func:`worker_init`), so the console shows one line from the
-parent instead of a traceback per worker. Those two functions are the only places that handle signals.
+resumable); the workers ignore SIGINT and SIGTERM themselves (:func:`worker_init`), so the console shows one line
+from the parent instead of a traceback per worker, and the parent decides when they stop.
+
+SIGTERM (what a batch scheduler or ``kill`` sends) is an interrupt like Ctrl-C: inside :func:`terminated_as_interrupt`
+(the command line's ``main``) it raises :class:`Terminated`, a ``KeyboardInterrupt``, in the main thread, so every
+block that cleans up after Ctrl-C (workers stopped, the folder's lock released, nothing half-written) does so after
+SIGTERM too, and the command exits with 143 (128 + 15), resumable. Those three functions are the only places that
+handle signals.
 """
 from __future__ import annotations
 
@@ -79,30 +85,64 @@ def single_threaded():
     return fixed_threads(1)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM received: raised in the main thread so that the run unwinds exactly as after Ctrl-C."""
+
+    def __init__(self) -> None:
+        super().__init__("terminated (SIGTERM)")
+
+
+#: Exit code of a command stopped by SIGTERM (128 + the signal's number, as a shell reports it).
+EXIT_TERMINATED = 128 + int(signal.SIGTERM)
+
+
+@contextmanager
+def terminated_as_interrupt() -> Iterator[None]:
+    """Inside the block SIGTERM raises :class:`Terminated` in the main thread (outside the main thread, where
+    Python cannot install handlers, the block runs unchanged); the previous handler is restored after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_terminated(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def worker_init() -> None:
-    """Initializer of worker processes: one ITK / torch thread, and Ctrl-C left to the parent (the workers' one
-    place of signal handling)."""
+    """Initializer of worker processes: one ITK / torch thread; Ctrl-C and SIGTERM left to the parent, which
+    stops the workers itself (the workers' one place of signal handling). A scheduler that signals the whole
+    process group thus gets one orderly stop, never workers dying under a parent that still waits on them."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _set_threads(1)
 
 
 def stop_pool(pool: ProcessPoolExecutor) -> None:
-    """Stop a pool now: cancel queued tasks and terminate the running workers."""
-    terminate = getattr(pool, "terminate_workers", None)  # Python >= 3.14
-    if terminate is not None:
-        terminate()
+    """Stop a pool now: cancel queued tasks and kill the running workers (they ignore SIGTERM)."""
+    kill = getattr(pool, "kill_workers", None)  # Python >= 3.14
+    if kill is not None:
+        kill()
         return
     # before 3.14 there is no public way; shutdown() forgets the processes, so take them first
     workers = list((getattr(pool, "_processes", None) or {}).values())
     pool.shutdown(wait=False, cancel_futures=True)
     for proc in workers:
-        proc.terminate()
+        proc.kill()
+    for proc in workers:
+        proc.join(timeout=5)
 
 
 @contextmanager
 def _stopped_when_interrupted(stop: Callable[[], None]) -> Iterator[None]:
-    """The parent's one place of interrupt handling: Ctrl-C (or any error) inside the block calls ``stop`` (drop the
-    queued tasks, end the running ones), then the exception goes on to the caller, which reports it once."""
+    """The parent's one place of interrupt handling: Ctrl-C, SIGTERM (:class:`Terminated`) or any error inside the
+    block calls ``stop`` (drop the queued tasks, end the running ones), then the exception goes on to the caller,
+    which reports it once."""
     try:
         yield
     except BaseException:
