@@ -278,6 +278,9 @@ def stepwise_aic(X: pd.DataFrame, y, direction: str = "both", start: Sequence[st
     if direction not in ("both", "forward", "backward"):
         raise ValueError(f"direction must be both/forward/backward, got {direction!r}")
     y = outcome_on(y, X.index)
+    if np.unique(y).size < 2:
+        raise InputError(None, f"stepwise selection needs patients of both classes; all {y.size} have p53 = "
+                               f"{int(y[0]) if y.size else 'none'} (no model can be compared on AIC)", column="p53")
     order = list(X.columns)
     current = list(start) if start is not None else ([] if direction != "backward" else order.copy())
     best = _aic(X, y, current)

@@ -23,6 +23,40 @@ def _sigmoid(x):
     return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=float)))
 
 
+def _number(value, what: str) -> float:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise InputError(None, f"nomogram: {what} must be a number, got {value!r}") from None
+    if not np.isfinite(x):
+        raise InputError(None, f"nomogram: {what} is {x} (a fit that did not converge?); every coefficient, the "
+                               "intercept and every range must be finite")
+    return x
+
+
+def _checked_inputs(coefs: Mapping[str, float], intercept: float, ranges: Mapping[str, Sequence[float]]
+                    ) -> dict[str, tuple[float, float]]:
+    """Every coefficient, the intercept and every predictor's (lo, hi) finite numbers, whatever their order;
+    returns the ranges as (lo, hi)."""
+    if not coefs:
+        raise InputError(None, "nomogram: no predictor (coefs is empty)")
+    missing = set(coefs) - set(ranges)
+    if missing:
+        raise InputError(None, f"nomogram: no range for predictor(s) {sorted(missing)}")
+    _number(intercept, "the intercept")
+    out = {}
+    for k in coefs:
+        _number(coefs[k], f"the coefficient of {k}")
+        try:
+            bounds = [_number(v, f"the range of {k}") for v in ranges[k]]
+        except TypeError:
+            raise InputError(None, f"nomogram: the range of {k} must be (lo, hi), got {ranges[k]!r}") from None
+        if len(bounds) != 2:
+            raise InputError(None, f"nomogram: the range of {k} must be (lo, hi), got {ranges[k]!r}")
+        out[k] = (min(bounds), max(bounds))
+    return out
+
+
 @dataclass
 class Nomogram:
     """Points scale of a fitted logistic model.
@@ -58,10 +92,7 @@ class Nomogram:
             ticks: optional axis ticks {predictor: [(value, label), ...]}.
             labels: optional display names.
         """
-        missing = set(coefs) - set(ranges)
-        if missing:
-            raise InputError(None, f"nomogram: no range for predictor(s) {sorted(missing)}")
-        rng = {k: (float(min(ranges[k])), float(max(ranges[k]))) for k in coefs}
+        rng = _checked_inputs(coefs, intercept, ranges)
         effects = {k: abs(float(coefs[k])) * (rng[k][1] - rng[k][0]) for k in coefs}
         max_effect = max(effects.values()) if effects else 0.0
         if not max_effect > 0:

@@ -118,6 +118,22 @@ def permutation_chi2(counts: np.ndarray, n_resamples: int = 9999, seed: int = 0)
     return (k + 1) / (n_resamples + 1)
 
 
+def _counts_table(counts) -> np.ndarray:
+    """``counts`` as a 2-D integer table; NaN, infinite, negative or fractional counts are an error."""
+    try:
+        t = np.asarray(counts, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(f"counts must be numbers, got {counts!r}") from None
+    if t.ndim != 2:
+        raise ValueError(f"counts must be a 2-D table (rows = groups, columns = levels), got shape {t.shape}")
+    if not np.isfinite(t).all():
+        raise ValueError(f"counts contain {int((~np.isfinite(t)).sum())} NaN/infinite value(s)")
+    if (t < 0).any() or (t != np.round(t)).any():
+        bad = t[(t < 0) | (t != np.round(t))][0]
+        raise ValueError(f"counts must be non-negative whole numbers, got {bad:g}")
+    return t.astype(np.int64)
+
+
 def compare_categorical(counts: np.ndarray, small_expected: str = "fisher", seed: int = 0) -> tuple[float, str]:
     """p value and test name for a contingency table of counts (rows = groups, columns = levels).
 
@@ -126,7 +142,7 @@ def compare_categorical(counts: np.ndarray, small_expected: str = "fisher", seed
         small_expected: "fisher" (exact / permutation when any expected count < 5) or "chi2" (always chi-square).
         seed: seed of the permutation test used for > 2 x 2 tables with small expected counts.
     """
-    t = np.asarray(counts, dtype=np.int64)
+    t = _counts_table(counts)
     t = t[t.sum(axis=1) > 0][:, t.sum(axis=0) > 0]
     if t.shape[0] < 2 or t.shape[1] < 2:
         return np.nan, "none"

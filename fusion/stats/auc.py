@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from p53hcc.fusion.inputs import check_binary
+from p53hcc.fusion.inputs import check_alpha, check_binary
 
 __all__ = ["AUCResult", "DeLongTest", "auc_ci", "delong_roc_variance", "delong_test", "pairwise_delong"]
 
@@ -117,9 +117,8 @@ def auc_ci(y_true, y_score, alpha: float = 0.05, method: str = "delong", n_boot:
     ``method="bootstrap"``: stratified percentile bootstrap (pROC ``ci.auc(method="bootstrap",
     stratified=TRUE)``); ``se`` is the SD of the bootstrap AUCs. Bootstrap is seeded, hence reproducible.
     """
+    alpha = check_alpha(alpha)
     y, (s,) = check_binary(y_true, y_score)
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     auc, var = delong_roc_variance(y, s)
     if method == "delong":
         if not np.isfinite(var):  # fewer than 2 cases or 2 controls: no DeLong variance
@@ -146,6 +145,7 @@ def delong_test(y_true, score_a, score_b, alpha: float = 0.05) -> DeLongTest:
     that separates the classes perfectly against a constant one, say) leave the test undefined: z, p and the CI
     are NaN, with a warning, rather than a certainty the data cannot give.
     """
+    alpha = check_alpha(alpha)
     y, (a, b) = check_binary(y_true, score_a, score_b)
     auc, cov = _delong_cov(y, np.vstack([a, b]))
     diff = auc[0] - auc[1]
@@ -171,6 +171,7 @@ def pairwise_delong(y_true, scores: dict[str, np.ndarray], alpha: float = 0.05) 
         DataFrame with columns model_a, model_b, auc_a, auc_b, z, p_value, diff_ci_low, diff_ci_high.
         p-values are not adjusted for multiplicity (the paper reports raw DeLong p-values).
     """
+    alpha = check_alpha(alpha)
     if len(scores) < 2:
         raise ValueError(f"pairwise_delong needs at least 2 models, got {list(scores)}")
     rows = []

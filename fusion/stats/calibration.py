@@ -21,22 +21,39 @@ from scipy import stats as sps
 from statsmodels.stats.proportion import proportion_confint
 from statsmodels.tools.sm_exceptions import PerfectSeparationWarning
 
-from p53hcc.fusion.inputs import check_probability
+from p53hcc.fusion.inputs import check_alpha, check_probability
 
 _EPS = 1e-10  # probabilities are clipped to [eps, 1 - eps] before taking logits
+#: Hosmer-Lemeshow's chi-square approximation needs expected counts of at least 5 in most cells and none below 1
+#: (Cochran's rule; Hosmer, Lemeshow & Sturdivant, Applied Logistic Regression, 3rd ed., section 5.2.2).
+HL_SMALL, HL_TINY, HL_SMALL_SHARE = 5.0, 1.0, 0.2
 
 
 @dataclass(frozen=True)
 class HosmerLemeshow:
     """Hosmer-Lemeshow statistic, degrees of freedom (non-empty groups - 2) and p-value (chi-square).
 
-    ``table`` holds the partition: group, n, obs_1, exp_1, obs_0, exp_0.
+    ``table`` holds the partition: group, n, obs_1, exp_1, obs_0, exp_0. ``note`` says when expected counts are
+    too small for the chi-square approximation (:func:`small_expected_note`), else it is empty.
     """
 
     statistic: float
     df: int
     p_value: float
     table: pd.DataFrame | None = None
+    note: str = ""
+
+
+def small_expected_note(expected: np.ndarray) -> str:
+    """Why a chi-square p value from these expected counts is unreliable (Cochran's rule: none below
+    :data:`HL_TINY`, at most :data:`HL_SMALL_SHARE` below :data:`HL_SMALL`), or ``""`` when it is not."""
+    e = np.asarray(expected, dtype=float).ravel()
+    small = int((e < HL_SMALL).sum())
+    if e.size == 0 or (e.min() >= HL_TINY and small <= HL_SMALL_SHARE * e.size):
+        return ""
+    return (f"Hosmer-Lemeshow p unreliable: {small} of {e.size} expected counts below {HL_SMALL:g} (smallest "
+            f"{e.min():.2g}); the chi-square approximation needs none below {HL_TINY:g} and at most "
+            f"{100 * HL_SMALL_SHARE:.0f}% below {HL_SMALL:g} (too few events or non-events)")
 
 
 def risk_groups(y_prob: np.ndarray, n_groups: int = 10) -> np.ndarray:
@@ -95,7 +112,8 @@ def hosmer_lemeshow(y_true, y_prob, n_groups: int = 10) -> HosmerLemeshow:
     (non-empty groups - 2) df, as ResourceSelection >= 0.3-6 / blorr / performance.
 
     Small p means the predicted probabilities disagree with observed rates. Low power at n < ~100 and
-    sensitive to the grouping; report it with the calibration plot, not alone.
+    sensitive to the grouping; report it with the calibration plot, not alone. With small expected counts (few
+    events or non-events) the chi-square approximation fails: a ``RuntimeWarning`` and ``note`` say so.
     """
     y, p = check_probability(y_true, y_prob)
     g = risk_groups(p, n_groups)
@@ -110,7 +128,10 @@ def hosmer_lemeshow(y_true, y_prob, n_groups: int = 10) -> HosmerLemeshow:
         raise ValueError(f"Hosmer-Lemeshow needs >= 3 distinct risk groups, got {len(t)}")
     t = t.reset_index(drop=True)
     t.insert(0, "group", np.arange(1, len(t) + 1))
-    return HosmerLemeshow(stat, dof, float(sps.chi2.sf(stat, dof)), t)
+    note = small_expected_note(t[["exp_1", "exp_0"]].to_numpy())
+    if note:
+        warnings.warn(note, RuntimeWarning, stacklevel=2)
+    return HosmerLemeshow(stat, dof, float(sps.chi2.sf(stat, dof)), t, note)
 
 
 def brier_score(y_true, y_prob) -> float:
@@ -119,14 +140,32 @@ def brier_score(y_true, y_prob) -> float:
     return float(np.mean((p - y) ** 2))
 
 
-def _fit(y: np.ndarray, exog: np.ndarray, offset: np.ndarray | None = None):
-    """Binomial GLM fit; None when it does not converge or the data are perfectly separated."""
+def _fit(y: np.ndarray, exog: np.ndarray, offset: np.ndarray | None = None) -> tuple[object | None, str]:
+    """Binomial GLM fit and ``""``, or None and why it is not a maximum-likelihood estimate: no convergence,
+    perfect separation, or a solution whose own likelihood says otherwise (a log-likelihood that is not finite or
+    is below the start's, a score that is not zero, standard errors that are not finite and positive)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        res = sm.GLM(y, exog, family=sm.families.Binomial(), offset=offset).fit()
-    if not res.converged or any(issubclass(w.category, PerfectSeparationWarning) for w in caught):
-        return None
-    return res
+        try:
+            res = sm.GLM(y, exog, family=sm.families.Binomial(), offset=offset).fit()
+        except (ValueError, np.linalg.LinAlgError) as err:
+            return None, f"the logistic fit failed ({err})"
+    if any(issubclass(w.category, PerfectSeparationWarning) for w in caught):
+        return None, "the score separates the classes perfectly (the estimate is infinite)"
+    if not res.converged:
+        return None, "the logistic fit did not converge"
+    beta, se = np.asarray(res.params, float), np.asarray(res.bse, float)
+    eta = exog @ beta + (0 if offset is None else offset)
+    mu = special.expit(eta)
+    llf = float(np.sum(y * special.log_expit(eta) + (1 - y) * special.log_expit(-eta)))
+    start = np.zeros_like(beta)
+    eta0 = exog @ start + (0 if offset is None else offset)
+    llf0 = float(np.sum(y * special.log_expit(eta0) + (1 - y) * special.log_expit(-eta0)))
+    score = exog.T @ (y - mu)
+    if not (np.isfinite(llf) and llf >= llf0 - 1e-8 * max(1.0, abs(llf0)) and np.all(np.abs(score) <= 1e-6 * y.size)
+            and np.all(np.isfinite(se)) and np.all(se > 0)):
+        return None, "the logistic fit is not a maximum of its likelihood (degenerate predictions)"
+    return res, ""
 
 
 def calibration_slope_intercept(y_true, y_prob, alpha: float = 0.05) -> dict:
@@ -137,21 +176,34 @@ def calibration_slope_intercept(y_true, y_prob, alpha: float = 0.05) -> dict:
     * intercept: a of logit P(y=1) = a + 1 * logit(p), i.e. logit(p) as offset (calibration-in-the-large;
       Steyerberg, Clinical Prediction Models). 0 is ideal; > 0 means risks are underestimated on average.
 
-    Probabilities are clipped to [1e-10, 1 - 1e-10] before the logit. Returns NaN (estimate and CI) when a
-    fit does not converge or the score separates the classes perfectly (the slope is then infinite).
+    NaN (estimate and CI), with the reason in ``slope_note`` / ``intercept_note`` (``""`` when estimated), when it
+    is not defined: a constant prediction has no slope; a prediction of exactly 0 or 1 (within 1e-10) has an
+    infinite logit, so neither is defined; a fit that does not converge, separates the classes perfectly or is not
+    a maximum of its own likelihood (:func:`_fit`) gives no estimate.
     """
+    alpha = check_alpha(alpha)
     y, p = check_probability(y_true, y_prob)
-    lp = special.logit(np.clip(p, _EPS, 1 - _EPS))
     z = sps.norm.ppf(1 - alpha / 2)
-    out = {}
-    fits = {"slope": (_fit(y, sm.add_constant(lp, has_constant="add")), 1),
-            "intercept": (_fit(y, np.ones((y.size, 1)), offset=lp), 0)}
-    for key, (res, j) in fits.items():
+    saturated = int(((p <= _EPS) | (p >= 1 - _EPS)).sum())
+    reasons = {"slope": "", "intercept": ""}
+    if saturated:
+        why = (f"{saturated} prediction(s) of exactly 0 or 1: their logit is infinite, so the calibration slope and "
+               "intercept are undefined")
+        reasons = {"slope": why, "intercept": why}
+    elif np.ptp(p) == 0:
+        reasons["slope"] = "constant prediction: the calibration slope is undefined (logit(p) does not vary)"
+    lp = special.logit(np.clip(p, _EPS, 1 - _EPS))
+    out: dict = {}
+    designs = {"slope": (sm.add_constant(lp, has_constant="add"), None, 1), "intercept": (np.ones((y.size, 1)), lp, 0)}
+    for key, (exog, offset, j) in designs.items():
+        res = None
+        if not reasons[key]:
+            res, reasons[key] = _fit(y, exog, offset)
         est, se = (float(res.params[j]), float(res.bse[j])) if res is not None else (np.nan, np.nan)
-        ok = np.isfinite(est) and np.isfinite(se)
-        out[key] = est if ok else float("nan")
-        out[f"{key}_ci_low"] = est - z * se if ok else float("nan")
-        out[f"{key}_ci_high"] = est + z * se if ok else float("nan")
+        out[key] = est
+        out[f"{key}_ci_low"] = est - z * se if res is not None else float("nan")
+        out[f"{key}_ci_high"] = est + z * se if res is not None else float("nan")
+    out.update(slope_note=reasons["slope"], intercept_note=reasons["intercept"])
     return out
 
 
@@ -175,6 +227,7 @@ def smooth_calibration(y_true, y_prob, frac: float = 2 / 3, n_boot: int = 200, a
     """
     from statsmodels.nonparametric.smoothers_lowess import lowess
 
+    alpha = check_alpha(alpha)
     y, p = check_probability(y_true, y_prob)
     grid = np.linspace(p.min(), p.max(), n_grid)
 

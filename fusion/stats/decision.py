@@ -20,7 +20,19 @@ DEFAULT_THRESHOLDS = np.arange(0.01, 1.0, 0.01)  # 1% .. 99%, as R dcurves' defa
 
 def threshold_grid(start: float, stop: float, step: float) -> np.ndarray:
     """Threshold probabilities ``start, start + step, ..., stop`` (inclusive; the study's
-    ``statistics.dca_thresholds``), rounded to 10 decimals so the grid is exact (0.01..0.99 = R's ``1:99/100``)."""
+    ``statistics.dca_thresholds``), rounded to 10 decimals so the grid is exact (0.01..0.99 = R's ``1:99/100``).
+
+    Raises:
+        ValueError: not ``0 <= start <= stop < 1`` with a finite ``step > 0``.
+    """
+    try:
+        start, stop, step = float(start), float(stop), float(step)
+    except (TypeError, ValueError):
+        raise ValueError(f"threshold grid: start, stop and step must be numbers, got {start!r}, {stop!r}, "
+                         f"{step!r}") from None
+    if not (np.isfinite([start, stop, step]).all() and 0 <= start <= stop < 1 and step > 0):
+        raise ValueError(f"threshold grid: expected 0 <= start <= stop < 1 and step > 0 (threshold probabilities), "
+                         f"got start {start:g}, stop {stop:g}, step {step:g}")
     return np.round(np.arange(start, stop + step / 2, step), 10)
 
 
@@ -63,7 +75,7 @@ def net_benefit(y_true, scores: dict[str, np.ndarray] | pd.DataFrame,
     """
     y = as_labels(y_true)
     items = scores.items() if isinstance(scores, pd.DataFrame) else dict(scores).items()
-    models = {str(k): check_probability(y, v, name=f"scores[{k!r}]")[1] for k, v in items}
+    models = {str(k): check_probability(y_true, v, name=f"scores[{k!r}]")[1] for k, v in items}
     if not models:
         raise ValueError("net_benefit needs at least one model score")
     reserved = {"all", "none"} & set(models)

@@ -23,11 +23,13 @@ import pandas as pd
 from scipy import stats as sps
 from statsmodels.stats.proportion import proportion_confint
 
+from p53hcc.fusion.inputs import check_alpha
 from p53hcc.fusion.stats.auc import AUCResult
 
 
 def auc_from_bins(cases: np.ndarray, controls: np.ndarray, alpha: float = 0.05) -> AUCResult:
     """ROC AUC and DeLong CI of binned scores from the pooled per-bin counts (see the module docstring)."""
+    alpha = check_alpha(alpha)
     c1, c0 = np.asarray(cases, float), np.asarray(controls, float)
     n1, n0 = c1.sum(), c0.sum()
     nan = float("nan")

@@ -20,7 +20,7 @@ import pandas as pd
 from scipy import stats as sps
 from statsmodels.stats.proportion import proportion_confint
 
-from p53hcc.fusion.inputs import check_binary, check_probability
+from p53hcc.fusion.inputs import aligned_inputs, check_alpha, check_binary, check_probability
 from p53hcc.fusion.stats.auc import AUCResult, auc_ci, delong_roc_variance
 from p53hcc.fusion.stats.calibration import brier_score, calibration_slope_intercept, hosmer_lemeshow
 from p53hcc.fusion.stats.thresholds import threshold_metrics
@@ -54,12 +54,16 @@ def crossfit_auc(y_true, y_score, fold, alpha: float = 0.05) -> AUCResult:
     ``var = (1/K + n_test/n_train) * s^2`` with ``s^2`` the sample variance of the K fold AUCs and
     ``n_test/n_train`` the mean ratio of held-out to training patients (1/(K-1) for equal folds); the interval
     uses Student's t with K - 1 degrees of freedom, clipped to [0, 1]. NaN (with a warning) when a fold lacks a
-    class or fewer than 2 folds remain.
+    class or fewer than 2 folds remain. ``y_score`` and ``fold`` are matched to ``y_true``'s patients by the
+    alignment rule of :mod:`p53hcc.fusion.inputs` (by patient id when labelled).
     """
+    alpha = check_alpha(alpha)
     y, (s,) = check_binary(y_true, y_score)
-    fold = np.asarray(fold)
+    fold = np.asarray(aligned_inputs(y_true, fold, names=("fold",))[1])
     if fold.shape != y.shape:
         raise ValueError(f"fold has {fold.size} values for {y.size} patients")
+    if pd.isna(fold).any():
+        raise ValueError(f"fold has {int(pd.isna(fold).sum())} missing value(s)")
     ks = np.unique(fold)
     if len(ks) < 2:
         warnings.warn("cross-fitted AUC: a single fold, no between-fold variance: CI undefined", RuntimeWarning,
@@ -82,10 +86,11 @@ def crossfit_auc(y_true, y_score, fold, alpha: float = 0.05) -> AUCResult:
 
 
 def _frame(model: str, split: str, rows: list[tuple], note: str = "") -> pd.DataFrame:
-    out = pd.DataFrame(rows, columns=["metric", "estimate", "ci_low", "ci_high"])
+    """Tidy rows ``(metric, estimate, ci_low, ci_high[, why])``; a row's own ``why`` follows the model's ``note``."""
+    out = pd.DataFrame([r[:4] for r in rows], columns=["metric", "estimate", "ci_low", "ci_high"])
     out.insert(0, "split", split)
     out.insert(0, "model", model)
-    out["note"] = note
+    out["note"] = ["; ".join(x for x in (note, r[4] if len(r) > 4 else "") if x) for r in rows]
     return out[METRIC_COLUMNS]
 
 
@@ -118,7 +123,10 @@ def model_metrics(y_true, y_score, threshold: float, model: str, split: str, fol
         alpha: 1 - confidence level of every CI (0.05 -> 95%).
         note: written into the ``note`` column of every row (e.g. "apparent").
     """
+    alpha = check_alpha(alpha)
     y, p = check_probability(y_true, y_score, name="y_score")
+    if fold is not None:
+        fold = aligned_inputs(y_true, fold, names=("fold",))[1]
     reason = degenerate_reason(p, fold)
     if reason:
         return nan_metrics(model, split, "; ".join(x for x in (reason, note) if x), y.size, int(y.sum()))
@@ -138,10 +146,12 @@ def model_metrics(y_true, y_score, threshold: float, model: str, split: str, fol
     rows.append(("brier", brier_score(y, p), NAN, NAN))
     cal = calibration_slope_intercept(y, p, alpha=alpha)
     for key in ("slope", "intercept"):
-        rows.append((f"calibration_{key}", cal[key], cal[f"{key}_ci_low"], cal[f"{key}_ci_high"]))
+        rows.append((f"calibration_{key}", cal[key], cal[f"{key}_ci_low"], cal[f"{key}_ci_high"], cal[f"{key}_note"]))
     try:
-        hl = hosmer_lemeshow(y, p)
-        rows += [("hl_statistic", hl.statistic, NAN, NAN), ("hl_p", hl.p_value, NAN, NAN)]
+        with warnings.catch_warnings():  # the note carries it
+            warnings.simplefilter("ignore", RuntimeWarning)
+            hl = hosmer_lemeshow(y, p)
+        rows += [("hl_statistic", hl.statistic, NAN, NAN, hl.note), ("hl_p", hl.p_value, NAN, NAN, hl.note)]
     except ValueError:  # fewer than 3 distinct risk groups (e.g. a 0/1 score)
         rows += [("hl_statistic", NAN, NAN, NAN), ("hl_p", NAN, NAN, NAN)]
     rows += [("threshold", float(threshold), NAN, NAN), ("n", float(y.size), NAN, NAN),

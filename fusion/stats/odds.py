@@ -13,7 +13,7 @@ import statsmodels.api as sm
 from scipy import optimize, special
 from scipy import stats as sps
 
-from p53hcc.fusion.inputs import as_labels
+from p53hcc.fusion.inputs import align, as_labels, check_alpha, indexed_by_id
 
 __all__ = ["odds_ratio_table", "profile_ci"]
 
@@ -56,6 +56,7 @@ def profile_ci(y: np.ndarray, X: pd.DataFrame, alpha: float = 0.05, result=None)
     Returns:
         DataFrame indexed by term with columns ci_low, ci_high.
     """
+    alpha = check_alpha(alpha)
     res = result if result is not None else _logit_fit(y, X)
     Xa, beta, se = np.asarray(X, dtype=float), np.asarray(res.params), np.asarray(res.bse)
     crit, llf = sps.chi2.ppf(1 - alpha, 1), float(res.llf)
@@ -87,7 +88,8 @@ def odds_ratio_table(X: pd.DataFrame, y, ci: str = "wald", alpha: float = 0.05) 
 
     Args:
         X: numeric predictors, one column per term (encode categoricals as dummies first); no NaN.
-        y: 0/1 outcome aligned with X.
+        y: 0/1 outcome: a Series indexed like X is matched by patient id (X indexed by patient id; integer ids
+            are ids), an array or a Series with row numbers by position (:mod:`p53hcc.fusion.inputs`).
         ci: ``"wald"`` (coef +- z * SE, R ``confint.default``) or ``"profile"`` (profile likelihood, R
             ``confint``/MASS).
         alpha: 1 - confidence level.
@@ -100,7 +102,8 @@ def odds_ratio_table(X: pd.DataFrame, y, ci: str = "wald", alpha: float = 0.05) 
         raise TypeError("X must be a pandas DataFrame with named predictor columns")
     if ci not in ("wald", "profile"):
         raise ValueError(f"ci must be 'wald' or 'profile', got {ci!r}")
-    yv = as_labels_aligned(y, len(X))
+    alpha = check_alpha(alpha)
+    yv = as_labels_aligned(y, X.index)
     Xn = X.apply(pd.to_numeric, errors="coerce").astype(float)
     bad = [c for c in Xn.columns if Xn[c].isna().any() or not np.isfinite(Xn[c]).all()]
     if bad:
@@ -118,9 +121,9 @@ def odds_ratio_table(X: pd.DataFrame, y, ci: str = "wald", alpha: float = 0.05) 
         "ci_high": np.exp(bounds["ci_high"].to_numpy()), "p_value": res.pvalues.to_numpy()})
 
 
-def as_labels_aligned(y, n: int) -> np.ndarray:
-    """0/1 labels of length n (validated)."""
-    yv = as_labels(y)
-    if yv.size != n:
-        raise ValueError(f"y has {yv.size} values but X has {n} rows")
-    return yv
+def as_labels_aligned(y, index: pd.Index) -> np.ndarray:
+    """0/1 labels on the rows ``index`` of X (validated; the alignment rule of :mod:`p53hcc.fusion.inputs`)."""
+    if not indexed_by_id(y) and np.asarray(y).size != len(index):
+        raise ValueError(f"y has {np.asarray(y).size} values but X has {len(index)} rows")
+    yv = align(y, index, "y")
+    return as_labels(yv.to_numpy())
