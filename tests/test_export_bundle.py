@@ -168,7 +168,7 @@ def test_readme_inference_reproduces_the_study_scores(zoo, arm, tmp_path):
     _run([zoo["python"], *cmd[1:]], bundle)
     assert {p: p.stat().st_mtime_ns for p in bundle.rglob("*")} == before  # caches and outputs in work_dir only
 
-    got = pd.read_csv(tmp_path / "out" / "eval" / "scores.csv", dtype={"patient_id": str}).set_index("patient_id")
+    got = pd.read_csv(tmp_path / "out" / "eval" / "predictions.csv", dtype={"patient_id": str}).set_index("patient_id")
     scores = pd.read_parquet(study / "dl" / arm / "resnet18" / "scores.parquet")
     want = scores[scores["fold"] == -1].set_index("patient_id").loc[[d["patient_id"] for d in items], "score"]
     assert list(got.index) == list(want.index)

@@ -49,7 +49,7 @@ def test_wheel_holds_only_the_one_import_name_and_both_bundles(wheel):
                     "docs/README.md", "LICENSE"):
             assert f"p53hcc/bundles/p53_{arm}/{rel}" in names, rel
     assert {"p53hcc/tools/config/profiles.yaml", "p53hcc/tools/config/schema.py",
-            "p53hcc/fusion/report/templates/methods.html.j2", "p53hcc/fusion/report/templates/page.html.j2"} <= names
+            "p53hcc/fusion/report/templates/methods.html.j2", "p53hcc/fusion/report/templates/page.html.j2"} <= set(names)
     assert {"p53hcc/tools/radiomics/params/demo.yaml", "p53hcc/tools/radiomics/params/paper.yaml"} <= set(names)
     assert not [n for n in names if n.startswith("p53hcc/") and n.endswith("__init__.py") and n.count("/") == 1]
 

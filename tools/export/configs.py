@@ -112,6 +112,7 @@ def exported_configs(arm: str, name: str, params: dict, n4_params: dict, thresho
         for handler in cfg.get("handlers", []) if file == "inference.json" else []:
             if handler["_target_"].endswith("PatientTableWriter"):
                 handler["threshold"] = "@threshold"
+                handler.pop("extra", None)  # the study's fold/phase/model labels mean nothing to a zoo user
         out[file] = cfg
     return out
 

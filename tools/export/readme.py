@@ -88,7 +88,7 @@ for the unit tests; they carry no information about P53):
 python scripts/sample_data.py /data/sample
 ```
 
-Inference on the `predict` section of `/data/new/datalist.json` -> `/data/out/eval/scores.csv`
+Inference on the `predict` section of `/data/new/datalist.json` -> `/data/out/eval/predictions.csv`
 (`patient_id, label, score, predicted_class`):
 ```bash
 python -m monai.bundle run --config_file configs/inference.json --dataset_dir /data/new --infer_part predict --work_dir /data/out

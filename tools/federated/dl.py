@@ -155,7 +155,7 @@ class SiteDL:
         ids = [d["patient_id"] for d in items]
         t = self.site.tables
         if arm == "mc":
-            s = pd.Series(predict_scores(net, x, "cpu", amp=False), index=ids)
+            s = pd.Series(predict_scores(net, x, "cpu", precision="fp32"), index=ids)
             rows = t.split.index[(t.split == "train") & (t.fold == fold)] if fold >= 0 else t.split.index[
                 t.split != "train"]
             col = f"mc_{params['net']}"
@@ -163,7 +163,7 @@ class SiteDL:
                 t.tables["scores"][col] = np.nan
             t.tables["scores"].loc[rows, col] = s.reindex(rows).to_numpy()
             return
-        feats = features_frame(ids, unit, fold, penultimate_features(net, x, "cpu", amp=False))
+        feats = features_frame(ids, unit, fold, penultimate_features(net, x, "cpu", precision="fp32"))
         wide = feats.set_index("patient_id").drop(columns=["phase", "fold"]).add_prefix(f"{unit}_")
         name = feature_table_name(fold)
         t.tables[name] = wide if name not in t.tables else t.tables[name].join(wide)
