@@ -23,6 +23,7 @@ from p53hcc.tools.cohort.manifest import Problem, present, read_cohort, validate
 from p53hcc.tools.cohort.splits import make_splits
 from p53hcc.tools.errors import P53hccError
 from p53hcc.tools.radiomics.features import load_params
+from p53hcc.tools.schema import NUMERIC_RANGES
 
 #: What the cohort is checked for: any use (``p53hcc validate``, ``predict``), a whole study (classes per split and
 #: fold), or evaluating a frozen model (both classes).
@@ -57,6 +58,45 @@ def clinical_problems(df: pd.DataFrame) -> list[Problem]:
             out.append(Problem(None, col, None, "pathology column missing or incomplete: Table 2 (univariable "
                                "and multivariable regressions) will not be available", "warning"))
     return out
+
+
+#: Clinical columns whose range over the training cohort the frozen model stores (the numeric ones the clinical
+#: model encodes); predict flags new values outside it (the model extrapolates there).
+RANGE_COLUMNS: tuple[str, ...] = tuple(c for c in RAW_COLUMNS if c in NUMERIC_RANGES)
+
+
+def training_ranges(df: pd.DataFrame) -> dict[str, list[float]]:
+    """``{column: [min, max]}`` of :data:`RANGE_COLUMNS` over ``df``'s patients (the training cohort)."""
+    out = {}
+    for col in (c for c in RANGE_COLUMNS if c in df.columns):
+        values = pd.to_numeric(df[col], errors="coerce").dropna()
+        if len(values):
+            out[col] = [float(values.min()), float(values.max())]
+    return out
+
+
+def range_problems(df: pd.DataFrame, ranges: dict[str, list[float]]) -> list[Problem]:
+    """A warning per clinical value outside the training cohort's range (``training_ranges``)."""
+    out = []
+    for col, (lo, hi) in ranges.items():
+        if col not in df.columns:
+            continue
+        values = pd.to_numeric(df[col], errors="coerce")
+        for pid, v in zip(df["patient_id"], values):
+            if pd.notna(v) and not lo <= v <= hi:
+                out.append(Problem(str(pid), col, None, f"{v:g} is outside the training cohort's range {lo:g}..{hi:g}: "
+                                   "the model extrapolates (out of distribution)", "warning"))
+    return out
+
+
+def patient_warnings(problems: list[Problem], ids) -> list[str]:
+    """Per patient of ``ids``, the warnings about that patient (``column: problem``, joined by `` | ``; empty
+    string when none): predict's ``warnings`` column."""
+    per: dict[str, list[str]] = {}
+    for p in problems:
+        if p.severity == "warning" and p.patient_id is not None:
+            per.setdefault(str(p.patient_id), []).append(f"{p.column}: {p.problem}" if p.column else p.problem)
+    return [" | ".join(per.get(str(i), [])) for i in ids]
 
 
 def class_problems(df: pd.DataFrame, folds: int, purpose: str = "study", seed: int = 0,
