@@ -251,3 +251,21 @@ def test_a_refusal_is_one_line_exit_1_and_leaves_no_output(tmp_path, capsys):
     assert op.compute() is None and isinstance(op.app.failure, P53hccError)
     with pytest.raises(P53hccError, match="mask empty"):
         raise_failure(op.app)
+
+
+def test_the_apps_image_checks_are_validates(cohort, tmp_path, caplog):
+    """IMAGE_CHECKS run the checks of validate and predict on the loaded volume: a blank series is refused naming
+    the patient and phase (before N4's RuntimeError), a sound study logs no image warning."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="p53hcc.tools.deploy.series_checks"):
+        deploy_run.read_study(_patient(cohort, tmp_path))
+    assert caplog.text == ""
+    study = _patient(cohort, tmp_path / "blank")
+    for f in (study / "dp").iterdir():
+        ds = pydicom.dcmread(str(f))
+        ds.PixelData = np.zeros_like(ds.pixel_array).tobytes()
+        ds.save_as(str(f))
+    with pytest.raises(DicomInputError, match=r"patient .*, phase DP, .*: blank series: every voxel is 0") as err:
+        deploy_run.read_study(study)
+    assert "\n" not in str(err.value)

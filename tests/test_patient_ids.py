@@ -129,9 +129,9 @@ def test_gradcam_maps_and_figures_refuse_an_unsafe_id(tmp_path):
 def test_deploy_scratch_folders_use_a_safe_stand_in(tmp_path, monkeypatch):
     """A DICOM PatientID cannot be renamed by the hospital: the app's one-patient cohort and predict's work folder
     get a safe stand-in, one per PatientID, and nothing is written outside the scratch folder."""
-    import p53hcc.tools.deploy.combined as combined
-    import p53hcc.tools.pipeline.predict as predict
-    import p53hcc.tools.preprocessing.run as run
+    from p53hcc.tools.deploy import combined
+    from p53hcc.tools.pipeline import predict
+    from p53hcc.tools.preprocessing import run
 
     seen = {}
 

@@ -44,8 +44,9 @@ def validate(cohort: str, study: bool = False, config: str | None = None, profil
     Args:
         cohort: path to cohort.csv.
         study: also check the classes of each split against the study's folds (training needs `folds` patients of
-            each class, and enough per fold for the radiomics LASSO; a one-class validation split warns), with
-            the ROI rules of the study's radiomics parameter set.
+            each class; a one-class validation split warns) and simulate the study plan on the folds it will make
+            (every fold's and pair of folds' training set against the radiomics LASSO's inner CV, ComBat's
+            scanners; the settings and network names), with the ROI rules of the study's radiomics parameter set.
         config: study YAML (implies --study).
         profile: "paper" (default) or "demo", as for `p53hcc study`.
         overrides: study parameters as for `p53hcc study`, e.g. --folds 10 (implies --study).

@@ -46,6 +46,13 @@ def fold_pairs(splits: Mapping) -> list[tuple[int, int]]:
     return list(combinations(sorted(int(f["fold"]) for f in splits["folds"]), 2))
 
 
+def pair_training(splits: Mapping, pair: tuple[int, int]) -> list[str]:
+    """The training patients the pair model {k, m} is fitted on: those outside both folds (``splits.json`` order).
+    The one answer for the fits (:func:`inner_scores`) and for the study's plan check (``pipeline.plan``)."""
+    folds = fold_map(splits)
+    return [str(i) for f in splits["folds"] for i in f["val"] if folds[str(i)] not in pair]
+
+
 def pair_inner_scores(pair: tuple[int, int], scores: pd.DataFrame, folds: Mapping[str, int]) -> pd.DataFrame:
     """The scores (``patient_id, score``) a pair model gave the patients of its folds k and m, as inner scores:
     fold m's patients serve outer fold k, fold k's patients outer fold m (``folds``: :func:`fold_map`)."""
@@ -67,7 +74,7 @@ def inner_scores(estimator_factory, X: pd.DataFrame, y, splits: Mapping) -> pd.D
     training = [str(i) for f in splits["folds"] for i in f["val"]]
     rows = []
     for k, m in fold_pairs(splits):
-        fit_ids = [p for p in training if folds[p] not in (k, m)]
+        fit_ids = pair_training(splits, (k, m))
         held = [p for p in training if folds[p] == m] + [p for p in training if folds[p] == k]
         est = fresh_estimator(estimator_factory).fit(X.loc[fit_ids], y.loc[fit_ids].astype(int))
         rows.append(pair_inner_scores((k, m), pd.DataFrame({"patient_id": held,

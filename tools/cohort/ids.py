@@ -63,8 +63,8 @@ def id_problems(ids: Iterable) -> list[tuple[str, str]]:
     for same in (v for v in by_fold.values() if len(v) > 1):
         for pid in same:
             others = ", ".join(repr(o) for o in same if o != pid)
-            out.append((pid, f"patient_id {pid!r} differs from {others} only by letter case: they would share one "
-                             "folder on case-insensitive file systems (macOS, Windows, SMB); rename one"))
+            out.append((pid, (f"patient_id {pid!r} differs from {others} only by letter case: they would share "
+                              "one folder on case-insensitive file systems (macOS, Windows, SMB); rename one")))
     return out
 
 

@@ -1,6 +1,13 @@
-"""Checks of one patient's voxels against what the study will need from them (run by ``validate`` before any
-heavy stage): ROI size for PyRadiomics and the DL crop, masks that are not tumour outlines, and phases that do not
-enhance in the order of a dynamic contrast-enhanced examination.
+"""Checks of one patient's voxels against what the study will need from them, run by ``validate``, the study's
+validate stage, ``predict`` and ``evaluate`` before any heavy stage (through
+:func:`p53hcc.tools.cohort.manifest.validate_cohort`): blank or constant series (nothing for N4 to correct), ROI
+size for PyRadiomics and the DL crop, masks that are not tumour outlines, masks whose extent disagrees across the
+phases, and phases that do not enhance in the order of a dynamic contrast-enhanced examination.
+
+Mask extent. The three phases show one tumour; their masks may differ by motion and partial volume, not by an
+order of magnitude. :func:`mask_extent_problems` warns for a phase whose mask lies on one slice while the others
+span :data:`EXTENT_SLICES` or more, or whose volume is below :data:`EXTENT_RATIO` of the others' median (a
+single-slice outline, a mask of another lesion, a phase mask left over from a draft).
 
 Phase order. The liver parenchyma enhances mostly through the portal vein, so in every contrast protocol of the
 study (extracellular or hepatobiliary agents) the liver is darker in the arterial phase than in the portal-venous
@@ -23,6 +30,10 @@ import numpy as np
 RING_MM = (3.0, 12.0)
 #: How much brighter than a later phase the liver must be in AP to warn (flat, unenhanced phases do not warn).
 PHASE_MARGIN = 1.05
+#: A phase's mask on one slice warns when the other phases' masks span at least this many slices.
+EXTENT_SLICES = 3
+#: A phase's mask volume below this fraction of the other phases' median volume warns.
+EXTENT_RATIO = 0.25
 
 
 @dataclass(frozen=True)
@@ -99,3 +110,37 @@ def phase_order_problem(liver: Mapping[str, float | None]) -> str | None:
             f"{' and '.join(p.upper() for p in brighter)} "
             f"(median {levels}); the liver enhances mostly in the portal-venous phase: are the phase columns "
             "swapped?")
+
+
+def blank_problem(image: np.ndarray) -> str | None:
+    """Why a series carries no image (every voxel the same value: blank, all-zero), or None when it varies."""
+    values = np.asarray(image)
+    if values.size and np.nanmin(values) == np.nanmax(values):
+        return (f"blank series: every voxel is {float(np.nanmin(values)):g} (an empty or failed export?); N4 bias "
+                "correction, z-scoring and radiomics need an image")
+    return None
+
+
+def mask_extent(mask: np.ndarray, spacing: Sequence[float]) -> tuple[int, float]:
+    """Slices (third voxel axis) a mask touches and its volume in mm^3."""
+    roi = np.asarray(mask) > 0
+    return int(roi.any(axis=(0, 1)).sum()), float(roi.sum() * np.prod([float(s) for s in spacing]))
+
+
+def mask_extent_problems(extents: Mapping[str, tuple[int, float]]) -> dict[str, str]:
+    """Per phase, a warning when its mask (``mask_extent``) is far smaller than the other phases' masks."""
+    out = {}
+    for phase, (slices, volume) in extents.items():
+        others = {p: e for p, e in extents.items() if p != phase}
+        if not others:
+            continue
+        their_slices = [e[0] for e in others.values()]
+        their_volume = float(np.median([e[1] for e in others.values()]))
+        names = " and ".join(p.upper() for p in others)
+        if slices == 1 and min(their_slices) >= EXTENT_SLICES:
+            out[phase] = (f"mask on 1 slice while the {names} masks span {', '.join(map(str, their_slices))} slices: "
+                          "is the tumour outlined on every slice of this phase?")
+        elif volume < EXTENT_RATIO * their_volume:
+            out[phase] = (f"mask volume {volume:.0f} mm^3 is under {EXTENT_RATIO:.0%} of the {names} masks' "
+                          f"(median {their_volume:.0f} mm^3): the same tumour outlined in every phase?")
+    return out

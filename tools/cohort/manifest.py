@@ -16,7 +16,15 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from p53hcc.tools.cohort.ids import id_problems
-from p53hcc.tools.cohort.imagechecks import ImageRequirements, phase_order_problem, ring_median, roi_problem
+from p53hcc.tools.cohort.imagechecks import (
+    ImageRequirements,
+    blank_problem,
+    mask_extent,
+    mask_extent_problems,
+    phase_order_problem,
+    ring_median,
+    roi_problem,
+)
 from p53hcc.tools.cohort.imageio import read_geometry, read_voxels_strict
 from p53hcc.tools.errors import InputError, P53hccError
 from p53hcc.tools.schema import (
@@ -221,11 +229,13 @@ def clinical_value_problems(pid: str, r: dict) -> list[Problem]:
 
 
 def _file_problems(r: dict, check_voxels: bool, req: ImageRequirements | None = None) -> list[Problem]:
-    """Problems of one patient's files: missing, unreadable, geometry mismatch, empty / non-binary mask, NaNs;
-    with ``req`` also ROIs the study cannot use and an implausible phase order (a warning)."""
+    """Problems of one patient's files: missing, unreadable, geometry mismatch, empty / non-binary mask, NaNs,
+    blank series; with ``req`` also ROIs the study cannot use, masks far smaller in one phase than in the others
+    and an implausible phase order (warnings)."""
     pid = r["patient_id"]
     out: list[Problem] = []
     liver: dict[str, float | None] = {}
+    extents: dict[str, tuple[int, float]] = {}
     for phase in PHASES:
         image_col, mask_cols = phase, [f"{phase}_mask"] + ([f"{phase}_mask_r2"] if present(r.get(f"{phase}_mask_r2")) else [])
         image_geom = _checked_geometry(pid, image_col, r.get(image_col), out)
@@ -248,8 +258,12 @@ def _file_problems(r: dict, check_voxels: bool, req: ImageRequirements | None = 
             why = roi_problem(mask, mask_geom.spacing, req)
             if why:
                 out.append(Problem(pid, mask_col, r[mask_col], why))
+            if mask_col == f"{phase}_mask":
+                extents[phase] = mask_extent(mask, mask_geom.spacing)
             if req.phase_order and mask_col == f"{phase}_mask" and image is not None and same_grid:
                 liver[phase] = ring_median(image, mask, image_geom.spacing)
+    for phase, why in mask_extent_problems(extents).items():
+        out.append(Problem(pid, f"{phase}_mask", r[f"{phase}_mask"], why, "warning"))
     if req is not None and req.phase_order and len(liver) == len(PHASES):
         why = phase_order_problem(liver)
         if why:
@@ -292,6 +306,10 @@ def _check_image_voxels(pid, col, path, out) -> np.ndarray | None:
         return None
     if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
         out.append(Problem(pid, col, path, f"{int((~np.isfinite(arr)).sum())} NaN/infinite voxels"))
+        return None
+    why = blank_problem(arr)
+    if why:
+        out.append(Problem(pid, col, path, why))
         return None
     return arr
 

@@ -168,4 +168,6 @@ def combined_result(study_model: Path, patient_id: str, images: Mapping[str, str
             "nomogram_points": points or None,
             "total_points": _number(pred["total_points"]) if "total_points" in pred.index else None,
             "nomogram_note": manifest.get("nomogram_note"),
+            "warnings": [w for w in str(pred.get("warnings") if pd.notna(pred.get("warnings")) else "").split(" | ")
+                         if w],
             "study": Path(manifest.get("study", "")).name, "clinical": dict(clinical)}

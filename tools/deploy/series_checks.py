@@ -19,17 +19,21 @@ series and the file:
   in the headers and is not detected.
 
 The checks read headers and pixels with pydicom only (no MONAI, no ITK), so a refusal comes before the heavy
-imports. :data:`IMAGE_CHECKS` is the one place where checks of the loaded volumes plug in (phase order,
-out-of-distribution ranges): :func:`check_images` runs them in order on the checked input.
+imports. :data:`IMAGE_CHECKS` is the one place where checks of the loaded volumes plug in (:func:`voxel_checks`:
+the per-patient image checks of ``validate`` and ``predict``): :func:`check_images` runs them in order on the
+checked input.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from p53hcc.tools.errors import P53hccError
+
+log = logging.getLogger(__name__)
 
 #: Tolerances: orientation cosines, positions (mm), relative slice spacing.
 ORIENTATION_TOL, POSITION_TOL, SPACING_RTOL = 1e-3, 0.1, 0.05
@@ -238,11 +242,40 @@ def check_series(images: dict, masks: dict, others: Sequence = ()) -> dict[str, 
     return headers
 
 
+def voxel_checks(study) -> None:
+    """The per-patient image checks of ``p53hcc validate`` and ``predict`` (:mod:`p53hcc.tools.cohort.imagechecks`)
+    on the app's loaded volume (AP, PVP, DP, their masks, on the AP grid): a blank series refuses before N4; a
+    mask far smaller in one phase than in the others and an implausible phase order are logged as warnings (the
+    combined model's ``predict`` also writes them into ``result.json``)."""
+    from p53hcc.tools.cohort.imagechecks import (
+        blank_problem,
+        mask_extent,
+        mask_extent_problems,
+        phase_order_problem,
+        ring_median,
+    )
+
+    volume = np.asarray(study.volume)
+    spacing = [float(v) for v in np.ravel(np.asarray(getattr(study.volume, "pixdim", [1.0, 1.0, 1.0])))[:3]]
+    phases = list(study.images)
+    for i, phase in enumerate(phases):
+        why = blank_problem(volume[i])
+        if why:
+            raise DicomInputError(f"patient {study.patient_id}, phase {phase.upper()}, {study.images[phase]}: {why}")
+    masks = {p: volume[len(phases) + i] for i, p in enumerate(phases)}
+    for phase, why in mask_extent_problems({p: mask_extent(m, spacing) for p, m in masks.items()}).items():
+        log.warning("patient %s, %s mask: %s", study.patient_id, phase.upper(), why)
+    why = phase_order_problem({p: ring_median(volume[i], masks[p], spacing) for i, p in enumerate(phases)})
+    if why:
+        log.warning("patient %s: %s", study.patient_id, why)
+
+
 #: Checks of one patient's loaded input (:class:`p53hcc.tools.deploy.run.StudyInput`: the chosen series,
 #: the masks, the six-channel volume), run in order by :func:`check_images` after the header checks and before
 #: anything is scored; each raises a :class:`p53hcc.tools.errors.P53hccError` naming the patient and the problem.
-#: The place where per-patient image checks (phase order, out-of-distribution ranges) plug in.
-IMAGE_CHECKS: list[Callable[[object], None]] = []
+#: The place where per-patient image checks plug in: :func:`voxel_checks`, the checks ``validate`` and ``predict``
+#: make (blank series, mask extent across phases, phase order).
+IMAGE_CHECKS: list[Callable[[object], None]] = [voxel_checks]
 
 
 def check_images(study: object) -> None:

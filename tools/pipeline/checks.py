@@ -20,8 +20,10 @@ import pandas as pd
 from p53hcc.fusion.models.clinical import RAW_COLUMNS, RAW_PATHOLOGY
 from p53hcc.tools.cohort.imagechecks import ImageRequirements
 from p53hcc.tools.cohort.manifest import Problem, present, read_cohort, validate_cohort
+from p53hcc.tools.cohort.splits import make_splits
 from p53hcc.tools.errors import P53hccError
 from p53hcc.tools.radiomics.features import load_params
+from p53hcc.tools.schema import NUMERIC_RANGES
 
 #: What the cohort is checked for: any use (``p53hcc validate``, ``predict``), a whole study (classes per split and
 #: fold), or evaluating a frozen model (both classes).
@@ -58,13 +60,54 @@ def clinical_problems(df: pd.DataFrame) -> list[Problem]:
     return out
 
 
+#: Clinical columns whose range over the training cohort the frozen model stores (the numeric ones the clinical
+#: model encodes); predict flags new values outside it (the model extrapolates there).
+RANGE_COLUMNS: tuple[str, ...] = tuple(c for c in RAW_COLUMNS if c in NUMERIC_RANGES)
+
+
+def training_ranges(df: pd.DataFrame) -> dict[str, list[float]]:
+    """``{column: [min, max]}`` of :data:`RANGE_COLUMNS` over ``df``'s patients (the training cohort)."""
+    out = {}
+    for col in (c for c in RANGE_COLUMNS if c in df.columns):
+        values = pd.to_numeric(df[col], errors="coerce").dropna()
+        if len(values):
+            out[col] = [float(values.min()), float(values.max())]
+    return out
+
+
+def range_problems(df: pd.DataFrame, ranges: dict[str, list[float]]) -> list[Problem]:
+    """A warning per clinical value outside the training cohort's range (``training_ranges``)."""
+    out = []
+    for col, (lo, hi) in ranges.items():
+        if col not in df.columns:
+            continue
+        values = pd.to_numeric(df[col], errors="coerce")
+        for pid, v in zip(df["patient_id"], values):
+            if pd.notna(v) and not lo <= v <= hi:
+                out.append(Problem(str(pid), col, None, f"{v:g} is outside the training cohort's range {lo:g}..{hi:g}: "
+                                   "the model extrapolates (out of distribution)", "warning"))
+    return out
+
+
+def patient_warnings(problems: list[Problem], ids) -> list[str]:
+    """Per patient of ``ids``, the warnings about that patient (``column: problem``, joined by `` | ``; empty
+    string when none): predict's ``warnings`` column."""
+    per: dict[str, list[str]] = {}
+    for p in problems:
+        if p.severity == "warning" and p.patient_id is not None:
+            per.setdefault(str(p.patient_id), []).append(f"{p.column}: {p.problem}" if p.column else p.problem)
+    return [" | ".join(per.get(str(i), [])) for i in ids]
+
+
 def class_problems(df: pd.DataFrame, folds: int, purpose: str = "study", seed: int = 0,
-                   inner_cv: int = 5, group_column: str | None = None) -> list[Problem]:
+                   inner_cv: int = 5, group_column: str | None = None, nested: bool = False,
+                   harmonise_column: str | None = None) -> list[Problem]:
     """Classes per split: errors where the study cannot run, warnings where a statistic will be NaN.
 
-    Besides ``folds`` patients of each class in training, the radiomics LASSO chooses its penalty by an
-    ``inner_cv``-fold stratified CV inside each fold's training part, which needs that many of each class there.
-    With ``group_column`` (leave-one-scanner-out) the folds are the scanners of that column instead.
+    Besides ``folds`` patients of each class in training, the study plan is simulated on the folds the study will
+    make (:mod:`p53hcc.tools.pipeline.plan`): the radiomics LASSO's ``inner_cv``-fold penalty search in every
+    training set (each fold's, and with ``nested`` each pair of folds'), ComBat's scanners with
+    ``harmonise_column``. With ``group_column`` (leave-one-scanner-out) the folds are the scanners of that column.
     """
     labels = pd.to_numeric(df["p53"], errors="coerce")
     out = []
@@ -79,13 +122,14 @@ def class_problems(df: pd.DataFrame, folds: int, purpose: str = "study", seed: i
     for split in ("train", "validation", "external"):
         y = labels[df["split"] == split].dropna()
         if split == "train" and group_column is not None:
-            out.extend(_scanner_fold_problems(df, seed, inner_cv, group_column))
+            out.extend(_scanner_fold_problems(df, seed, inner_cv, group_column, nested, harmonise_column))
         elif split == "train":
             if min((y == 0).sum(), (y == 1).sum()) < folds:
                 out.append(Problem(None, "p53", None, f"split train has {_counts(y)}: {folds} stratified folds "
                                    f"need at least {folds} patients of each class"))
             else:
-                out.extend(_inner_cv_problems(df, folds, seed, inner_cv))
+                out.extend(_plan_problems(df, make_splits(df, folds, seed), seed, inner_cv, nested,
+                                          harmonise_column, folds))
         elif split == "validation" and y.empty:
             out.append(Problem(None, "split", None, "no validation patients: the study will report no "
                                "internal validation", "warning"))
@@ -95,11 +139,11 @@ def class_problems(df: pd.DataFrame, folds: int, purpose: str = "study", seed: i
     return out
 
 
-def _scanner_fold_problems(df: pd.DataFrame, seed: int, inner_cv: int, group_column: str) -> list[Problem]:
+def _scanner_fold_problems(df: pd.DataFrame, seed: int, inner_cv: int, group_column: str, nested: bool = False,
+                           harmonise_column: str | None = None) -> list[Problem]:
     """Leave-one-scanner-out: a batch value for every training patient, at least 2 scanners, enough of each class
     in each training part; a held-out scanner with one class gets a NaN AUC in its row (warning)."""
     from p53hcc.tools.cohort.batches import batch_of
-    from p53hcc.tools.cohort.splits import make_splits
     from p53hcc.tools.errors import InputError
 
     train = df[df["split"] == "train"]
@@ -109,7 +153,7 @@ def _scanner_fold_problems(df: pd.DataFrame, seed: int, inner_cv: int, group_col
     except (InputError, P53hccError) as err:
         return [Problem(None, group_column, None, f"leave-one-scanner-out: {err}")]
     labels = pd.to_numeric(df.set_index("patient_id")["p53"], errors="coerce")
-    out = _inner_cv_problems(df, None, seed, inner_cv, splits)
+    out = _plan_problems(df, splits, seed, inner_cv, nested, harmonise_column)
     for f in splits["folds"]:
         if labels[f["val"]].nunique() < 2:
             out.append(Problem(None, group_column, None, f"scanner {f['group']} has training patients of one class "
@@ -117,21 +161,25 @@ def _scanner_fold_problems(df: pd.DataFrame, seed: int, inner_cv: int, group_col
     return out
 
 
-def _inner_cv_problems(df: pd.DataFrame, folds: int | None, seed: int, inner_cv: int, splits: dict | None = None
-                       ) -> list[Problem]:
-    """The folds the study will make (same function, same seed): enough of each class in each training part?"""
-    from p53hcc.tools.cohort.splits import make_splits
+def _plan_problems(df: pd.DataFrame, splits: dict, seed: int, inner_cv: int, nested: bool,
+                   harmonise_column: str | None, folds: int | None = None) -> list[Problem]:
+    """The study plan on the folds the study will make (same function, same seed): :mod:`.plan`."""
+    from p53hcc.tools.cohort.batches import batch_of
+    from p53hcc.tools.errors import InputError
+    from p53hcc.tools.pipeline.plan import combat_problem, lasso_problem
 
-    labels = pd.to_numeric(df.set_index("patient_id")["p53"], errors="coerce")
-    splits = splits or make_splits(df, folds, seed)
-    folds = len(splits["folds"])
-    fewest = min(int(labels[f["train"]].value_counts().reindex([0, 1], fill_value=0).min())
-                 for f in splits["folds"])
-    if fewest >= inner_cv:
-        return []
-    return [Problem(None, "p53", None, f"a training fold has only {fewest} patient(s) of one class: the radiomics "
-                    f"LASSO's {inner_cv}-fold penalty search inside each of the {folds} folds needs {inner_cv}; "
-                    "add training patients or use fewer folds")]
+    out = []
+    lasso = lasso_problem(df, splits, inner_cv, nested, seed, folds)
+    if lasso:
+        out.append(Problem(None, "p53", None, lasso[1], lasso[0]))
+    if harmonise_column is not None:
+        try:
+            combat = combat_problem(batch_of(df[df["split"] == "train"], harmonise_column), splits, nested)
+        except InputError as err:
+            return [*out, Problem(None, harmonise_column, None, f"fusion.harmonise combat: {err}")]
+        if combat:
+            out.append(Problem(None, harmonise_column, None, combat, "warning"))
+    return out
 
 
 def _counts(y: pd.Series) -> str:
@@ -140,14 +188,15 @@ def _counts(y: pd.Series) -> str:
 
 def cohort_problems(cohort_csv: str | Path, requirements: ImageRequirements, folds: int = 5,
                     purpose: str = "study", progress: bool = True, seed: int = 0, inner_cv: int = 5,
-                    group_column: str | None = None) -> list[Problem]:
+                    group_column: str | None = None, nested: bool = False,
+                    harmonise_column: str | None = None) -> list[Problem]:
     """Every problem of the cohort's files and values plus what ``purpose`` needs (clinical, classes, ROIs)."""
     if purpose not in PURPOSES:
         raise P53hccError(f"unknown purpose {purpose!r}; choose one of {', '.join(PURPOSES)}")
     df = read_cohort(cohort_csv, check_ids=False)
     problems = validate_cohort(cohort_csv, progress=progress, requirements=requirements)
     return problems + clinical_problems(df) + class_problems(df, int(folds), purpose, int(seed), int(inner_cv),
-                                                             group_column)
+                                                             group_column, bool(nested), harmonise_column)
 
 
 def study_check_params(cfg: dict) -> dict:
@@ -156,9 +205,12 @@ def study_check_params(cfg: dict) -> dict:
 
     from p53hcc.tools.pipeline.config import fold_groups
 
-    group = fold_groups(cfg)
+    group, fusion = fold_groups(cfg), cfg["fusion"]
+    combat = fusion.get("harmonise") == "combat"
     return {"requirements": asdict(study_requirements(cfg)), "folds": int(cfg["folds"]), "seed": int(cfg["seed"]),
-            "inner_cv": int(cfg["fusion"].get("lasso_cv_folds") or 5), **({"group_column": group} if group else {})}
+            "inner_cv": int(fusion.get("lasso_cv_folds") or 5), "nested": fusion.get("nesting") == "nested",
+            **({"group_column": group} if group else {}),
+            **({"harmonise_column": cfg.get("batch_column") or "scanner"} if combat else {})}
 
 
 def raise_on_errors(cohort_csv: str | Path, problems: list[Problem], shown: int = 5) -> None:

@@ -51,6 +51,21 @@ def _harmonisation(study_dir: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {"method": "none", "batch_column": None}
 
 
+def _training_ranges(study_dir: Path, cfg: dict) -> dict | None:
+    """Min and max of the numeric clinical columns over the analysed training patients (predict flags new values
+    outside them); None when the study's cohort table is no longer where ``study.yaml`` says."""
+    from p53hcc.tools.cohort.dropped import dropped_patients
+    from p53hcc.tools.cohort.manifest import read_cohort
+    from p53hcc.tools.pipeline.checks import training_ranges
+
+    csv = cfg.get("cohort")
+    if not csv or not Path(csv).is_file():
+        return None
+    df = read_cohort(csv, check_ids=False)
+    train = df[(df["split"] == "train") & ~df["patient_id"].astype(str).isin(dropped_patients(study_dir))]
+    return training_ranges(train)
+
+
 def freeze_model(study_dir: str | Path) -> Path:
     """Write ``study_dir/model/`` (atomically: built beside it, then renamed into place); returns its path."""
     import joblib
@@ -92,6 +107,7 @@ def freeze_model(study_dir: str | Path) -> Path:
             "fusion": {"clinical": "clinical.joblib", "radiomics": "radiomics.joblib", "combined": "combined.joblib",
                        "combined_inputs": list(combined.feature_names_)},
             "harmonisation": _harmonisation(study_dir),
+            "training_ranges": _training_ranges(study_dir, cfg),
             "threshold": _threshold(study_dir, "combined"),
             "component_thresholds": {m: _threshold(study_dir, m) for m in ("clinical", "radiomics", "dl")
                                      if m == "dl" and chosen or m != "dl"},

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from p53hcc.fusion.models.clinical import RAW_PATHOLOGY
 from p53hcc.fusion.models.factories import logit
 from p53hcc.fusion.models.harmonise import with_batch
 from p53hcc.fusion.models.nomogram import Nomogram
@@ -34,7 +35,9 @@ from p53hcc.tools.pipeline.checks import (
     clinical_problems,
     cohort_problems,
     image_requirements,
+    patient_warnings,
     raise_on_errors,
+    range_problems,
 )
 from p53hcc.tools.pipeline.explain import gradcam_frozen
 from p53hcc.tools.pipeline.freeze import load_model, read_manifest
@@ -126,7 +129,9 @@ def predict_cohort(model_dir: str | Path, cohort_csv: str | Path, out: str | Pat
     """Frozen model -> ``out/predictions.csv`` for new patients (and Grad-CAM images under ``out/gradcam/``).
 
     The new cohort is validated (files, values, every clinical column the frozen clinical model needs, ROIs
-    against the frozen radiomics parameters; ``purpose="evaluate"`` also needs both classes), then preprocessed
+    against the frozen radiomics parameters; ``purpose="evaluate"`` also needs both classes), its warnings (phase
+    order, mask extent across phases, clinical values outside the training cohort's range) logged and written per
+    patient to the ``warnings`` column (empty when none), then preprocessed
     and radiomics-extracted with the frozen parameters into ``out/work/``; nothing is refitted. ``workers``: local
     processes of those steps (default all cores; 1 runs them inline, as the Deploy app does for one patient).
     """
@@ -141,6 +146,15 @@ def _predict(model_dir: Path, cohort_csv: Path, out: Path, dl_scorer: DlScorer, 
     requirements = image_requirements(model_dir / "radiomics_params.yaml")
     problems = cohort_problems(cohort_csv, requirements, purpose=purpose, progress=False)
     raise_on_errors(cohort_csv, problems)
+    ranges = bundle["manifest"].get("training_ranges")
+    if ranges is None:
+        log.info("%s stores no training ranges of the clinical values (frozen by an earlier version, or its cohort "
+                 "table was gone): new values are not compared with them", model_dir)
+    else:
+        problems += range_problems(read_cohort(cohort_csv), ranges)
+    for p in problems:  # pathology (Table 2 of a study) is not needed to predict
+        if p.severity == "warning" and (p.patient_id is not None or p.column not in RAW_PATHOLOGY):
+            log.warning("%s", p)
     harmonisation = harmonisation_of(bundle["manifest"])
     if harmonisation["method"] != "none":  # every patient's scanner, named before any heavy step
         batch_of(cohort_csv, harmonisation["batch_column"])
@@ -151,6 +165,7 @@ def _predict(model_dir: Path, cohort_csv: Path, out: Path, dl_scorer: DlScorer, 
     radiomics = extract_cohort(cohort_csv, work, params=str(model_dir / "radiomics_params.yaml"), workers=workers)
     dl = dl_scorer(model_dir, cohort_csv, work, bundle["manifest"]) if bundle["manifest"].get("dl") else None
     pred = score_patients(bundle, read_cohort(cohort_csv), radiomics, dl)
+    pred["warnings"] = patient_warnings(problems, pred["patient_id"])
     dest = atomic_write_table(out / "predictions.csv", pred)
     if gradcam and bundle["manifest"].get("dl"):
         _gradcam_new(model_dir, cohort_csv, out, bundle["manifest"])
