@@ -56,8 +56,9 @@ def test_each_new_net_steps_and_gives_its_penultimate_features(name, channels):
     # the hooked features are the classifier's input: the classifier reproduces the logits from them
     assert torch.allclose(final_linear(net)(feats), fe.logits, atol=1e-5)
     fe.logits.sum().backward()
-    # every weight learns (but MONAI's ViT's cross-attention norms, which its classifier never uses)
-    assert all(p.grad is not None for k, p in net.named_parameters() if "cross_attn" not in k)
+    # every trainable weight gets a gradient (DDP needs it); the ViT's unused cross-attention branch is frozen
+    assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
+    assert all("cross_attn" in k for k, p in net.named_parameters() if not p.requires_grad)
     fe.remove()
     net.eval()
     with torch.no_grad():
@@ -145,3 +146,24 @@ def test_gradcam_explains_the_new_cnn_and_swin(name, layer):
 def test_gradcam_refuses_a_vit_naming_why():
     with pytest.raises(P53hccError, match="ViT has no convolutional feature map"):
         gradcam_layers(build_net("vit", **SIZE))
+
+
+def test_the_study_draws_no_gradcam_of_a_chosen_vit_and_says_why(tmp_path, monkeypatch, caplog):
+    import json
+    from types import SimpleNamespace
+
+    from p53hcc.tools.pipeline import explain
+    from p53hcc.tools.pipeline.study import build_stages
+
+    called = []
+    monkeypatch.setattr(explain, "gradcam_command", lambda *a, **k: called.append(k["net"]))
+    stage = next(s for s in build_stages(resolve_config(nets="vit,swin", spatial_size=32, patch_size=8),
+                                         cohort_given=True) if s.name == "gradcam")
+    ctx = SimpleNamespace(study_dir=tmp_path, params=stage.params)
+    for net in ("vit", "swin"):
+        chosen = {"arm": "mc", "net": net, "model": f"mc_{net}"}
+        (tmp_path / "selection.json").write_text(json.dumps({"chosen": chosen}), encoding="utf-8")
+        with caplog.at_level("WARNING"):
+            stage.func(ctx)
+    assert called == ["swin"]  # Swin is explained; the ViT is skipped with a reason in the log
+    assert "mc_vit is a ViT, which has no feature map for Grad-CAM" in caplog.text

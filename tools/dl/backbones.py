@@ -45,6 +45,11 @@ class ViTClassifier(nn.Module):
         self.vit = ViT(in_channels=in_channels, img_size=[int(img_size)] * spatial_dims,
                        patch_size=[int(patch_size)] * spatial_dims, classification=True, num_classes=num_classes,
                        spatial_dims=spatial_dims, post_activation=None, **VIT_SIZE)
+        # each block also holds a cross-attention branch the classifier never runs: frozen, so distributed
+        # training (DDP, which expects a gradient for every trainable weight) and optimizers skip it
+        for name, weight in self.vit.named_parameters():
+            if "cross_attn" in name:
+                weight.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.vit(x)[0]
