@@ -47,8 +47,8 @@ from p53hcc.tools.preprocessing.n4 import N4BiasFieldCorrectiond
 
 __all__ = ["AugmentingPrepareBatch", "BatchRandCropFlip", "FFNet", "N4BiasFieldCorrectiond", "PatientTableWriter",
            "RenameKeysd", "SeriesSpacingReader", "SplitChannelsd", "as_bool", "build_net", "class_weights",
-           "feature_extractor", "n4_transforms", "require_items",
-           "roi_transforms", "select_items", "warm_cache", "with_warmup"]
+           "feature_extractor", "n4_transforms", "require_items", "roi_transforms", "select_items",
+           "warm_cache", "with_warmup"]
 
 
 def as_bool(value, name: str = "flag") -> bool:

@@ -224,9 +224,8 @@ def training_recipe(arm: str, params: dict, net: torch.nn.Module, y_train: torch
                                            "device": str(dev)})
     parser["network"] = net
     parser["train#datalist"] = [{"label": int(v)} for v in y_train.tolist()]
-    optimizer, loss, scheduler, aug = (parser.get_parsed_content(k) for k in ("optimizer", "loss",
-                                                                              "scheduler_with_warmup",
-                                                                              "batch_augmentation"))
+    parts = ("optimizer", "loss", "scheduler_with_warmup", "batch_augmentation")
+    optimizer, loss, scheduler, aug = (parser.get_parsed_content(k) for k in parts)
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise P53hccError(f"train.json of {arm}: optimizer is a {type(optimizer).__name__}, not a torch optimizer")
     return TrainingRecipe(optimizer, loss.to(dev) if isinstance(loss, torch.nn.Module) else loss, scheduler, aug)
