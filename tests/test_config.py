@@ -38,7 +38,7 @@ def _cli_error(capsys, caplog, argv: list[str]) -> str:
     ("--dl.epochs", "three", "command line: study setting dl.epochs = 'three': Input should be a valid integer"),
     ("--dl.epochs", "0", "study setting dl.epochs = 0: Input should be greater than or equal to 1"),
     ("--fusion.nesting", "sometimes", "fusion.nesting = 'sometimes': Input should be 'nested' or 'apparent'"),
-    ("--dl.nets", "resnet18,vit", "study setting dl.nets: unknown network(s) vit; choose from resnet18"),
+    ("--dl.nets", "resnet18,vgg16", "study setting dl.nets: unknown network(s) vgg16; choose from resnet18"),
     ("--statistics.ci_level", "95", "statistics.ci_level = 95: Input should be less than 1"),
     ("--validate.phase_order", "maybe", "validate.phase_order = 'maybe': Input should be a valid boolean"),
 ])

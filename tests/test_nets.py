@@ -1,11 +1,10 @@
-"""The six networks: build, one forward+backward step, penultimate features, standard stem, local weights."""
+"""The paper's six networks (the others: test_backbones.py): build, one forward+backward step, penultimate features, standard stem, local weights."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from p53hcc.tools.dl.nets import (
-    NETS,
     build_net,
     feature_extractor,
     load_net,
@@ -13,13 +12,14 @@ from p53hcc.tools.dl.nets import (
     penultimate_dim,
 )
 from p53hcc.tools.errors import P53hccError
+from p53hcc.tools.schema import PAPER_NETS
 
 # Penultimate widths of the paper's networks (ResNet basic blocks 512, bottleneck 2048, DenseNet121 1024).
 WIDTHS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048, "resnet152": 2048,
           "densenet121": 1024}
 
 
-@pytest.mark.parametrize("name", NETS)
+@pytest.mark.parametrize("name", PAPER_NETS)
 def test_one_channel_nets_give_the_published_penultimate_width(name):
     net = build_net(name, in_channels=1, num_classes=2).eval()
     with torch.no_grad():
@@ -27,7 +27,7 @@ def test_one_channel_nets_give_the_published_penultimate_width(name):
     assert feats.shape == (2, WIDTHS[name]) == (2, penultimate_dim(name))
 
 
-@pytest.mark.parametrize("name", NETS)
+@pytest.mark.parametrize("name", PAPER_NETS)
 def test_each_net_steps_and_gives_penultimate_features(name):
     # 3x64x64 keeps the deep nets within the CPU test budget; the 256 input is checked once below.
     net = build_net(name)

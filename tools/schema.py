@@ -33,9 +33,12 @@ METRIC_COLUMNS: list[str] = ["model", "split", "metric", "estimate", "ci_low", "
 #: Short cohort labels of the paper's tables (TC / VC) and of an external cohort.
 SPLIT_LABELS = {"train": "TC", "validation": "VC", "external": "EC", "all": "All"}
 SPLIT_TITLES = {"train": "Training cohort", "validation": "Validation cohort", "external": "External cohort"}
-#: The six networks of the paper and the two DL arms.
-NETS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "densenet121")
+#: The six networks of the paper (the default sweep), every network a study may sweep (the paper's, an efficient
+#: CNN and two transformers: docs/dl_variants.md), and the two DL arms.
+PAPER_NETS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "densenet121")
+NETS: tuple[str, ...] = (*PAPER_NETS, "efficientnet_b0", "vit", "swin")
 NET_LABELS = {"resnet18": "ResNet18", "resnet34": "ResNet34", "resnet50": "ResNet50", "resnet101": "ResNet101",
-              "resnet152": "ResNet152", "densenet121": "DenseNet121"}
+              "resnet152": "ResNet152", "densenet121": "DenseNet121", "efficientnet_b0": "EfficientNet-B0",
+              "vit": "ViT-Tiny", "swin": "Swin"}
 ARMS: tuple[str, ...] = ("mc", "ff")
 ARM_LABELS = {"mc": "multi-channel (MC)", "ff": "feature fusion (FF)"}

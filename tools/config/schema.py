@@ -31,7 +31,7 @@ from pydantic import (
     model_validator,
 )
 
-from p53hcc.tools.schema import NETS
+from p53hcc.tools.schema import PAPER_NETS
 
 #: Precision of training and scoring: bf16 autocast on CUDA (no effect on a CPU, which computes in fp32), or fp32.
 PRECISIONS = ("bf16", "fp32")
@@ -126,6 +126,8 @@ class TrainingValues(Section):
     weight_decay: float | None = Field(None, ge=0, description="weight decay (the optimizer's @weight_decay)")
     spatial_size: int | None = Field(None, ge=8, description="side of the 2D ROI crop fed to the network (px)")
     margin: int | None = Field(None, ge=0, description="ROI bounding box margin (px) around the tumour")
+    patch_size: int | None = Field(None, ge=2, description="vit: side of a patch (px); spatial_size "
+                                   "must be a multiple of it (checked per network; ignored by the others)")
     pixdim: float | None = Field(None, gt=0, description="voxel size (mm) the DL chain resamples to")
     n4: bool | None = Field(None, description="N4 in the bundle's own chain (off when it reads preprocessed "
                             "volumes)")
@@ -140,6 +142,8 @@ class TrainingValues(Section):
     loss: Component | None = Field(None, description="loss component (its class weighting included)")
     lr_scheduler: Component | None = Field(None, description="learning-rate schedule component, stepped once per "
                                            "epoch (null: constant)")
+    warmup_epochs: int | None = Field(None, ge=0, description="epochs of linear learning-rate warm-up (from "
+                                      "lr / (warmup_epochs + 1)) before lr_scheduler; 0: none")
     batch_augmentation: Component | None = Field(None, description="augmentation of each training batch "
                                                  "(null: none)")
 
@@ -170,7 +174,8 @@ class DL(TrainingValues):
 
     arms: Annotated[list[Literal["mc", "ff"]], BeforeValidator(_names), AfterValidator(_unique)] = Field(
         ["mc", "ff"], min_length=1, description="mc (multi-channel) and/or ff (feature fusion)")
-    nets: Names = Field(list(NETS), min_length=1, description="networks to sweep")
+    nets: Names = Field(list(PAPER_NETS), min_length=1, description="networks to sweep (default the paper's six; "
+                        "also efficientnet_b0, vit, swin)")
     device: str | None = Field(None, pattern=r"^(cpu|cuda(:\d+)?|mps)$", description="cpu | cuda | cuda:N "
                                "(null: cuda when available)")
     compile: bool = EngineOptions.model_fields["compile"]

@@ -109,7 +109,7 @@ class Arm:
 
     def _bundle_overrides(self, study: Path, u: Unit, net: str, params: dict, device) -> dict:
         keys = ("epochs", "batch_size", "learning_rate", "weight_decay", "spatial_size", "margin", "pixdim", "n4",
-                "precision", "seed", "min_scale", *COMPONENT_KEYS)
+                "precision", "seed", "min_scale", "patch_size", "warmup_epochs", *COMPONENT_KEYS)
         over = {"bundle_root": str(bundle_dir(self.name)), "dataset_dir": str(study),
                 "datalist": str(study / "datalist.json"), "fold": int(u.fold), "net": net,
                 "device": str(resolve_device(device)), "ckpt_dir": str(u.dir), "output_dir": str(u.dir / "logs"),

@@ -29,6 +29,8 @@ TRAINING_KEYS = tuple(TrainingValues.model_fields)
 COMPONENT_KEYS = ("optimizer", "loss", "lr_scheduler", "batch_augmentation")
 #: Values that change the deterministic 2D crops (their cache is keyed by them).
 CROP_KEYS = ("spatial_size", "margin", "pixdim", "n4")
+#: Settings that apply to some networks only (a ViT's patch side) or only when set (a warm-up of > 0 epochs).
+NET_ONLY_KEYS = ("patch_size", "warmup_epochs")
 #: Engine-only options (not in the bundle), typed with their defaults in
 #: :class:`p53hcc.tools.config.schema.EngineOptions`: ``source`` "raw" runs the bundle's own chain on the
 #: manifest's images, "preprocessed" reads the study's preprocessed volumes (N4 runs once per patient-phase);
@@ -83,9 +85,24 @@ def training_params(arm: str, **overrides: Any) -> dict[str, Any]:
                        f"{BUNDLE_NAMES[check_arm(arm)]} train.json", "training setting").model_dump(mode="json")
     for key in COMPONENT_KEYS:
         check_component(params[key], f"training setting {key}")
+    from p53hcc.tools.dl.nets import check_net_settings
+
+    check_net_settings(params["net"], params["spatial_size"], params["patch_size"])
     if params["source"] == "preprocessed":
         params["n4"] = False
     return params
+
+
+def applied_params(params: dict) -> dict[str, Any]:
+    """``params`` without the settings that change nothing in this run (the resume key of a network): the patch
+    size of any network but a ViT, a warm-up of 0 epochs. A study that does not use them keeps the key it had
+    before they existed, so its networks are not retrained."""
+    out = {k: v for k, v in params.items() if k not in NET_ONLY_KEYS}
+    if str(params.get("net", "")).startswith("vit"):
+        out["patch_size"] = params.get("patch_size")
+    if int(params.get("warmup_epochs") or 0):
+        out["warmup_epochs"] = int(params["warmup_epochs"])
+    return out
 
 
 def check_component(value: dict | None, where: str) -> None:

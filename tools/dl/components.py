@@ -15,7 +15,8 @@ in the shipped configs resolves to a name listed here.
   :class:`BatchRandCropFlip` (the training augmentation, on whole batches on their device).
 * Networks: :func:`build_net`, :func:`feature_extractor` (penultimate features, FF arm), :class:`FFNet` (the whole
   FF arm, head included, as one network: the exported FF bundles' model).
-* Engine helpers: :class:`AugmentingPrepareBatch`, :class:`PatientTableWriter`, :func:`warm_cache`.
+* Engine helpers: :class:`AugmentingPrepareBatch`, :class:`PatientTableWriter`, :func:`warm_cache`,
+  :func:`with_warmup` (the learning-rate schedule both engines step: ``lr_scheduler`` after ``warmup_epochs``).
 
 ``p53hcc export-bundle`` copies the definitions behind these names into an exported bundle's ``scripts/``
 (:mod:`p53hcc.tools.export.scripts`), so the repository holds one copy of each.
@@ -47,7 +48,7 @@ from p53hcc.tools.preprocessing.n4 import N4BiasFieldCorrectiond
 __all__ = ["AugmentingPrepareBatch", "BatchRandCropFlip", "FFNet", "N4BiasFieldCorrectiond", "PatientTableWriter",
            "RenameKeysd", "SeriesSpacingReader", "SplitChannelsd", "as_bool", "build_net", "class_weights",
            "feature_extractor", "n4_transforms", "require_items", "roi_transforms", "select_items",
-           "warm_cache"]
+           "warm_cache", "with_warmup"]
 
 
 def as_bool(value, name: str = "flag") -> bool:
@@ -90,6 +91,22 @@ def n4_transforms(image_keys: Sequence[str], enabled: bool = True, params: dict 
     preset a study used, which an exported bundle records.
     """
     return [N4BiasFieldCorrectiond(keys=list(image_keys), **(params or {}))] if as_bool(enabled, "n4") else []
+
+
+def with_warmup(optimizer: torch.optim.Optimizer, scheduler=None, warmup_epochs: int = 0):
+    """The epoch schedule both engines step: ``scheduler`` (None: a constant rate) after ``warmup_epochs`` of linear
+    warm-up from ``lr / (warmup_epochs + 1)`` to ``lr`` (torch's ``LinearLR``, chained by ``SequentialLR``).
+
+    With ``warmup_epochs`` 0 it is ``scheduler`` itself (so a recipe without warm-up runs exactly as before).
+    Transformers trained from scratch are commonly given a few epochs of warm-up (docs/dl_variants.md).
+    """
+    warmup_epochs = int(warmup_epochs)
+    if warmup_epochs <= 0:
+        return scheduler
+    from torch.optim.lr_scheduler import LinearLR, SequentialLR
+
+    warm = LinearLR(optimizer, start_factor=1.0 / (warmup_epochs + 1), end_factor=1.0, total_iters=warmup_epochs)
+    return warm if scheduler is None else SequentialLR(optimizer, [warm, scheduler], milestones=[warmup_epochs])
 
 
 def warm_cache(dataset) -> None:

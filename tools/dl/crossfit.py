@@ -23,7 +23,7 @@ from p53hcc.fusion.models.nested import fold_map, fold_pairs
 from p53hcc.tools.cohort.batches import batch_of
 from p53hcc.tools.cohort.splits import load_splits, select_items, write_datalist
 from p53hcc.tools.dl.arms import PAIR, Arm, Unit, fold_dir, get_arm, score_sections
-from p53hcc.tools.dl.bundle import training_params
+from p53hcc.tools.dl.bundle import applied_params, training_params
 from p53hcc.tools.dl.engine import fit, items_digest, resolve_device, source_items
 from p53hcc.tools.dl.nets import check_net_name
 from p53hcc.tools.dl.weights import weights_file
@@ -175,7 +175,7 @@ def _train_units(spec: Arm, out: Path, params: dict, splits: dict, net: str, eng
     items = source_items(select_items(out / "datalist.json", "all"), out, params)
     # a unit is done for these parameters, folds, patients, labels and image contents (a replaced image retrains)
     network_head = {k: v for k, v in (head_kwargs or {}).items() if k not in HEAD_ONLY}
-    tag = params_hash({**params, "engine": engine, "splits": splits, "head": network_head,
+    tag = params_hash({**applied_params(params), "engine": engine, "splits": splits, "head": network_head,
                        "data": items_digest(items), **init_weights_digest(params, net)})
     arm_dir = out / "dl" / spec.name / net
     plan = [Unit(k, unit, spec.unit_dir(arm_dir, k, unit))

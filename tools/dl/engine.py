@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from p53hcc.tools.dl.bundle import COMPONENT_KEYS, CROP_KEYS, TRAINING_KEYS, bundle_parser
+from p53hcc.tools.dl.bundle import CROP_KEYS, TRAINING_KEYS, bundle_parser
 from p53hcc.tools.dl.nets import build_net, feature_extractor
 from p53hcc.tools.errors import P53hccError
 from p53hcc.tools.io import atomic_path, atomic_write_text, file_sha256, params_hash
@@ -175,7 +175,8 @@ def penultimate_features(net: torch.nn.Module, x: torch.Tensor, device=None, bat
 @dataclass
 class TrainingRecipe:
     """What one network trains with, instantiated from the arm's ``train.json``: optimizer, loss, learning-rate
-    schedule (None: constant) and batch augmentation (None: none)."""
+    schedule (``lr_scheduler`` after ``warmup_epochs`` of warm-up; None: constant) and batch augmentation (None:
+    none)."""
 
     optimizer: torch.optim.Optimizer
     loss: torch.nn.Module
@@ -212,8 +213,9 @@ def _scalars(obj: Any, skip: tuple[str, ...] = ()) -> dict[str, Any] | None:
 
 def training_recipe(arm: str, params: dict, net: torch.nn.Module, y_train: torch.Tensor,
                     dev: torch.device) -> TrainingRecipe:
-    """Instantiate ``train.json``'s ``optimizer``, ``loss``, ``lr_scheduler`` and ``batch_augmentation`` with the
-    run's values (``params``: the study's overrides applied), for ``net`` and the unit's training labels.
+    """Instantiate ``train.json``'s ``optimizer``, ``loss``, learning-rate schedule (``scheduler_with_warmup``:
+    ``lr_scheduler`` after ``warmup_epochs``, what the bundle's trainer steps too) and ``batch_augmentation`` with
+    the run's values (``params``: the study's overrides applied), for ``net`` and the unit's training labels.
 
     The config's ``@network`` is the network this engine built, ``@train#datalist`` the unit's training patients
     (the loss's class weights come from them), ``@device`` the training device.
@@ -222,7 +224,8 @@ def training_recipe(arm: str, params: dict, net: torch.nn.Module, y_train: torch
                                            "device": str(dev)})
     parser["network"] = net
     parser["train#datalist"] = [{"label": int(v)} for v in y_train.tolist()]
-    optimizer, loss, scheduler, aug = (parser.get_parsed_content(k) for k in COMPONENT_KEYS)
+    parts = ("optimizer", "loss", "scheduler_with_warmup", "batch_augmentation")
+    optimizer, loss, scheduler, aug = (parser.get_parsed_content(k) for k in parts)
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise P53hccError(f"train.json of {arm}: optimizer is a {type(optimizer).__name__}, not a torch optimizer")
     return TrainingRecipe(optimizer, loss.to(dev) if isinstance(loss, torch.nn.Module) else loss, scheduler, aug)
@@ -246,7 +249,8 @@ def fit(x_tr: torch.Tensor, y_tr: torch.Tensor, net_name: str, params: dict, dev
     precision = str(params["precision"])
     with _INIT_LOCK:  # the global RNG seeds the weights; folds trained in threads must not interleave here
         torch.manual_seed(int(params["seed"]))
-        net = build_net(net_name, in_channels=x_tr.shape[1], pretrained_path=params.get("pretrained_path"))
+        net = build_net(net_name, in_channels=x_tr.shape[1], pretrained_path=params.get("pretrained_path"),
+                        spatial_size=x_tr.shape[-1], patch_size=params.get("patch_size"))
     net = net.to(dev, memory_format=torch.channels_last)
     model = torch.compile(net) if params.get("compile") else net
     recipe = training_recipe(arm, params, net, y_tr, dev)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from p53hcc.tools.dl.nets import build_net, penultimate_dim
+from p53hcc.tools.dl.nets import build_net, final_linear, infer_shape, penultimate_dim
 from p53hcc.tools.errors import P53hccError
 
 
@@ -29,12 +29,9 @@ def headless(net: nn.Module) -> nn.Module:
     These are exactly the input of the classifier layer, i.e. what :func:`p53hcc.tools.dl.nets.feature_extractor`
     captures with a hook; unlike the hook, the result is scriptable.
     """
-    if hasattr(net, "fc"):
-        net.fc = nn.Identity()
-    elif hasattr(net, "class_layers") and hasattr(net.class_layers, "out"):
-        net.class_layers.out = nn.Identity()
-    else:
-        raise ValueError(f"cannot find the classifier layer of {type(net).__name__}")
+    layer = final_linear(net)  # an error naming the network when it has none
+    parent, _, leaf = next(k for k, m in net.named_modules() if m is layer).rpartition(".")
+    setattr(net.get_submodule(parent), leaf, nn.Identity())
     return net
 
 
@@ -57,19 +54,21 @@ class FFNet(nn.Module):
     """The FF arm in one module: ``[B, 3, S, S]`` AP|PVP|DP crops -> logits ``[B, 2]`` = ``[0, log-odds]``.
 
     Args:
-        net: the phase networks' architecture (one of the six).
+        net: the phase networks' architecture.
         n_components: PCA components kept per phase (the fitted head's, capped by its training patients).
         n_selected: LASSO-retained PCA features (0: the head predicts the training prevalence, held in
             ``intercept``).
         spatial_dims: 2 (the paper's 2D networks).
+        spatial_size / patch_size: a ViT's input and patch side (ignored by the other networks).
     """
 
     def __init__(self, net: str = "resnet34", n_components: Sequence[int] = (8, 8, 8), n_selected: int = 0,
-                 spatial_dims: int = 2) -> None:
+                 spatial_dims: int = 2, spatial_size: int | None = None, patch_size: int | None = None) -> None:
         super().__init__()
         dim = penultimate_dim(net)
         self.phases = nn.ModuleList(
-            [headless(build_net(net, in_channels=1, num_classes=2, spatial_dims=spatial_dims)) for _ in n_components])
+            [headless(build_net(net, in_channels=1, num_classes=2, spatial_dims=spatial_dims,
+                                spatial_size=spatial_size, patch_size=patch_size)) for _ in n_components])
         self.projections = nn.ModuleList([PhaseProjection(dim, int(k)) for k in n_components])
         total = int(sum(int(k) for k in n_components))
         self.register_buffer("post_mean", torch.zeros(total, dtype=torch.float64))
@@ -85,6 +84,12 @@ class FFNet(nn.Module):
         z = (torch.cat(blocks, dim=1) - self.post_mean) / self.post_scale
         logit = z.index_select(1, self.selected) @ self.coef + self.intercept
         return torch.stack([torch.zeros_like(logit), logit], dim=1).float()
+
+
+def network_shape(net: nn.Module) -> dict[str, int]:
+    """:class:`FFNet`'s shape arguments of a trained phase network (a ViT's input and patch side; none else)."""
+    shape = infer_shape(net.state_dict())
+    return {k: shape[k] for k in ("spatial_size", "patch_size") if k in shape}
 
 
 def _tensor(values, dtype=torch.float64) -> torch.Tensor:
@@ -105,14 +110,15 @@ def ff_network(full_dir: str | Path, net: str, head) -> FFNet:
     full_dir = Path(full_dir)
     ks = [int(pca.n_components_) for _, pca in head.pcas_]
     selected = np.flatnonzero(np.asarray(head.selected_)) if head.lr_ is not None else np.zeros(0, int)
-    model = FFNet(net, ks, len(selected))
-    for phase, backbone, projection, (scaler, pca) in zip(head.phases, model.phases, model.projections, head.pcas_):
+    nets = []
+    for phase in head.phases:
         path = full_dir / phase / "model.pt"
         if not path.is_file():
             raise P53hccError(f"{path} not found: the FF arm of this study lacks its {phase} network")
-        state = {k: v for k, v in load_net(path, net).state_dict().items()
-                 if not k.startswith(("fc.", "class_layers.out."))}
-        backbone.load_state_dict(state)
+        nets.append(headless(load_net(path, net)))
+    model = FFNet(net, ks, len(selected), **network_shape(nets[0]))
+    for backbone, trained, projection, (scaler, pca) in zip(model.phases, nets, model.projections, head.pcas_):
+        backbone.load_state_dict(trained.state_dict())
         projection.scaler_mean.copy_(_tensor(scaler.mean_))
         projection.scaler_scale.copy_(_tensor(scaler.scale_))
         projection.pca_mean.copy_(_tensor(pca.mean_))

@@ -81,8 +81,12 @@ def torchvision_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return out
 
 
+#: Tensor-name prefixes of the networks' classifier layers (see ``p53hcc.tools.dl.nets.CLASSIFIERS``).
+CLASSIFIER_PREFIXES = ("fc.", "class_layers.out.", "_fc.", "vit.classification_head.")
+
+
 def _classifier_keys(own: dict[str, torch.Tensor]) -> set[str]:
-    return {k for k in own if k.startswith(("fc.", "class_layers.out."))}
+    return {k for k in own if k.startswith(CLASSIFIER_PREFIXES)}
 
 
 def adapt_first_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor | None:
@@ -124,7 +128,7 @@ def load_pretrained(net: nn.Module, path: str | Path, name: str = "network") -> 
             and k.replace(".bias", ".weight") in load}
     missing = sorted(k for k in own if k not in load and k not in zero and k not in classifier
                      and not k.endswith("num_batches_tracked"))
-    extra = sorted(k for k in state if k not in own and not k.startswith(("fc.", "class_layers.out.")))
+    extra = sorted(k for k in state if k not in own and not k.startswith(CLASSIFIER_PREFIXES))
     if missing or extra or shape_errors:
         parts = [f"{len(v)} {what} (e.g. {', '.join(v[:5])})" for what, v in
                  (("tensor(s) of the network missing from the file", missing),

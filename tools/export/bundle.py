@@ -118,6 +118,21 @@ def check_study_scores(study_dir: Path, arm: str, net: str, params: dict, model:
     return diff
 
 
+def torchscript(model: torch.nn.Module, params: dict):
+    """``model`` as TorchScript: scripted (any input shape), or, for a network TorchScript cannot compile (MONAI's
+    Swin encoder rearranges tensors with einops), traced on one input of the bundle's shape (the deploy and
+    inference configs always resize the crops to it)."""
+    try:
+        return torch.jit.script(model)
+    except Exception as err:  # noqa: BLE001 - TorchScript's compile errors have several types
+        side = int(params["spatial_size"])
+        log.info("%s is not scriptable (%s: %s); traced for inputs [B, %d, %d, %d]", type(model).__name__,
+                 type(err).__name__, str(err).splitlines()[0][:80], len(PHASES), side, side)
+        example = torch.zeros(1, len(PHASES), side, side)
+        with torch.no_grad():
+            return torch.jit.trace(model.eval(), example, check_trace=False)
+
+
 def _study_values(study_dir: Path) -> tuple[dict, dict]:
     """The study's resolved parameters and its preprocessing chain parameters (N4, voxel size)."""
     from p53hcc.tools.preprocessing.params import resolve_params
@@ -209,7 +224,7 @@ def export_bundle(study: str | os.PathLike, arm: str = "mc", out: str | os.PathL
             _write(tmp / rel, text)
         (tmp / "models").mkdir()
         torch.save(model.state_dict(), tmp / "models" / "model.pt")
-        scripted = torch.jit.script(model)
+        scripted = torchscript(model, params)
         extra = {"metadata.json": texts["configs/metadata.json"], "inference.json": texts["configs/inference.json"],
                  "deploy.json": texts["configs/deploy.json"]}
         torch.jit.save(scripted, str(tmp / "models" / "model.ts"), _extra_files=extra)

@@ -28,8 +28,9 @@ CONFIG_SOURCES = {"inference.json": "mc", "deploy.json": "mc", "train.json": Non
 OPTIONAL = {"multi_gpu_evaluate.json"}
 #: Training values copied from the study into train.json (the recipe its networks were trained with).
 RECIPE_KEYS = ("epochs", "batch_size", "learning_rate", "weight_decay", "min_scale", "seed", "precision", "optimizer",
-               "loss", "lr_scheduler", "batch_augmentation")
-CROP_KEYS = ("net", "spatial_size", "margin", "pixdim")
+               "loss", "lr_scheduler", "warmup_epochs", "batch_augmentation")
+#: The network and what its input is made of (every exported config holds them).
+CROP_KEYS = ("net", "spatial_size", "margin", "pixdim", "patch_size")
 
 
 def _shipped(arm: str, name: str) -> dict:
@@ -43,13 +44,17 @@ def work_dir(name: str) -> str:
 
 #: p53hcc modules an exported config may take names from -> the config item holding the bundle's copy of it.
 #: The network modules are their own items, so building a network imports only what the network needs.
-SCRIPT_ITEMS = {ROOT: "p53", "p53hcc.tools.dl.nets": "p53_nets", "p53hcc.tools.dl.ffnet": "p53_ffnet"}
+SCRIPT_ITEMS = {ROOT: "p53", "p53hcc.tools.dl.nets": "p53_nets", "p53hcc.tools.dl.ffnet": "p53_ffnet",
+                "p53hcc.tools.dl.backbones": "p53_backbones"}
 
 
-def ff_network_def(net: str, n_components: list[int], n_selected: int) -> dict:
-    """``network_def`` of the FF arm as one network (the shape of its head's fitted parts)."""
+def ff_network_def(params: dict, n_components: list[int], n_selected: int) -> dict:
+    """``network_def`` of the FF arm as one network (the shape of its head's fitted parts; a ViT's input and patch
+    side)."""
+    vit = ({"spatial_size": int(params["spatial_size"]), "patch_size": int(params["patch_size"])}
+           if str(params["net"]).startswith("vit") else {})
     return {"_target_": "p53hcc.tools.dl.ffnet.FFNet", "net": "@net", "n_components": list(n_components),
-            "n_selected": int(n_selected), "spatial_dims": 2}
+            "n_selected": int(n_selected), "spatial_dims": 2, **vit}
 
 
 def weights_digest(files: Mapping[str, str]) -> str:
@@ -62,14 +67,16 @@ def weights_digest(files: Mapping[str, str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _network_def(cfg: dict, arm: str, net: str, file: str) -> dict:
-    """The exported ``network_def``: the MC network as the stock MONAI network it is (inference and deploy);
+def _network_def(cfg: dict, arm: str, params: dict, file: str) -> dict:
+    """The exported ``network_def``: the MC network by ``_target_`` (inference and deploy): the stock MONAI network
+    it is, or for a transformer p53hcc's thin classifier around MONAI's encoder (in ``scripts/backbones.py``);
     otherwise ``build_net`` from the bundle's minimal network module (training keeps its pretrained weights)."""
     old = cfg["network_def"]
     if arm == "mc" and file in ("inference.json", "deploy.json"):
         from p53hcc.tools.dl.nets import network_config
 
-        return network_config(net, int(old["in_channels"]), int(old["num_classes"]), int(old["spatial_dims"]))
+        return network_config(params["net"], int(old["in_channels"]), int(old["num_classes"]),
+                              int(old["spatial_dims"]), int(params["spatial_size"]), params.get("patch_size"))
     return {**old, "_target_": "p53hcc.tools.dl.nets.build_net"}
 
 
@@ -88,7 +95,8 @@ def exported_configs(arm: str, name: str, params: dict, n4_params: dict, thresho
             folder, :func:`weights_digest`), written as ``p53hcc_source`` in
             the inference and deploy configs so the Deploy app can tie the bundle to the frozen study model.
     """
-    values = {**{k: params[k] for k in CROP_KEYS}, "n4": True, "n4_params": dict(n4_params), "work_dir": work_dir(name)}
+    # a study trained before patch_size existed keeps the shipped default (it was never used by its CNNs)
+    values = {**{k: params[k] for k in CROP_KEYS if k in params}, "n4": True, "n4_params": dict(n4_params), "work_dir": work_dir(name)}
     out: dict[str, dict] = {}
     for file, source_arm in CONFIG_SOURCES.items():
         if file in OPTIONAL and not (bundle_dir(source_arm or arm) / "configs" / file).is_file():
@@ -106,9 +114,9 @@ def exported_configs(arm: str, name: str, params: dict, n4_params: dict, thresho
             if "precision" in cfg:
                 cfg["precision"] = precision_of(params)
             if arm == "ff":
-                cfg["network_def"] = ff_network_def(params["net"], *ff_shape)
+                cfg["network_def"] = ff_network_def(params, *ff_shape)
         if "network_def" in cfg and str(cfg["network_def"].get("_target_", "")).endswith(".build_net"):
-            cfg["network_def"] = _network_def(cfg, arm, params["net"], file)
+            cfg["network_def"] = _network_def(cfg, arm, params, file)
         for handler in cfg.get("handlers", []) if file == "inference.json" else []:
             if handler["_target_"].endswith("PatientTableWriter"):
                 handler["threshold"] = "@threshold"

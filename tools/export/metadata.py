@@ -119,10 +119,10 @@ def metadata(arm: str, net: str, version: str, changelog: dict, spatial_size: in
     channels = {str(i): f"{PHASE_LABELS[p]} ROI crop (z-scored)" for i, p in enumerate(PHASES)}
     deploy_channels = {**{str(i): f"{PHASE_LABELS[p]} volume" for i, p in enumerate(PHASES)},
                        **{str(3 + i): f"{PHASE_LABELS[p]} tumour mask (0/1)" for i, p in enumerate(PHASES)}}
-    head = (" The three crops go through one CNN per phase; each phase's penultimate features are standardised "
-            "and reduced by PCA, the LASSO-retained components feed a logistic regression (the study's FF head, "
-            "included in the network), whose log-odds are the second logit.") if arm == "ff" else (
-        " The three crops are the channels of one CNN.")
+    head = (" The three crops go through one network per phase; each phase's penultimate features are "
+            "standardised and reduced by PCA, the LASSO-retained components feed a logistic regression (the study's "
+            "FF head, included in the network), whose log-odds are the second logit.") if arm == "ff" else (
+        " The three crops are the channels of one network.")
     out = {
         "schema": SCHEMA_URL, "version": version, "changelog": changelog,
         "monai_version": release("monai"), "pytorch_version": release("torch"), "numpy_version": release("numpy"),

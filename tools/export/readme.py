@@ -32,6 +32,8 @@ def readme(name: str, arm: str, net: str, version: str, meta: dict, params: dict
     Steps, System Configuration, Limitations, Citation Info, References, License), commands relative to the
     bundle root."""
     s = int(params["spatial_size"])
+    stem = " (MONAI, standard 7x7 stride-2 stem)" if net.startswith(("resnet", "densenet")) else (
+        " (p53hcc's classifier around MONAI's encoder)" if net in ("vit", "swin") else " (MONAI)")
     ff = arm == "ff"
     train_extra = " --phase pvp" if ff else ""
     ff_note = ("\nThe FF model in `models/model.pt` is the three phase networks and the study's fitted head as one "
@@ -49,7 +51,7 @@ Classification, MR, DCE-MRI, Liver, Hepatocellular carcinoma, P53, Radiogenomics
 ## **Model Description**
 {meta['description']}
 
-Arm: {ARM_LABELS[arm]}; network: {NET_LABELS[net]} (MONAI, standard 7x7 stride-2 stem); input: three {s}x{s}
+Arm: {ARM_LABELS[arm]}; network: {NET_LABELS[net]}{stem}; input: three {s}x{s}
 crops (AP, PVP, DP); output: two logits, whose softmax is [P(wild type), P(mutated)]. The class is "mutated" when
 P(mutated) >= the threshold in `configs/inference.json` (`threshold`, the training cohort's Youden index).
 {ff_note}

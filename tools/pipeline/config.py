@@ -164,6 +164,14 @@ def _check_names(cfg: dict, sources: dict[str, str]) -> None:
                           f"{', '.join(unknown)}; choose from {', '.join(NETS)}")
     for key in ("optimizer", "loss", "lr_scheduler", "batch_augmentation"):
         check_component(cfg["dl"][key], f"{sources.get(f'dl.{key}', 'train.json')}: study setting dl.{key}")
+    from p53hcc.tools.dl.nets import check_net_settings
+
+    for net in cfg["dl"]["nets"]:  # what a network needs of the crop (a ViT's patches must tile it)
+        try:
+            check_net_settings(net, cfg["dl"]["spatial_size"], cfg["dl"]["patch_size"])
+        except P53hccError as err:
+            where = sources.get("dl.patch_size") or sources.get("dl.spatial_size") or "train.json"
+            raise P53hccError(f"{where}: study settings dl.spatial_size / dl.patch_size: {err}") from None
 
 
 def fold_groups(cfg: dict) -> str | None:

@@ -113,6 +113,10 @@ def _stage_gradcam(ctx: StageContext) -> None:
     if not chosen:
         log.warning("gradcam: no DL model was chosen (every candidate degenerate); no heat maps")
         return
+    if chosen["net"].startswith("vit"):
+        log.warning("gradcam: the chosen %s is a ViT, which has no feature map for Grad-CAM; no heat maps",
+                    chosen["model"])
+        return
     gradcam_command(str(ctx.study_dir), arm=chosen["arm"], net=chosen["net"], n=ctx.params["n"],
                     layer=ctx.params.get("layer"))
 
