@@ -167,3 +167,14 @@ def test_the_study_draws_no_gradcam_of_a_chosen_vit_and_says_why(tmp_path, monke
             stage.func(ctx)
     assert called == ["swin"]  # Swin is explained; the ViT is skipped with a reason in the log
     assert "mc_vit is a ViT, which has no feature map for Grad-CAM" in caplog.text
+
+
+def test_an_exported_transformer_bundle_pins_the_package_monai_imports_only_optionally():
+    """MONAI imports einops only when a ViT or Swin is built, so no ``import`` in the bundle code names it; a zoo
+    environment built from ``required_packages_version`` alone would fail to build the network without the pin."""
+    from p53hcc.tools.dl.nets import RUNTIME_PACKAGES, family
+    from p53hcc.tools.export.metadata import release, required_packages
+
+    for net in ("vit", "swin"):
+        assert required_packages([], RUNTIME_PACKAGES.get(family(net), ()))["einops"] == release("einops")
+    assert "einops" not in required_packages([], RUNTIME_PACKAGES.get(family("resnet18"), ()))

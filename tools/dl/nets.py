@@ -33,6 +33,9 @@ GRADCAM_LAYERS = {"resnet": ("layer1", "layer2", "layer3", "layer4"),
 BACKBONES = {"ViTClassifier": ViTClassifier, "SwinClassifier": SwinClassifier}
 #: The smallest crop side a network family accepts (EfficientNet-B0 fails below 32 px: measured).
 MIN_SIDE = {"efficientnet": 32}
+#: Packages a family needs at run time that MONAI imports only optionally (so no ``import`` names them): the
+#: transformers' encoders rearrange tensors with einops. Installed with p53hcc, pinned in exported bundles.
+RUNTIME_PACKAGES = {"vit": ("einops",), "swin": ("einops",)}
 #: The classifier layer (input: the pooled penultimate features) of each family, as a module path.
 CLASSIFIERS = {"resnet": "fc", "densenet": "class_layers.out", "efficientnet": "_fc",
                "vit": "vit.classification_head", "swin": "fc"}

@@ -29,6 +29,7 @@ import torch
 import yaml
 
 from p53hcc.tools.dl.bundle import bundle_dir, check_arm
+from p53hcc.tools.dl.nets import RUNTIME_PACKAGES, family
 from p53hcc.tools.errors import P53hccError
 from p53hcc.tools.export.configs import exported_configs, script_names, to_bundle_module, weights_digest
 from p53hcc.tools.export.metadata import (
@@ -206,7 +207,7 @@ def export_bundle(study: str | os.PathLike, arm: str = "mc", out: str | os.PathL
                           f"({arm}_{net}, validation AUC {ev['val_auc']})", **{k: v for k, v in changelog.items()
                                                                              if k != version}}
     meta = metadata(arm, net, version, changelog, int(params["spatial_size"]), ev,
-                    cohort_description(study_dir, cfg), required_packages(scripts.values()), p53hcc_version)
+                    cohort_description(study_dir, cfg), required_packages(scripts.values(), RUNTIME_PACKAGES.get(family(net), ())), p53hcc_version)
     texts["configs/metadata.json"] = json.dumps(meta, indent=4) + "\n"
     texts["configs/logging.conf"] = (bundle_dir("mc") / "configs" / "logging.conf").read_text(encoding="utf-8")
     texts.update(scripts)

@@ -67,9 +67,10 @@ def distribution(module: str) -> str:
     return min(dists)
 
 
-def required_packages(sources: Iterable[str]) -> dict[str, str]:
-    """``required_packages_version``: every package the bundle code imports and its tools need, pinned."""
-    dists = {distribution(m) for m in imported_modules(sources)} | set(TOOL_PACKAGES)
+def required_packages(sources: Iterable[str], runtime: Iterable[str] = ()) -> dict[str, str]:
+    """``required_packages_version``: every package the bundle code imports, its tools need and the network needs
+    at run time (``runtime``: imported optionally by MONAI, e.g. einops for ViT and Swin), pinned."""
+    dists = {distribution(m) for m in imported_modules(sources)} | set(TOOL_PACKAGES) | set(runtime)
     return {d: release(d) for d in sorted(dists, key=str.lower) if d not in CORE}
 
 
