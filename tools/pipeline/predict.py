@@ -233,7 +233,8 @@ def evaluation_metrics(pred: pd.DataFrame, y: pd.Series, threshold: float, split
 def evaluate_cohort(model_dir: str | Path, cohort_csv: str | Path, out: str | Path,
                     dl_scorer: DlScorer = default_dl_scorer) -> Path:
     """Externally validate the frozen model on a labelled cohort: ``metrics.csv``, ``net_benefit.csv``,
-    ``report.html`` (internal-validation vs external AUC side by side); returns the metrics path."""
+    ``report.html`` (internal-validation vs external AUC side by side, then the patients predict's checks flagged,
+    or a line saying none was); returns the metrics path."""
     out = Path(out)
     with folder_lock(out):
         return _evaluate(Path(model_dir), Path(cohort_csv), out, dl_scorer)
@@ -253,5 +254,5 @@ def _evaluate(model_dir: Path, cohort_csv: Path, out: Path, dl_scorer: DlScorer)
     atomic_write_table(out / "net_benefit.csv", nb)
     study_metrics = Path(model_dir) / "study_metrics.csv"
     write_evaluation_report(out / "report.html", metrics, read_table(study_metrics) if study_metrics.exists() else None,
-                            dl_model=(manifest["dl"] or {}).get("model"), model_dir=Path(model_dir))
+                            dl_model=(manifest["dl"] or {}).get("model"), model_dir=Path(model_dir), predictions=pred)
     return dest
