@@ -18,6 +18,7 @@ training patients falls outside it with probability 2/(n+1) per value (1 % at n 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -51,11 +52,10 @@ def label(column: str) -> str:
     return f"radiomics feature {column}"
 
 
-def spacing_values(cohort: pd.DataFrame) -> pd.DataFrame:
-    """Native voxel spacing of each phase's image (header only; NaN where a file cannot be read), one row per
-    patient (index ``patient_id``)."""
-    rows = {}
-    for r in cohort.to_dict("records"):
+def spacing_values(cohort: pd.DataFrame, workers: int = 4) -> pd.DataFrame:
+    """Native voxel spacing of each phase's image (header only, read in ``workers`` threads as ``validate`` does;
+    NaN where a file cannot be read), one row per patient (index ``patient_id``)."""
+    def one(r: dict) -> tuple[str, dict]:
         row = {}
         for phase in PHASES:
             try:
@@ -64,7 +64,10 @@ def spacing_values(cohort: pd.DataFrame) -> pd.DataFrame:
                 spacing = None
             row[f"{phase}_spacing_inplane_mm"] = float(max(spacing[:2])) if spacing else np.nan
             row[f"{phase}_spacing_slice_mm"] = float(spacing[2]) if spacing else np.nan
-        rows[str(r["patient_id"])] = row
+        return str(r["patient_id"]), row
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        rows = dict(pool.map(one, cohort.to_dict("records")))
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("patient_id")
 
 
