@@ -126,11 +126,76 @@ def test_old_frozen_model_without_ranges_predicts_with_a_note(fused_study, new_p
     model = tmp_path / "model"
     shutil.copytree(root / "model", model)
     manifest = json.loads((model / "manifest.json").read_text())
-    del manifest["training_ranges"]
+    feature = next(iter(manifest["image_ranges"]))
+    del manifest["training_ranges"], manifest["image_ranges"]
     (model / "manifest.json").write_text(json.dumps(manifest))
     df = pd.read_csv(csv, dtype=str, keep_default_na=False)
     df.loc[0, "afp"] = "250000"
     df.to_csv(csv, index=False)
+    rad.loc[0, feature] = 1e6
     with caplog.at_level(logging.INFO):
         pred, _ = _predict(model, csv, tmp_path / "pred", rad, monkeypatch)
-    assert (pred["warnings"] == "").all() and "stores no training ranges" in caplog.text
+    assert (pred["warnings"] == "").all() and "stores no training ranges of the clinical values" in caplog.text
+    assert "stores no training ranges of image-derived values" in caplog.text
+
+
+def test_freeze_stores_the_training_range_of_image_derived_values(fused_study):
+    """manifest.json image_ranges: min..max over the analysed training patients of the radiomics values the
+    study extracted (here the selected features; the fixture's images are not on disk, so no spacing)."""
+    root, cohort, rad = fused_study
+    manifest = json.loads((root / "model" / "manifest.json").read_text())
+    selected = json.loads((root / "model" / "radiomics_features.json").read_text())
+    train = rad[rad["patient_id"].isin(cohort.loc[cohort["split"] == "train", "patient_id"])]
+    assert len(train) < len(rad) and selected
+    expected = {f: [float(train[f].min()), float(train[f].max())] for f in selected}
+    assert manifest["image_ranges"] == expected
+
+
+def test_image_values_tumour_size_intensity_and_header_spacing(cohort):
+    from p53hcc.tools.cohort.manifest import read_cohort
+    from p53hcc.tools.pipeline.checks import training_ranges
+    from p53hcc.tools.pipeline.image_ranges import image_value_columns, image_values
+
+    df = read_cohort(cohort)
+    write_nifti(cohort.parent / "images" / "P003_dp.nii.gz", np.ones((24, 24, 6)), spacing=(0.7, 0.8, 2.5))
+    rad = pd.DataFrame({"patient_id": df["patient_id"], "ap_original_firstorder_Mean": np.arange(8.0),
+                        "pvp_original_shape_VoxelVolume": 100.0 + np.arange(8), "ap_x": 1.0})
+    values = image_values(rad, df, image_value_columns(["ap_x"])).set_index("patient_id")
+    assert {"ap_original_firstorder_Mean", "pvp_original_shape_VoxelVolume", "ap_x"} <= set(values.columns)
+    assert values.loc["P000", "ap_spacing_inplane_mm"] == 1.5 and values.loc["P000", "ap_spacing_slice_mm"] == 4.0
+    assert values.loc["P003", "dp_spacing_inplane_mm"] == pytest.approx(0.8)
+    assert values.loc["P003", "dp_spacing_slice_mm"] == pytest.approx(2.5)
+    ranges = training_ranges(values.reset_index(), values.columns)
+    assert ranges["ap_original_firstorder_Mean"] == [0.0, 7.0] and ranges["ap_spacing_slice_mm"] == [4.0, 4.0]
+    assert ranges["dp_spacing_slice_mm"] == [pytest.approx(2.5), 4.0]
+
+
+def test_predict_flags_image_derived_values_outside_the_training_range(fused_study, new_patients, tmp_path,
+                                                                       monkeypatch, caplog):
+    """Images unlike the training cohort's (ROI intensity, a selected feature, the slice spacing) are flagged in
+    the warnings column and the log, and still scored."""
+    root = fused_study[0]
+    csv, rad = new_patients
+    model = tmp_path / "model"
+    shutil.copytree(root / "model", model)
+    manifest = json.loads((model / "manifest.json").read_text())
+    feature, (lo, hi) = next(iter(manifest["image_ranges"].items()))
+    manifest["image_ranges"].update({"ap_original_firstorder_Mean": [-1.0, 1.0], "pvp_spacing_slice_mm": [4.0, 4.0]})
+    (model / "manifest.json").write_text(json.dumps(manifest))
+    for name in ("images/P005_pvp.nii.gz", "masks/P005_pvp_mask.nii.gz"):  # 5 mm slices (training: 4 mm)
+        img = nib.load(str(csv.parent / name))
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj), np.diag([1.5, 1.5, 5.0, 1.0])), str(csv.parent / name))
+    rad = rad.assign(ap_original_firstorder_Mean=0.0).set_index("patient_id")
+    rad.loc["P002", "ap_original_firstorder_Mean"] = 8.12
+    rad.loc["P004", feature] = hi + 10
+    with caplog.at_level(logging.WARNING):
+        pred, _ = _predict(model, csv, tmp_path / "pred", rad.reset_index(), monkeypatch)
+    w = pred["warnings"]
+    assert w["P002"] == ("image out of the training range: ap ROI mean intensity (z-scored) 8.12 outside [-1, 1] "
+                         "(the model extrapolates)")
+    assert w["P004"] == (f"image out of the training range: radiomics feature {feature} {hi + 10:.4g} outside "
+                         f"[{lo:.4g}, {hi:.4g}] (the model extrapolates)")
+    assert w["P005"] == "image out of the training range: pvp slice spacing (mm) 5 outside [4, 4] (the model extrapolates)"
+    assert (w[["P000", "P001", "P003"]] == "").all()
+    assert pred["probability"].notna().all()
+    assert "patient P002: image out of the training range" in caplog.text

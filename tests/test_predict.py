@@ -83,6 +83,37 @@ def test_predict_and_evaluate_cohort_glue(fused_study, tmp_path, monkeypatch):
     assert (tmp_path / "eval" / "report.html").exists() and (tmp_path / "eval" / "net_benefit.csv").exists()
 
 
+def test_evaluation_report_shows_predicts_warnings(fused_study, tmp_path, monkeypatch):
+    """evaluate's report.html lists the patients predict's checks flagged (not only the console and the CSV), and
+    says so when there are none."""
+    from p53hcc.fusion.report.evaluation_page import warnings_section
+    from p53hcc.tools.pipeline import predict
+
+    root, cohort, rad = fused_study
+    new = cohort[cohort.split == "validation"].assign(split="external").reset_index(drop=True)
+    new.loc[0, "afp"] = 1e7  # far above the training cohort's range
+    csv = tmp_path / "new" / "cohort.csv"
+    csv.parent.mkdir()
+    new.to_csv(csv, index=False)
+    s = pd.read_parquet(root / "scores.parquet")
+    monkeypatch.setattr(predict, "cohort_problems", lambda path, *a, **kw: [])
+    monkeypatch.setattr(predict, "extract_cohort", lambda cohort_csv, out, params=None, **kw: rad)
+    monkeypatch.setattr(predict, "preprocess_cohort", lambda *a, **k: None)
+    predict.evaluate_cohort(root / "model", csv, tmp_path / "eval",
+                            dl_scorer=lambda *a: s[s.model == "ff_resnet18"].set_index("patient_id")["score"])
+    page = (tmp_path / "eval" / "report.html").read_text(encoding="utf-8")
+    pred = pd.read_csv(tmp_path / "eval" / "predictions.csv", dtype={"patient_id": str}, keep_default_na=False)
+    flagged = pred[pred["warnings"] != ""]
+    assert new.loc[0, "patient_id"] in set(flagged["patient_id"])
+    section = page[page.index("Warnings of the input checks"):]
+    assert f"{len(flagged)} of {len(pred)} patients flagged" in section
+    assert section.count("<tr>") == len(flagged) + 1  # header + one row per flagged patient
+    assert "afp: 1e+07 is outside the training cohort&#x27;s range" in section
+    assert "No warnings" not in page
+    clean = warnings_section(pd.DataFrame({"patient_id": ["A", "B"], "probability": [0.2, 0.7], "warnings": ["", None]}))
+    assert "No warnings: none of the 2 patients was flagged" in clean and "<table" not in clean
+
+
 def test_predict_names_every_missing_clinical_column_before_any_work(fused_study, tmp_path, monkeypatch):
     """All missing clinical columns in one message, before preprocessing (not the first one after minutes)."""
     from p53hcc.fusion.models.clinical import RAW_COLUMNS

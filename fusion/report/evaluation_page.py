@@ -11,8 +11,24 @@ from p53hcc.fusion.report.page import html_page, html_table
 from p53hcc.tools.io import atomic_write_text
 
 
+def warnings_section(pred: pd.DataFrame) -> str:
+    """The input checks' warnings of the evaluated patients (predict's ``warnings`` column): a table of the
+    patients with any, or a line saying there were none."""
+    text = pred["warnings"].fillna("").astype(str).str.strip()
+    flagged = pred.loc[text != "", ["patient_id", "probability"]].assign(warnings=text[text != ""])
+    head = "<h2>Warnings of the input checks</h2>"
+    if flagged.empty:
+        return head + f'<p class="sub">No warnings: none of the {len(pred)} patients was flagged.</p>'
+    rows = flagged.rename(columns={"patient_id": "Patient", "probability": "Probability", "warnings": "Warnings"})
+    return (head + f'<p class="sub">{len(flagged)} of {len(pred)} patients flagged by the checks (phase order, mask '
+            "extent, clinical and image-derived values outside the training cohort's range): they were scored, "
+            "and their predictions deserve a second look (predictions.csv, column warnings).</p>"
+            + html_table(rows.sort_values("Patient")))
+
+
 def write_evaluation_report(dest: str | Path, metrics: pd.DataFrame, study_metrics: pd.DataFrame | None,
-                            dl_model: str | None, model_dir: str | Path) -> Path:
+                            dl_model: str | None, model_dir: str | Path, predictions: pd.DataFrame | None = None
+                            ) -> Path:
     """External evaluation page: external vs the study's own training/validation AUC with CIs, the AUC drop,
     calibration and Brier score, per component and for the combined model.
 
@@ -22,6 +38,8 @@ def write_evaluation_report(dest: str | Path, metrics: pd.DataFrame, study_metri
         study_metrics: the study's own ``metrics.csv`` (None: internal columns left out).
         dl_model: the study's name of the frozen DL model (e.g. ``ff_resnet18``); None when the study chose none.
         model_dir: the frozen model folder (named on the page).
+        predictions: predict's ``predictions.csv`` (``patient_id, probability, warnings``): its warnings are
+            listed (:func:`warnings_section`); None leaves the section out.
     """
     rows = []
     for comp in ("combined", "clinical", "radiomics", "dl"):
@@ -52,5 +70,6 @@ def write_evaluation_report(dest: str | Path, metrics: pd.DataFrame, study_metri
             "calibration-in-the-large (0 ideal) and slope (1 ideal) by logistic recalibration; net benefit in "
             "net_benefit.csv. AUC train is the study's out-of-fold estimate, AUC validation its internal validation "
             "cohort; the drop is internal validation minus external AUC (positive: worse on the external cohort; "
-            "compare it with the width of the CIs).</p>" + html_table(pd.DataFrame(rows)))
+            "compare it with the width of the CIs).</p>" + html_table(pd.DataFrame(rows))
+            + (warnings_section(predictions) if predictions is not None else ""))
     return atomic_write_text(dest, html_page("External evaluation of the frozen model", body))

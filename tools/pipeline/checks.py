@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from p53hcc.fusion.models.clinical import RAW_COLUMNS, RAW_PATHOLOGY
@@ -65,28 +66,34 @@ def clinical_problems(df: pd.DataFrame) -> list[Problem]:
 RANGE_COLUMNS: tuple[str, ...] = tuple(c for c in RAW_COLUMNS if c in NUMERIC_RANGES)
 
 
-def training_ranges(df: pd.DataFrame) -> dict[str, list[float]]:
-    """``{column: [min, max]}`` of :data:`RANGE_COLUMNS` over ``df``'s patients (the training cohort)."""
+def training_ranges(df: pd.DataFrame, columns=RANGE_COLUMNS) -> dict[str, list[float]]:
+    """``{column: [min, max]}`` of ``columns`` (default :data:`RANGE_COLUMNS`) over ``df``'s patients (the training
+    cohort); columns absent or without a finite value are left out."""
     out = {}
-    for col in (c for c in RANGE_COLUMNS if c in df.columns):
-        values = pd.to_numeric(df[col], errors="coerce").dropna()
+    for col in (c for c in columns if c in df.columns):
+        values = pd.to_numeric(df[col], errors="coerce")
+        values = values[np.isfinite(values)]
         if len(values):
             out[col] = [float(values.min()), float(values.max())]
     return out
 
 
-def range_problems(df: pd.DataFrame, ranges: dict[str, list[float]]) -> list[Problem]:
-    """A warning per clinical value outside the training cohort's range (``training_ranges``)."""
-    out = []
+def values_outside(df: pd.DataFrame, ranges: dict[str, list[float]]):
+    """``(patient_id, column, value, lo, hi)`` for every value of ``df`` outside its column's ``[lo, hi]``
+    (missing values and columns are not compared)."""
     for col, (lo, hi) in ranges.items():
         if col not in df.columns:
             continue
-        values = pd.to_numeric(df[col], errors="coerce")
-        for pid, v in zip(df["patient_id"], values):
+        for pid, v in zip(df["patient_id"], pd.to_numeric(df[col], errors="coerce")):
             if pd.notna(v) and not lo <= v <= hi:
-                out.append(Problem(str(pid), col, None, f"{v:g} is outside the training cohort's range {lo:g}..{hi:g}: "
-                                   "the model extrapolates (out of distribution)", "warning"))
-    return out
+                yield str(pid), col, float(v), lo, hi
+
+
+def range_problems(df: pd.DataFrame, ranges: dict[str, list[float]]) -> list[Problem]:
+    """A warning per clinical value outside the training cohort's range (``training_ranges``)."""
+    return [Problem(pid, col, None, f"{v:g} is outside the training cohort's range {lo:g}..{hi:g}: the model "
+                    "extrapolates (out of distribution)", "warning")
+            for pid, col, v, lo, hi in values_outside(df, ranges)]
 
 
 def patient_warnings(problems: list[Problem], ids) -> list[str]:

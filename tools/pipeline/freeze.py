@@ -33,14 +33,18 @@ def _threshold(study_dir: Path, model: str = "combined") -> float | None:
     return value if np.isfinite(value) else None
 
 
+def _train_ids(study_dir: Path) -> list[str]:
+    """The analysed training patients: those the combined model was fitted on (``scores.parquet``)."""
+    s = read_table(study_dir / "scores.parquet")
+    return sorted(set(s[(s["model"] == "combined") & (s["split"] == "train")]["patient_id"].astype(str)))
+
+
 def _nomogram_spec(study_dir: Path, combined) -> dict | None:
     """The nomogram a new patient's points come from; None when every input has weight 0 (no axis to draw)."""
     if not any(abs(c) > 0 for c in combined.coefficients_.values()):
         return None
     X = read_table(study_dir / "fusion" / "combined_inputs.parquet").set_index("patient_id")
-    s = read_table(study_dir / "scores.parquet")
-    train = s[(s["model"] == "combined") & (s["split"] == "train")]["patient_id"].astype(str)
-    nomo = combined.nomogram(X.loc[X.index.intersection(train)])
+    nomo = combined.nomogram(X.loc[X.index.intersection(_train_ids(study_dir))])
     return {"coefs": nomo.coefs, "intercept": nomo.intercept, "ranges": {k: list(v) for k, v in nomo.ranges.items()},
             "scale": nomo.scale, "refs": nomo.refs, "predictor_scale": "logit of the component probability"}
 
@@ -51,19 +55,43 @@ def _harmonisation(study_dir: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {"method": "none", "batch_column": None}
 
 
-def _training_ranges(study_dir: Path, cfg: dict) -> dict | None:
-    """Min and max of the numeric clinical columns over the analysed training patients (predict flags new values
-    outside them); None when the study's cohort table is no longer where ``study.yaml`` says."""
+def _training_cohort(study_dir: Path, cfg: dict):
+    """The analysed training patients' cohort rows; None when the study's cohort table is no longer where
+    ``study.yaml`` says."""
     from p53hcc.tools.cohort.dropped import dropped_patients
     from p53hcc.tools.cohort.manifest import read_cohort
-    from p53hcc.tools.pipeline.checks import training_ranges
 
     csv = cfg.get("cohort")
     if not csv or not Path(csv).is_file():
         return None
     df = read_cohort(csv, check_ids=False)
-    train = df[(df["split"] == "train") & ~df["patient_id"].astype(str).isin(dropped_patients(study_dir))]
-    return training_ranges(train)
+    return df[(df["split"] == "train") & ~df["patient_id"].astype(str).isin(dropped_patients(study_dir))]
+
+
+def _training_ranges(study_dir: Path, cfg: dict) -> dict | None:
+    """Min and max of the numeric clinical columns over the analysed training patients (predict flags new values
+    outside them); None when the study's cohort table is gone."""
+    from p53hcc.tools.pipeline.checks import training_ranges
+
+    train = _training_cohort(study_dir, cfg)
+    return None if train is None else training_ranges(train)
+
+
+def _image_ranges(study_dir: Path, cfg: dict, selected: list[str]) -> dict:
+    """Min and max of the image-derived values (:mod:`p53hcc.tools.pipeline.image_ranges`: tumour size, ROI
+    intensity per phase, the selected radiomics features from ``radiomics.parquet``; native spacing from the
+    training images' headers, left out when the cohort table or its images are gone) over the analysed training
+    patients."""
+    from p53hcc.tools.pipeline.checks import training_ranges
+    from p53hcc.tools.pipeline.image_ranges import image_value_columns, image_values
+    from p53hcc.tools.radiomics.extract import load_radiomics
+
+    train = _train_ids(study_dir)
+    rad = load_radiomics(study_dir)
+    cohort = _training_cohort(study_dir, cfg)
+    columns = image_value_columns(selected)
+    values = image_values(rad[rad["patient_id"].isin(train)], cohort, columns)
+    return training_ranges(values[values["patient_id"].isin(train)], columns)
 
 
 def freeze_model(study_dir: str | Path) -> Path:
@@ -108,6 +136,7 @@ def freeze_model(study_dir: str | Path) -> Path:
                        "combined_inputs": list(combined.feature_names_)},
             "harmonisation": _harmonisation(study_dir),
             "training_ranges": _training_ranges(study_dir, cfg),
+            "image_ranges": _image_ranges(study_dir, cfg, json.loads((tmp / "radiomics_features.json").read_text())),
             "threshold": _threshold(study_dir, "combined"),
             "component_thresholds": {m: _threshold(study_dir, m) for m in ("clinical", "radiomics", "dl")
                                      if m == "dl" and chosen or m != "dl"},

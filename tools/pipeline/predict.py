@@ -41,6 +41,7 @@ from p53hcc.tools.pipeline.checks import (
 )
 from p53hcc.tools.pipeline.explain import gradcam_frozen
 from p53hcc.tools.pipeline.freeze import load_model, read_manifest
+from p53hcc.tools.pipeline.image_ranges import image_range_problems, image_values
 from p53hcc.tools.preprocessing.run import preprocess_cohort
 from p53hcc.tools.radiomics.extract import extract_cohort
 from p53hcc.tools.schema import CLINICAL_COLUMNS
@@ -129,11 +130,12 @@ def predict_cohort(model_dir: str | Path, cohort_csv: str | Path, out: str | Pat
     """Frozen model -> ``out/predictions.csv`` for new patients (and Grad-CAM images under ``out/gradcam/``).
 
     The new cohort is validated (files, values, every clinical column the frozen clinical model needs, ROIs
-    against the frozen radiomics parameters; ``purpose="evaluate"`` also needs both classes), its warnings (phase
-    order, mask extent across phases, clinical values outside the training cohort's range) logged and written per
-    patient to the ``warnings`` column (empty when none), then preprocessed
-    and radiomics-extracted with the frozen parameters into ``out/work/``; nothing is refitted. ``workers``: local
-    processes of those steps (default all cores; 1 runs them inline, as the Deploy app does for one patient).
+    against the frozen radiomics parameters; ``purpose="evaluate"`` also needs both classes), then preprocessed
+    and radiomics-extracted with the frozen parameters into ``out/work/``; nothing is refitted. Its warnings (phase
+    order, mask extent across phases, clinical values and image-derived values outside the training cohort's
+    range) are logged and written per patient to the ``warnings`` column (empty when none): flagged, still scored.
+    ``workers``: local processes of those steps (default all cores; 1 runs them inline, as the Deploy app does for
+    one patient).
     """
     model_dir, cohort_csv, out = Path(model_dir), Path(cohort_csv).resolve(), Path(out)
     with folder_lock(out):
@@ -163,13 +165,29 @@ def _predict(model_dir: Path, cohort_csv: Path, out: Path, dl_scorer: DlScorer, 
     preprocess_cohort(cohort_csv, work, workers=workers,
                       params=bundle["manifest"]["preprocessing"]["config"].get("params"))
     radiomics = extract_cohort(cohort_csv, work, params=str(model_dir / "radiomics_params.yaml"), workers=workers)
+    cohort = read_cohort(cohort_csv)
+    problems += _image_range_problems(bundle, model_dir, cohort, radiomics)
     dl = dl_scorer(model_dir, cohort_csv, work, bundle["manifest"]) if bundle["manifest"].get("dl") else None
-    pred = score_patients(bundle, read_cohort(cohort_csv), radiomics, dl)
+    pred = score_patients(bundle, cohort, radiomics, dl)
     pred["warnings"] = patient_warnings(problems, pred["patient_id"])
     dest = atomic_write_table(out / "predictions.csv", pred)
     if gradcam and bundle["manifest"].get("dl"):
         _gradcam_new(model_dir, cohort_csv, out, bundle["manifest"])
     return dest
+
+
+def _image_range_problems(bundle: dict, model_dir: Path, cohort: pd.DataFrame, radiomics: pd.DataFrame) -> list:
+    """New patients' image-derived values outside the training cohort's range (:mod:`.image_ranges`: the radiomics
+    just extracted, the images' headers), each logged; none for a model frozen before the ranges were stored."""
+    ranges = bundle["manifest"].get("image_ranges")
+    if ranges is None:
+        log.info("%s stores no training ranges of image-derived values (frozen by an earlier version): new images "
+                 "are not compared with them", model_dir)
+        return []
+    found = image_range_problems(image_values(radiomics, cohort, ranges), ranges)
+    for p in found:
+        log.warning("%s", p)
+    return found
 
 
 def _gradcam_new(model_dir: Path, cohort_csv: Path, out: Path, manifest: dict) -> None:
@@ -215,7 +233,8 @@ def evaluation_metrics(pred: pd.DataFrame, y: pd.Series, threshold: float, split
 def evaluate_cohort(model_dir: str | Path, cohort_csv: str | Path, out: str | Path,
                     dl_scorer: DlScorer = default_dl_scorer) -> Path:
     """Externally validate the frozen model on a labelled cohort: ``metrics.csv``, ``net_benefit.csv``,
-    ``report.html`` (internal-validation vs external AUC side by side); returns the metrics path."""
+    ``report.html`` (internal-validation vs external AUC side by side, then the patients predict's checks flagged,
+    or a line saying none was); returns the metrics path."""
     out = Path(out)
     with folder_lock(out):
         return _evaluate(Path(model_dir), Path(cohort_csv), out, dl_scorer)
@@ -235,5 +254,5 @@ def _evaluate(model_dir: Path, cohort_csv: Path, out: Path, dl_scorer: DlScorer)
     atomic_write_table(out / "net_benefit.csv", nb)
     study_metrics = Path(model_dir) / "study_metrics.csv"
     write_evaluation_report(out / "report.html", metrics, read_table(study_metrics) if study_metrics.exists() else None,
-                            dl_model=(manifest["dl"] or {}).get("model"), model_dir=Path(model_dir))
+                            dl_model=(manifest["dl"] or {}).get("model"), model_dir=Path(model_dir), predictions=pred)
     return dest
