@@ -139,7 +139,8 @@ def test_network_instantiates_from_another_folder_with_only_its_own_code(zoo, ar
         assert name == "ResNet" and scripts == []
     else:
         assert name == "FFNet" and set(scripts) <= {"scripts", "scripts.ffnet", "scripts.nets", "scripts.errors",
-                                                    "scripts.schema", "scripts.weights"}
+                                                    "scripts.schema", "scripts.weights",
+                                                    "scripts.backbones"}  # nets imports the transformer classifiers
         assert "scripts.components" not in scripts  # pandas, itk, pydicom: loaded by MONAI itself, not the bundle
 
 

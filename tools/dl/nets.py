@@ -77,6 +77,12 @@ def check_net_settings(name: str, spatial_size: int, patch_size: int | None = No
                           f"{', '.join(map(str, fits)) or 'none: choose another spatial_size'}")
 
 
+def _target(cls: type) -> str:
+    """A class's import path as its module names it: p53hcc's own here, the bundle's ``scripts`` in an exported
+    copy of this module (so the copy names no p53hcc module)."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 def network_config(name: str = "resnet34", in_channels: int = 3, num_classes: int = 2, spatial_dims: int = 2,
                    spatial_size: int | None = None, patch_size: int | None = None) -> dict:
     """The network ``name`` as a bundle config item: its ``_target_`` and arguments (what :func:`build_net` builds,
@@ -94,11 +100,11 @@ def network_config(name: str = "resnet34", in_channels: int = 3, num_classes: in
                 "num_classes": num_classes}
     if kind == "vit":
         check_net_settings(key, spatial_size or 0, patch_size)
-        return {"_target_": "p53hcc.tools.dl.backbones.ViTClassifier", "in_channels": in_channels,
+        return {"_target_": _target(ViTClassifier), "in_channels": in_channels,
                 "img_size": int(spatial_size), "patch_size": int(patch_size), "num_classes": num_classes,
                 "spatial_dims": spatial_dims}
     if kind == "swin":
-        return {"_target_": "p53hcc.tools.dl.backbones.SwinClassifier", "in_channels": in_channels,
+        return {"_target_": _target(SwinClassifier), "in_channels": in_channels,
                 "num_classes": num_classes, "spatial_dims": spatial_dims}
     return {"_target_": f"monai.networks.nets.{key}", "spatial_dims": spatial_dims, "n_input_channels": in_channels,
             "num_classes": num_classes, "conv1_t_size": 7, "conv1_t_stride": 2, "pretrained": False}
