@@ -132,8 +132,8 @@ def build_net(name: str = "resnet34", in_channels: int = 3, num_classes: int = 2
 
     key = check_net_name(name)
     spec = network_config(key, in_channels, num_classes, spatial_dims, spatial_size, patch_size)
-    module, _, cls = spec.pop("_target_").rpartition(".")
-    net = (BACKBONES[cls] if module.startswith("p53hcc") else getattr(nets, cls))(**spec)
+    cls = spec.pop("_target_").rpartition(".")[2]
+    net = (BACKBONES[cls] if cls in BACKBONES else getattr(nets, cls))(**spec)  # p53hcc's or the bundle's copy
     if pretrained_path:
         load_pretrained(net, pretrained_path, name=key)
     return net
