@@ -117,8 +117,13 @@ def test_zoo_unit_test_passes(zoo, arm):
 def test_zoo_dist_unit_test_trains_with_two_processes(zoo):
     """The exported ``_dist`` test (multi_gpu_train.json under torchrun; two gloo processes without a GPU)."""
     env = {**os.environ, "PATH": f"{zoo['python'].parent}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([str(zoo["python"]), "ci/unit_tests/runner.py", "--b", zoo["names"]["mc"], "--dist", "True"],
-                          cwd=zoo["zoo"], capture_output=True, text=True, timeout=900, check=False, env=env)
+    for attempt in (1, 2):  # once more only when a rank died by a signal (a torchrun rank's teardown abort was seen
+        # twice in one fresh clone and never in another with the same packages); a Python error fails at once
+        done = subprocess.run([str(zoo["python"]), "ci/unit_tests/runner.py", "--b", zoo["names"]["mc"], "--dist",
+                               "True"], cwd=zoo["zoo"], capture_output=True, text=True, timeout=900, check=False, env=env)
+        if done.returncode == 0 or not re.search(r"exitcode\s*:\s*-\d+", done.stderr):
+            break
+        print(f"attempt {attempt}: a rank died by a signal:\n{done.stderr[-3000:]}")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
     assert re.search(r"Ran 1 test", done.stderr) and "OK" in done.stderr
 
