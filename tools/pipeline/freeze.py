@@ -39,12 +39,12 @@ def _train_ids(study_dir: Path) -> list[str]:
     return sorted(set(s[(s["model"] == "combined") & (s["split"] == "train")]["patient_id"].astype(str)))
 
 
-def _nomogram_spec(study_dir: Path, combined) -> dict | None:
+def _nomogram_spec(study_dir: Path, combined, train: list[str]) -> dict | None:
     """The nomogram a new patient's points come from; None when every input has weight 0 (no axis to draw)."""
     if not any(abs(c) > 0 for c in combined.coefficients_.values()):
         return None
     X = read_table(study_dir / "fusion" / "combined_inputs.parquet").set_index("patient_id")
-    nomo = combined.nomogram(X.loc[X.index.intersection(_train_ids(study_dir))])
+    nomo = combined.nomogram(X.loc[X.index.intersection(train)])
     return {"coefs": nomo.coefs, "intercept": nomo.intercept, "ranges": {k: list(v) for k, v in nomo.ranges.items()},
             "scale": nomo.scale, "refs": nomo.refs, "predictor_scale": "logit of the component probability"}
 
@@ -68,16 +68,15 @@ def _training_cohort(study_dir: Path, cfg: dict):
     return df[(df["split"] == "train") & ~df["patient_id"].astype(str).isin(dropped_patients(study_dir))]
 
 
-def _training_ranges(study_dir: Path, cfg: dict) -> dict | None:
-    """Min and max of the numeric clinical columns over the analysed training patients (predict flags new values
-    outside them); None when the study's cohort table is gone."""
+def _training_ranges(cohort) -> dict | None:
+    """Min and max of the numeric clinical columns over the analysed training patients' rows (predict flags new
+    values outside them); None when the study's cohort table is gone."""
     from p53hcc.tools.pipeline.checks import training_ranges
 
-    train = _training_cohort(study_dir, cfg)
-    return None if train is None else training_ranges(train)
+    return None if cohort is None else training_ranges(cohort)
 
 
-def _image_ranges(study_dir: Path, cfg: dict, selected: list[str]) -> dict:
+def _image_ranges(study_dir: Path, train: list[str], cohort, selected: list[str]) -> dict:
     """Min and max of the image-derived values (:mod:`p53hcc.tools.pipeline.image_ranges`: tumour size, ROI
     intensity per phase, the selected radiomics features from ``radiomics.parquet``; native spacing from the
     training images' headers, left out when the cohort table or its images are gone) over the analysed training
@@ -86,9 +85,7 @@ def _image_ranges(study_dir: Path, cfg: dict, selected: list[str]) -> dict:
     from p53hcc.tools.pipeline.image_ranges import image_value_columns, image_values
     from p53hcc.tools.radiomics.extract import load_radiomics
 
-    train = _train_ids(study_dir)
     rad = load_radiomics(study_dir)
-    cohort = _training_cohort(study_dir, cfg)
     columns = image_value_columns(selected)
     values = image_values(rad[rad["patient_id"].isin(train)], cohort, columns)
     return training_ranges(values[values["patient_id"].isin(train)], columns)
@@ -121,7 +118,8 @@ def freeze_model(study_dir: str | Path) -> Path:
                 if (net_src / extra).exists():
                     shutil.copy2(net_src / extra, net_dst / extra)
         combined = joblib.load(study_dir / "fusion" / "combined.joblib")
-        nomogram = _nomogram_spec(study_dir, combined)
+        train, cohort = _train_ids(study_dir), _training_cohort(study_dir, cfg)  # read once, used below
+        nomogram = _nomogram_spec(study_dir, combined, train)
         manifest = {
             "format": "p53hcc-model/1",
             "study": str(study_dir.resolve()),
@@ -135,8 +133,8 @@ def freeze_model(study_dir: str | Path) -> Path:
             "fusion": {"clinical": "clinical.joblib", "radiomics": "radiomics.joblib", "combined": "combined.joblib",
                        "combined_inputs": list(combined.feature_names_)},
             "harmonisation": _harmonisation(study_dir),
-            "training_ranges": _training_ranges(study_dir, cfg),
-            "image_ranges": _image_ranges(study_dir, cfg, json.loads((tmp / "radiomics_features.json").read_text())),
+            "training_ranges": _training_ranges(cohort),
+            "image_ranges": _image_ranges(study_dir, train, cohort, json.loads((tmp / "radiomics_features.json").read_text())),
             "threshold": _threshold(study_dir, "combined"),
             "component_thresholds": {m: _threshold(study_dir, m) for m in ("clinical", "radiomics", "dl")
                                      if m == "dl" and chosen or m != "dl"},
